@@ -1,0 +1,78 @@
+//! The one mapping from domain errors to gRPC statuses, shared by both planes.
+//!
+//! The reason code goes at the start of the message and into a `google.rpc.ErrorInfo` detail.
+//! Internal errors answer with a generic message; their detail goes to the log only.
+
+use kms_types::DomainError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The domain an `ErrorInfo` names.
+pub const ERROR_DOMAIN: &str = "kms";
+
+/// Converts a domain error into the status the API contract names for it.
+pub fn to_status(err: DomainError) -> Status {
+    let code = match &err {
+        DomainError::InvalidParameter { .. } | DomainError::InvalidCiphertext => Code::InvalidArgument,
+        DomainError::KeyNotFound
+        | DomainError::KeyVersionNotFound
+        | DomainError::AliasNotFound
+        | DomainError::InstanceNotFound => Code::NotFound,
+        DomainError::AliasExists | DomainError::DefaultKeyExists => Code::AlreadyExists,
+        DomainError::NoPermission => Code::PermissionDenied,
+        DomainError::NoIdentity => Code::Unauthenticated,
+        DomainError::InvalidState(_)
+        | DomainError::DeletionProtection
+        | DomainError::DryRunOperation => Code::FailedPrecondition,
+        DomainError::LimitExceeded(_) | DomainError::Throttling => Code::ResourceExhausted,
+        DomainError::Unavailable(_) => Code::Unavailable,
+        DomainError::Internal(detail) => {
+            tracing::error!(detail = %detail, "internal error");
+            Code::Internal
+        }
+    };
+    let reason = err.reason_code();
+    let message = format!("{reason}: {}", err.public_message());
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
+}
+
+/// The reason code a status carries, if it came from [`to_status`].
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kms_types::KeyState;
+
+    #[test]
+    fn codes_and_reasons() {
+        let cases = [
+            (DomainError::invalid("AliasName", "bad"), Code::InvalidArgument, "InvalidParameter.AliasName"),
+            (DomainError::InvalidCiphertext, Code::InvalidArgument, "InvalidCiphertext"),
+            (DomainError::KeyNotFound, Code::NotFound, "Forbidden.KeyNotFound"),
+            (DomainError::DefaultKeyExists, Code::AlreadyExists, "Forbidden.DefaultKeyExists"),
+            (DomainError::NoPermission, Code::PermissionDenied, "Forbidden.NoPermission"),
+            (DomainError::NoIdentity, Code::Unauthenticated, "Forbidden.NoIdentity"),
+            (DomainError::InvalidState(KeyState::Disabled), Code::FailedPrecondition, "Rejected.Disabled"),
+            (DomainError::DryRunOperation, Code::FailedPrecondition, "DryRunOperationError"),
+            (DomainError::Throttling, Code::ResourceExhausted, "Rejected.Throttling"),
+            (DomainError::Unavailable("x".into()), Code::Unavailable, "Unavailable"),
+        ];
+        for (err, code, reason) in cases {
+            let st = to_status(err);
+            assert_eq!(st.code(), code, "{reason}");
+            assert_eq!(reason_of(&st).as_deref(), Some(reason));
+            assert!(st.message().starts_with(reason), "{}", st.message());
+        }
+    }
+
+    #[test]
+    fn internal_detail_is_withheld() {
+        let st = to_status(DomainError::Internal("pkcs11 said CKR_PIN_INCORRECT for 1234".into()));
+        assert_eq!(st.code(), Code::Internal);
+        assert!(!st.message().contains("1234"), "{}", st.message());
+    }
+}

@@ -1,0 +1,353 @@
+//! The conformance suite every [`Store`] engine must pass.
+//!
+//! Call [`run_all`] from an engine's tests with a function that makes a fresh, empty store. Each
+//! property is also a public function taking an empty store, so a failing one can be run alone.
+//! Failures panic with a message naming the property.
+
+use std::fmt::Debug;
+
+use crate::{Abort, Entry, Store, StoreError, TxError, abort};
+
+/// Runs every property, each on a fresh store from `make`.
+pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
+    get_put_delete(&make());
+    scan_prefix_orders_by_key(&make());
+    scan_prefix_isolates_prefixes(&make());
+    scan_prefix_pages_with_after_and_limit(&make());
+    transaction_commits_all_writes(&make());
+    aborted_transaction_leaves_nothing_behind(&make());
+    store_error_in_transaction_leaves_nothing_behind(&make());
+    transaction_reads_its_own_writes(&make());
+    abort_value_comes_back(&make());
+    concurrent_transactions_are_serializable(&make());
+    flush_succeeds(&make());
+}
+
+/// Unwraps `result`, panicking with `what` and the error (the suite is a test harness).
+#[track_caller]
+fn ok<T, E: Debug>(result: Result<T, E>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("{what}: unexpected error {e:?}"),
+    }
+}
+
+fn put_all<S: Store>(store: &S, entries: &[(&[u8], &[u8])]) {
+    let committed = store.transaction::<_, ()>(|txn| {
+        for (k, v) in entries {
+            txn.put(k, v)?;
+        }
+        Ok(())
+    });
+    ok(committed, "seeding entries");
+}
+
+fn keys_of(entries: &[Entry]) -> Vec<&[u8]> {
+    entries.iter().map(|(k, _)| k.as_slice()).collect()
+}
+
+fn read_counter(bytes: Option<Vec<u8>>) -> u64 {
+    match bytes {
+        None => 0,
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(raw) => u64::from_be_bytes(raw),
+            Err(_) => panic!("counter holds {} bytes, not 8", bytes.len()),
+        },
+    }
+}
+
+/// Missing keys read as `None`; put, overwrite, delete and the empty value behave.
+pub fn get_put_delete<S: Store>(store: &S) {
+    assert_eq!(ok(store.get(b"k"), "get missing"), None);
+
+    ok(store.put(b"k", b"v1"), "put");
+    assert_eq!(ok(store.get(b"k"), "get"), Some(b"v1".to_vec()));
+
+    ok(store.put(b"k", b"v2"), "overwrite");
+    assert_eq!(ok(store.get(b"k"), "get overwritten"), Some(b"v2".to_vec()));
+
+    ok(store.put(b"empty", b""), "put empty value");
+    assert_eq!(
+        ok(store.get(b"empty"), "get empty value"),
+        Some(Vec::new()),
+        "an empty value is not an absent one"
+    );
+
+    ok(store.delete(b"k"), "delete");
+    assert_eq!(ok(store.get(b"k"), "get deleted"), None);
+    ok(store.delete(b"k"), "delete missing is a no-op");
+    assert_eq!(
+        ok(store.get(b"empty"), "other key untouched"),
+        Some(Vec::new())
+    );
+
+    let binary_key = [0x00, 0xff, b'/', 0x80];
+    ok(store.put(&binary_key, &[0xff, 0x00]), "put binary");
+    assert_eq!(
+        ok(store.get(&binary_key), "get binary"),
+        Some(vec![0xff, 0x00])
+    );
+}
+
+/// Entries come back in ascending byte order of key, whatever the insertion order.
+pub fn scan_prefix_orders_by_key<S: Store>(store: &S) {
+    put_all(
+        store,
+        &[
+            (b"p/c", b"3"),
+            (b"p/a", b"1"),
+            (b"p/\xff", b"5"),
+            (b"p/b", b"2"),
+            (b"p/ab", b"4"),
+            (b"p/\x00", b"0"),
+        ],
+    );
+    let got = ok(store.scan_prefix(b"p/", None, 100), "scan");
+    assert_eq!(
+        keys_of(&got),
+        vec![&b"p/\x00"[..], b"p/a", b"p/ab", b"p/b", b"p/c", b"p/\xff"]
+    );
+    assert_eq!(
+        got[1],
+        (b"p/a".to_vec(), b"1".to_vec()),
+        "values travel with keys"
+    );
+}
+
+/// A prefix matches only keys that start with it: `a/` excludes `ab/...` and `a` itself.
+pub fn scan_prefix_isolates_prefixes<S: Store>(store: &S) {
+    put_all(
+        store,
+        &[
+            (b"a", b"bare"),
+            (b"a/1", b"x"),
+            (b"a/2", b"x"),
+            (b"ab/1", b"y"),
+            (b"a0", b"z"),
+            (b"`", b"before"),
+            (b"b/1", b"after"),
+        ],
+    );
+    let a = ok(store.scan_prefix(b"a/", None, 100), "scan a/");
+    assert_eq!(keys_of(&a), vec![&b"a/1"[..], b"a/2"]);
+
+    let ab = ok(store.scan_prefix(b"ab/", None, 100), "scan ab/");
+    assert_eq!(keys_of(&ab), vec![&b"ab/1"[..]]);
+
+    let bare = ok(store.scan_prefix(b"a", None, 100), "scan a");
+    assert_eq!(
+        keys_of(&bare),
+        vec![&b"a"[..], b"a/1", b"a/2", b"a0", b"ab/1"]
+    );
+
+    let none = ok(store.scan_prefix(b"c/", None, 100), "scan absent prefix");
+    assert!(none.is_empty(), "absent prefix returned {none:?}");
+
+    let all = ok(store.scan_prefix(b"", None, 100), "scan empty prefix");
+    assert_eq!(all.len(), 7, "the empty prefix matches every key");
+}
+
+/// `after` is exclusive, need not be a stored key, and paging with `limit` visits every entry
+/// exactly once.
+pub fn scan_prefix_pages_with_after_and_limit<S: Store>(store: &S) {
+    let keys: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| format!("i/{i:02}").into_bytes())
+        .collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), &b"v"[..])).collect();
+    put_all(store, &entries);
+    put_all(store, &[(b"h/99", b"before"), (b"j/00", b"after")]);
+
+    let first = ok(store.scan_prefix(b"i/", None, 3), "first page");
+    assert_eq!(keys_of(&first), vec![&b"i/00"[..], b"i/01", b"i/02"]);
+
+    let next = ok(
+        store.scan_prefix(b"i/", Some(b"i/02"), 3),
+        "after a stored key",
+    );
+    assert_eq!(keys_of(&next), vec![&b"i/03"[..], b"i/04", b"i/05"]);
+
+    let between = ok(
+        store.scan_prefix(b"i/", Some(b"i/045"), 2),
+        "after a missing key",
+    );
+    assert_eq!(keys_of(&between), vec![&b"i/05"[..], b"i/06"]);
+
+    let before_prefix = ok(
+        store.scan_prefix(b"i/", Some(b"h/99"), 2),
+        "after below prefix",
+    );
+    assert_eq!(keys_of(&before_prefix), vec![&b"i/00"[..], b"i/01"]);
+
+    let past_end = ok(
+        store.scan_prefix(b"i/", Some(b"i/09"), 5),
+        "after the last key",
+    );
+    assert!(past_end.is_empty(), "past the end returned {past_end:?}");
+
+    let beyond = ok(
+        store.scan_prefix(b"i/", Some(b"j/"), 5),
+        "after beyond the prefix",
+    );
+    assert!(beyond.is_empty(), "beyond the prefix returned {beyond:?}");
+
+    let zero = ok(store.scan_prefix(b"i/", None, 0), "limit 0");
+    assert!(zero.is_empty(), "limit 0 returned {zero:?}");
+
+    let mut seen = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = ok(store.scan_prefix(b"i/", after.as_deref(), 4), "paging");
+        assert!(page.len() <= 4, "page of {} exceeds limit 4", page.len());
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        seen.extend(page.into_iter().map(|(k, _)| k));
+    }
+    assert_eq!(seen, keys, "paging visits every key once, in order");
+}
+
+/// A committed transaction's writes are all visible, and its value is returned.
+pub fn transaction_commits_all_writes<S: Store>(store: &S) {
+    ok(store.put(b"gone", b"x"), "seed");
+    let out = store.transaction::<_, ()>(|txn| {
+        txn.put(b"key/1", b"record")?;
+        txn.put(b"alias/acct/name", b"key/1")?;
+        txn.delete(b"gone")?;
+        Ok(42)
+    });
+    assert_eq!(ok(out, "commit"), 42);
+    assert_eq!(ok(store.get(b"key/1"), "get"), Some(b"record".to_vec()));
+    assert_eq!(
+        ok(store.get(b"alias/acct/name"), "get"),
+        Some(b"key/1".to_vec())
+    );
+    assert_eq!(ok(store.get(b"gone"), "get deleted"), None);
+}
+
+/// An aborted transaction leaves no trace: no puts, no deletes, no overwrites.
+pub fn aborted_transaction_leaves_nothing_behind<S: Store>(store: &S) {
+    put_all(store, &[(b"keep", b"original"), (b"doomed", b"still here")]);
+    let result = store.transaction::<(), &str>(|txn| {
+        txn.put(b"new", b"x")?;
+        txn.put(b"keep", b"changed")?;
+        txn.delete(b"doomed")?;
+        abort("no")
+    });
+    assert!(matches!(result, Err(TxError::Aborted("no"))), "{result:?}");
+    assert_state_untouched(store);
+}
+
+/// A store error returned from the body (e.g. a corrupt record found while reading) rolls back
+/// and comes back as `TxError::Store`.
+pub fn store_error_in_transaction_leaves_nothing_behind<S: Store>(store: &S) {
+    put_all(store, &[(b"keep", b"original"), (b"doomed", b"still here")]);
+    let result = store.transaction::<(), ()>(|txn| {
+        txn.put(b"new", b"x")?;
+        txn.put(b"keep", b"changed")?;
+        txn.delete(b"doomed")?;
+        Err(Abort::from(StoreError::Corrupt("found in body".to_owned())))
+    });
+    assert!(
+        matches!(&result, Err(TxError::Store(StoreError::Corrupt(m))) if m == "found in body"),
+        "{result:?}"
+    );
+    assert_state_untouched(store);
+}
+
+fn assert_state_untouched<S: Store>(store: &S) {
+    assert_eq!(ok(store.get(b"new"), "get"), None, "aborted put leaked");
+    assert_eq!(
+        ok(store.get(b"keep"), "get"),
+        Some(b"original".to_vec()),
+        "aborted overwrite leaked"
+    );
+    assert_eq!(
+        ok(store.get(b"doomed"), "get"),
+        Some(b"still here".to_vec()),
+        "aborted delete leaked"
+    );
+    let all = ok(store.scan_prefix(b"", None, 100), "scan");
+    assert_eq!(keys_of(&all), vec![&b"doomed"[..], b"keep"]);
+}
+
+/// Reads inside a transaction see its own puts and deletes, in order.
+pub fn transaction_reads_its_own_writes<S: Store>(store: &S) {
+    put_all(store, &[(b"existing", b"old")]);
+    let out = store.transaction::<_, ()>(|txn| {
+        let mut seen = Vec::new();
+        seen.push(txn.get(b"fresh")?);
+        txn.put(b"fresh", b"1")?;
+        seen.push(txn.get(b"fresh")?);
+        txn.put(b"fresh", b"2")?;
+        seen.push(txn.get(b"fresh")?);
+        seen.push(txn.get(b"existing")?);
+        txn.delete(b"existing")?;
+        seen.push(txn.get(b"existing")?);
+        txn.put(b"existing", b"new")?;
+        seen.push(txn.get(b"existing")?);
+        Ok(seen)
+    });
+    let expected: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(b"1".to_vec()),
+        Some(b"2".to_vec()),
+        Some(b"old".to_vec()),
+        None,
+        Some(b"new".to_vec()),
+    ];
+    assert_eq!(ok(out, "commit"), expected);
+    assert_eq!(ok(store.get(b"fresh"), "get"), Some(b"2".to_vec()));
+    assert_eq!(ok(store.get(b"existing"), "get"), Some(b"new".to_vec()));
+}
+
+/// The value passed to `abort` comes back unchanged, after a read decided to abort.
+pub fn abort_value_comes_back<S: Store>(store: &S) {
+    #[derive(Debug, PartialEq)]
+    struct NotFound(String);
+
+    let result = store.transaction::<(), _>(|txn| match txn.get(b"key/missing")? {
+        Some(_) => Ok(()),
+        None => abort(NotFound("key/missing".to_owned())),
+    });
+    match result {
+        Err(TxError::Aborted(e)) => assert_eq!(e, NotFound("key/missing".to_owned())),
+        other => panic!("expected the abort value back, got {other:?}"),
+    }
+}
+
+/// Read-modify-write transactions on one counter from many threads lose no update.
+pub fn concurrent_transactions_are_serializable<S: Store>(store: &S) {
+    const THREADS: u64 = 8;
+    const ITERATIONS: u64 = 200;
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            scope.spawn(move || {
+                let mine = format!("thread/{thread}").into_bytes();
+                for _ in 0..ITERATIONS {
+                    let committed = store.transaction::<_, ()>(|txn| {
+                        let n = read_counter(txn.get(b"counter")?);
+                        txn.put(b"counter", &(n + 1).to_be_bytes())?;
+                        let m = read_counter(txn.get(&mine)?);
+                        txn.put(&mine, &(m + 1).to_be_bytes())?;
+                        Ok(())
+                    });
+                    ok(committed, "increment");
+                }
+            });
+        }
+    });
+    let total = read_counter(ok(store.get(b"counter"), "get counter"));
+    assert_eq!(total, THREADS * ITERATIONS, "lost updates");
+    for thread in 0..THREADS {
+        let mine = read_counter(ok(store.get(format!("thread/{thread}").as_bytes()), "get"));
+        assert_eq!(mine, ITERATIONS, "thread {thread} lost updates");
+    }
+}
+
+/// `flush` succeeds on a store with committed writes and leaves them readable.
+pub fn flush_succeeds<S: Store>(store: &S) {
+    ok(store.flush(), "flush empty");
+    put_all(store, &[(b"a", b"1"), (b"b", b"2")]);
+    ok(store.flush(), "flush");
+    assert_eq!(ok(store.get(b"a"), "get"), Some(b"1".to_vec()));
+    assert_eq!(ok(store.get(b"b"), "get"), Some(b"2".to_vec()));
+}

@@ -1,0 +1,239 @@
+//! The control plane's narrow key-value store: the `Store` trait, its errors, and two engines.
+//!
+//! Keys and values are byte strings; the domain layer chooses key prefixes (`key/<id>`,
+//! `alias/<account>/<name>`, ...) and wraps every value with [`encode_record`] so it carries a
+//! format version. Every write goes through [`Store::transaction`], so a record and its
+//! secondary indexes change together or not at all.
+//!
+//! Engines: [`SledStore`] (on disk) and [`MemoryStore`] (tests, dev). Both pass
+//! [`conformance::run_all`]; a new engine must too.
+//!
+//! ```
+//! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
+//!
+//! #[derive(Debug, PartialEq)]
+//! enum CreateError {
+//!     AliasTaken,
+//! }
+//!
+//! let store = MemoryStore::new();
+//! let create = |id: &str| {
+//!     store.transaction(|txn| {
+//!         if txn.get(b"alias/acct/main")?.is_some() {
+//!             return abort(CreateError::AliasTaken);
+//!         }
+//!         let key = format!("key/{id}");
+//!         txn.put(key.as_bytes(), &encode_record(1, b"record body"))?;
+//!         txn.put(b"alias/acct/main", key.as_bytes())?;
+//!         Ok(key)
+//!     })
+//! };
+//!
+//! assert_eq!(create("1").unwrap(), "key/1");
+//! assert!(matches!(create("2"), Err(TxError::Aborted(CreateError::AliasTaken))));
+//! store.flush().unwrap();
+//!
+//! let stored = store.get(b"key/1").unwrap().unwrap();
+//! assert_eq!(decode_record(&stored).unwrap(), (1, &b"record body"[..]));
+//! assert_eq!(store.get(b"key/2").unwrap(), None);
+//! ```
+
+use std::convert::Infallible;
+
+pub mod conformance;
+mod memory;
+mod record;
+mod sled_engine;
+
+pub use memory::MemoryStore;
+pub use record::{RECORD_HEADER_LEN, RECORD_MAGIC, decode_record, encode_record};
+pub use sled_engine::SledStore;
+
+/// A stored key and its value, as returned by [`Store::scan_prefix`].
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A synchronous, ordered key-value store with serializable transactions.
+///
+/// Implementations are cheap to share (`&self` everywhere) and safe to call from many threads.
+/// Calls block: from async code, run them on a blocking thread.
+///
+/// Reads outside a transaction see the latest committed state; they are not a snapshot across
+/// calls (two `get`s may straddle a commit). Read inside [`Store::transaction`] when several
+/// keys must agree.
+pub trait Store: Send + Sync + 'static {
+    /// The committed value under `key`, or `None` if there is none.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Committed entries whose key starts with `prefix`, in ascending byte order of key.
+    ///
+    /// With `after: Some(k)` only keys strictly greater than `k` are returned, so a caller pages
+    /// by passing the last key of the previous page. At most `limit` entries are returned;
+    /// `limit == 0` returns none. An empty `prefix` matches every key. A page is consistent in
+    /// itself, but entries may change between pages.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Runs `f` atomically and serializably against the store, and commits its writes.
+    ///
+    /// - All writes made through the [`Txn`] commit together when `f` returns `Ok`, or none do.
+    /// - Reads through the `Txn` see the transaction's own earlier writes.
+    /// - `f` may run more than once (an engine retries it on conflict), so it must have no side
+    ///   effects outside the `Txn` and must not call back into this store (an engine may hold a
+    ///   lock while `f` runs).
+    /// - `Err(Abort::User(e))` from `f` (see [`abort`]) discards every write and returns
+    ///   [`TxError::Aborted`]`(e)`.
+    /// - A failed `Txn` operation returns [`TxStoreError`]; propagate it with `?`. It discards
+    ///   every write and returns [`TxError::Store`] (or retries `f`, for a conflict). An engine
+    ///   never commits a transaction in which an operation failed, even if `f` swallowed the
+    ///   error and returned `Ok`.
+    ///
+    /// A commit is atomic and visible to later reads, but not necessarily on disk: call
+    /// [`Store::flush`] before acknowledging it to anyone.
+    fn transaction<T, E>(
+        &self,
+        f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
+    ) -> Result<T, TxError<E>>;
+
+    /// Makes every write committed so far durable (fsync) before returning.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Sets `key` to `value` in a transaction of its own.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.transaction::<_, Infallible>(|txn| Ok(txn.put(key, value)?))
+            .map_err(StoreError::from)
+    }
+
+    /// Removes `key` (a no-op if absent) in a transaction of its own.
+    fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.transaction::<_, Infallible>(|txn| Ok(txn.delete(key)?))
+            .map_err(StoreError::from)
+    }
+}
+
+/// The view of the store inside [`Store::transaction`]: reads see this transaction's writes.
+///
+/// Errors are [`TxStoreError`]; `?` converts them into [`Abort`] so the engine can roll back or
+/// retry. Range scans are deliberately absent: index maintenance needs only point operations.
+pub trait Txn {
+    /// The value under `key` as this transaction sees it.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError>;
+    /// Sets `key` to `value` when the transaction commits.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError>;
+    /// Removes `key` (a no-op if absent) when the transaction commits.
+    fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError>;
+}
+
+/// Why a storage engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the underlying files failed (disk full, permissions, lock held by
+    /// another process, ...).
+    #[error("storage i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored bytes are not what they should be: engine-level corruption, or a value that is not
+    /// a valid record.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The engine cannot serve requests right now but may later (a remote or replicated engine
+    /// that lost its peers); callers may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The engine reported a bug or an unsupported use; not retryable.
+    #[error("storage engine failed: {0}")]
+    Internal(String),
+}
+
+/// The outcome of a [`Store::transaction`] that did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError<E> {
+    /// The transaction body returned `Err(Abort::User(e))`; nothing was written.
+    #[error("transaction aborted: {0}")]
+    Aborted(E),
+    /// The engine failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<TxError<Infallible>> for StoreError {
+    fn from(e: TxError<Infallible>) -> Self {
+        match e {
+            TxError::Aborted(never) => match never {},
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+/// How a transaction body stops without committing.
+#[derive(Debug)]
+pub enum Abort<E> {
+    /// The body gave up with its own error `E`; [`Store::transaction`] returns
+    /// [`TxError::Aborted`]`(E)`. Build it with [`abort`].
+    User(E),
+    /// A store operation failed; [`Store::transaction`] returns [`TxError::Store`], or retries
+    /// the body if the failure was a conflict. Produced by `?` on a [`Txn`] method or a
+    /// [`StoreError`] (such as a corrupt record found inside the transaction).
+    Store(TxStoreError),
+}
+
+/// `Err(Abort::User(e))`, for `return abort(e)` inside a transaction body.
+pub fn abort<T, E>(e: E) -> Result<T, Abort<E>> {
+    Err(Abort::User(e))
+}
+
+impl<E> From<TxStoreError> for Abort<E> {
+    fn from(e: TxStoreError) -> Self {
+        Abort::Store(e)
+    }
+}
+
+impl<E> From<StoreError> for Abort<E> {
+    fn from(e: StoreError) -> Self {
+        Abort::Store(TxStoreError::store(e))
+    }
+}
+
+/// A failed operation inside a transaction. Opaque: propagate it with `?`.
+///
+/// It may stand for a conflict that the engine resolves by running the body again; that is why
+/// it is not a plain [`StoreError`].
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TxStoreError(TxFailure);
+
+#[derive(Debug, thiserror::Error)]
+enum TxFailure {
+    #[error("transaction conflicted with another and must be retried")]
+    Conflict,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl TxStoreError {
+    pub(crate) fn conflict() -> Self {
+        TxStoreError(TxFailure::Conflict)
+    }
+
+    pub(crate) fn store(e: StoreError) -> Self {
+        TxStoreError(TxFailure::Store(e))
+    }
+
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self.0, TxFailure::Conflict)
+    }
+
+    /// The error to return from `transaction` when this failure ends it for good. A conflict
+    /// only gets here if it escaped the engine that raised it (e.g. carried into another
+    /// transaction), which is a caller bug.
+    pub(crate) fn into_store_error(self) -> StoreError {
+        match self.0 {
+            TxFailure::Conflict => StoreError::Internal(
+                "a transaction conflict escaped the transaction that raised it".to_owned(),
+            ),
+            TxFailure::Store(e) => e,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The in-memory engine: a mutex around a `BTreeMap`, for tests and development.
+//!
+//! A transaction holds the lock for its whole body and stages writes in an overlay that is
+//! applied only when the body returns `Ok`, so transactions are trivially serializable and never
+//! retried. A poisoned lock is recovered: a panicking body never got to apply its overlay, so the
+//! map is still consistent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::{Abort, Entry, Store, StoreError, TxError, TxStoreError, Txn};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A [`Store`] that keeps everything in process memory; nothing survives a restart.
+#[derive(Default)]
+pub struct MemoryStore {
+    map: Mutex<Map>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the contents: values hold wrapped key material.
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let map = self.lock();
+        Ok(map
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn transaction<T, E>(
+        &self,
+        f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
+    ) -> Result<T, TxError<E>> {
+        let mut map = self.lock();
+        let mut txn = MemoryTxn {
+            base: &map,
+            writes: BTreeMap::new(),
+        };
+        match f(&mut txn) {
+            Ok(out) => {
+                let writes = txn.writes;
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => map.insert(key, value),
+                        None => map.remove(&key),
+                    };
+                }
+                Ok(out)
+            }
+            Err(Abort::User(e)) => Err(TxError::Aborted(e)),
+            Err(Abort::Store(e)) => Err(TxError::Store(e.into_store_error())),
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Staged writes over the locked map; `None` marks a delete.
+struct MemoryTxn<'a> {
+    base: &'a Map,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Txn for MemoryTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError> {
+        Ok(match self.writes.get(key) {
+            Some(staged) => staged.clone(),
+            None => self.base.get(key).cloned(),
+        })
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError> {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError> {
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+
+    #[test]
+    fn a_panicking_transaction_leaves_nothing_behind_and_the_store_usable() {
+        let store = MemoryStore::new();
+        store.put(b"k", b"before").unwrap();
+
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            store.transaction::<(), ()>(|txn| {
+                txn.put(b"k", b"during")?;
+                txn.put(b"other", b"x")?;
+                panic!("transaction body panics");
+            })
+        }));
+        assert!(result.is_err());
+        assert!(store.map.is_poisoned());
+
+        assert_eq!(store.get(b"k").unwrap(), Some(b"before".to_vec()));
+        assert_eq!(store.get(b"other").unwrap(), None);
+        store.put(b"k", b"after").unwrap();
+        assert_eq!(store.get(b"k").unwrap(), Some(b"after".to_vec()));
+    }
+
+    #[test]
+    fn debug_does_not_print_contents() {
+        let store = MemoryStore::new();
+        store.put(b"key/1", b"secret-wrapped-bytes").unwrap();
+        let shown = format!("{store:?}");
+        assert_eq!(shown, "MemoryStore { entries: 1 }");
+    }
+}

@@ -1,0 +1,103 @@
+//! The domain error enum; every variant has a stable reason code in the reference product's style.
+
+use crate::state::KeyState;
+
+/// Everything a KMS operation can refuse or fail with. Servers map each variant to a gRPC code
+/// in one exhaustive match; the reason code travels in the status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// A request field breaks a validation rule; `field` names it in the reason code.
+    #[error("{reason}")]
+    InvalidParameter {
+        /// The field, PascalCase, as it appears in `InvalidParameter.<Field>`.
+        field: &'static str,
+        /// What is wrong with it, for the caller.
+        reason: String,
+    },
+    /// A ciphertext blob that is malformed or fails authentication.
+    #[error("the ciphertext is invalid or does not match the encryption context")]
+    InvalidCiphertext,
+    /// No such key, or a key the caller may not learn about.
+    #[error("the key does not exist")]
+    KeyNotFound,
+    /// No such key version.
+    #[error("the key version does not exist")]
+    KeyVersionNotFound,
+    /// No such alias in the caller's account.
+    #[error("the alias does not exist")]
+    AliasNotFound,
+    /// No such instance, or one the caller may not see.
+    #[error("the kms instance does not exist")]
+    InstanceNotFound,
+    /// The alias is taken in this account.
+    #[error("the alias already exists")]
+    AliasExists,
+    /// The account already has its default key.
+    #[error("the account already has a default key")]
+    DefaultKeyExists,
+    /// The caller is authenticated but not allowed.
+    #[error("the caller is not allowed to perform this operation")]
+    NoPermission,
+    /// The caller has no identity.
+    #[error("the request carries no valid identity")]
+    NoIdentity,
+    /// The key's state forbids the operation.
+    #[error("the operation is not allowed while the key is {}", .0.display_name())]
+    InvalidState(KeyState),
+    /// Deletion protection is on.
+    #[error("deletion protection is enabled for the key")]
+    DeletionProtection,
+    /// A dry run that would have succeeded.
+    #[error("the request would have succeeded, but dry_run was set")]
+    DryRunOperation,
+    /// A quota is used up; the text says which.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Too many requests from this principal.
+    #[error("the request rate is over the limit")]
+    Throttling,
+    /// A plane or the HSM cannot be reached; the text is safe to show.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Anything unexpected; the detail is logged, callers see a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl DomainError {
+    /// Shorthand for an [`DomainError::InvalidParameter`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidParameter {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The stable reason code, e.g. `Forbidden.KeyNotFound`.
+    pub fn reason_code(&self) -> String {
+        match self {
+            Self::InvalidParameter { field, .. } => format!("InvalidParameter.{field}"),
+            Self::InvalidCiphertext => "InvalidCiphertext".into(),
+            Self::KeyNotFound => "Forbidden.KeyNotFound".into(),
+            Self::KeyVersionNotFound => "Forbidden.KeyVersionNotFound".into(),
+            Self::AliasNotFound => "Forbidden.AliasNotFound".into(),
+            Self::InstanceNotFound => "Forbidden.InstanceNotFound".into(),
+            Self::AliasExists => "Forbidden.AliasExists".into(),
+            Self::DefaultKeyExists => "Forbidden.DefaultKeyExists".into(),
+            Self::NoPermission => "Forbidden.NoPermission".into(),
+            Self::NoIdentity => "Forbidden.NoIdentity".into(),
+            Self::InvalidState(state) => format!("Rejected.{}", state.display_name()),
+            Self::DeletionProtection => "Forbidden.DeletionProtection".into(),
+            Self::DryRunOperation => "DryRunOperationError".into(),
+            Self::LimitExceeded(_) => "Rejected.LimitExceeded".into(),
+            Self::Throttling => "Rejected.Throttling".into(),
+            Self::Unavailable(_) => "Unavailable".into(),
+            Self::Internal(_) => "InternalFailure".into(),
+        }
+    }
+
+    /// The message safe to show a caller: internal details are withheld.
+    pub fn public_message(&self) -> String {
+        self.to_string()
+    }
+}

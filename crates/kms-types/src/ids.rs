@@ -1,0 +1,241 @@
+//! Identifiers: keys, key versions, instances, accounts, and the three ways to name a key.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::DomainError;
+
+/// A key id: `key-` followed by 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// A fresh random key id.
+    pub fn generate() -> Self {
+        Self(format!("key-{}", Uuid::new_v4().simple()))
+    }
+
+    /// Parses a key id; anything else is `InvalidParameter.KeyId`.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let ok = s.strip_prefix("key-").is_some_and(|rest| {
+            rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(DomainError::invalid("KeyId", format!("{s:?} is not a key id")))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key version id: a UUID, 16 bytes in ciphertext blobs, hyphenated text elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyVersionId(Uuid);
+
+impl KeyVersionId {
+    /// A fresh random version id.
+    pub fn generate() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// From the 16 bytes a ciphertext blob carries.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The 16 bytes a ciphertext blob carries.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Parses the hyphenated text form; anything else is `InvalidParameter.KeyVersionId`.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| DomainError::invalid("KeyVersionId", format!("{s:?} is not a key version id")))
+    }
+}
+
+impl fmt::Display for KeyVersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.hyphenated())
+    }
+}
+
+/// A KMS instance id: `kst-` followed by 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// A fresh random instance id.
+    pub fn generate() -> Self {
+        Self(format!("kst-{}", Uuid::new_v4().simple()))
+    }
+
+    /// Parses an instance id; anything else is `InvalidParameter.KmsInstanceId`.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let ok = s.strip_prefix("kst-").is_some_and(|rest| {
+            !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(DomainError::invalid("KmsInstanceId", format!("{s:?} is not an instance id")))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An account id (the `<uid>` of an ARN): 1 to 32 digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Parses an account id; anything else is `InvalidParameter.AccountId`.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(DomainError::invalid("AccountId", format!("{s:?} is not an account id")))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a request names a key: by id, by alias, or by ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// `key-…`.
+    Id(KeyId),
+    /// `alias/…`, resolved in the caller's account.
+    Alias(String),
+    /// `acs:kms:<region>:<uid>:key/<key-id>`.
+    Arn {
+        /// The region named in the ARN.
+        region: String,
+        /// The owning account named in the ARN.
+        account: AccountId,
+        /// The key.
+        key_id: KeyId,
+    },
+}
+
+impl KeyRef {
+    /// Parses a `key_id` request field; empty or malformed input is `InvalidParameter.KeyId`.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        if s.is_empty() {
+            return Err(DomainError::invalid("KeyId", "key_id is required"));
+        }
+        if s.starts_with("alias/") {
+            crate::validate::alias_name(s)?;
+            return Ok(Self::Alias(s.to_string()));
+        }
+        if let Some(rest) = s.strip_prefix("acs:kms:") {
+            let mut parts = rest.splitn(3, ':');
+            let (Some(region), Some(account), Some(resource)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(DomainError::invalid("KeyId", format!("{s:?} is not a key ARN")));
+            };
+            let key = resource
+                .strip_prefix("key/")
+                .ok_or_else(|| DomainError::invalid("KeyId", format!("{s:?} is not a key ARN")))?;
+            if region.is_empty() {
+                return Err(DomainError::invalid("KeyId", format!("{s:?} has no region")));
+            }
+            return Ok(Self::Arn {
+                region: region.to_string(),
+                account: AccountId::parse(account)
+                    .map_err(|_| DomainError::invalid("KeyId", format!("{s:?} has a bad account")))?,
+                key_id: KeyId::parse(key)?,
+            });
+        }
+        KeyId::parse(s).map(Self::Id)
+    }
+}
+
+/// The ARN of a key.
+pub fn key_arn(region: &str, account: &AccountId, key_id: &KeyId) -> String {
+    format!("acs:kms:{region}:{account}:key/{key_id}")
+}
+
+/// The ARN of an alias.
+pub fn alias_arn(region: &str, account: &AccountId, alias: &str) -> String {
+    format!("acs:kms:{region}:{account}:{alias}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back() {
+        let k = KeyId::generate();
+        assert_eq!(KeyId::parse(k.as_str()), Ok(k));
+        let v = KeyVersionId::generate();
+        assert_eq!(KeyVersionId::parse(&v.to_string()), Ok(v));
+        assert_eq!(KeyVersionId::from_bytes(*v.as_bytes()), v);
+        let i = InstanceId::generate();
+        assert_eq!(InstanceId::parse(i.as_str()), Ok(i));
+    }
+
+    #[test]
+    fn key_refs() {
+        let id = KeyId::generate();
+        assert_eq!(KeyRef::parse(id.as_str()), Ok(KeyRef::Id(id.clone())));
+        assert_eq!(KeyRef::parse("alias/app"), Ok(KeyRef::Alias("alias/app".into())));
+        let arn = key_arn("local", &AccountId::parse("123").unwrap_or_else(|e| panic!("{e}")), &id);
+        assert!(matches!(KeyRef::parse(&arn), Ok(KeyRef::Arn { key_id, .. }) if key_id == id));
+        for bad in [
+            "",
+            "key-",
+            "key-XYZ",
+            "alias/",
+            "alias/acs/x",
+            "acs:kms:local:abc:key/key-1",
+            "acs:kms::123:key/x",
+            "acs:kms:local:123:alias/x",
+            "acs:kms",
+            "\u{0}",
+        ] {
+            let err = KeyRef::parse(bad).err();
+            assert!(
+                matches!(err, Some(DomainError::InvalidParameter { .. })),
+                "{bad:?} gave {err:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The KMS domain: identifiers, key specs, states and rules, wire-independent formats, errors.
+//!
+//! This crate does no I/O and has no async. Servers convert wire types into these, call the
+//! rules here, and convert back.
+
+pub mod blob;
+pub mod context;
+pub mod error;
+pub mod ids;
+pub mod key;
+pub mod policy;
+pub mod principal;
+pub mod spec;
+pub mod state;
+pub mod time;
+pub mod validate;
+
+pub use blob::CiphertextBlob;
+pub use context::EncryptionContext;
+pub use error::DomainError;
+pub use ids::{AccountId, InstanceId, KeyId, KeyRef, KeyVersionId};
+pub use key::{KeyRecord, KeyVersionRecord, RotationPolicy, Tag};
+pub use principal::Principal;
+pub use spec::{
+    Algorithm, DataKeySpec, InstanceType, KeyOrigin, KeySpec, KeyUsage, ProtectionLevel,
+    RotationStatus,
+};
+pub use state::{KeyState, Operation};
+pub use time::UnixMillis;
