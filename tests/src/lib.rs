@@ -1,1 +1,370 @@
-//! placeholder
+//! The end-to-end harness: starts the real `kms-control` and `kms-data` binaries on free
+//! loopback ports against a fresh SoftHSM2 token in a temporary directory, the way a user runs
+//! them, and hands out gRPC clients that identify as a given principal.
+//!
+//! The binaries must be built first (`cargo build --bins`); the README's test command does so.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
+use kms_proto::kms::internal::v1::key_material_client::KeyMaterialClient;
+use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
+use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
+use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Account of the principals the tests act as.
+pub const ACCOUNT: &str = "1234567890123456";
+/// The account's root principal.
+pub const ALICE: &str = "acs:ram::1234567890123456:root";
+/// A principal of another account.
+pub const MALLORY: &str = "acs:ram::6543210987654321:user/mallory";
+/// The control plane's service principal.
+pub const CONTROL_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-control-plane";
+/// The data plane's service principal.
+pub const DATA_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-data-plane";
+/// The SoftHSM2 module on Debian.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The token label the stack uses.
+pub const TOKEN_LABEL: &str = "kms-test";
+/// The user PIN of the test token.
+pub const USER_PIN: &str = "7391-user";
+
+/// Adds `x-kms-principal` to every call when a principal is set.
+#[derive(Debug, Clone)]
+pub struct As(Option<String>);
+
+impl tonic::service::Interceptor for As {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(p) = &self.0 {
+            let value = p
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("principal is not a header value"))?;
+            req.metadata_mut().insert("x-kms-principal", value);
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, As>;
+
+/// A running control plane and data plane.
+#[derive(Debug)]
+pub struct Stack {
+    dir: tempfile::TempDir,
+    control_addr: String,
+    data_addr: String,
+    control: Option<Child>,
+    data: Option<Child>,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Where cargo put the workspace's binaries: next to the test executable's `deps` directory.
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the binaries first with `cargo build --bins`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Stack {
+    /// Creates a token and configs in a fresh temporary directory and starts both planes.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("kms-e2e-").tempdir()?;
+        let root = dir.path();
+        for sub in ["softhsm/tokens", "control", "logs"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        let conf = root.join("softhsm/softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                root.join("softhsm/tokens").display()
+            ),
+        )?;
+        let out = std::process::Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                TOKEN_LABEL,
+                "--so-pin",
+                "5511-so",
+                "--pin",
+                USER_PIN,
+            ])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .context("softhsm2-util is missing: install the softhsm2 package")?;
+        if !out.status.success() {
+            bail!(
+                "softhsm2-util failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::write(root.join("hsm.pin"), format!("{USER_PIN}\n"))?;
+        let control_addr = format!("127.0.0.1:{}", free_port()?);
+        let data_addr = format!("127.0.0.1:{}", free_port()?);
+        std::fs::write(
+            root.join("control.toml"),
+            format!(
+                r#"listen_addr = "{control_addr}"
+region = "local"
+data_dir = "{}"
+data_plane_url = "http://{data_addr}"
+[identity]
+dev_header = true
+service_principal = "{CONTROL_PRINCIPAL}"
+peer_principal = "{DATA_PRINCIPAL}"
+[log]
+level = "info"
+"#,
+                root.join("control").display()
+            ),
+        )?;
+        std::fs::write(
+            root.join("data.toml"),
+            format!(
+                r#"listen_addr = "{data_addr}"
+control_plane_url = "http://{control_addr}"
+[hsm]
+module_path = "{SOFTHSM_MODULE}"
+token_label = "{TOKEN_LABEL}"
+user_pin_file = "{}"
+[key_cache]
+ttl_ms = 200
+[identity]
+dev_header = true
+service_principal = "{DATA_PRINCIPAL}"
+peer_principal = "{CONTROL_PRINCIPAL}"
+[log]
+level = "info"
+"#,
+                root.join("hsm.pin").display()
+            ),
+        )?;
+        let mut stack = Self {
+            dir,
+            control_addr,
+            data_addr,
+            control: None,
+            data: None,
+        };
+        stack.boot().await?;
+        Ok(stack)
+    }
+
+    /// The stack's directory: configs, token, sled data, logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SoftHSM2 config the data plane uses.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.dir().join("softhsm/softhsm2.conf")
+    }
+
+    /// The sled directory of the control plane.
+    pub fn sled_dir(&self) -> PathBuf {
+        self.dir().join("control")
+    }
+
+    fn spawn(&self, bin: &str, config: &str) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("logs").join(format!("{bin}.log")))?;
+        let child = Command::new(bin_path(bin)?)
+            .arg("--config")
+            .arg(self.dir().join(config))
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {bin}"))?;
+        Ok(child)
+    }
+
+    async fn boot(&mut self) -> Result<()> {
+        self.data = Some(self.spawn("kms-data", "data.toml")?);
+        self.control = Some(self.spawn("kms-control", "control.toml")?);
+        let (data_addr, control_addr) = (self.data_addr.clone(), self.control_addr.clone());
+        self.wait_healthy("kms-data", &data_addr).await?;
+        self.wait_healthy("kms-control", &control_addr).await?;
+        Ok(())
+    }
+
+    async fn wait_healthy(&mut self, name: &str, addr: &str) -> Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            poll.tick().await;
+            for (who, child) in [
+                ("kms-control", &mut self.control),
+                ("kms-data", &mut self.data),
+            ] {
+                if let Some(status) = child.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                    let log = std::fs::read_to_string(
+                        self.dir.path().join("logs").join(format!("{who}.log")),
+                    )
+                    .unwrap_or_default();
+                    bail!("{who} exited early with {status}; log:\n{log}");
+                }
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+            {
+                let resp = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if resp.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not healthy on {addr} after 60 s; log:\n{}",
+                    self.log(name)
+                );
+            }
+        }
+    }
+
+    /// The log of `bin` so far.
+    pub fn log(&self, bin: &str) -> String {
+        std::fs::read_to_string(self.dir().join("logs").join(format!("{bin}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Stops both planes with SIGTERM and checks each exits successfully.
+    pub async fn stop(&mut self) -> Result<()> {
+        for (name, slot) in [
+            ("kms-control", &mut self.control),
+            ("kms-data", &mut self.data),
+        ] {
+            let Some(mut child) = slot.take() else {
+                continue;
+            };
+            let pid = child.id().context("child has no pid")?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+            let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .with_context(|| format!("{name} did not stop within 20 s of SIGTERM"))??;
+            if !status.success() {
+                bail!("{name} exited with {status} after SIGTERM");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and starts both planes on the same directory and ports.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.boot().await
+    }
+
+    fn channel(addr: &str) -> Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{addr}"))?.connect_lazy())
+    }
+
+    /// `KeyManagementService` as `principal` (or anonymous).
+    pub fn keys(&self, principal: Option<&str>) -> Result<KeyManagementServiceClient<Svc>> {
+        Ok(KeyManagementServiceClient::with_interceptor(
+            Self::channel(&self.control_addr)?,
+            As(principal.map(str::to_string)),
+        ))
+    }
+
+    /// `KmsInstanceService` as `principal`.
+    pub fn instances(&self, principal: Option<&str>) -> Result<KmsInstanceServiceClient<Svc>> {
+        Ok(KmsInstanceServiceClient::with_interceptor(
+            Self::channel(&self.control_addr)?,
+            As(principal.map(str::to_string)),
+        ))
+    }
+
+    /// `CryptoService` as `principal`.
+    pub fn crypto(&self, principal: Option<&str>) -> Result<CryptoServiceClient<Svc>> {
+        Ok(CryptoServiceClient::with_interceptor(
+            Self::channel(&self.data_addr)?,
+            As(principal.map(str::to_string)),
+        ))
+    }
+
+    /// The control plane's internal `KeyDirectory` as `principal`.
+    pub fn directory(&self, principal: Option<&str>) -> Result<KeyDirectoryClient<Svc>> {
+        Ok(KeyDirectoryClient::with_interceptor(
+            Self::channel(&self.control_addr)?,
+            As(principal.map(str::to_string)),
+        ))
+    }
+
+    /// The data plane's internal `KeyMaterial` as `principal`.
+    pub fn material(&self, principal: Option<&str>) -> Result<KeyMaterialClient<Svc>> {
+        Ok(KeyMaterialClient::with_interceptor(
+            Self::channel(&self.data_addr)?,
+            As(principal.map(str::to_string)),
+        ))
+    }
+}
+
+/// The reason code of a failed call.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -36,7 +36,11 @@ pub(crate) fn open(
     let key = key(material)?;
     let mut buf = SecretBytes::copy_from(ciphertext_and_tag);
     let len = key
-        .open_in_place(Nonce::assume_unique_for_key(*iv), Aad::from(aad), buf.expose_mut())
+        .open_in_place(
+            Nonce::assume_unique_for_key(*iv),
+            Aad::from(aad),
+            buf.expose_mut(),
+        )
         .map_err(|_| BackendError::AuthenticationFailed)?
         .len();
     buf.truncate(len);

@@ -46,7 +46,9 @@ impl Backend for SoftBackend {
             KeySpec::AliyunAes256 | KeySpec::AliyunAes128 => spec.symmetric_key_len(),
             _ => None,
         }
-        .ok_or(BackendError::NotSupported("software generation of this key spec"))?;
+        .ok_or(BackendError::NotSupported(
+            "software generation of this key spec",
+        ))?;
         let mut material = SecretBytes::new(vec![0u8; len]);
         self.fill_random(material.expose_mut())?;
         Ok(GeneratedKey {

@@ -8,14 +8,27 @@ use kms_types::KeySpec;
 pub fn check_aead(backend: &dyn Backend) {
     let caps = backend.capabilities();
     assert!(caps.aead, "{} does not claim aead", backend.name());
-    let specs: Vec<KeySpec> = caps.key_specs.iter().copied().filter(|s| s.is_symmetric()).collect();
-    assert!(!specs.is_empty(), "{} claims aead but no AES spec", backend.name());
+    let specs: Vec<KeySpec> = caps
+        .key_specs
+        .iter()
+        .copied()
+        .filter(|s| s.is_symmetric())
+        .collect();
+    assert!(
+        !specs.is_empty(),
+        "{} claims aead but no AES spec",
+        backend.name()
+    );
     for spec in specs {
         let key = match backend.generate(spec) {
             Ok(k) => k,
             Err(e) => panic!("generate {spec:?}: {e}"),
         };
-        assert_eq!(key.material.len(), spec.symmetric_key_len().unwrap_or(0), "{spec:?} key length");
+        assert_eq!(
+            key.material.len(),
+            spec.symmetric_key_len().unwrap_or(0),
+            "{spec:?} key length"
+        );
         assert!(key.public_key_der.is_empty());
         let iv = [7u8; GCM_IV_LEN];
         let sealed = match backend.aead_seal(&key.material, &iv, b"aad", b"hello world") {
@@ -43,7 +56,11 @@ pub fn check_aead(backend: &dyn Backend) {
             backend.aead_open(&key.material, &[8u8; GCM_IV_LEN], b"aad", &sealed),
             Err(BackendError::AuthenticationFailed)
         ));
-        assert!(backend.aead_open(&key.material, &iv, b"aad", &sealed[..10]).is_err());
+        assert!(
+            backend
+                .aead_open(&key.material, &iv, b"aad", &sealed[..10])
+                .is_err()
+        );
     }
 }
 
@@ -73,14 +90,26 @@ pub fn check_root_wrapper(wrapper: &dyn RootWrapper) {
         Err(e) => panic!("unwrap: {e}"),
     };
     assert_eq!(opened, secret);
-    assert!(wrapper.unwrap_secret(b"ctx-2", &wrapped).is_err(), "other context accepted");
+    assert!(
+        wrapper.unwrap_secret(b"ctx-2", &wrapped).is_err(),
+        "other context accepted"
+    );
     let mut tampered = wrapped.clone();
     if let Some(last) = tampered.last_mut() {
         *last ^= 0x80;
     }
-    assert!(wrapper.unwrap_secret(b"ctx-1", &tampered).is_err(), "tampered blob accepted");
-    assert!(wrapper.unwrap_secret(b"ctx-1", &[]).is_err(), "empty blob accepted");
-    assert!(wrapper.unwrap_secret(b"ctx-1", &wrapped[..3]).is_err(), "short blob accepted");
+    assert!(
+        wrapper.unwrap_secret(b"ctx-1", &tampered).is_err(),
+        "tampered blob accepted"
+    );
+    assert!(
+        wrapper.unwrap_secret(b"ctx-1", &[]).is_err(),
+        "empty blob accepted"
+    );
+    assert!(
+        wrapper.unwrap_secret(b"ctx-1", &wrapped[..3]).is_err(),
+        "short blob accepted"
+    );
     let again = match wrapper.wrap_secret(b"ctx-1", &secret) {
         Ok(w) => w,
         Err(e) => panic!("wrap: {e}"),

@@ -1,1 +1,13 @@
-//! placeholder
+//! The control plane: the source of truth for instances, keys, versions, aliases, tags and
+//! policies, kept in a [`kms_store::Store`]. It never touches the HSM or plaintext key material:
+//! new material comes wrapped from the data plane's `KeyMaterial` service.
+
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod material;
+pub mod registry;
+pub mod schema;
+
+pub use config::{ControlConfig, ControlParams};
+pub use registry::Registry;

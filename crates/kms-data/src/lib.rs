@@ -1,1 +1,12 @@
-//! placeholder
+//! The data plane: every cryptographic operation. It keeps no durable state: keys come from
+//! the control plane's `KeyDirectory` (cached briefly), key material is unsealed through the
+//! HSM root key, and software keys are computed in process.
+
+pub mod cache;
+pub mod config;
+pub mod crypto;
+pub mod directory;
+pub mod grpc;
+pub mod vault;
+
+pub use config::{DataConfig, DataParams};

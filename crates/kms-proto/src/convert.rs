@@ -1,10 +1,10 @@
 //! Conversions between wire types and domain types. Unknown or unspecified enum values and
 //! malformed ids fail closed with `InvalidParameter.<Field>`.
 
-use kms_types::key::KeyEntry;
 use kms_types::{
-    AccountId, DomainError, InstanceId, KeyId, KeyOrigin, KeyRecord, KeySpec, KeyState, KeyUsage,
-    KeyVersionId, KeyVersionRecord, ProtectionLevel, RotationStatus, UnixMillis,
+    AccountId, DomainError, InstanceId, KeyEntry, KeyId, KeyOrigin, KeyRecord, KeySpec, KeyState,
+    KeyUsage, KeyVersionId, KeyVersionRecord, NewKey, ProtectionLevel, RotationStatus, Tag,
+    UnixMillis,
 };
 
 use crate::kms::internal::v1 as ipb;
@@ -129,7 +129,11 @@ pub fn key_metadata(r: &KeyRecord, region: &str) -> pb::KeyMetadata {
     pb::KeyMetadata {
         key_id: r.id.to_string(),
         arn: kms_types::ids::key_arn(region, &r.account, &r.id),
-        kms_instance_id: r.instance.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        kms_instance_id: r
+            .instance
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
         is_default_key: r.is_default(),
         key_spec: r.spec.to_wire(),
         key_usage: r.usage.to_wire(),
@@ -169,7 +173,11 @@ pub fn key_entry(e: &KeyEntry) -> ipb::KeyEntry {
         key_id: e.id.to_string(),
         arn: e.arn.clone(),
         account_id: e.account.to_string(),
-        kms_instance_id: e.instance.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        kms_instance_id: e
+            .instance
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
         is_default_key: e.instance.is_none(),
         key_spec: e.spec.to_wire(),
         key_usage: e.usage.to_wire(),
@@ -204,7 +212,11 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
             .map(|v| {
                 Ok(KeyVersionRecord {
                     id: KeyVersionId::parse(&v.key_version_id)?,
-                    created: v.creation_date.as_ref().map(from_timestamp).unwrap_or(UnixMillis(0)),
+                    created: v
+                        .creation_date
+                        .as_ref()
+                        .map(from_timestamp)
+                        .unwrap_or(UnixMillis(0)),
                     wrapped_material: v.wrapped_material,
                     public_key_der: v.public_key_der,
                 })
@@ -234,6 +246,58 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
     }
 }
 
+/// Whole days in a rotation interval; anything not a whole number of days is refused.
+pub fn interval_days(d: &prost_types::Duration) -> Result<i64, DomainError> {
+    if d.nanos != 0 || d.seconds % 86_400 != 0 {
+        return Err(DomainError::invalid(
+            "RotationInterval",
+            "rotation_interval must be a whole number of days",
+        ));
+    }
+    Ok(d.seconds / 86_400)
+}
+
+impl TryFrom<pb::CreateKeyRequest> for NewKey {
+    type Error = DomainError;
+
+    fn try_from(w: pb::CreateKeyRequest) -> Result<Self, DomainError> {
+        let optional_enum = |v: i32| v != 0;
+        Ok(NewKey {
+            instance: if w.kms_instance_id.is_empty() {
+                None
+            } else {
+                Some(InstanceId::parse(&w.kms_instance_id)?)
+            },
+            spec: optional_enum(w.key_spec)
+                .then(|| KeySpec::from_wire(w.key_spec))
+                .transpose()?,
+            usage: optional_enum(w.key_usage)
+                .then(|| KeyUsage::from_wire(w.key_usage))
+                .transpose()?,
+            origin: optional_enum(w.origin)
+                .then(|| KeyOrigin::from_wire(w.origin))
+                .transpose()?,
+            description: w.description,
+            alias: (!w.alias.is_empty()).then_some(w.alias),
+            tags: w
+                .tags
+                .into_iter()
+                .map(|t| Tag {
+                    key: t.key,
+                    value: t.value,
+                })
+                .collect(),
+            rotation_enabled: w.enable_automatic_rotation,
+            rotation_interval_days: w
+                .rotation_interval
+                .as_ref()
+                .map(interval_days)
+                .transpose()?,
+            policy: (!w.policy.is_empty()).then_some(w.policy),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +319,11 @@ mod tests {
     #[test]
     fn timestamps_round_trip() {
         for ms in [0, 1, 999, 1_000, 1_700_000_000_123, -1, -1_500] {
-            assert_eq!(from_timestamp(&timestamp(UnixMillis(ms))), UnixMillis(ms), "{ms}");
+            assert_eq!(
+                from_timestamp(&timestamp(UnixMillis(ms))),
+                UnixMillis(ms),
+                "{ms}"
+            );
         }
     }
 }

@@ -119,7 +119,9 @@ mod tests {
     }
 
     fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -132,10 +134,21 @@ mod tests {
         let c: Cfg = load(
             Some(&p),
             "KMS_",
-            vars(&[("KMS_HSM__PIN", "1234"), ("KMS_FLAG", "true"), ("KMS_HSM__SIZE", "7"), ("OTHER", "x")]),
+            vars(&[
+                ("KMS_HSM__PIN", "1234"),
+                ("KMS_FLAG", "true"),
+                ("KMS_HSM__SIZE", "7"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
-        assert_eq!(c.hsm, Inner { pin: "1234".into(), size: 7 });
+        assert_eq!(
+            c.hsm,
+            Inner {
+                pin: "1234".into(),
+                size: 7
+            }
+        );
         assert!(c.flag);
     }
 
@@ -147,9 +160,14 @@ mod tests {
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "listen_addr = 5\n[hsm]\npin=\"x\"\n").unwrap();
-        assert!(matches!(load::<Cfg>(Some(&p), "KMS_", vars(&[])), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            load::<Cfg>(Some(&p), "KMS_", vars(&[])),
+            Err(ConfigError::Parse(_))
+        ));
         std::fs::write(&p, "listen_addr = \"a\"\ntypo = 1\n[hsm]\npin=\"x\"\n").unwrap();
-        let err = load::<Cfg>(Some(&p), "KMS_", vars(&[])).unwrap_err().to_string();
+        let err = load::<Cfg>(Some(&p), "KMS_", vars(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("typo"), "{err}");
         std::fs::write(&p, "listen_addr = \"a\"\nflag = 1\n").unwrap();
         let err = load::<Cfg>(Some(&p), "KMS_", vars(&[("KMS_FLAG__X", "1")])).unwrap_err();

@@ -34,7 +34,8 @@ impl IdentityConfig {
             ("service_principal", &self.service_principal),
             ("peer_principal", &self.peer_principal),
         ] {
-            Principal::parse(arn).map_err(|_| format!("identity.{name} {arn:?} is not a principal ARN"))?;
+            Principal::parse(arn)
+                .map_err(|_| format!("identity.{name} {arn:?} is not a principal ARN"))?;
         }
         if !self.dev_header {
             return Err(
@@ -121,23 +122,38 @@ mod tests {
 
         let req = with_principal(Request::new(()), "acs:ram::42:user/alice").unwrap();
         let mut off = Authenticator::new(&config(false));
-        assert_eq!(off.call(req).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            off.call(req).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
     fn missing_or_bad_identity_is_unauthenticated() {
         let mut auth = Authenticator::new(&config(true));
-        assert_eq!(auth.call(Request::new(())).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            auth.call(Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         let req = with_principal(Request::new(()), "bob").unwrap();
         let err = auth.call(req).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        assert!(err.message().starts_with("Forbidden.NoIdentity"), "{}", err.message());
+        assert!(
+            err.message().starts_with("Forbidden.NoIdentity"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
     fn config_validation() {
         assert!(config(true).validate().is_ok());
-        assert!(config(false).validate().unwrap_err().contains("no authentication mode"));
+        assert!(
+            config(false)
+                .validate()
+                .unwrap_err()
+                .contains("no authentication mode")
+        );
         let mut bad = config(true);
         bad.peer_principal = "x".into();
         assert!(bad.validate().unwrap_err().contains("peer_principal"));

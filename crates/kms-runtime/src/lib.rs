@@ -6,6 +6,7 @@ pub mod identity;
 pub mod serve;
 pub mod status;
 pub mod telemetry;
+mod unimplemented;
 
 pub use identity::{Authenticator, IdentityConfig, caller};
 pub use status::to_status;

@@ -13,7 +13,9 @@ pub const ERROR_DOMAIN: &str = "kms";
 /// Converts a domain error into the status the API contract names for it.
 pub fn to_status(err: DomainError) -> Status {
     let code = match &err {
-        DomainError::InvalidParameter { .. } | DomainError::InvalidCiphertext => Code::InvalidArgument,
+        DomainError::InvalidParameter { .. } | DomainError::InvalidCiphertext => {
+            Code::InvalidArgument
+        }
         DomainError::KeyNotFound
         | DomainError::KeyVersionNotFound
         | DomainError::AliasNotFound
@@ -50,16 +52,56 @@ mod tests {
     #[test]
     fn codes_and_reasons() {
         let cases = [
-            (DomainError::invalid("AliasName", "bad"), Code::InvalidArgument, "InvalidParameter.AliasName"),
-            (DomainError::InvalidCiphertext, Code::InvalidArgument, "InvalidCiphertext"),
-            (DomainError::KeyNotFound, Code::NotFound, "Forbidden.KeyNotFound"),
-            (DomainError::DefaultKeyExists, Code::AlreadyExists, "Forbidden.DefaultKeyExists"),
-            (DomainError::NoPermission, Code::PermissionDenied, "Forbidden.NoPermission"),
-            (DomainError::NoIdentity, Code::Unauthenticated, "Forbidden.NoIdentity"),
-            (DomainError::InvalidState(KeyState::Disabled), Code::FailedPrecondition, "Rejected.Disabled"),
-            (DomainError::DryRunOperation, Code::FailedPrecondition, "DryRunOperationError"),
-            (DomainError::Throttling, Code::ResourceExhausted, "Rejected.Throttling"),
-            (DomainError::Unavailable("x".into()), Code::Unavailable, "Unavailable"),
+            (
+                DomainError::invalid("AliasName", "bad"),
+                Code::InvalidArgument,
+                "InvalidParameter.AliasName",
+            ),
+            (
+                DomainError::InvalidCiphertext,
+                Code::InvalidArgument,
+                "InvalidCiphertext",
+            ),
+            (
+                DomainError::KeyNotFound,
+                Code::NotFound,
+                "Forbidden.KeyNotFound",
+            ),
+            (
+                DomainError::DefaultKeyExists,
+                Code::AlreadyExists,
+                "Forbidden.DefaultKeyExists",
+            ),
+            (
+                DomainError::NoPermission,
+                Code::PermissionDenied,
+                "Forbidden.NoPermission",
+            ),
+            (
+                DomainError::NoIdentity,
+                Code::Unauthenticated,
+                "Forbidden.NoIdentity",
+            ),
+            (
+                DomainError::InvalidState(KeyState::Disabled),
+                Code::FailedPrecondition,
+                "Rejected.Disabled",
+            ),
+            (
+                DomainError::DryRunOperation,
+                Code::FailedPrecondition,
+                "DryRunOperationError",
+            ),
+            (
+                DomainError::Throttling,
+                Code::ResourceExhausted,
+                "Rejected.Throttling",
+            ),
+            (
+                DomainError::Unavailable("x".into()),
+                Code::Unavailable,
+                "Unavailable",
+            ),
         ];
         for (err, code, reason) in cases {
             let st = to_status(err);
@@ -71,7 +113,9 @@ mod tests {
 
     #[test]
     fn internal_detail_is_withheld() {
-        let st = to_status(DomainError::Internal("pkcs11 said CKR_PIN_INCORRECT for 1234".into()));
+        let st = to_status(DomainError::Internal(
+            "pkcs11 said CKR_PIN_INCORRECT for 1234".into(),
+        ));
         assert_eq!(st.code(), Code::Internal);
         assert!(!st.message().contains("1234"), "{}", st.message());
     }

@@ -36,7 +36,10 @@ impl LogConfig {
     /// Checks the values; called once at start.
     pub fn validate(&self) -> Result<(), String> {
         if !matches!(self.format.as_str(), "text" | "json") {
-            return Err(format!("log.format must be text or json, not {:?}", self.format));
+            return Err(format!(
+                "log.format must be text or json, not {:?}",
+                self.format
+            ));
         }
         EnvFilter::try_new(&self.level).map_err(|e| format!("log.level {:?}: {e}", self.level))?;
         Ok(())

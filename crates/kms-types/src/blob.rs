@@ -116,11 +116,17 @@ mod tests {
         for i in 0..4 {
             let mut b = blob.clone();
             b[i] ^= 0x20;
-            assert_eq!(CiphertextBlob::parse(&b), Err(DomainError::InvalidCiphertext));
+            assert_eq!(
+                CiphertextBlob::parse(&b),
+                Err(DomainError::InvalidCiphertext)
+            );
         }
         let mut v2 = blob.clone();
         v2[3] = b'2';
-        assert_eq!(CiphertextBlob::parse(&v2), Err(DomainError::InvalidCiphertext));
+        assert_eq!(
+            CiphertextBlob::parse(&v2),
+            Err(DomainError::InvalidCiphertext)
+        );
     }
 
     #[test]

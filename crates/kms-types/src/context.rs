@@ -24,7 +24,10 @@ impl EncryptionContext {
             ));
         }
         if map.keys().any(|k| k.is_empty()) {
-            return Err(DomainError::invalid("EncryptionContext", "encryption context has an empty key"));
+            return Err(DomainError::invalid(
+                "EncryptionContext",
+                "encryption context has an empty key",
+            ));
         }
         Ok(Self(map.into_iter().collect()))
     }
@@ -54,7 +57,12 @@ mod tests {
     use super::*;
 
     fn ctx(pairs: &[(&str, &str)]) -> Result<EncryptionContext, DomainError> {
-        EncryptionContext::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        EncryptionContext::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]

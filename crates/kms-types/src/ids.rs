@@ -20,12 +20,18 @@ impl KeyId {
     /// Parses a key id; anything else is `InvalidParameter.KeyId`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok = s.strip_prefix("key-").is_some_and(|rest| {
-            rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            rest.len() == 32
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(DomainError::invalid("KeyId", format!("{s:?} is not a key id")))
+            Err(DomainError::invalid(
+                "KeyId",
+                format!("{s:?} is not a key id"),
+            ))
         }
     }
 
@@ -63,9 +69,9 @@ impl KeyVersionId {
 
     /// Parses the hyphenated text form; anything else is `InvalidParameter.KeyVersionId`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        Uuid::try_parse(s)
-            .map(Self)
-            .map_err(|_| DomainError::invalid("KeyVersionId", format!("{s:?} is not a key version id")))
+        Uuid::try_parse(s).map(Self).map_err(|_| {
+            DomainError::invalid("KeyVersionId", format!("{s:?} is not a key version id"))
+        })
     }
 }
 
@@ -93,7 +99,10 @@ impl InstanceId {
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(DomainError::invalid("KmsInstanceId", format!("{s:?} is not an instance id")))
+            Err(DomainError::invalid(
+                "KmsInstanceId",
+                format!("{s:?} is not an instance id"),
+            ))
         }
     }
 
@@ -119,7 +128,10 @@ impl AccountId {
         if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit()) {
             Ok(Self(s.to_string()))
         } else {
-            Err(DomainError::invalid("AccountId", format!("{s:?} is not an account id")))
+            Err(DomainError::invalid(
+                "AccountId",
+                format!("{s:?} is not an account id"),
+            ))
         }
     }
 
@@ -168,18 +180,25 @@ impl KeyRef {
             let (Some(region), Some(account), Some(resource)) =
                 (parts.next(), parts.next(), parts.next())
             else {
-                return Err(DomainError::invalid("KeyId", format!("{s:?} is not a key ARN")));
+                return Err(DomainError::invalid(
+                    "KeyId",
+                    format!("{s:?} is not a key ARN"),
+                ));
             };
             let key = resource
                 .strip_prefix("key/")
                 .ok_or_else(|| DomainError::invalid("KeyId", format!("{s:?} is not a key ARN")))?;
             if region.is_empty() {
-                return Err(DomainError::invalid("KeyId", format!("{s:?} has no region")));
+                return Err(DomainError::invalid(
+                    "KeyId",
+                    format!("{s:?} has no region"),
+                ));
             }
             return Ok(Self::Arn {
                 region: region.to_string(),
-                account: AccountId::parse(account)
-                    .map_err(|_| DomainError::invalid("KeyId", format!("{s:?} has a bad account")))?,
+                account: AccountId::parse(account).map_err(|_| {
+                    DomainError::invalid("KeyId", format!("{s:?} has a bad account"))
+                })?,
                 key_id: KeyId::parse(key)?,
             });
         }
@@ -216,8 +235,15 @@ mod tests {
     fn key_refs() {
         let id = KeyId::generate();
         assert_eq!(KeyRef::parse(id.as_str()), Ok(KeyRef::Id(id.clone())));
-        assert_eq!(KeyRef::parse("alias/app"), Ok(KeyRef::Alias("alias/app".into())));
-        let arn = key_arn("local", &AccountId::parse("123").unwrap_or_else(|e| panic!("{e}")), &id);
+        assert_eq!(
+            KeyRef::parse("alias/app"),
+            Ok(KeyRef::Alias("alias/app".into()))
+        );
+        let arn = key_arn(
+            "local",
+            &AccountId::parse("123").unwrap_or_else(|e| panic!("{e}")),
+            &id,
+        );
         assert!(matches!(KeyRef::parse(&arn), Ok(KeyRef::Arn { key_id, .. }) if key_id == id));
         for bad in [
             "",

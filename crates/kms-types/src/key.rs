@@ -109,9 +109,14 @@ impl KeyRecord {
     /// When the next automatic rotation is due, while rotation is on.
     pub fn next_rotation(&self) -> Option<UnixMillis> {
         match self.rotation {
-            Some(RotationPolicy { enabled: true, interval_days }) => {
-                Some(self.last_rotation.unwrap_or(self.created).plus_days(interval_days))
-            }
+            Some(RotationPolicy {
+                enabled: true,
+                interval_days,
+            }) => Some(
+                self.last_rotation
+                    .unwrap_or(self.created)
+                    .plus_days(interval_days),
+            ),
             _ => None,
         }
     }
@@ -120,6 +125,31 @@ impl KeyRecord {
     pub fn version(&self, id: &KeyVersionId) -> Option<&KeyVersionRecord> {
         self.versions.iter().find(|v| v.id == *id)
     }
+}
+
+/// A request to create a key, validated field by field by the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewKey {
+    /// The instance; `None` asks for the account's default key.
+    pub instance: Option<InstanceId>,
+    /// Key spec; `None` means the default for the kind of key.
+    pub spec: Option<KeySpec>,
+    /// Usage; `None` means the spec's default usage.
+    pub usage: Option<KeyUsage>,
+    /// Who makes the material; `None` means KMS.
+    pub origin: Option<KeyOrigin>,
+    /// Description.
+    pub description: String,
+    /// An alias to create with the key.
+    pub alias: Option<String>,
+    /// Tags to put on the key.
+    pub tags: Vec<Tag>,
+    /// Whether automatic rotation is on; `None` means the default for the key.
+    pub rotation_enabled: Option<bool>,
+    /// Rotation interval in whole days; `None` means the default (365).
+    pub rotation_interval_days: Option<i64>,
+    /// Custom policy document; `None` means the default policy.
+    pub policy: Option<String>,
 }
 
 /// What the data plane needs to know to use a key: no description, tags or dates.
@@ -239,14 +269,38 @@ mod tests {
 
     #[test]
     fn rotation_status_follows_state() {
-        let on = Some(RotationPolicy { enabled: true, interval_days: 30 });
-        let off = Some(RotationPolicy { enabled: false, interval_days: 30 });
-        assert_eq!(record(KeyState::Enabled, on).rotation_status(), RotationStatus::Enabled);
-        assert_eq!(record(KeyState::Disabled, on).rotation_status(), RotationStatus::Suspended);
-        assert_eq!(record(KeyState::PendingDeletion, on).rotation_status(), RotationStatus::Suspended);
-        assert_eq!(record(KeyState::Enabled, off).rotation_status(), RotationStatus::Disabled);
-        assert_eq!(record(KeyState::Enabled, None).rotation_status(), RotationStatus::Disabled);
-        assert_eq!(record(KeyState::Enabled, on).next_rotation(), Some(UnixMillis(1_000).plus_days(30)));
+        let on = Some(RotationPolicy {
+            enabled: true,
+            interval_days: 30,
+        });
+        let off = Some(RotationPolicy {
+            enabled: false,
+            interval_days: 30,
+        });
+        assert_eq!(
+            record(KeyState::Enabled, on).rotation_status(),
+            RotationStatus::Enabled
+        );
+        assert_eq!(
+            record(KeyState::Disabled, on).rotation_status(),
+            RotationStatus::Suspended
+        );
+        assert_eq!(
+            record(KeyState::PendingDeletion, on).rotation_status(),
+            RotationStatus::Suspended
+        );
+        assert_eq!(
+            record(KeyState::Enabled, off).rotation_status(),
+            RotationStatus::Disabled
+        );
+        assert_eq!(
+            record(KeyState::Enabled, None).rotation_status(),
+            RotationStatus::Disabled
+        );
+        assert_eq!(
+            record(KeyState::Enabled, on).next_rotation(),
+            Some(UnixMillis(1_000).plus_days(30))
+        );
         assert_eq!(record(KeyState::Enabled, off).next_rotation(), None);
     }
 

@@ -19,7 +19,7 @@ pub use blob::CiphertextBlob;
 pub use context::EncryptionContext;
 pub use error::DomainError;
 pub use ids::{AccountId, InstanceId, KeyId, KeyRef, KeyVersionId};
-pub use key::{KeyRecord, KeyVersionRecord, RotationPolicy, Tag};
+pub use key::{KeyEntry, KeyRecord, KeyVersionRecord, NewKey, RotationPolicy, Tag};
 pub use principal::Principal;
 pub use spec::{
     Algorithm, DataKeySpec, InstanceType, KeyOrigin, KeySpec, KeyUsage, ProtectionLevel,

@@ -14,7 +14,11 @@ pub const MAX_POLICY_BYTES: usize = 32_768;
 
 /// Decides whether `principal` may perform `action` (e.g. `kms:Encrypt`) on a key owned by
 /// `owner`. Errors: `KeyNotFound` when the caller may not learn the key exists.
-pub fn authorize(principal: &Principal, owner: &AccountId, action: &str) -> Result<(), DomainError> {
+pub fn authorize(
+    principal: &Principal,
+    owner: &AccountId,
+    action: &str,
+) -> Result<(), DomainError> {
     let _ = action;
     if principal.account() == owner {
         Ok(())
@@ -28,9 +32,13 @@ pub fn authorize(principal: &Principal, owner: &AccountId, action: &str) -> Resu
 pub fn validate_document(doc: &str) -> Result<(), DomainError> {
     let bad = |why: String| DomainError::invalid("Policy", why);
     if doc.len() > MAX_POLICY_BYTES {
-        return Err(bad(format!("policy is {} bytes, more than {MAX_POLICY_BYTES}", doc.len())));
+        return Err(bad(format!(
+            "policy is {} bytes, more than {MAX_POLICY_BYTES}",
+            doc.len()
+        )));
     }
-    let value: Value = serde_json::from_str(doc).map_err(|e| bad(format!("policy is not JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(doc).map_err(|e| bad(format!("policy is not JSON: {e}")))?;
     if value.get("Version").and_then(Value::as_str) != Some("1") {
         return Err(bad("policy Version must be \"1\"".into()));
     }
@@ -51,8 +59,14 @@ mod tests {
     #[test]
     fn default_policy_is_the_owning_account() {
         let owner = AccountId::parse("100").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(authorize(&p("acs:ram::100:root"), &owner, "kms:Encrypt"), Ok(()));
-        assert_eq!(authorize(&p("acs:ram::100:user/u"), &owner, "kms:DisableKey"), Ok(()));
+        assert_eq!(
+            authorize(&p("acs:ram::100:root"), &owner, "kms:Encrypt"),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&p("acs:ram::100:user/u"), &owner, "kms:DisableKey"),
+            Ok(())
+        );
         assert_eq!(
             authorize(&p("acs:ram::200:root"), &owner, "kms:Encrypt"),
             Err(DomainError::KeyNotFound)
@@ -62,11 +76,20 @@ mod tests {
     #[test]
     fn document_shape() {
         assert!(validate_document(r#"{"Version":"1","Statement":[]}"#).is_ok());
-        for bad in ["", "{", "[]", r#"{"Version":"2","Statement":[]}"#, r#"{"Version":"1"}"#] {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"Version":"2","Statement":[]}"#,
+            r#"{"Version":"1"}"#,
+        ] {
             let got = validate_document(bad).err().map(|e| e.reason_code());
             assert_eq!(got.as_deref(), Some("InvalidParameter.Policy"), "{bad}");
         }
-        let huge = format!(r#"{{"Version":"1","Statement":[],"x":"{}"}}"#, "a".repeat(MAX_POLICY_BYTES));
+        let huge = format!(
+            r#"{{"Version":"1","Statement":[],"x":"{}"}}"#,
+            "a".repeat(MAX_POLICY_BYTES)
+        );
         assert!(validate_document(&huge).is_err());
     }
 }

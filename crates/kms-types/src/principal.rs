@@ -17,13 +17,16 @@ pub struct Principal {
 impl Principal {
     /// Parses a principal ARN; anything else is `NoIdentity`, since it cannot identify anyone.
     pub fn parse(arn: &str) -> Result<Self, DomainError> {
-        let rest = arn.strip_prefix("acs:ram::").ok_or(DomainError::NoIdentity)?;
+        let rest = arn
+            .strip_prefix("acs:ram::")
+            .ok_or(DomainError::NoIdentity)?;
         let (uid, resource) = rest.split_once(':').ok_or(DomainError::NoIdentity)?;
         let account = AccountId::parse(uid).map_err(|_| DomainError::NoIdentity)?;
         let name_ok = |n: &str| {
             !n.is_empty()
                 && n.len() <= 128
-                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@/".contains(&b))
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@/".contains(&b))
         };
         let valid = resource == "root"
             || resource.strip_prefix("user/").is_some_and(name_ok)
@@ -84,7 +87,11 @@ mod tests {
             "acs:ram::1234:user/a b",
             "acs:kms::1234:root",
         ] {
-            assert_eq!(Principal::parse(bad), Err(DomainError::NoIdentity), "{bad:?}");
+            assert_eq!(
+                Principal::parse(bad),
+                Err(DomainError::NoIdentity),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -129,7 +129,10 @@ named_enum!(
 impl KeySpec {
     /// Whether the spec is an AES key.
     pub fn is_symmetric(self) -> bool {
-        matches!(self, Self::AliyunAes256 | Self::AliyunAes192 | Self::AliyunAes128)
+        matches!(
+            self,
+            Self::AliyunAes256 | Self::AliyunAes192 | Self::AliyunAes128
+        )
     }
 
     /// AES key length in bytes; `None` for asymmetric specs.
@@ -208,8 +211,14 @@ mod tests {
         for spec in KeySpec::ALL {
             assert_eq!(spec.display_name().parse::<KeySpec>(), Ok(*spec));
         }
-        assert_eq!("aliyun-aes-256".parse::<KeySpec>(), Ok(KeySpec::AliyunAes256));
-        assert_eq!("encrypt/decrypt".parse::<KeyUsage>(), Ok(KeyUsage::EncryptDecrypt));
+        assert_eq!(
+            "aliyun-aes-256".parse::<KeySpec>(),
+            Ok(KeySpec::AliyunAes256)
+        );
+        assert_eq!(
+            "encrypt/decrypt".parse::<KeyUsage>(),
+            Ok(KeyUsage::EncryptDecrypt)
+        );
         assert!("AES_512".parse::<KeySpec>().is_err());
     }
 
@@ -230,11 +239,17 @@ mod tests {
 
     #[test]
     fn instances_offer_their_specs() {
-        let software: Vec<_> =
-            KeySpec::ALL.iter().filter(|s| InstanceType::Software.offers(**s)).collect();
+        let software: Vec<_> = KeySpec::ALL
+            .iter()
+            .filter(|s| InstanceType::Software.offers(**s))
+            .collect();
         assert_eq!(software.len(), 5);
         assert!(!InstanceType::Software.offers(KeySpec::Rsa4096));
         assert!(!InstanceType::Software.offers(KeySpec::AliyunAes192));
-        assert!(KeySpec::ALL.iter().all(|s| InstanceType::Hardware.offers(*s)));
+        assert!(
+            KeySpec::ALL
+                .iter()
+                .all(|s| InstanceType::Hardware.offers(*s))
+        );
     }
 }

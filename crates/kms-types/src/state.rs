@@ -137,7 +137,11 @@ mod tests {
             if allowed_in.contains(state) {
                 assert_eq!(got, Ok(()), "{op:?} in {state:?}");
             } else {
-                assert_eq!(got, Err(DomainError::InvalidState(*state)), "{op:?} in {state:?}");
+                assert_eq!(
+                    got,
+                    Err(DomainError::InvalidState(*state)),
+                    "{op:?} in {state:?}"
+                );
             }
         }
     }
@@ -150,12 +154,21 @@ mod tests {
         check(Operation::UpdateRotationPolicy, &[Enabled]);
         check(Operation::EnableKey, &[Enabled, Disabled]);
         check(Operation::DisableKey, &[Enabled, Disabled]);
-        check(Operation::ScheduleKeyDeletion, &[Enabled, Disabled, PendingImport]);
+        check(
+            Operation::ScheduleKeyDeletion,
+            &[Enabled, Disabled, PendingImport],
+        );
         check(Operation::CancelKeyDeletion, &[PendingDeletion]);
-        check(Operation::EnableDeletionProtection, &[Enabled, Disabled, PendingImport]);
+        check(
+            Operation::EnableDeletionProtection,
+            &[Enabled, Disabled, PendingImport],
+        );
         check(Operation::SetDeletionProtection, KeyState::ALL);
         check(Operation::CreateAlias, &[Enabled, Disabled, PendingImport]);
-        check(Operation::UpdateKeyDescription, &[Enabled, Disabled, PendingImport]);
+        check(
+            Operation::UpdateKeyDescription,
+            &[Enabled, Disabled, PendingImport],
+        );
         check(Operation::ChangeTags, &[Enabled, Disabled, PendingImport]);
         check(Operation::ImportKeyMaterial, &[PendingImport]);
         check(Operation::DescribeKey, KeyState::ALL);
@@ -164,7 +177,9 @@ mod tests {
     #[test]
     fn reason_codes_name_the_state() {
         assert_eq!(
-            Operation::Encrypt.check_state(Disabled).map_err(|e| e.reason_code()),
+            Operation::Encrypt
+                .check_state(Disabled)
+                .map_err(|e| e.reason_code()),
             Err("Rejected.Disabled".to_string())
         );
         assert_eq!(

@@ -18,14 +18,22 @@ pub const PAGE_SIZE: (i32, i32) = (20, 100);
 
 /// `alias/` + 1–255 letters, digits, `_`, `-`, `/`; not `alias/acs/...`.
 pub fn alias_name(name: &str) -> Result<(), DomainError> {
-    let bad = |why: &str| Err(DomainError::invalid("AliasName", format!("alias {name:?} {why}")));
+    let bad = |why: &str| {
+        Err(DomainError::invalid(
+            "AliasName",
+            format!("alias {name:?} {why}"),
+        ))
+    };
     let Some(rest) = name.strip_prefix("alias/") else {
         return bad("must start with alias/");
     };
     if rest.is_empty() || rest.len() > 255 {
         return bad("must have 1 to 255 characters after alias/");
     }
-    if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-/".contains(&b)) {
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-/".contains(&b))
+    {
         return bad("may contain only letters, digits, _, - and /");
     }
     if rest.starts_with("acs/") || rest == "acs" {
@@ -54,7 +62,10 @@ fn tag_text(field: &'static str, what: &str, text: &str) -> Result<(), DomainErr
             format!("tag {what} must have 1 to {MAX_TAG_CHARS} characters, got {n}"),
         ));
     }
-    if !text.chars().all(|c| c.is_ascii_alphanumeric() || "/\\_-.+=:@".contains(c)) {
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/\\_-.+=:@".contains(c))
+    {
         return Err(DomainError::invalid(
             field,
             format!("tag {what} {text:?} may contain only letters, digits and / \\ _ - . + = : @"),
@@ -85,13 +96,19 @@ pub fn tag_set(tags: &[Tag]) -> Result<(), DomainError> {
     if tags.len() > MAX_TAGS_PER_KEY {
         return Err(DomainError::invalid(
             "Tags",
-            format!("a key may have at most {MAX_TAGS_PER_KEY} tags, this would make {}", tags.len()),
+            format!(
+                "a key may have at most {MAX_TAGS_PER_KEY} tags, this would make {}",
+                tags.len()
+            ),
         ));
     }
     let mut keys: Vec<&str> = tags.iter().map(|t| t.key.as_str()).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|w| w[0] == w[1]) {
-        return Err(DomainError::invalid("Tags", "the same tag key appears twice"));
+        return Err(DomainError::invalid(
+            "Tags",
+            "the same tag key appears twice",
+        ));
     }
     Ok(())
 }
@@ -103,14 +120,27 @@ pub fn rotation_interval_days(days: i64) -> Result<(), DomainError> {
 
 /// A pending-deletion window of 7–366 days.
 pub fn pending_window_days(days: i64) -> Result<(), DomainError> {
-    in_range("PendingWindowInDays", "pending window", days, PENDING_WINDOW_DAYS)
+    in_range(
+        "PendingWindowInDays",
+        "pending window",
+        days,
+        PENDING_WINDOW_DAYS,
+    )
 }
 
-fn in_range(field: &'static str, what: &str, days: i64, (lo, hi): (i64, i64)) -> Result<(), DomainError> {
+fn in_range(
+    field: &'static str,
+    what: &str,
+    days: i64,
+    (lo, hi): (i64, i64),
+) -> Result<(), DomainError> {
     if (lo..=hi).contains(&days) {
         Ok(())
     } else {
-        Err(DomainError::invalid(field, format!("{what} must be {lo} to {hi} days, got {days}")))
+        Err(DomainError::invalid(
+            field,
+            format!("{what} must be {lo} to {hi} days, got {days}"),
+        ))
     }
 }
 
@@ -119,7 +149,10 @@ pub fn page_size(size: i32) -> Result<usize, DomainError> {
     match size {
         0 => Ok(PAGE_SIZE.0 as usize),
         1..=100 => Ok(size as usize),
-        _ => Err(DomainError::invalid("PageSize", format!("page_size must be 1 to 100, got {size}"))),
+        _ => Err(DomainError::invalid(
+            "PageSize",
+            format!("page_size must be 1 to 100, got {size}"),
+        )),
     }
 }
 
@@ -171,7 +204,10 @@ mod tests {
 
     #[test]
     fn tags() {
-        let t = |k: &str, v: &str| Tag { key: k.into(), value: v.into() };
+        let t = |k: &str, v: &str| Tag {
+            key: k.into(),
+            value: v.into(),
+        };
         let c128 = "x".repeat(128);
         let c129 = "x".repeat(129);
         let cases: Vec<(Tag, Option<&str>)> = vec![
@@ -196,7 +232,10 @@ mod tests {
         assert!(tag_set(&twenty).is_ok());
         let mut twenty_one = twenty.clone();
         twenty_one.push(t("k20", "v"));
-        assert_eq!(field(tag_set(&twenty_one)).as_deref(), Some("InvalidParameter.Tags"));
+        assert_eq!(
+            field(tag_set(&twenty_one)).as_deref(),
+            Some("InvalidParameter.Tags")
+        );
         assert_eq!(
             field(tag_set(&[t("a", "1"), t("a", "2")])).as_deref(),
             Some("InvalidParameter.Tags")
@@ -205,7 +244,13 @@ mod tests {
 
     #[test]
     fn windows_and_intervals() {
-        for (d, ok) in [(6, false), (7, true), (365, true), (366, false), (-1, false)] {
+        for (d, ok) in [
+            (6, false),
+            (7, true),
+            (365, true),
+            (366, false),
+            (-1, false),
+        ] {
             assert_eq!(rotation_interval_days(d).is_ok(), ok, "rotation {d}");
         }
         for (d, ok) in [(6, false), (7, true), (366, true), (367, false), (0, false)] {

@@ -1,0 +1,106 @@
+//! `kms-control`: the control-plane server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kms_control::clock::SystemClock;
+use kms_control::grpc::{DirectoryService, InstanceService, KeyService};
+use kms_control::material::MaterialClient;
+use kms_control::{ControlConfig, Registry};
+use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
+use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
+use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
+use kms_runtime::{Authenticator, serve, telemetry};
+use kms_store::SledStore;
+use kms_types::Principal;
+
+/// The KMS control plane: key metadata, lifecycle, aliases, tags and policies, kept in sled.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); `KMS_*` environment variables override its entries.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+const SERVICES: &[&str] = &[
+    "kms.v1.KeyManagementService",
+    "kms.v1.KmsInstanceService",
+    "kms.internal.v1.KeyDirectory",
+];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let raw: ControlConfig =
+        kms_runtime::config::load(args.config.as_deref(), "KMS_", std::env::vars())?;
+    let params = raw
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    telemetry::init(&params.log);
+    if params.identity.dev_header {
+        tracing::warn!(
+            "identity.dev_header is on: any caller can claim any principal; use only for local development"
+        );
+    }
+
+    std::fs::create_dir_all(&params.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", params.data_dir.display()))?;
+    let store = Arc::new(
+        SledStore::open(&params.data_dir)
+            .with_context(|| format!("cannot open store in {}", params.data_dir.display()))?,
+    );
+    let material = MaterialClient::new(
+        &params.data_plane_url,
+        params.identity.service_principal.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let registry = Arc::new(Registry::new(
+        store,
+        params.region.clone(),
+        Arc::new(SystemClock),
+        material,
+    ));
+    let peer =
+        Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let auth = Authenticator::new(&params.identity);
+    let (listener, local) = serve::bind(&params.listen_addr)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (health_reporter, health) = serve::health(SERVICES).await;
+    let reflection =
+        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+
+    tracing::info!(addr = %local, region = %params.region, data_dir = %params.data_dir.display(), "control plane listening");
+    let shutdown = async move {
+        serve::shutdown_signal().await;
+        serve::mark_not_serving(&health_reporter, SERVICES).await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(KeyManagementServiceServer::with_interceptor(
+            KeyService::new(Arc::clone(&registry)),
+            auth.clone(),
+        ))
+        .add_service(KmsInstanceServiceServer::with_interceptor(
+            InstanceService,
+            auth.clone(),
+        ))
+        .add_service(KeyDirectoryServer::with_interceptor(
+            DirectoryService::new(Arc::clone(&registry), peer),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("server failed")?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Control-plane configuration: the raw TOML shape and its validated form.
+
+use std::path::PathBuf;
+
+use kms_runtime::identity::IdentityConfig;
+use kms_runtime::telemetry::LogConfig;
+use kms_types::Principal;
+use serde::Deserialize;
+
+/// `control.toml` as written; see `deploy/config/control.toml` for every option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Address to serve gRPC on.
+    #[serde(default = "default_listen")]
+    pub listen_addr: String,
+    /// Region named in ARNs.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Directory of the sled database.
+    pub data_dir: PathBuf,
+    /// URL of the data plane's gRPC endpoint.
+    pub data_plane_url: String,
+    /// Principals allowed to manage KMS instances.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Caller identity.
+    pub identity: IdentityConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7700".into()
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+
+/// Validated control-plane settings.
+#[derive(Debug, Clone)]
+pub struct ControlParams {
+    /// Address to serve on.
+    pub listen_addr: String,
+    /// Region named in ARNs.
+    pub region: String,
+    /// sled directory.
+    pub data_dir: PathBuf,
+    /// Data-plane URL.
+    pub data_plane_url: String,
+    /// Instance operators.
+    pub operators: Vec<Principal>,
+    /// Identity settings.
+    pub identity: IdentityConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl ControlConfig {
+    /// Checks every rule and produces the settings the server runs with.
+    pub fn validate(self) -> Result<ControlParams, String> {
+        if self.region.is_empty()
+            || !self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "region {:?} must be letters, digits and -",
+                self.region
+            ));
+        }
+        if !(self.data_plane_url.starts_with("http://")
+            || self.data_plane_url.starts_with("https://"))
+        {
+            return Err(format!(
+                "data_plane_url {:?} must start with http:// or https://",
+                self.data_plane_url
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir is required".into());
+        }
+        let operators = self
+            .operators
+            .iter()
+            .map(|arn| {
+                Principal::parse(arn)
+                    .map_err(|_| format!("operators: {arn:?} is not a principal ARN"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.identity.validate()?;
+        self.log.validate()?;
+        Ok(ControlParams {
+            listen_addr: self.listen_addr,
+            region: self.region,
+            data_dir: self.data_dir,
+            data_plane_url: self.data_plane_url,
+            operators,
+            identity: self.identity,
+            log: self.log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<ControlParams, String> {
+        let raw: ControlConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        raw.validate()
+    }
+
+    const GOOD: &str = r#"
+data_dir = "/tmp/x"
+data_plane_url = "http://127.0.0.1:7701"
+operators = ["acs:ram::1:user/op"]
+[identity]
+dev_header = true
+service_principal = "acs:ram::1:role/control"
+peer_principal = "acs:ram::1:role/data"
+"#;
+
+    #[test]
+    fn good_config_and_defaults() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.listen_addr, "127.0.0.1:7700");
+        assert_eq!(p.region, "local");
+        assert_eq!(p.operators.len(), 1);
+    }
+
+    #[test]
+    fn each_rule() {
+        let cases = [
+            (GOOD.replace("http://127", "ftp://127"), "data_plane_url"),
+            (GOOD.replace("acs:ram::1:user/op", "op"), "operators"),
+            (
+                GOOD.replace("dev_header = true", "dev_header = false"),
+                "no authentication mode",
+            ),
+            (GOOD.replace("role/data", "nobody"), "peer_principal"),
+            (format!("region = \"a b\"\n{GOOD}"), "region"),
+            (format!("surprise = 1\n{GOOD}"), "surprise"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `kms.internal.v1.KeyDirectory`: what the data plane asks about keys. Only the data plane's
+//! own principal may call it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kms_proto::convert::key_entry;
+use kms_proto::kms::internal::v1::key_directory_server::KeyDirectory;
+use kms_proto::kms::internal::v1::*;
+use kms_runtime::caller;
+use kms_store::Store;
+use kms_types::{DomainError, KeyRef, KeyVersionId, Principal};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::registry::Registry;
+
+/// The key directory the data plane reads.
+#[derive(Debug)]
+pub struct DirectoryService<S: Store> {
+    registry: Arc<Registry<S>>,
+    peer: Principal,
+}
+
+impl<S: Store> DirectoryService<S> {
+    /// A directory over `registry` answering only `peer`.
+    pub fn new(registry: Arc<Registry<S>>, peer: Principal) -> Self {
+        Self { registry, peer }
+    }
+
+    fn check_peer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let principal = caller(request).map_err(status)?;
+        if principal == self.peer {
+            Ok(())
+        } else {
+            Err(status(DomainError::NoPermission))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> KeyDirectory for DirectoryService<S> {
+    async fn get_key(
+        &self,
+        request: Request<GetKeyRequest>,
+    ) -> Result<Response<GetKeyResponse>, Status> {
+        self.check_peer(&request)?;
+        let req = request.into_inner();
+        let entry = if !req.key_version_id.is_empty() {
+            let version = KeyVersionId::parse(&req.key_version_id).map_err(status)?;
+            self.registry.directory_version(version).await
+        } else {
+            let key_ref = KeyRef::parse(&req.key_id).map_err(status)?;
+            let on_behalf = Principal::parse(&req.principal).map_err(status)?;
+            self.registry
+                .directory_key(on_behalf.account().clone(), key_ref)
+                .await
+        }
+        .map_err(status)?;
+        Ok(Response::new(GetKeyResponse {
+            key: Some(key_entry(&entry)),
+            revision: 0,
+        }))
+    }
+
+    type WatchKeysStream = Pin<Box<dyn Stream<Item = Result<KeyEvent, Status>> + Send + 'static>>;
+
+    async fn watch_keys(
+        &self,
+        request: Request<WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchKeysStream>, Status> {
+        self.check_peer(&request)?;
+        Err(Status::unimplemented(
+            "kms.internal.v1.KeyDirectory/WatchKeys is not implemented yet",
+        ))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<ReportUsageRequest>,
+    ) -> Result<Response<ReportUsageResponse>, Status> {
+        self.check_peer(&request)?;
+        Err(Status::unimplemented(
+            "kms.internal.v1.KeyDirectory/ReportUsage is not implemented yet",
+        ))
+    }
+}

@@ -1,0 +1,102 @@
+//! `kms-data`: the data-plane server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kms_backend_pkcs11::Hsm;
+use kms_data::DataConfig;
+use kms_data::cache::KeyCache;
+use kms_data::crypto::CryptoEngine;
+use kms_data::directory::DirectoryClient;
+use kms_data::grpc::{CryptoApi, MaterialService};
+use kms_data::vault::KeyVault;
+use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
+use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
+use kms_runtime::{Authenticator, serve, telemetry};
+use kms_types::Principal;
+
+/// The KMS data plane: cryptographic operations against the HSM and in-process software keys.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); `KMS_*` environment variables override its entries.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+const SERVICES: &[&str] = &["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let raw: DataConfig =
+        kms_runtime::config::load(args.config.as_deref(), "KMS_", std::env::vars())?;
+    let params = raw
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    telemetry::init(&params.log);
+    if params.identity.dev_header {
+        tracing::warn!(
+            "identity.dev_header is on: any caller can claim any principal; use only for local development"
+        );
+    }
+
+    let hsm_params = params.hsm.clone();
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_params))
+        .await
+        .context("HSM start-up task failed")?
+        .context("cannot start the HSM backend")?;
+    tracing::info!(
+        token = %params.hsm.token_label,
+        mechanisms = hsm.mechanism_names().len(),
+        "HSM ready; root key loaded"
+    );
+    let vault = Arc::new(KeyVault::new(Arc::new(hsm)));
+    let directory = DirectoryClient::new(
+        &params.control_plane_url,
+        params.identity.service_principal.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(CryptoEngine::new(
+        KeyCache::new(directory, params.cache_ttl),
+        Arc::clone(&vault),
+    ));
+    let peer =
+        Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let auth = Authenticator::new(&params.identity);
+    let (listener, local) = serve::bind(&params.listen_addr)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (health_reporter, health) = serve::health(SERVICES).await;
+    let reflection =
+        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+
+    tracing::info!(addr = %local, control_plane = %params.control_plane_url, "data plane listening");
+    let shutdown = async move {
+        serve::shutdown_signal().await;
+        serve::mark_not_serving(&health_reporter, SERVICES).await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(CryptoServiceServer::with_interceptor(
+            CryptoApi::new(engine),
+            auth.clone(),
+        ))
+        .add_service(KeyMaterialServer::with_interceptor(
+            MaterialService::new(vault, peer),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("server failed")?;
+    tracing::info!("data plane stopped");
+    Ok(())
+}

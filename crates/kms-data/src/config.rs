@@ -1,0 +1,254 @@
+//! Data-plane configuration: the raw TOML shape and its validated form.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kms_backend_pkcs11::HsmParams;
+use kms_runtime::identity::IdentityConfig;
+use kms_runtime::telemetry::LogConfig;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// `data.toml` as written; see `deploy/config/data.toml` for every option.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Address to serve gRPC on.
+    #[serde(default = "default_listen")]
+    pub listen_addr: String,
+    /// URL of the control plane's gRPC endpoint.
+    pub control_plane_url: String,
+    /// The HSM holding the root key.
+    pub hsm: HsmConfig,
+    /// The key cache.
+    #[serde(default)]
+    pub key_cache: CacheConfig,
+    /// Caller identity.
+    pub identity: IdentityConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[hsm]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module.
+    pub module_path: PathBuf,
+    /// Label of the token holding the root key.
+    pub token_label: String,
+    /// User PIN; prefer `user_pin_file` or `KMS_HSM__USER_PIN`.
+    #[serde(default)]
+    pub user_pin: Option<SecretString>,
+    /// File whose first line is the user PIN.
+    #[serde(default)]
+    pub user_pin_file: Option<PathBuf>,
+    /// Label of the root key, created at first start.
+    #[serde(default = "default_root_label")]
+    pub root_key_label: String,
+    /// Most PKCS#11 sessions open at once.
+    #[serde(default = "default_sessions")]
+    pub max_sessions: usize,
+}
+
+/// `[key_cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long a key fetched from the control plane is used before asking again, in ms. A
+    /// disabled key is refused at most this long after the control plane says so.
+    #[serde(default = "default_ttl")]
+    pub ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: default_ttl(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7701".into()
+}
+
+fn default_root_label() -> String {
+    "kms-root-v1".into()
+}
+
+fn default_sessions() -> usize {
+    8
+}
+
+fn default_ttl() -> u64 {
+    1000
+}
+
+/// Validated data-plane settings.
+#[derive(Debug)]
+pub struct DataParams {
+    /// Address to serve on.
+    pub listen_addr: String,
+    /// Control-plane URL.
+    pub control_plane_url: String,
+    /// HSM settings, PIN resolved.
+    pub hsm: HsmParams,
+    /// Cache time-to-live.
+    pub cache_ttl: Duration,
+    /// Identity settings.
+    pub identity: IdentityConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl DataConfig {
+    /// Checks every rule, reads the PIN file, and produces the settings the server runs with.
+    pub fn validate(self) -> Result<DataParams, String> {
+        if !(self.control_plane_url.starts_with("http://")
+            || self.control_plane_url.starts_with("https://"))
+        {
+            return Err(format!(
+                "control_plane_url {:?} must start with http:// or https://",
+                self.control_plane_url
+            ));
+        }
+        let pin = match (self.hsm.user_pin, &self.hsm.user_pin_file) {
+            (Some(_), Some(_)) => return Err("hsm: set user_pin or user_pin_file, not both".into()),
+            (Some(pin), None) => pin,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("hsm.user_pin_file {}: {e}", path.display()))?;
+                let pin =
+                    SecretString::from(text.lines().next().unwrap_or_default().trim().to_string());
+                drop(text);
+                pin
+            }
+            (None, None) => return Err("hsm: user_pin or user_pin_file is required".into()),
+        };
+        if self.hsm.token_label.is_empty() || self.hsm.token_label.len() > 32 {
+            return Err("hsm.token_label must be 1 to 32 bytes".into());
+        }
+        if !(1..=256).contains(&self.hsm.max_sessions) {
+            return Err(format!(
+                "hsm.max_sessions must be 1 to 256, got {}",
+                self.hsm.max_sessions
+            ));
+        }
+        if self.key_cache.ttl_ms > 60_000 {
+            return Err(format!(
+                "key_cache.ttl_ms must be at most 60000, got {}",
+                self.key_cache.ttl_ms
+            ));
+        }
+        self.identity.validate()?;
+        self.log.validate()?;
+        Ok(DataParams {
+            listen_addr: self.listen_addr,
+            control_plane_url: self.control_plane_url,
+            hsm: HsmParams {
+                module_path: self.hsm.module_path,
+                token_label: self.hsm.token_label,
+                user_pin: pin,
+                root_key_label: self.hsm.root_key_label,
+                max_sessions: self.hsm.max_sessions,
+            },
+            cache_ttl: Duration::from_millis(self.key_cache.ttl_ms),
+            identity: self.identity,
+            log: self.log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const GOOD: &str = r#"
+control_plane_url = "http://127.0.0.1:7700"
+[hsm]
+module_path = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "kms"
+user_pin = "1234"
+[identity]
+dev_header = true
+service_principal = "acs:ram::1:role/data"
+peer_principal = "acs:ram::1:role/control"
+"#;
+
+    fn parse(text: &str) -> Result<DataParams, String> {
+        let raw: DataConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        raw.validate()
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.listen_addr, "127.0.0.1:7701");
+        assert_eq!(p.hsm.root_key_label, "kms-root-v1");
+        assert_eq!(p.hsm.max_sessions, 8);
+        assert_eq!(p.cache_ttl, Duration::from_millis(1000));
+        assert!(
+            !format!("{p:?}").contains("1234"),
+            "the PIN leaks through Debug"
+        );
+    }
+
+    #[test]
+    fn pin_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pin");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let text = GOOD.replace(
+            "user_pin = \"1234\"",
+            &format!("user_pin_file = {:?}", f.display().to_string()),
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!(p.hsm.user_pin.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn each_rule() {
+        let cases = [
+            (GOOD.replace("http://127", "127"), "control_plane_url"),
+            (
+                GOOD.replace("user_pin = \"1234\"", ""),
+                "user_pin or user_pin_file is required",
+            ),
+            (
+                GOOD.replace(
+                    "user_pin = \"1234\"",
+                    "user_pin = \"1\"\nuser_pin_file = \"/x\"",
+                ),
+                "not both",
+            ),
+            (
+                GOOD.replace(
+                    "user_pin = \"1234\"",
+                    "user_pin_file = \"/nonexistent/pin\"",
+                ),
+                "user_pin_file",
+            ),
+            (
+                GOOD.replace("token_label = \"kms\"", "token_label = \"\""),
+                "token_label",
+            ),
+            (
+                GOOD.replace("[identity]", "[key_cache]\nttl_ms = 600000\n[identity]"),
+                "ttl_ms",
+            ),
+            (
+                GOOD.replace("[identity]", "max_sessions = 0\n[identity]"),
+                "max_sessions",
+            ),
+            (GOOD.replace("[hsm]", "[hsm]\nmodul = 1"), "modul"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The control plane's `KeyDirectory`, as the data plane calls it.
+
+use kms_proto::kms::internal::v1::GetKeyRequest;
+use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
+use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// A client of `KeyDirectory` that identifies as the data plane.
+#[derive(Debug, Clone)]
+pub struct DirectoryClient {
+    inner: KeyDirectoryClient<Channel>,
+    service_principal: String,
+}
+
+/// How to find a key in the directory.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    /// By id, alias or ARN, resolving aliases in the caller's account.
+    Key(&'a str, &'a Principal),
+    /// By one of its versions.
+    Version(&'a KeyVersionId),
+}
+
+fn directory_error(s: tonic::Status) -> DomainError {
+    let reason = s.get_details_error_info().map(|i| i.reason);
+    match (s.code(), reason.as_deref()) {
+        (tonic::Code::NotFound, Some("Forbidden.AliasNotFound")) => DomainError::AliasNotFound,
+        (tonic::Code::NotFound, _) => DomainError::KeyNotFound,
+        (tonic::Code::InvalidArgument, Some(r)) if r.starts_with("InvalidParameter.") => {
+            DomainError::invalid("KeyId", s.message().to_string())
+        }
+        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled, _) => {
+            DomainError::Unavailable("the control plane cannot be reached".into())
+        }
+        (code, _) => DomainError::Internal(format!(
+            "KeyDirectory.GetKey failed: {code:?}: {}",
+            s.message()
+        )),
+    }
+}
+
+impl DirectoryClient {
+    /// A lazily connecting client for `url`.
+    pub fn new(url: &str, service_principal: String) -> Result<Self, String> {
+        let channel = Channel::from_shared(url.to_string())
+            .map_err(|e| format!("control_plane_url {url:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            inner: KeyDirectoryClient::new(channel),
+            service_principal,
+        })
+    }
+
+    /// Fetches a key's entry.
+    pub async fn get(&self, lookup: Lookup<'_>) -> Result<KeyEntry, DomainError> {
+        let req = match lookup {
+            Lookup::Key(key_id, caller) => GetKeyRequest {
+                key_id: key_id.to_string(),
+                key_version_id: String::new(),
+                principal: caller.arn().to_string(),
+            },
+            Lookup::Version(version) => GetKeyRequest {
+                key_id: String::new(),
+                key_version_id: version.to_string(),
+                principal: String::new(),
+            },
+        };
+        let req = kms_runtime::identity::with_principal(
+            tonic::Request::new(req),
+            &self.service_principal,
+        )?;
+        let resp = self
+            .inner
+            .clone()
+            .get_key(req)
+            .await
+            .map_err(directory_error)?
+            .into_inner();
+        let entry = resp
+            .key
+            .ok_or_else(|| DomainError::Internal("KeyDirectory.GetKey returned no key".into()))?;
+        KeyEntry::try_from(entry).map_err(|e| {
+            DomainError::Internal(format!("KeyDirectory.GetKey returned a bad entry: {e}"))
+        })
+    }
+}
