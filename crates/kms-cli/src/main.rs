@@ -1,1 +1,466 @@
-fn main() {}
+//! `kmsctl`: the command-line client of the KMS (key management on the control plane,
+//! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
+
+mod client;
+mod crypto;
+mod dev;
+mod keys;
+mod output;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use kms_types::{KeySpec, KeyUsage};
+
+use crate::client::Planes;
+use crate::output::Format;
+
+/// Default control-plane address.
+const DEFAULT_CONTROL: &str = "http://127.0.0.1:7700";
+/// Default data-plane address.
+const DEFAULT_DATA: &str = "http://127.0.0.1:7701";
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  kmsctl dev up --dir .dev
+  export KMS_PRINCIPAL=acs:ram::1234567890123456:root
+  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl encrypt --key alias/demo --plaintext 'hello' > blob.b64
+  kmsctl decrypt --in blob.b64";
+
+/// Command-line client of the self-hosted KMS.
+///
+/// Key management goes to the control plane (`--control`), encryption and decryption to the
+/// data plane (`--data`). Every call is made as the principal given by `--principal` (or
+/// `KMS_PRINCIPAL`).
+#[derive(Debug, Parser)]
+#[command(name = "kmsctl", version, after_help = MAIN_EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+struct GlobalOpts {
+    /// Control-plane address; `host:port` without a scheme means `http://host:port`
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_CONTROL_ADDR",
+        default_value = DEFAULT_CONTROL,
+        value_name = "URL",
+        value_parser = parse_url
+    )]
+    control: String,
+    /// Data-plane address; `host:port` without a scheme means `http://host:port`
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_DATA_ADDR",
+        default_value = DEFAULT_DATA,
+        value_name = "URL",
+        value_parser = parse_url
+    )]
+    data: String,
+    /// Principal ARN to call as, e.g. `acs:ram::1234567890123456:root`
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_PRINCIPAL",
+        value_name = "ARN"
+    )]
+    principal: Option<String>,
+    /// Print the response as JSON instead of text
+    #[arg(long, global = true, help_heading = "Global options")]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a key (CreateKey) and print its metadata
+    #[command(after_help = "\
+Examples:
+  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl create-key --instance kst-... --spec RSA_2048 --usage SIGN/VERIFY --tag env=dev
+  kmsctl create-key --instance kst-... --rotation-days 90 --policy-file policy.json")]
+    CreateKey(CreateKeyArgs),
+    /// Show a key's metadata (DescribeKey)
+    #[command(after_help = "\
+Examples:
+  kmsctl describe-key alias/demo
+  kmsctl describe-key --json acs:kms:local:1234567890123456:key/key-...")]
+    DescribeKey(DescribeKeyArgs),
+    /// Encrypt up to 6 KiB with a symmetric key (Encrypt); prints the blob as base64
+    #[command(after_help = "\
+Examples:
+  kmsctl encrypt --key alias/demo --plaintext 'hello' > blob.b64
+  kmsctl encrypt --key alias/demo --in secret.txt --context app=web --out secret.blob")]
+    Encrypt(EncryptArgs),
+    /// Decrypt a ciphertext blob (Decrypt); prints the plaintext as is
+    #[command(after_help = "\
+Examples:
+  kmsctl decrypt --in blob.b64
+  kmsctl decrypt --in secret.blob --context app=web --out secret.txt
+  kmsctl decrypt --ciphertext \"$(cat blob.b64)\" --base64")]
+    Decrypt(DecryptArgs),
+    /// Run the service locally
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Args)]
+struct CreateKeyArgs {
+    /// KMS instance to create the key in; without it, the account's default key is created
+    #[arg(long, value_name = "ID")]
+    instance: Option<String>,
+    /// Key spec: Aliyun_AES_256, Aliyun_AES_192, Aliyun_AES_128, RSA_2048, RSA_3072, RSA_4096,
+    /// EC_P256, EC_P256K (case-insensitive)
+    #[arg(long, value_name = "SPEC", default_value = "Aliyun_AES_256")]
+    spec: KeySpec,
+    /// Key usage: ENCRYPT/DECRYPT or SIGN/VERIFY [default: the usual one for the spec]
+    #[arg(long, value_name = "USAGE")]
+    usage: Option<KeyUsage>,
+    /// Where the key material comes from: `kms` generates it, `external` waits for an import
+    #[arg(long, value_enum, default_value_t = OriginArg::Kms)]
+    origin: OriginArg,
+    /// Description, at most 8,192 characters
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// Alias for the new key, `alias/NAME`
+    #[arg(long, value_name = "alias/NAME")]
+    alias: Option<String>,
+    /// Tag the key; repeatable
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    tags: Vec<(String, String)>,
+    /// Turn on automatic rotation every N days (7–365)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rotation_days: Option<u32>,
+    /// Turn automatic rotation off (it is on by default for symmetric keys in an instance)
+    #[arg(long, conflicts_with = "rotation_days")]
+    no_rotation: bool,
+    /// Key policy (JSON) to attach instead of the default policy
+    #[arg(long, value_name = "FILE")]
+    policy_file: Option<PathBuf>,
+}
+
+/// `--origin` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OriginArg {
+    /// Generated by the service (`Aliyun_KMS`)
+    Kms,
+    /// Imported by the caller (`EXTERNAL`)
+    External,
+}
+
+#[derive(Debug, Args)]
+struct DescribeKeyArgs {
+    /// Key id, alias (`alias/...`) or ARN
+    #[arg(value_name = "KEY")]
+    key: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["plaintext", "input"])))]
+struct EncryptArgs {
+    /// Key id, alias (`alias/...`) or ARN
+    #[arg(long, value_name = "KEY")]
+    key: String,
+    /// Plaintext to encrypt (UTF-8 text)
+    #[arg(long, value_name = "TEXT")]
+    plaintext: Option<String>,
+    /// Read the plaintext from FILE (`-` for stdin)
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Encryption context entry; repeatable; decryption needs the same entries
+    #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+    context: Vec<(String, String)>,
+    /// Write the raw ciphertext blob to FILE instead of printing base64
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Check the request (key, permission, state) without encrypting
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["ciphertext", "input"])))]
+struct DecryptArgs {
+    /// Ciphertext blob, base64
+    #[arg(long, value_name = "BASE64")]
+    ciphertext: Option<String>,
+    /// Read the ciphertext blob from FILE, raw bytes or base64 (`-` for stdin)
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Encryption context entry; repeatable; must equal the one given at encryption
+    #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+    context: Vec<(String, String)>,
+    /// Write the plaintext to FILE instead of stdout
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print the plaintext as base64 (for binary plaintext)
+    #[arg(long)]
+    base64: bool,
+    /// Check the request (blob, key, permission, state) without decrypting
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Start kms-data and kms-control in the foreground, with a SoftHSM token under DIR
+    ///
+    /// Creates DIR (SoftHSM token, sled data, logs, generated configs) on first use and
+    /// reuses it afterwards, so keys survive a restart. Stops both planes on Ctrl-C.
+    #[command(after_help = "\
+Examples:
+  kmsctl dev up --dir .dev
+  kmsctl dev up --dir /tmp/kms --control-addr 127.0.0.1:8700 --data-addr 127.0.0.1:8701")]
+    Up(dev::UpArgs),
+}
+
+/// Parses `KEY=VALUE`: the key must be non-empty; the value may be empty and may hold `=`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.to_string(), v.to_string())),
+        Some(_) => Err(format!("{s:?} has an empty key; expected KEY=VALUE")),
+        None => Err(format!("{s:?} has no `=`; expected KEY=VALUE")),
+    }
+}
+
+/// Normalises an address: `host:port` gets `http://`; only `http` and `https` are accepted.
+fn parse_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let (scheme, rest) = s.split_once("://").unwrap_or(("http", s));
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!(
+            "unsupported scheme {scheme:?} in {s:?}; use http:// or https://"
+        ));
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(format!(
+            "the address {s:?} names no host; expected HOST:PORT or a URL"
+        ));
+    }
+    let url = format!("{scheme}://{rest}");
+    tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("{s:?} is not a valid address: {e}"))?;
+    Ok(url)
+}
+
+/// Collects `K=V` pairs into a map; a key given twice is refused.
+fn pairs_to_map(pairs: &[(String, String)], what: &str) -> anyhow::Result<HashMap<String, String>> {
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v.clone()).is_some() {
+            anyhow::bail!("{what} key {k:?} is given more than once");
+        }
+    }
+    Ok(map)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = if cli.global.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let planes = Planes {
+        control: cli.global.control,
+        data: cli.global.data,
+        principal: cli.global.principal,
+    };
+    let result = match cli.command {
+        Command::CreateKey(args) => keys::create_key(&planes, format, args).await,
+        Command::DescribeKey(args) => keys::describe_key(&planes, format, args).await,
+        Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
+        Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
+        Command::Dev(DevCommand::Up(args)) => dev::up(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pairs() {
+        let ok = [
+            ("a=b", ("a", "b")),
+            ("app=web=1", ("app", "web=1")),
+            ("k=", ("k", "")),
+            ("Dept=R&D", ("Dept", "R&D")),
+        ];
+        for (input, (k, v)) in ok {
+            assert_eq!(
+                parse_pair(input),
+                Ok((k.to_string(), v.to_string())),
+                "{input}"
+            );
+        }
+        for (input, msg) in [
+            ("novalue", "no `=`"),
+            ("=v", "empty key"),
+            ("", "no `=`"),
+            (" =v", "empty key"),
+        ] {
+            let err = parse_pair(input).unwrap_err();
+            assert!(
+                err.contains(msg) && err.contains("KEY=VALUE"),
+                "{input}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_pair_is_a_usage_error() {
+        let err = Cli::try_parse_from([
+            "kmsctl",
+            "encrypt",
+            "--key",
+            "k",
+            "--plaintext",
+            "x",
+            "--context",
+            "oops",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_context_keys_are_refused() {
+        let pairs = vec![
+            ("a".to_string(), "1".to_string()),
+            ("a".to_string(), "2".to_string()),
+        ];
+        assert!(pairs_to_map(&pairs, "context").is_err());
+        let pairs = vec![
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ];
+        assert_eq!(pairs_to_map(&pairs, "context").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn addresses() {
+        let cases = [
+            ("127.0.0.1:7700", Ok("http://127.0.0.1:7700")),
+            ("http://127.0.0.1:7700", Ok("http://127.0.0.1:7700")),
+            ("https://kms.example.com", Ok("https://kms.example.com")),
+            ("http://localhost:7701/", Ok("http://localhost:7701")),
+            (" localhost:7701 ", Ok("http://localhost:7701")),
+            ("[::1]:7700", Ok("http://[::1]:7700")),
+            ("", Err("no host")),
+            ("ftp://host:21", Err("scheme")),
+            ("http://", Err("no host")),
+            ("https:///", Err("no host")),
+            ("host name:1", Err("not a valid address")),
+        ];
+        for (input, want) in cases {
+            match (parse_url(input), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{input:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{input:?}: {got}"),
+                (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn globals_and_env_defaults() {
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "describe-key",
+            "alias/x",
+            "--control",
+            "10.0.0.1:1",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.control, "http://10.0.0.1:1");
+        assert!(cli.global.json);
+    }
+
+    #[test]
+    fn create_key_flags() {
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "create-key",
+            "--spec",
+            "rsa_2048",
+            "--usage",
+            "sign/verify",
+            "--origin",
+            "external",
+            "--tag",
+            "env=dev",
+            "--tag",
+            "team=kms",
+        ])
+        .unwrap();
+        let Command::CreateKey(args) = cli.command else {
+            panic!("not create-key");
+        };
+        assert_eq!(args.spec, KeySpec::Rsa2048);
+        assert_eq!(args.usage, Some(KeyUsage::SignVerify));
+        assert_eq!(args.origin, OriginArg::External);
+        assert_eq!(args.tags.len(), 2);
+
+        let both = Cli::try_parse_from([
+            "kmsctl",
+            "create-key",
+            "--rotation-days",
+            "30",
+            "--no-rotation",
+        ]);
+        assert!(both.is_err());
+        let bad_spec = Cli::try_parse_from(["kmsctl", "create-key", "--spec", "AES_512"]);
+        assert!(bad_spec.is_err());
+    }
+
+    #[test]
+    fn encrypt_needs_exactly_one_source() {
+        assert!(Cli::try_parse_from(["kmsctl", "encrypt", "--key", "k"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "kmsctl",
+                "encrypt",
+                "--key",
+                "k",
+                "--plaintext",
+                "x",
+                "--in",
+                "f"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["kmsctl", "decrypt", "--in", "f"]).is_ok());
+    }
+}

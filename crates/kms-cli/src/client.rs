@@ -1,0 +1,325 @@
+//! Connections to the two planes: channel setup, the principal header added to every call by
+//! an interceptor, and the errors a user sees when a plane cannot be reached or answers with a
+//! status.
+
+use std::fmt;
+use std::time::Duration;
+
+use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
+use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The metadata header carrying the caller's principal ARN.
+pub(crate) const PRINCIPAL_HEADER: &str = "x-kms-principal";
+
+/// How long to wait for a TCP connection to a plane.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A channel that sends the principal header with every call.
+pub(crate) type Authed = InterceptedService<Channel, PrincipalHeader>;
+
+/// Where the planes are and who is calling.
+#[derive(Debug, Clone)]
+pub(crate) struct Planes {
+    /// Control-plane URL, normalised.
+    pub(crate) control: String,
+    /// Data-plane URL, normalised.
+    pub(crate) data: String,
+    /// Principal ARN, if given.
+    pub(crate) principal: Option<String>,
+}
+
+/// Which plane a connection goes to, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plane {
+    Control,
+    Data,
+}
+
+impl fmt::Display for Plane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Plane::Control => "control plane (kms-control)",
+            Plane::Data => "data plane (kms-data)",
+        })
+    }
+}
+
+impl Planes {
+    /// A client of `KeyManagementService` on the control plane.
+    pub(crate) async fn control(&self) -> anyhow::Result<KeyManagementServiceClient<Authed>> {
+        let header = self.principal_header()?;
+        let channel = connect(Plane::Control, &self.control).await?;
+        Ok(KeyManagementServiceClient::with_interceptor(
+            channel, header,
+        ))
+    }
+
+    /// A client of `CryptoService` on the data plane.
+    pub(crate) async fn data(&self) -> anyhow::Result<CryptoServiceClient<Authed>> {
+        let header = self.principal_header()?;
+        let channel = connect(Plane::Data, &self.data).await?;
+        Ok(CryptoServiceClient::with_interceptor(channel, header))
+    }
+
+    fn principal_header(&self) -> anyhow::Result<PrincipalHeader> {
+        let principal = self.principal.as_deref().map(str::trim).unwrap_or_default();
+        if principal.is_empty() {
+            anyhow::bail!(
+                "no principal given: pass --principal ARN or set KMS_PRINCIPAL, e.g. \
+                 `export KMS_PRINCIPAL=acs:ram::1234567890123456:root`"
+            );
+        }
+        PrincipalHeader::new(principal)
+    }
+}
+
+/// Adds `x-kms-principal` to every outgoing call.
+#[derive(Debug, Clone)]
+pub(crate) struct PrincipalHeader(MetadataValue<Ascii>);
+
+impl PrincipalHeader {
+    /// The header for `principal`; refuses values that cannot travel in a header.
+    pub(crate) fn new(principal: &str) -> anyhow::Result<Self> {
+        let value = principal
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| anyhow::anyhow!("principal {principal:?} is not a valid header value"))?;
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for PrincipalHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(PRINCIPAL_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An endpoint for a normalised URL, with the CLI's timeouts.
+pub(crate) fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid address {url:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT))
+}
+
+/// Connects to a plane now, so an unreachable plane is reported as such.
+async fn connect(plane: Plane, url: &str) -> anyhow::Result<Channel> {
+    endpoint(url)?.connect().await.map_err(|e| {
+        Unreachable {
+            plane,
+            addr: url.to_string(),
+            detail: error_chain(&e),
+        }
+        .into()
+    })
+}
+
+/// The messages of an error and its sources, joined by `: `, without repeats.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// A plane could not be reached.
+#[derive(Debug)]
+pub(crate) struct Unreachable {
+    plane: Plane,
+    addr: String,
+    detail: String,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reach the {} at {} ({})\nhint: is it running? Start the service locally with \
+             `kmsctl dev up --dir .dev`, or point --{} / {} at it",
+            self.plane,
+            self.addr,
+            self.detail,
+            match self.plane {
+                Plane::Control => "control",
+                Plane::Data => "data",
+            },
+            match self.plane {
+                Plane::Control => "KMS_CONTROL_ADDR",
+                Plane::Data => "KMS_DATA_ADDR",
+            },
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// A call answered with a non-OK status; shown as `<CODE>: <message>`.
+#[derive(Debug)]
+pub(crate) struct RpcError(pub(crate) Status);
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = &self.0;
+        let code = code_name(status.code());
+        let message = status.message();
+        match status.get_details_error_info() {
+            _ if message.is_empty() => write!(f, "{code}: {}", status.code().description()),
+            Some(info) if !info.reason.is_empty() && !message.starts_with(&info.reason) => {
+                write!(f, "{code}: {}: {message}", info.reason)
+            }
+            _ => write!(f, "{code}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl From<Status> for RpcError {
+    fn from(status: Status) -> Self {
+        Self(status)
+    }
+}
+
+/// The reason code of a status: its `ErrorInfo` detail, else the message's leading
+/// `Reason.Code:` word.
+pub(crate) fn reason(status: &Status) -> Option<String> {
+    if let Some(info) = status.get_details_error_info() {
+        return Some(info.reason);
+    }
+    let (head, _) = status.message().split_once(':')?;
+    (!head.is_empty() && !head.contains(char::is_whitespace)).then(|| head.to_string())
+}
+
+/// Whether a status is the answer to a dry run that would have succeeded.
+pub(crate) fn is_dry_run_success(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && reason(status).as_deref() == Some("DryRunOperationError")
+}
+
+/// The canonical gRPC name of a code, as in `NOT_FOUND`.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    #[test]
+    fn rpc_errors_show_code_name_and_message() {
+        let st = Status::not_found("Forbidden.KeyNotFound: the key does not exist");
+        assert_eq!(
+            RpcError(st).to_string(),
+            "NOT_FOUND: Forbidden.KeyNotFound: the key does not exist"
+        );
+        let st = Status::with_error_details(
+            Code::InvalidArgument,
+            "bad alias",
+            ErrorDetails::with_error_info("InvalidParameter.AliasName", "kms", []),
+        );
+        assert_eq!(
+            RpcError(st).to_string(),
+            "INVALID_ARGUMENT: InvalidParameter.AliasName: bad alias"
+        );
+        assert_eq!(
+            RpcError(Status::unavailable("")).to_string(),
+            "UNAVAILABLE: The service is currently unavailable"
+        );
+    }
+
+    #[test]
+    fn dry_run_success_is_recognised() {
+        let by_message =
+            Status::failed_precondition("DryRunOperationError: the request would have succeeded");
+        assert!(is_dry_run_success(&by_message));
+        let by_detail = Status::with_error_details(
+            Code::FailedPrecondition,
+            "would have succeeded",
+            ErrorDetails::with_error_info("DryRunOperationError", "kms", []),
+        );
+        assert!(is_dry_run_success(&by_detail));
+        assert!(!is_dry_run_success(&Status::failed_precondition(
+            "Rejected.Disabled: the key is disabled"
+        )));
+        assert!(!is_dry_run_success(&Status::invalid_argument(
+            "DryRunOperationError: wrong code"
+        )));
+    }
+
+    #[test]
+    fn missing_principal_says_how_to_set_it() {
+        let planes = Planes {
+            control: "http://127.0.0.1:1".into(),
+            data: "http://127.0.0.1:1".into(),
+            principal: None,
+        };
+        let err = planes.principal_header().unwrap_err().to_string();
+        assert!(
+            err.contains("--principal") && err.contains("KMS_PRINCIPAL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn interceptor_adds_the_header() {
+        let mut h = PrincipalHeader::new("acs:ram::1234567890123456:root").unwrap();
+        let req = h.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            req.metadata().get(PRINCIPAL_HEADER).unwrap(),
+            "acs:ram::1234567890123456:root"
+        );
+        assert!(PrincipalHeader::new("bad\nvalue").is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_plane_is_named() {
+        // Port 1 on localhost: nothing listens there in a test environment.
+        let err = connect(Plane::Data, "http://127.0.0.1:1")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data plane") && err.contains("127.0.0.1:1"),
+            "{err}"
+        );
+        assert!(err.contains("kmsctl dev up"), "{err}");
+    }
+}
