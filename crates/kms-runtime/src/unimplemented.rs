@@ -3,7 +3,7 @@
 
 /// Expands to `#[async_trait]`-shaped trait methods answering `UNIMPLEMENTED`.
 ///
-/// ```ignore
+/// ```text
 /// kms_runtime::unimplemented_rpcs! {
 ///     "kms.v1.KeyManagementService";
 ///     list_keys(ListKeysRequest) -> ListKeysResponse = "ListKeys";
