@@ -81,6 +81,15 @@ impl KeyVault {
             })
     }
 
+    /// `n` random bytes from the HSM's generator.
+    pub fn random(&self, n: usize) -> Result<SecretBytes, DomainError> {
+        let mut out = SecretBytes::new(vec![0u8; n]);
+        self.hsm
+            .fill_random(out.expose_mut())
+            .map_err(backend_error)?;
+        Ok(out)
+    }
+
     /// A fresh GCM nonce.
     pub fn fresh_iv(&self) -> Result<[u8; GCM_IV_LEN], DomainError> {
         let mut iv = [0u8; GCM_IV_LEN];

@@ -2,13 +2,24 @@
 
 use std::sync::Arc;
 
+use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::crypto_service_server::CryptoService;
 use kms_proto::kms::v1::*;
 use kms_runtime::caller;
+use kms_types::{DataKeySpec, DomainError};
 use tonic::{Request, Response, Status};
 
 use super::status;
-use crate::crypto::CryptoEngine;
+use crate::crypto::{CryptoEngine, PasswordRules};
+
+/// An optional data-key spec: 0 means "not given".
+fn optional_data_key_spec(v: i32) -> Result<Option<DataKeySpec>, Status> {
+    if v == 0 {
+        Ok(None)
+    } else {
+        DataKeySpec::from_wire(v).map(Some).map_err(status)
+    }
+}
 
 /// Cryptographic operations for callers.
 #[derive(Debug)]
@@ -72,11 +83,126 @@ impl CryptoService for CryptoApi {
         }))
     }
 
+    async fn re_encrypt(
+        &self,
+        request: Request<ReEncryptRequest>,
+    ) -> Result<Response<ReEncryptResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let out = self
+            .engine
+            .re_encrypt(
+                &principal,
+                req.ciphertext_blob,
+                req.source_encryption_context,
+                &req.destination_key_id,
+                req.destination_encryption_context,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReEncryptResponse {
+            ciphertext_blob: out.sealed.blob,
+            key_id: out.sealed.key_id,
+            key_version_id: out.sealed.key_version_id.to_string(),
+            source_key_id: out.source_key_id,
+            source_key_version_id: out.source_key_version_id.to_string(),
+        }))
+    }
+
+    async fn generate_data_key(
+        &self,
+        request: Request<GenerateDataKeyRequest>,
+    ) -> Result<Response<GenerateDataKeyResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let spec = optional_data_key_spec(req.key_spec)?;
+        let dk = self
+            .engine
+            .generate_data_key(
+                &principal,
+                &req.key_id,
+                spec,
+                req.number_of_bytes,
+                req.encryption_context,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GenerateDataKeyResponse {
+            key_id: dk.key_id,
+            key_version_id: dk.key_version_id.to_string(),
+            ciphertext_blob: dk.blob,
+            plaintext: dk.plaintext.expose().to_vec(),
+        }))
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        request: Request<GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let spec = optional_data_key_spec(req.key_spec)?;
+        let dk = self
+            .engine
+            .generate_data_key(
+                &principal,
+                &req.key_id,
+                spec,
+                req.number_of_bytes,
+                req.encryption_context,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GenerateDataKeyWithoutPlaintextResponse {
+            key_id: dk.key_id,
+            key_version_id: dk.key_version_id.to_string(),
+            ciphertext_blob: dk.blob,
+        }))
+    }
+
+    async fn generate_random(
+        &self,
+        request: Request<GenerateRandomRequest>,
+    ) -> Result<Response<GenerateRandomResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let random = self
+            .engine
+            .generate_random(&principal, request.get_ref().length)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GenerateRandomResponse { random }))
+    }
+
+    async fn get_random_password(
+        &self,
+        request: Request<GetRandomPasswordRequest>,
+    ) -> Result<Response<GetRandomPasswordResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let rules = PasswordRules {
+            length: req.password_length,
+            exclude_characters: req.exclude_characters,
+            exclude_lowercase: req.exclude_lowercase,
+            exclude_uppercase: req.exclude_uppercase,
+            exclude_numbers: req.exclude_numbers,
+            exclude_punctuation: req.exclude_punctuation,
+            require_each_included_type: req.require_each_included_type,
+        };
+        let password = self
+            .engine
+            .random_password(&principal, rules)
+            .await
+            .map_err(status)?;
+        let password = String::from_utf8(password.expose().to_vec())
+            .map_err(|_| status(DomainError::Internal("password is not ASCII".into())))?;
+        Ok(Response::new(GetRandomPasswordResponse { password }))
+    }
+
     kms_runtime::unimplemented_rpcs! {
         "kms.v1.CryptoService";
-        re_encrypt(ReEncryptRequest) -> ReEncryptResponse = "ReEncrypt";
-        generate_data_key(GenerateDataKeyRequest) -> GenerateDataKeyResponse = "GenerateDataKey";
-        generate_data_key_without_plaintext(GenerateDataKeyWithoutPlaintextRequest) -> GenerateDataKeyWithoutPlaintextResponse = "GenerateDataKeyWithoutPlaintext";
         generate_and_export_data_key(GenerateAndExportDataKeyRequest) -> GenerateAndExportDataKeyResponse = "GenerateAndExportDataKey";
         export_data_key(ExportDataKeyRequest) -> ExportDataKeyResponse = "ExportDataKey";
         asymmetric_encrypt(AsymmetricEncryptRequest) -> AsymmetricEncryptResponse = "AsymmetricEncrypt";
@@ -84,7 +210,5 @@ impl CryptoService for CryptoApi {
         asymmetric_sign(AsymmetricSignRequest) -> AsymmetricSignResponse = "AsymmetricSign";
         asymmetric_verify(AsymmetricVerifyRequest) -> AsymmetricVerifyResponse = "AsymmetricVerify";
         get_public_key(GetPublicKeyRequest) -> GetPublicKeyResponse = "GetPublicKey";
-        generate_random(GenerateRandomRequest) -> GenerateRandomResponse = "GenerateRandom";
-        get_random_password(GetRandomPasswordRequest) -> GetRandomPasswordResponse = "GetRandomPassword";
     }
 }
