@@ -6,8 +6,12 @@
 pub mod blob;
 pub mod context;
 pub mod error;
+pub mod event;
 pub mod ids;
+pub mod instance;
 pub mod key;
+pub mod lifecycle;
+pub mod listing;
 pub mod policy;
 pub mod principal;
 pub mod spec;
@@ -18,8 +22,12 @@ pub mod validate;
 pub use blob::CiphertextBlob;
 pub use context::EncryptionContext;
 pub use error::DomainError;
+pub use event::{KeyEvent, KeyEventKind};
 pub use ids::{AccountId, InstanceId, KeyId, KeyRef, KeyVersionId};
+pub use instance::{InstanceRecord, NewInstance};
 pub use key::{KeyEntry, KeyRecord, KeyVersionRecord, NewKey, RotationPolicy, Tag};
+pub use lifecycle::{KeyBirth, KeyHome, KeyPlan};
+pub use listing::{KeyFilter, KeyQuery, Page, PageRequest};
 pub use principal::Principal;
 pub use spec::{
     Algorithm, DataKeySpec, InstanceType, KeyOrigin, KeySpec, KeyUsage, ProtectionLevel,

@@ -27,6 +27,22 @@ pub fn authorize(
     }
 }
 
+/// The default policy of a key owned by `owner`, as `GetKeyPolicy` shows it: every principal
+/// of the owning account may do everything with the key.
+pub fn default_document(owner: &AccountId) -> String {
+    serde_json::json!({
+        "Version": "1",
+        "Statement": [{
+            "Sid": "Enable RAM User Permissions",
+            "Effect": "Allow",
+            "Principal": { "RAM": [format!("acs:ram::{owner}:*")] },
+            "Action": ["kms:*"],
+            "Resource": ["*"],
+        }],
+    })
+    .to_string()
+}
+
 /// Validates a custom policy document's shape: JSON of at most 32,768 bytes with `Version`
 /// "1" and a `Statement` list. Violations are `InvalidParameter.Policy`.
 pub fn validate_document(doc: &str) -> Result<(), DomainError> {
@@ -71,6 +87,14 @@ mod tests {
             authorize(&p("acs:ram::200:root"), &owner, "kms:Encrypt"),
             Err(DomainError::KeyNotFound)
         );
+    }
+
+    #[test]
+    fn default_document_is_valid_and_names_the_account() {
+        let owner = AccountId::parse("100").unwrap_or_else(|e| panic!("{e}"));
+        let doc = default_document(&owner);
+        assert_eq!(validate_document(&doc), Ok(()));
+        assert!(doc.contains("acs:ram::100:*"), "{doc}");
     }
 
     #[test]

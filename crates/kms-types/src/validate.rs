@@ -113,6 +113,71 @@ pub fn tag_set(tags: &[Tag]) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// Longest deletion-protection description, in characters.
+pub const MAX_DELETION_PROTECTION_DESCRIPTION_CHARS: usize = 8192;
+/// Most keys one `TagResources` or `UntagResources` call may name.
+pub const MAX_KEYS_PER_TAG_CALL: usize = 50;
+
+/// A deletion-protection description of at most 8,192 characters.
+pub fn deletion_protection_description(text: &str) -> Result<(), DomainError> {
+    let n = text.chars().count();
+    if n > MAX_DELETION_PROTECTION_DESCRIPTION_CHARS {
+        return Err(DomainError::invalid(
+            "DeletionProtectionDescription",
+            format!(
+                "deletion protection description has {n} characters, more than \
+                 {MAX_DELETION_PROTECTION_DESCRIPTION_CHARS}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The keys of a tag call: 1–50 of them.
+pub fn tag_call_key_count(n: usize) -> Result<(), DomainError> {
+    if n == 0 || n > MAX_KEYS_PER_TAG_CALL {
+        return Err(DomainError::invalid(
+            "KeyIds",
+            format!("key_ids must name 1 to {MAX_KEYS_PER_TAG_CALL} keys, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The tags of a `TagResources` call: at least one, each valid, keys unique, at most 20.
+pub fn tags_to_add(tags: &[Tag]) -> Result<(), DomainError> {
+    if tags.is_empty() {
+        return Err(DomainError::invalid(
+            "Tags",
+            "tags must name at least one tag",
+        ));
+    }
+    tag_set(tags)
+}
+
+/// The tag keys of an `UntagResources` call: 1–20 of them, each 1–128 characters.
+pub fn tag_keys_to_remove(keys: &[String]) -> Result<(), DomainError> {
+    if keys.is_empty() || keys.len() > MAX_TAGS_PER_KEY {
+        return Err(DomainError::invalid(
+            "TagKeys",
+            format!(
+                "tag_keys must name 1 to {MAX_TAGS_PER_KEY} tag keys, got {}",
+                keys.len()
+            ),
+        ));
+    }
+    for k in keys {
+        let n = k.chars().count();
+        if n == 0 || n > MAX_TAG_CHARS {
+            return Err(DomainError::invalid(
+                "TagKeys",
+                format!("tag key must have 1 to {MAX_TAG_CHARS} characters, got {n}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A rotation interval given in whole days, 7–365.
 pub fn rotation_interval_days(days: i64) -> Result<(), DomainError> {
     in_range("RotationInterval", "rotation interval", days, ROTATION_DAYS)
@@ -240,6 +305,45 @@ mod tests {
             field(tag_set(&[t("a", "1"), t("a", "2")])).as_deref(),
             Some("InvalidParameter.Tags")
         );
+    }
+
+    #[test]
+    fn tag_calls_and_protection_text() {
+        assert!(deletion_protection_description(&"x".repeat(8192)).is_ok());
+        assert_eq!(
+            field(deletion_protection_description(&"x".repeat(8193))).as_deref(),
+            Some("InvalidParameter.DeletionProtectionDescription")
+        );
+        for (n, ok) in [(0, false), (1, true), (50, true), (51, false)] {
+            assert_eq!(tag_call_key_count(n).is_ok(), ok, "{n} keys");
+        }
+        assert_eq!(
+            field(tag_call_key_count(51)).as_deref(),
+            Some("InvalidParameter.KeyIds")
+        );
+        assert_eq!(
+            field(tags_to_add(&[])).as_deref(),
+            Some("InvalidParameter.Tags")
+        );
+        let one = Tag {
+            key: "k".into(),
+            value: "v".into(),
+        };
+        assert!(tags_to_add(std::slice::from_ref(&one)).is_ok());
+        let keys = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(tag_keys_to_remove(&keys(&["a"])).is_ok());
+        for bad in [
+            keys(&[]),
+            keys(&[""]),
+            vec!["x".repeat(129)],
+            (0..21).map(|i| format!("k{i}")).collect(),
+        ] {
+            assert_eq!(
+                field(tag_keys_to_remove(&bad)).as_deref(),
+                Some("InvalidParameter.TagKeys"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

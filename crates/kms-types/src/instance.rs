@@ -1,0 +1,214 @@
+//! KMS instances: containers of keys with a key quota, owned by one account and shareable with
+//! others, and the rules about who sees them and who may create keys in them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+use crate::ids::{AccountId, InstanceId};
+use crate::spec::InstanceType;
+use crate::time::UnixMillis;
+
+/// Largest key quota an instance may have.
+pub const MAX_KEY_QUOTA: i32 = 100_000;
+/// Largest access-management quota (accounts an instance may be shared with).
+pub const MAX_ACCESS_MANAGEMENT_QUOTA: i32 = 1_000;
+
+/// Everything the control plane knows about an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The instance id.
+    pub id: InstanceId,
+    /// Software or hardware.
+    pub instance_type: InstanceType,
+    /// The owning account.
+    pub owner: AccountId,
+    /// Most keys the instance may hold.
+    pub key_quota: u32,
+    /// Keys it holds now, pending deletion included.
+    pub key_count: u32,
+    /// Most accounts it may be shared with.
+    pub access_management_quota: u32,
+    /// Accounts besides the owner that may list it and create keys in it, sorted.
+    pub shared_with: Vec<AccountId>,
+    /// Creation time.
+    pub created: UnixMillis,
+}
+
+/// A request to create an instance, as it comes off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInstance {
+    /// Software or hardware.
+    pub instance_type: InstanceType,
+    /// The account that will own it.
+    pub owner: AccountId,
+    /// 1–100,000.
+    pub key_quota: i32,
+    /// 0–1,000.
+    pub access_management_quota: i32,
+}
+
+impl NewInstance {
+    /// Checks the quotas and builds the record of a new, empty, unshared instance.
+    pub fn into_record(
+        self,
+        id: InstanceId,
+        now: UnixMillis,
+    ) -> Result<InstanceRecord, DomainError> {
+        if !(1..=MAX_KEY_QUOTA).contains(&self.key_quota) {
+            return Err(DomainError::invalid(
+                "KeyQuota",
+                format!(
+                    "key_quota must be 1 to {MAX_KEY_QUOTA}, got {}",
+                    self.key_quota
+                ),
+            ));
+        }
+        if !(0..=MAX_ACCESS_MANAGEMENT_QUOTA).contains(&self.access_management_quota) {
+            return Err(DomainError::invalid(
+                "AccessManagementQuota",
+                format!(
+                    "access_management_quota must be 0 to {MAX_ACCESS_MANAGEMENT_QUOTA}, got {}",
+                    self.access_management_quota
+                ),
+            ));
+        }
+        Ok(InstanceRecord {
+            id,
+            instance_type: self.instance_type,
+            owner: self.owner,
+            key_quota: self.key_quota.unsigned_abs(),
+            key_count: 0,
+            access_management_quota: self.access_management_quota.unsigned_abs(),
+            shared_with: Vec::new(),
+            created: now,
+        })
+    }
+}
+
+impl InstanceRecord {
+    /// Whether `account` may see the instance and create keys in it: the owner and the
+    /// accounts it is shared with.
+    pub fn is_visible_to(&self, account: &AccountId) -> bool {
+        self.owner == *account || self.shared_with.contains(account)
+    }
+
+    /// Checks there is room for one more key: `Rejected.LimitExceeded` otherwise.
+    pub fn check_room_for_key(&self) -> Result<(), DomainError> {
+        if self.key_count >= self.key_quota {
+            return Err(DomainError::LimitExceeded(format!(
+                "the kms instance {} holds {} keys, its key quota",
+                self.id, self.key_count
+            )));
+        }
+        Ok(())
+    }
+
+    /// Shares the instance with `account`. Sharing again is a no-op; sharing with the owner is
+    /// `InvalidParameter.AccountId`; beyond the access-management quota is
+    /// `Rejected.LimitExceeded`.
+    pub fn share_with(&mut self, account: AccountId) -> Result<(), DomainError> {
+        if account == self.owner {
+            return Err(DomainError::invalid(
+                "AccountId",
+                format!("account {account} owns the instance; share it with another account"),
+            ));
+        }
+        if self.shared_with.contains(&account) {
+            return Ok(());
+        }
+        if self.shared_with.len() >= self.access_management_quota as usize {
+            return Err(DomainError::LimitExceeded(format!(
+                "the kms instance {} is shared with {} accounts, its access management quota",
+                self.id,
+                self.shared_with.len()
+            )));
+        }
+        self.shared_with.push(account);
+        self.shared_with.sort();
+        Ok(())
+    }
+
+    /// Withdraws a share; withdrawing one that does not exist is a no-op. Keys the account
+    /// already made in the instance stay; it just cannot make new ones.
+    pub fn unshare_with(&mut self, account: &AccountId) {
+        self.shared_with.retain(|a| a != account);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct(s: &str) -> AccountId {
+        AccountId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn new(key_quota: i32, amq: i32) -> Result<InstanceRecord, DomainError> {
+        NewInstance {
+            instance_type: InstanceType::Software,
+            owner: acct("1"),
+            key_quota,
+            access_management_quota: amq,
+        }
+        .into_record(InstanceId::generate(), UnixMillis(5))
+    }
+
+    fn reason(r: Result<impl Sized, DomainError>) -> Option<String> {
+        r.err().map(|e| e.reason_code())
+    }
+
+    #[test]
+    fn quotas_are_checked() {
+        let cases = [
+            (1, 0, None),
+            (MAX_KEY_QUOTA, MAX_ACCESS_MANAGEMENT_QUOTA, None),
+            (0, 0, Some("InvalidParameter.KeyQuota")),
+            (-1, 0, Some("InvalidParameter.KeyQuota")),
+            (MAX_KEY_QUOTA + 1, 0, Some("InvalidParameter.KeyQuota")),
+            (1, -1, Some("InvalidParameter.AccessManagementQuota")),
+            (
+                1,
+                MAX_ACCESS_MANAGEMENT_QUOTA + 1,
+                Some("InvalidParameter.AccessManagementQuota"),
+            ),
+        ];
+        for (kq, amq, want) in cases {
+            assert_eq!(reason(new(kq, amq)).as_deref(), want, "{kq} {amq}");
+        }
+    }
+
+    #[test]
+    fn key_quota_is_enforced() {
+        let mut i = new(2, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.check_room_for_key(), Ok(()));
+        i.key_count = 2;
+        assert_eq!(
+            reason(i.check_room_for_key()).as_deref(),
+            Some("Rejected.LimitExceeded")
+        );
+    }
+
+    #[test]
+    fn sharing_rules() {
+        let mut i = new(10, 2).unwrap_or_else(|e| panic!("{e}"));
+        assert!(i.is_visible_to(&acct("1")));
+        assert!(!i.is_visible_to(&acct("2")));
+        assert_eq!(
+            reason(i.share_with(acct("1"))).as_deref(),
+            Some("InvalidParameter.AccountId")
+        );
+        assert_eq!(i.share_with(acct("3")), Ok(()));
+        assert_eq!(i.share_with(acct("2")), Ok(()));
+        assert_eq!(i.share_with(acct("2")), Ok(()), "sharing again is a no-op");
+        assert_eq!(i.shared_with, vec![acct("2"), acct("3")]);
+        assert!(i.is_visible_to(&acct("2")));
+        assert_eq!(
+            reason(i.share_with(acct("4"))).as_deref(),
+            Some("Rejected.LimitExceeded")
+        );
+        i.unshare_with(&acct("2"));
+        i.unshare_with(&acct("9"));
+        assert_eq!(i.shared_with, vec![acct("3")]);
+        assert!(!i.is_visible_to(&acct("2")));
+    }
+}
