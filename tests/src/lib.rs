@@ -151,7 +151,9 @@ module_path = "{SOFTHSM_MODULE}"
 token_label = "{TOKEN_LABEL}"
 user_pin_file = "{}"
 [key_cache]
-ttl_ms = 200
+ttl_ms = 60000
+unwatched_ttl_ms = 200
+max_staleness_ms = 3000
 [identity]
 dev_header = true
 service_principal = "{DATA_PRINCIPAL}"
@@ -285,6 +287,32 @@ level = "info"
             }
         }
         Ok(())
+    }
+
+    /// Stops only the control plane (SIGTERM), leaving the data plane running.
+    pub async fn stop_control(&mut self) -> Result<()> {
+        let Some(mut child) = self.control.take() else {
+            return Ok(());
+        };
+        let pid = child.id().context("child has no pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .context("kms-control did not stop within 20 s of SIGTERM")??;
+        if !status.success() {
+            bail!("kms-control exited with {status} after SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// Starts the control plane again after [`Stack::stop_control`].
+    pub async fn start_control(&mut self) -> Result<()> {
+        self.control = Some(self.spawn("kms-control", "control.toml")?);
+        let addr = self.control_addr.clone();
+        self.wait_healthy("kms-control", &addr).await
     }
 
     /// Stops and starts both planes on the same directory and ports.

@@ -205,7 +205,7 @@ pub(crate) fn render_data_toml(
          max_sessions = 8\n\
          \n\
          [key_cache]\n\
-         ttl_ms = 1000\n\
+         ttl_ms = 300000\n\
          \n\
          [identity]\n\
          dev_header = true\n\
@@ -844,7 +844,7 @@ mod tests {
         assert_eq!(t["hsm"]["user_pin_file"].as_str(), Some("/srv/kms/hsm.pin"));
         assert_eq!(t["hsm"]["root_key_label"].as_str(), Some("kms-root-v1"));
         assert_eq!(t["hsm"]["max_sessions"].as_integer(), Some(8));
-        assert_eq!(t["key_cache"]["ttl_ms"].as_integer(), Some(1000));
+        assert_eq!(t["key_cache"]["ttl_ms"].as_integer(), Some(300000));
         assert_eq!(
             t["identity"]["service_principal"].as_str(),
             Some(DATA_SERVICE_PRINCIPAL)

@@ -1,8 +1,18 @@
-//! The key cache: entries from `KeyDirectory.GetKey`, used for a short time-to-live, with each
-//! version's unsealed material kept beside its entry so the HSM is not asked on every call.
+//! The key cache: entries from `KeyDirectory.GetKey`, kept fresh by the `WatchKeys` stream,
+//! with each version's unsealed material kept beside its entry so the HSM is not asked on
+//! every call.
 //!
-//! A refreshed entry keeps the unsealed material of versions whose sealed bytes did not
-//! change. When a key disappears from the directory, its entry and material go with it.
+//! Freshness rules:
+//! - while the watch stream is up, an entry is used until an event invalidates it, or for at
+//!   most `watched_ttl`;
+//! - while it is down, an entry is used for at most `unwatched_ttl`, then fetched again;
+//! - when the control plane cannot be reached, entries are served for at most `max_staleness`
+//!   after the last successful contact, then calls fail closed with `UNAVAILABLE`.
+//!
+//! Every event carries the directory's revision; a fetched entry older than an event already
+//! seen for its key is fetched again rather than cached, so an invalidation is never undone by
+//! a slow reply. A refreshed entry keeps the unsealed material of versions whose sealed bytes
+//! did not change; a deleted key's material is dropped with its entries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,8 +24,10 @@ use kms_types::{DomainError, KeyEntry, KeyId, KeyVersionId, Principal};
 use crate::directory::{DirectoryClient, Lookup};
 use crate::vault::KeyVault;
 
-/// Most entries kept before expired ones are swept.
+/// Most entries kept before stale ones are swept.
 const SWEEP_AT: usize = 10_000;
+/// How many times a fetch older than a seen event is retried before giving up.
+const STALE_FETCH_RETRIES: usize = 3;
 
 /// A key as the data plane uses it.
 #[derive(Debug)]
@@ -54,23 +66,89 @@ impl CachedKey {
     }
 }
 
-/// Entries by lookup, each with the instant it was fetched.
+/// How long entries live.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTimes {
+    /// Longest use of an entry while the watch stream is up.
+    pub watched_ttl: Duration,
+    /// Longest use of an entry while the watch stream is down.
+    pub unwatched_ttl: Duration,
+    /// Longest service from cache after the last contact with the control plane.
+    pub max_staleness: Duration,
+}
+
+/// A change the watch stream reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The key changed or was deleted: drop its entries.
+    Changed {
+        /// The key.
+        key_id: KeyId,
+        /// The directory revision of the change.
+        revision: u64,
+        /// Whether the key is gone.
+        deleted: bool,
+    },
+    /// Events were missed: drop everything.
+    Resync {
+        /// The directory revision to resume from.
+        revision: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Slot {
+    fetched: Instant,
+    key: Arc<CachedKey>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Slot>,
+    latest: HashMap<KeyId, Arc<CachedKey>>,
+    watch_up: bool,
+    last_contact: Option<Instant>,
+    revision: u64,
+    resync_revision: u64,
+    changed_at: HashMap<KeyId, u64>,
+}
+
+impl State {
+    fn ttl(&self, times: &CacheTimes) -> Duration {
+        if self.watch_up {
+            times.watched_ttl
+        } else {
+            times.unwatched_ttl
+        }
+    }
+
+    /// Whether an entry read at `revision` predates something already seen for its key.
+    fn outdated(&self, key_id: &KeyId, revision: u64) -> bool {
+        revision < self.resync_revision
+            || self.changed_at.get(key_id).is_some_and(|r| revision < *r)
+    }
+
+    fn drop_key(&mut self, key_id: &KeyId) {
+        self.entries.retain(|_, slot| slot.key.entry.id != *key_id);
+        self.latest.remove(key_id);
+    }
+}
+
+/// Keys by lookup, kept fresh as described in the module docs.
 #[derive(Debug)]
 pub struct KeyCache {
-    ttl: Duration,
+    times: CacheTimes,
     directory: DirectoryClient,
-    entries: Mutex<HashMap<String, (Instant, Arc<CachedKey>)>>,
-    latest: Mutex<HashMap<KeyId, Arc<CachedKey>>>,
+    state: Mutex<State>,
 }
 
 impl KeyCache {
-    /// A cache over `directory` whose entries live for `ttl`.
-    pub fn new(directory: DirectoryClient, ttl: Duration) -> Self {
+    /// A cache over `directory`.
+    pub fn new(directory: DirectoryClient, times: CacheTimes) -> Self {
         Self {
-            ttl,
+            times,
             directory,
-            entries: Mutex::new(HashMap::new()),
-            latest: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -95,64 +173,138 @@ impl KeyCache {
     }
 
     async fn get(&self, slot: String, lookup: Lookup<'_>) -> Result<Arc<CachedKey>, DomainError> {
-        if let Some((at, key)) = lock(&self.entries).get(&slot)
-            && at.elapsed() < self.ttl
         {
-            return Ok(Arc::clone(key));
-        }
-        let fetched = match self.directory.get(lookup).await {
-            Ok(entry) => entry,
-            Err(e @ (DomainError::KeyNotFound | DomainError::AliasNotFound)) => {
-                lock(&self.entries).remove(&slot);
-                self.prune_latest();
-                return Err(e);
+            let state = lock(&self.state);
+            if let Some(s) = state.entries.get(&slot)
+                && s.fetched.elapsed() < state.ttl(&self.times)
+            {
+                return Ok(Arc::clone(&s.key));
             }
-            Err(e) => return Err(e),
-        };
-        let key = self.carry_over(fetched);
-        let now = Instant::now();
-        let mut entries = lock(&self.entries);
-        entries.insert(slot, (now, Arc::clone(&key)));
-        if entries.len() >= SWEEP_AT {
-            let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            drop(entries);
-            self.prune_latest();
         }
-        Ok(key)
-    }
-
-    /// A new cached key for `entry`, keeping unsealed material whose sealed bytes match.
-    fn carry_over(&self, entry: KeyEntry) -> Arc<CachedKey> {
-        let mut latest = lock(&self.latest);
-        let mut kept = HashMap::new();
-        if let Some(previous) = latest.get(&entry.id) {
-            let old = lock(&previous.materials);
-            for v in &entry.versions {
-                let unchanged = previous
-                    .entry
-                    .version(&v.id)
-                    .is_some_and(|pv| pv.wrapped_material == v.wrapped_material);
-                if let (true, Some(m)) = (unchanged, old.get(&v.id)) {
-                    kept.insert(v.id, Arc::clone(m));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let fetched = match self.directory.get(lookup).await {
+                Ok(fetched) => fetched,
+                Err(DomainError::Unavailable(why)) => return self.stale(&slot, why),
+                Err(e @ (DomainError::KeyNotFound | DomainError::AliasNotFound)) => {
+                    let mut state = lock(&self.state);
+                    state.last_contact = Some(Instant::now());
+                    if let Some(gone) = state.entries.remove(&slot) {
+                        let id = gone.key.entry.id.clone();
+                        state.drop_key(&id);
+                    }
+                    return Err(e);
                 }
+                Err(e) => return Err(e),
+            };
+            let (entry, revision) = fetched;
+            let mut state = lock(&self.state);
+            state.last_contact = Some(Instant::now());
+            if state.outdated(&entry.id, revision) && attempts < STALE_FETCH_RETRIES {
+                continue;
             }
+            let key = carry_over(&mut state, entry);
+            state.entries.insert(
+                slot,
+                Slot {
+                    fetched: Instant::now(),
+                    key: Arc::clone(&key),
+                },
+            );
+            if state.entries.len() >= SWEEP_AT {
+                let ttl = state.ttl(&self.times);
+                state.entries.retain(|_, s| s.fetched.elapsed() < ttl);
+                let live: std::collections::HashSet<KeyId> = state
+                    .entries
+                    .values()
+                    .map(|s| s.key.entry.id.clone())
+                    .collect();
+                state.latest.retain(|id, _| live.contains(id));
+            }
+            return Ok(key);
         }
-        let key = Arc::new(CachedKey {
-            entry,
-            materials: Mutex::new(kept),
-        });
-        latest.insert(key.entry.id.clone(), Arc::clone(&key));
-        key
     }
 
-    /// Drops carried-over material of keys no live entry refers to, so a deleted key's
-    /// material does not outlive its entries.
-    fn prune_latest(&self) {
-        let live: std::collections::HashSet<KeyId> = lock(&self.entries)
-            .values()
-            .map(|(_, k)| k.entry.id.clone())
-            .collect();
-        lock(&self.latest).retain(|id, _| live.contains(id));
+    /// The cached entry while the last contact is recent enough; else `UNAVAILABLE`.
+    fn stale(&self, slot: &str, why: String) -> Result<Arc<CachedKey>, DomainError> {
+        let state = lock(&self.state);
+        let recent = state
+            .last_contact
+            .is_some_and(|t| t.elapsed() < self.times.max_staleness);
+        match state.entries.get(slot) {
+            Some(s) if recent => Ok(Arc::clone(&s.key)),
+            _ => Err(DomainError::Unavailable(why)),
+        }
     }
+
+    /// Applies an event from the watch stream.
+    pub fn apply(&self, event: Event) {
+        let mut state = lock(&self.state);
+        state.last_contact = Some(Instant::now());
+        match event {
+            Event::Changed {
+                key_id,
+                revision,
+                deleted,
+            } => {
+                state.revision = state.revision.max(revision);
+                state.drop_key(&key_id);
+                if deleted {
+                    tracing::debug!(key_id = %key_id, "key deleted; cache entries and material dropped");
+                }
+                state.changed_at.insert(key_id, revision);
+            }
+            Event::Resync { revision } => {
+                tracing::info!(revision, "key cache resynchronised");
+                state.entries.clear();
+                state.latest.clear();
+                state.changed_at.clear();
+                state.revision = revision;
+                state.resync_revision = revision;
+            }
+        }
+    }
+
+    /// Records whether the watch stream is up.
+    pub fn set_watch_up(&self, up: bool) {
+        let mut state = lock(&self.state);
+        if up {
+            state.last_contact = Some(Instant::now());
+        }
+        state.watch_up = up;
+    }
+
+    /// The last directory revision seen, to resume the watch from.
+    pub fn revision(&self) -> u64 {
+        lock(&self.state).revision
+    }
+
+    /// The directory client.
+    pub fn directory(&self) -> &DirectoryClient {
+        &self.directory
+    }
+}
+
+/// A new cached key for `entry`, keeping unsealed material whose sealed bytes match.
+fn carry_over(state: &mut State, entry: KeyEntry) -> Arc<CachedKey> {
+    let mut kept = HashMap::new();
+    if let Some(previous) = state.latest.get(&entry.id) {
+        let old = lock(&previous.materials);
+        for v in &entry.versions {
+            let unchanged = previous
+                .entry
+                .version(&v.id)
+                .is_some_and(|pv| pv.wrapped_material == v.wrapped_material);
+            if let (true, Some(m)) = (unchanged, old.get(&v.id)) {
+                kept.insert(v.id, Arc::clone(m));
+            }
+        }
+    }
+    let key = Arc::new(CachedKey {
+        entry,
+        materials: Mutex::new(kept),
+    });
+    state.latest.insert(key.entry.id.clone(), Arc::clone(&key));
+    key
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kms_backend_pkcs11::HsmParams;
+
+use crate::cache::CacheTimes;
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::telemetry::LogConfig;
 use secrecy::SecretString;
@@ -56,16 +58,25 @@ pub struct HsmConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// How long a key fetched from the control plane is used before asking again, in ms. A
-    /// disabled key is refused at most this long after the control plane says so.
+    /// Longest use of a cached key while the WatchKeys stream is up, in ms.
     #[serde(default = "default_ttl")]
     pub ttl_ms: u64,
+    /// Longest use of a cached key while the WatchKeys stream is down, in ms: a disabled key is
+    /// refused at most this long after the control plane commits the change.
+    #[serde(default = "default_unwatched_ttl")]
+    pub unwatched_ttl_ms: u64,
+    /// Longest service from cache after the last contact with the control plane, in ms; after
+    /// that, calls fail closed with UNAVAILABLE.
+    #[serde(default = "default_staleness")]
+    pub max_staleness_ms: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             ttl_ms: default_ttl(),
+            unwatched_ttl_ms: default_unwatched_ttl(),
+            max_staleness_ms: default_staleness(),
         }
     }
 }
@@ -83,7 +94,15 @@ fn default_sessions() -> usize {
 }
 
 fn default_ttl() -> u64 {
+    300_000
+}
+
+fn default_unwatched_ttl() -> u64 {
     1000
+}
+
+fn default_staleness() -> u64 {
+    30_000
 }
 
 /// Validated data-plane settings.
@@ -95,8 +114,8 @@ pub struct DataParams {
     pub control_plane_url: String,
     /// HSM settings, PIN resolved.
     pub hsm: HsmParams,
-    /// Cache time-to-live.
-    pub cache_ttl: Duration,
+    /// Cache lifetimes.
+    pub cache: CacheTimes,
     /// Identity settings.
     pub identity: IdentityConfig,
     /// Logging.
@@ -136,10 +155,23 @@ impl DataConfig {
                 self.hsm.max_sessions
             ));
         }
-        if self.key_cache.ttl_ms > 60_000 {
+        let c = &self.key_cache;
+        if !(1..=3_600_000).contains(&c.ttl_ms) {
             return Err(format!(
-                "key_cache.ttl_ms must be at most 60000, got {}",
-                self.key_cache.ttl_ms
+                "key_cache.ttl_ms must be 1 to 3600000, got {}",
+                c.ttl_ms
+            ));
+        }
+        if c.unwatched_ttl_ms > 60_000 || c.unwatched_ttl_ms > c.ttl_ms {
+            return Err(format!(
+                "key_cache.unwatched_ttl_ms must be at most 60000 and at most ttl_ms, got {}",
+                c.unwatched_ttl_ms
+            ));
+        }
+        if c.max_staleness_ms > 3_600_000 {
+            return Err(format!(
+                "key_cache.max_staleness_ms must be at most 3600000, got {}",
+                c.max_staleness_ms
             ));
         }
         self.identity.validate()?;
@@ -154,7 +186,11 @@ impl DataConfig {
                 root_key_label: self.hsm.root_key_label,
                 max_sessions: self.hsm.max_sessions,
             },
-            cache_ttl: Duration::from_millis(self.key_cache.ttl_ms),
+            cache: CacheTimes {
+                watched_ttl: Duration::from_millis(self.key_cache.ttl_ms),
+                unwatched_ttl: Duration::from_millis(self.key_cache.unwatched_ttl_ms),
+                max_staleness: Duration::from_millis(self.key_cache.max_staleness_ms),
+            },
             identity: self.identity,
             log: self.log,
         })
@@ -190,11 +226,20 @@ peer_principal = "acs:ram::1:role/control"
         assert_eq!(p.listen_addr, "127.0.0.1:7701");
         assert_eq!(p.hsm.root_key_label, "kms-root-v1");
         assert_eq!(p.hsm.max_sessions, 8);
-        assert_eq!(p.cache_ttl, Duration::from_millis(1000));
+        assert_eq!(p.cache.watched_ttl, Duration::from_millis(300_000));
+        assert_eq!(p.cache.unwatched_ttl, Duration::from_millis(1000));
+        assert_eq!(p.cache.max_staleness, Duration::from_millis(30_000));
         assert!(
             !format!("{p:?}").contains("1234"),
             "the PIN leaks through Debug"
         );
+    }
+
+    #[test]
+    fn reference_config_parses() {
+        let raw: DataConfig =
+            toml::from_str(include_str!("../../../deploy/config/data.toml")).unwrap();
+        assert_eq!(raw.hsm.token_label, "kms");
     }
 
     #[test]
@@ -237,8 +282,22 @@ peer_principal = "acs:ram::1:role/control"
                 "token_label",
             ),
             (
-                GOOD.replace("[identity]", "[key_cache]\nttl_ms = 600000\n[identity]"),
+                GOOD.replace("[identity]", "[key_cache]\nttl_ms = 0\n[identity]"),
                 "ttl_ms",
+            ),
+            (
+                GOOD.replace(
+                    "[identity]",
+                    "[key_cache]\nttl_ms = 500\nunwatched_ttl_ms = 600\n[identity]",
+                ),
+                "unwatched_ttl_ms",
+            ),
+            (
+                GOOD.replace(
+                    "[identity]",
+                    "[key_cache]\nmax_staleness_ms = 4000000\n[identity]",
+                ),
+                "max_staleness_ms",
             ),
             (
                 GOOD.replace("[identity]", "max_sessions = 0\n[identity]"),

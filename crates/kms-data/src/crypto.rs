@@ -43,7 +43,7 @@ pub struct Opened {
 /// Cryptographic operations over cached keys.
 #[derive(Debug)]
 pub struct CryptoEngine {
-    cache: KeyCache,
+    cache: Arc<KeyCache>,
     vault: Arc<KeyVault>,
 }
 
@@ -79,7 +79,7 @@ fn check_symmetric_use(
 
 impl CryptoEngine {
     /// An engine over `cache` and `vault`.
-    pub fn new(cache: KeyCache, vault: Arc<KeyVault>) -> Self {
+    pub fn new(cache: Arc<KeyCache>, vault: Arc<KeyVault>) -> Self {
         Self { cache, vault }
     }
 

@@ -45,8 +45,10 @@ impl DirectoryClient {
     pub fn new(url: &str, service_principal: String) -> Result<Self, String> {
         let channel = Channel::from_shared(url.to_string())
             .map_err(|e| format!("control_plane_url {url:?}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+            .keep_alive_timeout(std::time::Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
             inner: KeyDirectoryClient::new(channel),
@@ -54,8 +56,25 @@ impl DirectoryClient {
         })
     }
 
-    /// Fetches a key's entry.
-    pub async fn get(&self, lookup: Lookup<'_>) -> Result<KeyEntry, DomainError> {
+    /// Opens the stream of key changes after `from_revision`.
+    pub async fn watch(
+        &self,
+        from_revision: u64,
+    ) -> Result<tonic::Streaming<kms_proto::kms::internal::v1::KeyEvent>, DomainError> {
+        let req = kms_runtime::identity::with_principal(
+            tonic::Request::new(kms_proto::kms::internal::v1::WatchKeysRequest { from_revision }),
+            &self.service_principal,
+        )?;
+        self.inner
+            .clone()
+            .watch_keys(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(directory_error)
+    }
+
+    /// Fetches a key's entry and the directory revision it was read at.
+    pub async fn get(&self, lookup: Lookup<'_>) -> Result<(KeyEntry, u64), DomainError> {
         let req = match lookup {
             Lookup::Key(key_id, caller) => GetKeyRequest {
                 key_id: key_id.to_string(),
@@ -68,10 +87,11 @@ impl DirectoryClient {
                 principal: String::new(),
             },
         };
-        let req = kms_runtime::identity::with_principal(
+        let mut req = kms_runtime::identity::with_principal(
             tonic::Request::new(req),
             &self.service_principal,
         )?;
+        req.set_timeout(std::time::Duration::from_secs(5));
         let resp = self
             .inner
             .clone()
@@ -82,8 +102,9 @@ impl DirectoryClient {
         let entry = resp
             .key
             .ok_or_else(|| DomainError::Internal("KeyDirectory.GetKey returned no key".into()))?;
-        KeyEntry::try_from(entry).map_err(|e| {
+        let entry = KeyEntry::try_from(entry).map_err(|e| {
             DomainError::Internal(format!("KeyDirectory.GetKey returned a bad entry: {e}"))
-        })
+        })?;
+        Ok((entry, resp.revision))
     }
 }

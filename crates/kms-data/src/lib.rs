@@ -8,5 +8,6 @@ pub mod crypto;
 pub mod directory;
 pub mod grpc;
 pub mod vault;
+pub mod watch;
 
 pub use config::{DataConfig, DataParams};

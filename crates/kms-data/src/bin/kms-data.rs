@@ -60,10 +60,9 @@ async fn main() -> Result<()> {
         params.identity.service_principal.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(CryptoEngine::new(
-        KeyCache::new(directory, params.cache_ttl),
-        Arc::clone(&vault),
-    ));
+    let cache = Arc::new(KeyCache::new(directory, params.cache));
+    tokio::spawn(kms_data::watch::follow(Arc::clone(&cache)));
+    let engine = Arc::new(CryptoEngine::new(cache, Arc::clone(&vault)));
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
