@@ -444,13 +444,14 @@ mod tests {
         let ok = Ok(());
         let denied = Err(DomainError::NoPermission);
         let hidden = Err(DomainError::KeyNotFound);
-        let cases: Vec<(
-            &str,
-            KeyOwnership,
-            Option<&PolicyDocument>,
-            &str,
+        type Case<'a> = (
+            &'a str,
+            KeyOwnership<'a>,
+            Option<&'a PolicyDocument>,
+            &'a str,
             Result<(), DomainError>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             // default policy: the owning account manages and uses; others see nothing
             ("acs:ram::100:root", key, None, "kms:Encrypt", ok.clone()),
             (
