@@ -175,6 +175,16 @@ level = "info"
         Ok(stack)
     }
 
+    /// The control plane's `host:port`.
+    pub fn control_addr(&self) -> &str {
+        &self.control_addr
+    }
+
+    /// The data plane's `host:port`.
+    pub fn data_addr(&self) -> &str {
+        &self.data_addr
+    }
+
     /// The stack's directory: configs, token, sled data, logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
