@@ -185,9 +185,8 @@ impl Backend for Hsm {
     fn capabilities(&self) -> Capabilities {
         // HSM-resident keys (generate, aead) come in a later change.
         Capabilities {
-            key_specs: Vec::new(),
-            aead: false,
             random: true,
+            ..Capabilities::default()
         }
     }
 

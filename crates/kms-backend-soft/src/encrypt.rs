@@ -1,4 +1,5 @@
-//! AES-GCM with `ring`, for 128- and 256-bit keys.
+//! AES-GCM with `ring`, for 128- and 256-bit keys (`ring` has no AES-192, so software keys
+//! are never AES-192).
 
 use kms_backend::{BackendError, GCM_IV_LEN, SecretBytes};
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

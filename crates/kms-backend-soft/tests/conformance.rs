@@ -1,0 +1,14 @@
+//! The shared backend conformance suite against the software backend.
+
+use kms_backend::conformance;
+use kms_backend_soft::SoftBackend;
+
+#[test]
+fn software_backend_conforms() {
+    let backend = SoftBackend::new();
+    let keys = conformance::run_all(&backend);
+    // A second instance is another backend object over the same implementation; its keys
+    // must interoperate through public keys.
+    let other = SoftBackend::new();
+    conformance::check_cross(&backend, &keys, &other, &keys);
+}
