@@ -1,8 +1,9 @@
-//! RSAES-OAEP with `rsa` 0.10 (SHA-256 or SHA-1, MGF1 with the same hash, empty label):
-//! encryption to a public key, blinded decryption with a private key, and wrapping bytes to a
-//! caller's RSA public key for `ExportDataKey`.
+//! RSAES-OAEP (SHA-256 or SHA-1, MGF1 with the same hash, empty label): encryption to a
+//! public key with `rsa` 0.10, decryption with `rsa`'s blinded raw private-key operation and
+//! the shared constant-time decoder ([`kms_backend::asym::oaep_decode`]), and wrapping bytes
+//! to a caller's RSA public key for `ExportDataKey`.
 
-use kms_backend::asym::{OaepHash, check_encryption_request};
+use kms_backend::asym::{OaepHash, check_encryption_request, oaep_decode};
 use kms_backend::{BackendError, PublicKeyInfo, PublicKeyRef, SecretBytes};
 use kms_types::{Algorithm, KeySpec};
 use ring::rand::SystemRandom;
@@ -10,6 +11,7 @@ use rsa::Oaep;
 use rsa::traits::PublicKeyParts;
 use sha1::Sha1;
 use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::SoftKey;
 use crate::rng::SysRng;
@@ -61,14 +63,22 @@ pub(crate) fn decrypt(
             "encryption algorithm does not fit the key spec",
         ));
     };
-    let mut rng = SysRng(rng);
-    // Every failure is the same error: no padding oracle.
-    match hash {
-        OaepHash::Sha256 => key.decrypt_blinded(&mut rng, Oaep::<Sha256>::new(), ciphertext),
-        OaepHash::Sha1 => key.decrypt_blinded(&mut rng, Oaep::<Sha1>::new(), ciphertext),
+    // Raw RSA with rsa's blinded, checked private-key operation, then our constant-time OAEP
+    // decoding (rsa's own decoder ignores the leading octet). Every failure is the same
+    // error: no padding oracle.
+    let k = key.size();
+    if ciphertext.len() != k {
+        return Err(BackendError::AuthenticationFailed);
     }
-    .map(SecretBytes::new)
-    .map_err(|_| BackendError::AuthenticationFailed)
+    let c = rsa::BoxedUint::from_be_slice(ciphertext, key.n_bits_precision())
+        .map_err(|_| BackendError::AuthenticationFailed)?;
+    let mut m = rsa::hazmat::rsa_decrypt_and_check(key.as_ref(), Some(&mut SysRng(rng)), &c)
+        .map_err(|_| BackendError::AuthenticationFailed)?;
+    let mut em = Zeroizing::new(m.to_be_bytes().into_vec());
+    m.zeroize();
+    // The precision may exceed the modulus length; the extra leading octets are zero.
+    let extra = em.len().saturating_sub(k);
+    oaep_decode(hash, &mut em[extra..])
 }
 
 /// Encrypts `plaintext` to a caller-supplied RSA public key with RSAES-OAEP, as

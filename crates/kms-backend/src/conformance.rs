@@ -4,7 +4,10 @@
 //! Keys are made once per backend with [`make_keys`] (RSA generation is slow) and handed to
 //! the checks. Signatures are also checked with `ring`, an implementation independent of both
 //! backends, wherever `ring` supports the algorithm (RSA PKCS#1 v1.5 and PSS, ECDSA P-256);
-//! [`check_cross`] checks two backends against each other.
+//! [`check_cross`] checks two backends against each other; [`wycheproof`] runs the
+//! Wycheproof vectors.
+
+pub mod wycheproof;
 
 use kms_types::{Algorithm, KeySpec};
 use ring::signature::{self as ring_sig, UnparsedPublicKey};

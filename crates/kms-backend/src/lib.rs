@@ -14,7 +14,8 @@
 //! - **Device keys** ([`KeyResidence::Device`], the PKCS#11 backend):
 //!   [`Backend::generate_sealed`] makes the key inside the device and returns it already
 //!   sealed; [`Backend::load_sealed`] unseals it inside the device and returns a
-//!   [`KeyHandle`]. The plaintext never exists in host memory.
+//!   [`KeyHandle`]. The plaintext never exists in host memory. Imported material enters
+//!   the device once through [`Backend::import_sealed`].
 //!
 //! Either way the data plane caches the [`KeyHandle`] per key version and passes it to the
 //! operations: AES-GCM ([`Backend::aead_encrypt`]), signatures over a SHA-256 digest
@@ -160,7 +161,20 @@ pub trait Backend: Send + Sync {
         Err(BackendError::NotSupported("generate_sealed"))
     }
 
-    /// Unseals what [`Backend::generate_sealed`] returned (same `spec` and `context`) into the
+    /// Brings host material of `spec` (a raw AES key, or a PKCS#8 private key) into the
+    /// device and returns it sealed like [`Backend::generate_sealed`] does, for imported key
+    /// material (origin External). The material exists in host memory only on the way in.
+    fn import_sealed(
+        &self,
+        spec: KeySpec,
+        context: &[u8],
+        material: &SecretBytes,
+    ) -> Result<SealedKey, BackendError> {
+        let _ = (spec, context, material);
+        Err(BackendError::NotSupported("import_sealed"))
+    }
+
+    /// Unseals what [`Backend::generate_sealed`] or [`Backend::import_sealed`] returned (same `spec` and `context`) into the
     /// device and returns a handle to it. A sealed key that does not open (tampered, other
     /// context, other root key) is [`BackendError::AuthenticationFailed`].
     fn load_sealed(
