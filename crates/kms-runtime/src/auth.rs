@@ -1,0 +1,830 @@
+//! The edge layer both planes put in front of their services, with
+//! `Server::builder().layer(AuthLayer::from_config(..)?)`.
+//!
+//! For every call except `grpc.health.v1.*` and `grpc.reflection.*`, in this order:
+//!
+//! 1. takes the request id from `x-request-id` when it is a sane token (1–128 of
+//!    `A-Z a-z 0-9 - _ . :`), else makes a UUID; puts it in the request's extensions
+//!    ([`RequestId`]) and echoes it in the response's `x-request-id`;
+//! 2. identifies the caller ([`Identifier`]: client certificate, trusted sidecar header,
+//!    development header) and puts the [`Principal`] in the request's extensions, so handlers'
+//!    [`crate::caller`] works; no identity answers `UNAUTHENTICATED` `Forbidden.NoIdentity`
+//!    without calling the service;
+//! 3. charges the principal's rate budget for the method's class ([`crate::limits`]); past it,
+//!    answers `RESOURCE_EXHAUSTED` `Rejected.Throttling` without calling the service;
+//! 4. calls the service, bounded by the default deadline when the caller sent no
+//!    `grpc-timeout` (past it: `DEADLINE_EXCEEDED`);
+//! 5. appends the call's audit line ([`crate::audit`]), with the key the handler noted in the
+//!    request's [`AuditNote`], and waits until it is on disk; if that fails and the log fails
+//!    closed, answers `UNAVAILABLE` instead of the service's answer.
+//!
+//! Statuses the layer makes are trailers-only gRPC responses. The status of an answer is read
+//! from its headers, where tonic puts every error of a unary call; a streaming call is recorded
+//! as it opens. A call abandoned before it finishes (the client went away, tonic's own
+//! `grpc-timeout` fired) is recorded as `CANCELLED`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use kms_types::{DomainError, Principal};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::audit::{AuditConfig, AuditError, AuditEvent, AuditLog, AuditNote, Outcome, code_name};
+use crate::identity::{Credentials, Identifier, IdentityConfig};
+use crate::limits::{LimitsConfig, RateLimiter, classify};
+use crate::status::{reason_of, to_status};
+
+/// The request-id header, read from requests and set on responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest request id taken from a caller.
+const MAX_REQUEST_ID: usize = 128;
+/// Longest action recorded; longer method paths are cut.
+const MAX_ACTION: usize = 256;
+
+/// The id of a call, in its request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id of `request`, if it passed through [`AuthLayer`].
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&str> {
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.as_str())
+    }
+}
+
+/// Why the edge layer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A setting breaks a rule.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+#[derive(Debug)]
+struct Edge {
+    identifier: Identifier,
+    audit: AuditLog,
+    limiter: RateLimiter,
+    default_deadline: Duration,
+}
+
+/// The tower layer that authenticates, limits and audits every call of a server.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    edge: Arc<Edge>,
+}
+
+impl AuthLayer {
+    /// A layer from its parts.
+    pub fn new(
+        identifier: Identifier,
+        audit: AuditLog,
+        limiter: RateLimiter,
+        default_deadline: Duration,
+    ) -> Self {
+        Self {
+            edge: Arc::new(Edge {
+                identifier,
+                audit,
+                limiter,
+                default_deadline,
+            }),
+        }
+    }
+
+    /// Validates the three sections, opens the audit log (starting its writer thread) and
+    /// builds the layer.
+    pub fn from_config(
+        identity: &IdentityConfig,
+        audit: &AuditConfig,
+        limits: &LimitsConfig,
+    ) -> Result<Self, EdgeError> {
+        let identifier = Identifier::new(identity).map_err(EdgeError::Config)?;
+        audit.validate().map_err(EdgeError::Config)?;
+        limits.validate().map_err(EdgeError::Config)?;
+        let log = AuditLog::open(audit)?;
+        Ok(Self::new(
+            identifier,
+            log,
+            RateLimiter::new(limits),
+            limits.default_deadline(),
+        ))
+    }
+
+    /// The audit log the layer writes.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.edge.audit
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            edge: Arc::clone(&self.edge),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    edge: Arc<Edge>,
+}
+
+/// Whether a method path skips the layer.
+fn is_exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// The caller's request id when it is a sane token, else a fresh UUID.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= MAX_REQUEST_ID
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The audit line of a call in flight; written as `CANCELLED` if the call is dropped first.
+struct Pending {
+    edge: Arc<Edge>,
+    note: AuditNote,
+    event: Option<AuditEvent>,
+}
+
+impl Pending {
+    fn finish(&mut self, status: Code, outcome: Outcome) -> Option<AuditEvent> {
+        let mut event = self.event.take()?;
+        let (key_id, key_version_id) = self.note.key();
+        event.time = SystemTime::now();
+        event.key_id = key_id;
+        event.key_version_id = key_version_id;
+        event.status = status;
+        event.outcome = outcome;
+        Some(event)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(event) = self.finish(Code::Cancelled, Outcome::Error) {
+            self.edge.audit.append_detached(event);
+        }
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqB, ResB> Service<http::Request<ReqB>> for AuthService<S>
+where
+    S: Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = http::Response<ResB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        // Use the service that was polled ready; leave a fresh clone for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = req.uri().path();
+        if is_exempt(path) {
+            return Box::pin(inner.call(req));
+        }
+        let edge = Arc::clone(&self.edge);
+        let action = path.trim_start_matches('/');
+        let action = action[..action.len().min(MAX_ACTION)].to_string();
+        let class = classify(path);
+        let request_id = request_id(req.headers());
+        let identified = {
+            let tls_certs = req
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs);
+            let peer_ip = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|a| a.ip());
+            edge.identifier.identify(&Credentials {
+                peer_certs: tls_certs.as_deref().map(Vec::as_slice),
+                peer_ip,
+                headers: Some(req.headers()),
+            })
+        };
+        let deadline =
+            (!req.headers().contains_key("grpc-timeout")).then_some(edge.default_deadline);
+        let note = AuditNote::new();
+        req.extensions_mut().insert(note.clone());
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = %request_id,
+            action = %action,
+            principal = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        let mut pending = Pending {
+            edge: Arc::clone(&edge),
+            note,
+            event: Some(AuditEvent {
+                time: SystemTime::now(),
+                request_id: request_id.clone(),
+                principal: String::new(),
+                action,
+                key_id: String::new(),
+                key_version_id: String::new(),
+                outcome: Outcome::Error,
+                status: Code::Unknown,
+            }),
+        };
+
+        let fut = async move {
+            let (mut response, outcome) = match identified {
+                Err(err) => (to_status(err).into_http(), Some(Outcome::Denied)),
+                Ok((principal, source)) => {
+                    tracing::Span::current().record("principal", principal.arn());
+                    tracing::trace!(?source, "caller identified");
+                    if let Some(event) = pending.event.as_mut() {
+                        event.principal = principal.arn().to_string();
+                    }
+                    match class.map(|c| edge.limiter.check(&principal, c)) {
+                        Some(Err(err)) => (to_status(err).into_http(), Some(Outcome::Denied)),
+                        _ => match call_inner(&mut inner, req, principal, deadline).await {
+                            Ok(response) => (response, None),
+                            Err(err) => {
+                                if let Some(event) = pending.finish(Code::Unknown, Outcome::Error) {
+                                    edge.audit.append_detached(event);
+                                }
+                                return Err(err);
+                            }
+                        },
+                    }
+                }
+            };
+            let status = Status::from_header_map(response.headers());
+            let code = status.as_ref().map_or(Code::Ok, Status::code);
+            let outcome = outcome.unwrap_or_else(|| match &status {
+                Some(s)
+                    if s.code() == Code::ResourceExhausted
+                        && reason_of(s).as_deref() == Some("Rejected.Throttling") =>
+                {
+                    Outcome::Denied
+                }
+                _ => Outcome::of_code(code),
+            });
+            tracing::Span::current().record("code", code_name(code));
+            if let Some(event) = pending.finish(code, outcome)
+                && let Err(err) = edge.audit.append(event).await
+            {
+                if edge.audit.fail_closed() {
+                    tracing::error!(error = %err, "audit log write failed; refusing the call");
+                    response = to_status(DomainError::Unavailable(
+                        "the audit log cannot be written".into(),
+                    ))
+                    .into_http();
+                } else {
+                    tracing::error!(error = %err, "audit log write failed; answering anyway (audit.fail_closed = false)");
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            tracing::debug!(code = code_name(code), ?outcome, "call finished");
+            Ok(response)
+        };
+        Box::pin(fut.instrument(span))
+    }
+}
+
+/// Calls the service as `principal`, within `deadline` if one applies.
+async fn call_inner<S, ReqB, ResB>(
+    inner: &mut S,
+    mut req: http::Request<ReqB>,
+    principal: Principal,
+    deadline: Option<Duration>,
+) -> Result<http::Response<ResB>, S::Error>
+where
+    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
+    ResB: Default,
+{
+    req.extensions_mut().insert(principal);
+    let call = inner.call(req);
+    match deadline {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Ok(Status::deadline_exceeded(format!(
+                "the call took longer than {} ms, the deadline of calls that send no grpc-timeout",
+                limit.as_millis()
+            ))
+            .into_http()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::audit::verify;
+    use crate::identity::{DEFAULT_SIDECAR_HEADER, DEV_PRINCIPAL_HEADER, SidecarConfig};
+    use crate::limits::{ManualClock, RateConfig};
+    use tower::ServiceExt;
+
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+    /// A stand-in for a server's routes: records the principal it sees, notes a key, and
+    /// answers OK, or an error status when the path ends in `Fail`, or never for `Hang`.
+    #[derive(Clone)]
+    struct Routes(Seen);
+
+    impl Service<http::Request<()>> for Routes {
+        type Response = http::Response<String>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Infallible>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+            let seen = Arc::clone(&self.0);
+            Box::pin(async move {
+                let principal = req
+                    .extensions()
+                    .get::<Principal>()
+                    .map(|p| p.arn().to_string());
+                seen.lock().unwrap().push(principal);
+                if let Some(note) = req.extensions().get::<AuditNote>() {
+                    note.set_key("key-1", "ver-1");
+                }
+                let path = req.uri().path().to_string();
+                if path.ends_with("Hang") {
+                    std::future::pending::<()>().await;
+                }
+                if path.ends_with("Fail") {
+                    return Ok(to_status(DomainError::NoPermission).into_http());
+                }
+                Ok(http::Response::new("ok".to_string()))
+            })
+        }
+    }
+
+    fn routes(seen: Seen) -> Routes {
+        Routes(seen)
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        audit_path: std::path::PathBuf,
+        layer: AuthLayer,
+        clock: Arc<ManualClock>,
+    }
+
+    fn fixture(dev_header: bool, sidecar: Option<SidecarConfig>, deadline_ms: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("audit.log");
+        let identity = IdentityConfig {
+            dev_header,
+            service_principal: "acs:ram::1:role/a".into(),
+            peer_principal: "acs:ram::1:role/b".into(),
+            tls: None,
+            trusted_sidecar: sidecar,
+        };
+        let limits = LimitsConfig {
+            symmetric: RateConfig {
+                per_second: 1,
+                burst: Some(2),
+            },
+            default_deadline_ms: deadline_ms,
+            ..LimitsConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new());
+        let audit = AuditLog::open(&AuditConfig {
+            path: audit_path.clone(),
+            fail_closed: true,
+        })
+        .unwrap();
+        let layer = AuthLayer::new(
+            Identifier::new(&identity).unwrap(),
+            audit,
+            RateLimiter::with_clock(&limits, clock.clone()),
+            limits.default_deadline(),
+        );
+        Fixture {
+            _dir: dir,
+            audit_path,
+            layer,
+            clock,
+        }
+    }
+
+    fn request(path: &str, peer: &str, headers: &[(&'static str, &str)]) -> http::Request<()> {
+        let mut req = http::Request::builder().uri(path).body(()).unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
+        req.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(SocketAddr::new(peer.parse().unwrap(), 40000)),
+        });
+        req
+    }
+
+    async fn call<S>(svc: &mut S, req: http::Request<()>) -> http::Response<String>
+    where
+        S: Service<http::Request<()>, Response = http::Response<String>, Error = Infallible>,
+    {
+        svc.ready().await.unwrap().call(req).await.unwrap()
+    }
+
+    fn code(resp: &http::Response<String>) -> Code {
+        Status::from_header_map(resp.headers()).map_or(Code::Ok, |s| s.code())
+    }
+
+    fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    const ALICE: &str = "acs:ram::42:user/alice";
+
+    #[tokio::test]
+    async fn identifies_limits_and_audits() {
+        let f = fixture(true, None, 10_000);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let dev = [
+            (DEV_PRINCIPAL_HEADER, ALICE),
+            (REQUEST_ID_HEADER, "abc-123"),
+        ];
+
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.CryptoService/Encrypt", "127.0.0.1", &dev),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        assert_eq!(resp.headers()[REQUEST_ID_HEADER], "abc-123");
+        assert_eq!(seen.lock().unwrap().as_slice(), [Some(ALICE.to_string())]);
+
+        // No identity: refused before the service runs.
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.CryptoService/Encrypt", "127.0.0.1", &[]),
+        )
+        .await;
+        let status = Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reason_of(&status).as_deref(), Some("Forbidden.NoIdentity"));
+        let generated = resp.headers()[REQUEST_ID_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        // A handler's error status; then the burst of 2 is spent, then throttled.
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.CryptoService/DecryptFail", "127.0.0.1", &dev),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::PermissionDenied);
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.CryptoService/Encrypt", "127.0.0.1", &dev),
+        )
+        .await;
+        let status = Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(reason_of(&status).as_deref(), Some("Rejected.Throttling"));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Another class is not affected; after a second the budget is back.
+        let resp = call(
+            &mut svc,
+            request(
+                "/kms.v1.KeyManagementService/DescribeKey",
+                "127.0.0.1",
+                &dev,
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        f.clock.advance(Duration::from_secs(1));
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.CryptoService/Encrypt", "127.0.0.1", &dev),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        // Internal services are not limited.
+        for _ in 0..5 {
+            let resp = call(
+                &mut svc,
+                request("/kms.internal.v1.KeyMaterial/Generate", "127.0.0.1", &dev),
+            )
+            .await;
+            assert_eq!(code(&resp), Code::Ok);
+        }
+
+        // Health and reflection skip the layer entirely: no identity needed, no audit line.
+        let resp = call(
+            &mut svc,
+            request("/grpc.health.v1.Health/Check", "127.0.0.1", &[]),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        assert!(resp.headers().get(REQUEST_ID_HEADER).is_none());
+        let resp = call(
+            &mut svc,
+            request(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "127.0.0.1",
+                &[],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+
+        let lines = audit_lines(&f.audit_path);
+        let summary: Vec<(String, String, String, String)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["principal"].as_str().unwrap().to_string(),
+                    l["action"].as_str().unwrap().to_string(),
+                    l["outcome"].as_str().unwrap().to_string(),
+                    l["status_code"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let row = |p: &str, a: &str, o: &str, c: &str| {
+            (p.to_string(), a.to_string(), o.to_string(), c.to_string())
+        };
+        let mut want = vec![
+            row(ALICE, "kms.v1.CryptoService/Encrypt", "allowed", "OK"),
+            row(
+                "",
+                "kms.v1.CryptoService/Encrypt",
+                "denied",
+                "UNAUTHENTICATED",
+            ),
+            row(
+                ALICE,
+                "kms.v1.CryptoService/DecryptFail",
+                "denied",
+                "PERMISSION_DENIED",
+            ),
+            row(
+                ALICE,
+                "kms.v1.CryptoService/Encrypt",
+                "denied",
+                "RESOURCE_EXHAUSTED",
+            ),
+            row(
+                ALICE,
+                "kms.v1.KeyManagementService/DescribeKey",
+                "allowed",
+                "OK",
+            ),
+            row(ALICE, "kms.v1.CryptoService/Encrypt", "allowed", "OK"),
+        ];
+        for _ in 0..5 {
+            want.push(row(
+                ALICE,
+                "kms.internal.v1.KeyMaterial/Generate",
+                "allowed",
+                "OK",
+            ));
+        }
+        assert_eq!(summary, want);
+        assert_eq!(lines[0]["request_id"], "abc-123");
+        assert_eq!(lines[0]["key_id"], "key-1");
+        assert_eq!(lines[0]["key_version_id"], "ver-1");
+        assert_eq!(lines[1]["request_id"], generated.as_str());
+        assert_eq!(lines[1]["key_id"], "");
+        assert_eq!(verify(&f.audit_path), Ok(want.len()));
+    }
+
+    #[tokio::test]
+    async fn sidecar_through_the_layer() {
+        let f = fixture(
+            false,
+            Some(SidecarConfig {
+                header: DEFAULT_SIDECAR_HEADER.into(),
+                trusted_peers: vec!["10.0.0.0/24".into()],
+            }),
+            10_000,
+        );
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let hdr = [(DEFAULT_SIDECAR_HEADER, ALICE)];
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.KeyManagementService/ListKeys", "10.0.0.7", &hdr),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.KeyManagementService/ListKeys", "10.0.1.7", &hdr),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Unauthenticated);
+        // The development header is off here.
+        let resp = call(
+            &mut svc,
+            request(
+                "/kms.v1.KeyManagementService/ListKeys",
+                "10.0.0.7",
+                &[(DEV_PRINCIPAL_HEADER, ALICE)],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Unauthenticated);
+        assert_eq!(seen.lock().unwrap().as_slice(), [Some(ALICE.to_string())]);
+    }
+
+    #[tokio::test]
+    async fn default_deadline_and_bad_request_ids() {
+        let f = fixture(true, None, 5);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let bad_id = "x".repeat(200);
+        let hdr = [
+            (DEV_PRINCIPAL_HEADER, ALICE),
+            (REQUEST_ID_HEADER, bad_id.as_str()),
+        ];
+        let resp = call(
+            &mut svc,
+            request("/kms.v1.KeyManagementService/Hang", "127.0.0.1", &hdr),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::DeadlineExceeded);
+        let rid = resp.headers()[REQUEST_ID_HEADER].to_str().unwrap();
+        assert_ne!(rid, bad_id);
+        assert!(uuid::Uuid::parse_str(rid).is_ok());
+        let lines = audit_lines(&f.audit_path);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["status_code"], "DEADLINE_EXCEEDED");
+        assert_eq!(lines[0]["outcome"], "error");
+        assert_eq!(lines[0]["key_id"], "key-1");
+    }
+
+    #[tokio::test]
+    async fn abandoned_calls_are_recorded() {
+        let f = fixture(true, None, 10_000);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        // The caller sets its own deadline, so the layer waits; the call is then dropped.
+        let hdr = [(DEV_PRINCIPAL_HEADER, ALICE), ("grpc-timeout", "1m")];
+        let fut = svc.ready().await.unwrap().call(request(
+            "/kms.v1.KeyManagementService/Hang",
+            "127.0.0.1",
+            &hdr,
+        ));
+        let out = tokio::time::timeout(Duration::from_millis(5), fut).await;
+        assert!(out.is_err());
+        // The detached line is written by the writer thread; the next call's line follows it.
+        let resp = call(
+            &mut svc,
+            request(
+                "/kms.v1.KeyManagementService/ListKeys",
+                "127.0.0.1",
+                &hdr[..1],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        let lines = audit_lines(&f.audit_path);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["status_code"], "CANCELLED");
+        assert_eq!(lines[0]["principal"], ALICE);
+        assert_eq!(verify(&f.audit_path), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn audit_failure_fails_closed_or_open() {
+        for fail_closed in [true, false] {
+            let identity = IdentityConfig {
+                dev_header: true,
+                service_principal: "acs:ram::1:role/a".into(),
+                peer_principal: "acs:ram::1:role/b".into(),
+                tls: None,
+                trusted_sidecar: None,
+            };
+            let layer = AuthLayer::from_config(
+                &identity,
+                &AuditConfig {
+                    path: "/dev/full".into(),
+                    fail_closed,
+                },
+                &LimitsConfig::default(),
+            )
+            .unwrap();
+            let seen: Seen = Arc::default();
+            let mut svc = layer.layer(routes(Arc::clone(&seen)));
+            let resp = call(
+                &mut svc,
+                request(
+                    "/kms.v1.CryptoService/Encrypt",
+                    "127.0.0.1",
+                    &[(DEV_PRINCIPAL_HEADER, ALICE)],
+                ),
+            )
+            .await;
+            let want = if fail_closed {
+                Code::Unavailable
+            } else {
+                Code::Ok
+            };
+            assert_eq!(code(&resp), want, "fail_closed = {fail_closed}");
+        }
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = IdentityConfig {
+            dev_header: false,
+            service_principal: "acs:ram::1:role/a".into(),
+            peer_principal: "acs:ram::1:role/b".into(),
+            tls: None,
+            trusted_sidecar: None,
+        };
+        let audit = AuditConfig {
+            path: dir.path().join("a.log"),
+            fail_closed: true,
+        };
+        let err = AuthLayer::from_config(&identity, &audit, &LimitsConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("no authentication mode"), "{err}");
+        let audit = AuditConfig {
+            path: dir.path().join("missing-dir").join("a.log"),
+            fail_closed: true,
+        };
+        let identity = IdentityConfig {
+            dev_header: true,
+            ..identity
+        };
+        let err = AuthLayer::from_config(&identity, &audit, &LimitsConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("cannot open audit log"), "{err}");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = http::HeaderMap::new();
+        for ok in ["a", "req-1", "01J9:abc.def_x", &"z".repeat(128)] {
+            h.insert(REQUEST_ID_HEADER, ok.parse().unwrap());
+            assert_eq!(request_id(&h), ok);
+        }
+        for bad in ["", "a b", "a/b", "ünï", &"z".repeat(129), "a\"b"] {
+            if let Ok(v) = bad.parse() {
+                h.insert(REQUEST_ID_HEADER, v);
+            } else {
+                continue;
+            }
+            assert_ne!(request_id(&h), bad, "{bad:?}");
+        }
+    }
+}
