@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod context;
+pub mod crypto_rules;
 pub mod error;
 pub mod event;
 pub mod ids;
