@@ -1,8 +1,9 @@
-//! Connections to the two planes: channel setup, the principal header added to every call by
-//! an interceptor, and the errors a user sees when a plane cannot be reached or answers with a
-//! status.
+//! Connections to the two planes: channel setup (plain, or mTLS with `--ca/--cert/--cert-key`), the
+//! principal header added to every call by an interceptor, and the errors a user sees when a
+//! plane cannot be reached or answers with a status.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
@@ -34,6 +35,19 @@ pub(crate) struct Planes {
     pub(crate) data: String,
     /// Principal ARN, if given.
     pub(crate) principal: Option<String>,
+    /// mTLS files, if given: calls then go over https and the certificate names the caller.
+    pub(crate) tls: Option<TlsFiles>,
+}
+
+/// The files kmsctl uses for mTLS.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    /// CA bundle the servers' certificates must chain to.
+    pub(crate) ca: PathBuf,
+    /// Client certificate.
+    pub(crate) cert: PathBuf,
+    /// Its private key.
+    pub(crate) key: PathBuf,
 }
 
 /// Which plane a connection goes to, for messages.
@@ -56,7 +70,7 @@ impl Planes {
     /// A client of `KeyManagementService` on the control plane.
     pub(crate) async fn control(&self) -> anyhow::Result<KeyManagementServiceClient<Authed>> {
         let header = self.principal_header()?;
-        let channel = connect(Plane::Control, &self.control).await?;
+        let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
         Ok(KeyManagementServiceClient::with_interceptor(
             channel, header,
         ))
@@ -65,25 +79,30 @@ impl Planes {
     /// A client of `CryptoService` on the data plane.
     pub(crate) async fn data(&self) -> anyhow::Result<CryptoServiceClient<Authed>> {
         let header = self.principal_header()?;
-        let channel = connect(Plane::Data, &self.data).await?;
+        let channel = connect(Plane::Data, &self.data, self.tls.as_ref()).await?;
         Ok(CryptoServiceClient::with_interceptor(channel, header))
     }
 
     fn principal_header(&self) -> anyhow::Result<PrincipalHeader> {
         let principal = self.principal.as_deref().map(str::trim).unwrap_or_default();
+        if principal.is_empty() && self.tls.is_some() {
+            // The client certificate names the caller.
+            return Ok(PrincipalHeader(None));
+        }
         if principal.is_empty() {
             anyhow::bail!(
                 "no principal given: pass --principal ARN or set KMS_PRINCIPAL, e.g. \
-                 `export KMS_PRINCIPAL=acs:ram::1234567890123456:root`"
+                 `export KMS_PRINCIPAL=acs:ram::1234567890123456:root`, or call over mTLS \
+                 with --ca, --cert and --cert-key"
             );
         }
         PrincipalHeader::new(principal)
     }
 }
 
-/// Adds `x-kms-principal` to every outgoing call.
+/// Adds `x-kms-principal` to every outgoing call, when a principal was given.
 #[derive(Debug, Clone)]
-pub(crate) struct PrincipalHeader(MetadataValue<Ascii>);
+pub(crate) struct PrincipalHeader(Option<MetadataValue<Ascii>>);
 
 impl PrincipalHeader {
     /// The header for `principal`; refuses values that cannot travel in a header.
@@ -91,15 +110,17 @@ impl PrincipalHeader {
         let value = principal
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| anyhow::anyhow!("principal {principal:?} is not a valid header value"))?;
-        Ok(Self(value))
+        Ok(Self(Some(value)))
     }
 }
 
 impl Interceptor for PrincipalHeader {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(PRINCIPAL_HEADER, self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(PRINCIPAL_HEADER, value.clone());
+        }
         Ok(request)
     }
 }
@@ -112,12 +133,32 @@ pub(crate) fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .timeout(CALL_TIMEOUT))
 }
 
-/// Connects to a plane now, so an unreachable plane is reported as such.
-async fn connect(plane: Plane, url: &str) -> anyhow::Result<Channel> {
-    endpoint(url)?.connect().await.map_err(|e| {
+/// `url` with `https` instead of `http`, for mTLS.
+fn https(url: &str) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => url.to_string(),
+    }
+}
+
+/// Connects to a plane now, so an unreachable plane is reported as such; over mTLS when `tls`
+/// is given.
+async fn connect(plane: Plane, url: &str, tls: Option<&TlsFiles>) -> anyhow::Result<Channel> {
+    let (url, endpoint) = match tls {
+        None => (url.to_string(), endpoint(url)?),
+        Some(files) => {
+            let url = https(url);
+            let config = kms_runtime::tls::client_config(&files.ca, &files.cert, &files.key)?;
+            let endpoint = endpoint(&url)?
+                .tls_config(config)
+                .map_err(|e| anyhow::anyhow!("cannot use TLS for {url}: {}", error_chain(&e)))?;
+            (url, endpoint)
+        }
+    };
+    endpoint.connect().await.map_err(|e| {
         Unreachable {
             plane,
-            addr: url.to_string(),
+            addr: url.clone(),
             detail: error_chain(&e),
         }
         .into()
@@ -290,6 +331,7 @@ mod tests {
             control: "http://127.0.0.1:1".into(),
             data: "http://127.0.0.1:1".into(),
             principal: None,
+            tls: None,
         };
         let err = planes.principal_header().unwrap_err().to_string();
         assert!(
@@ -309,10 +351,82 @@ mod tests {
         assert!(PrincipalHeader::new("bad\nvalue").is_err());
     }
 
+    #[test]
+    fn mtls_needs_no_principal_and_uses_https() {
+        let planes = Planes {
+            control: "http://127.0.0.1:1".into(),
+            data: "http://127.0.0.1:1".into(),
+            principal: None,
+            tls: Some(TlsFiles {
+                ca: "ca.pem".into(),
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            }),
+        };
+        let mut h = planes.principal_header().unwrap();
+        let req = h.call(tonic::Request::new(())).unwrap();
+        assert!(req.metadata().get(PRINCIPAL_HEADER).is_none());
+        assert_eq!(https("http://127.0.0.1:7700"), "https://127.0.0.1:7700");
+        assert_eq!(https("https://kms.example.com"), "https://kms.example.com");
+    }
+
+    /// kmsctl's mTLS channel, with `kmsctl dev certs` files, against a server built with the
+    /// runtime's TLS helper.
+    #[tokio::test]
+    async fn mtls_channel_with_dev_certs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = crate::certs::generate_dev_certs(tmp.path(), &[]).unwrap();
+        let tls = kms_runtime::tls::TlsConfig {
+            cert_file: certs.data.cert.clone(),
+            key_file: certs.data.key.clone(),
+            client_ca_file: certs.ca.cert.clone(),
+            require_client_cert: true,
+            client_cert_file: None,
+            client_key_file: None,
+            server_ca_file: None,
+        };
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .tls_config(kms_runtime::tls::server_config(&tls).unwrap())
+            .unwrap()
+            .add_service(health);
+        tokio::spawn(
+            server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = certs.client(crate::dev::ACCOUNT_PRINCIPAL).unwrap();
+        let files = TlsFiles {
+            ca: certs.ca.cert.clone(),
+            cert: client.cert.clone(),
+            key: client.key.clone(),
+        };
+        let channel = connect(Plane::Data, &format!("http://{addr}"), Some(&files))
+            .await
+            .unwrap();
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1);
+        // Unreadable files are reported before connecting.
+        let missing = TlsFiles {
+            ca: tmp.path().join("nope.pem"),
+            ..files
+        };
+        let err = connect(Plane::Data, &format!("http://{addr}"), Some(&missing))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.pem"), "{err}");
+    }
+
     #[tokio::test]
     async fn unreachable_plane_is_named() {
         // Port 1 on localhost: nothing listens there in a test environment.
-        let err = connect(Plane::Data, "http://127.0.0.1:1")
+        let err = connect(Plane::Data, "http://127.0.0.1:1", None)
             .await
             .unwrap_err()
             .to_string();

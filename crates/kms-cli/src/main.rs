@@ -1,6 +1,8 @@
 //! `kmsctl`: the command-line client of the KMS (key management on the control plane,
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
+mod audit;
+mod certs;
 mod client;
 mod crypto;
 mod dev;
@@ -11,10 +13,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kms_types::{KeySpec, KeyUsage};
 
-use crate::client::Planes;
+use crate::client::{Planes, TlsFiles};
 use crate::output::Format;
 
 /// Default control-plane address.
@@ -81,6 +83,52 @@ struct GlobalOpts {
     /// Print the response as JSON instead of text
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
+    /// CA certificate(s) (PEM) the planes' server certificates must chain to; with --cert and
+    /// --cert-key, calls go over mTLS (https) and the principal is the certificate's
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_CA",
+        value_name = "FILE"
+    )]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) naming the caller's principal in a URI SAN, for mTLS
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_CERT",
+        value_name = "FILE"
+    )]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert (`--key` names the key to use in `encrypt`)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_KEY",
+        value_name = "FILE"
+    )]
+    cert_key: Option<PathBuf>,
+}
+
+impl GlobalOpts {
+    /// The mTLS files, when all three are given; an error when only some are.
+    fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.ca, &self.cert, &self.cert_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "mTLS needs all of --ca, --cert and --cert-key (or KMS_CA, KMS_CERT, KMS_KEY); \
+                 only some are set"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +162,9 @@ Examples:
     /// Run the service locally
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Work with audit logs
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +275,27 @@ Examples:
   kmsctl dev up --dir .dev
   kmsctl dev up --dir /tmp/kms --control-addr 127.0.0.1:8700 --data-addr 127.0.0.1:8701")]
     Up(dev::UpArgs),
+    /// Make a CA and the certificates for a local mTLS stack (development only)
+    ///
+    /// Writes a CA, a server certificate per plane (SANs localhost and 127.0.0.1) and a client
+    /// certificate per principal, naming it in a URI SAN. Private keys are mode 0600. Every run
+    /// makes a new CA and replaces the files.
+    #[command(after_help = "\
+Examples:
+  kmsctl dev certs --dir .dev/tls
+  kmsctl dev certs --dir .dev/tls --principal acs:ram::1234567890123456:user/alice")]
+    Certs(certs::CertsArgs),
+}
+
+/// Whether `kmsctl dev certs` got `--principal` on its own command line. The global
+/// `--principal` (and `KMS_PRINCIPAL`) share the name, and clap shares their values, so only a
+/// command-line value counts as a list of certificate principals.
+fn cert_principals_given(matches: &ArgMatches) -> bool {
+    matches
+        .subcommand_matches("dev")
+        .and_then(|m| m.subcommand_matches("certs"))
+        .and_then(|m| m.value_source("principal"))
+        == Some(clap::parser::ValueSource::CommandLine)
 }
 
 /// Parses `KEY=VALUE`: the key must be non-empty; the value may be empty and may hold `=`.
@@ -269,16 +341,28 @@ fn pairs_to_map(pairs: &[(String, String)], what: &str) -> anyhow::Result<HashMa
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let format = if cli.global.json {
         Format::Json
     } else {
         Format::Human
     };
+    let tls = match cli.global.tls() {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let planes = Planes {
         control: cli.global.control,
         data: cli.global.data,
         principal: cli.global.principal,
+        tls,
     };
     let result = match cli.command {
         Command::CreateKey(args) => keys::create_key(&planes, format, args).await,
@@ -286,6 +370,10 @@ async fn main() -> ExitCode {
         Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
         Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await,
+        Command::Dev(DevCommand::Certs(args)) => {
+            certs::certs(args, cert_principals_given(&matches))
+        }
+        Command::Audit(command) => audit::run(command, format),
     };
     match result {
         Ok(code) => code,
@@ -443,6 +531,86 @@ mod tests {
         assert!(both.is_err());
         let bad_spec = Cli::try_parse_from(["kmsctl", "create-key", "--spec", "AES_512"]);
         assert!(bad_spec.is_err());
+    }
+
+    #[test]
+    fn mtls_options_go_together() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["kmsctl"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["describe-key", "k"]);
+            Cli::try_parse_from(all).unwrap().global.tls()
+        };
+        let tls = parse(&["--ca", "ca.pem", "--cert", "c.pem", "--cert-key", "k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert!(parse(&[]).unwrap().is_none());
+        let err = parse(&["--ca", "ca.pem", "--cert", "c.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--cert-key") && err.contains("KMS_KEY"),
+            "{err}"
+        );
+        // `encrypt --key` still names the key to encrypt with.
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "--cert-key",
+            "k.pem",
+            "encrypt",
+            "--key",
+            "alias/demo",
+            "--plaintext",
+            "x",
+        ])
+        .unwrap();
+        let Command::Encrypt(args) = cli.command else {
+            panic!("not encrypt");
+        };
+        assert_eq!(args.key, "alias/demo");
+        assert_eq!(cli.global.cert_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn dev_certs_principals() {
+        let matches = |args: &[&str]| Cli::command().try_get_matches_from(args).unwrap();
+        let m = matches(&[
+            "kmsctl",
+            "dev",
+            "certs",
+            "--dir",
+            "d",
+            "--principal",
+            "acs:ram::1:root",
+            "--principal",
+            "acs:ram::2:root",
+        ]);
+        assert!(cert_principals_given(&m));
+        let cli = Cli::from_arg_matches(&m).unwrap();
+        let Command::Dev(DevCommand::Certs(_)) = cli.command else {
+            panic!("not dev certs");
+        };
+        assert!(!cert_principals_given(&matches(&[
+            "kmsctl", "dev", "certs", "--dir", "d"
+        ])));
+        // The global --principal still works for the other commands.
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "--principal",
+            "acs:ram::1:root",
+            "describe-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.principal.as_deref(), Some("acs:ram::1:root"));
+    }
+
+    #[test]
+    fn audit_verify_parses() {
+        let cli = Cli::try_parse_from(["kmsctl", "audit", "verify", "a.log"]).unwrap();
+        assert!(matches!(cli.command, Command::Audit(_)));
+        assert!(Cli::try_parse_from(["kmsctl", "audit", "verify"]).is_err());
     }
 
     #[test]

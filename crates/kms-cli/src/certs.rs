@@ -1,0 +1,420 @@
+//! `kmsctl dev certs`: a private CA and the certificates a local mTLS stack needs: one server
+//! certificate per plane (SANs `localhost` and `127.0.0.1`) and one client certificate per
+//! principal, naming it in a URI SAN as the servers expect. PEM files; private keys mode 0600.
+//!
+//! Every run makes a fresh CA and replaces the files, so restart servers and clients on the
+//! new set. Development only: the CA key sits next to the certificates.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Args;
+use kms_types::Principal;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::dev::{
+    ACCOUNT_PRINCIPAL, CONTROL_SERVICE_PRINCIPAL, DATA_SERVICE_PRINCIPAL, OPERATOR_PRINCIPAL,
+};
+
+/// Principals that get a client certificate when none is named.
+pub(crate) const DEFAULT_PRINCIPALS: [&str; 4] = [
+    ACCOUNT_PRINCIPAL,
+    OPERATOR_PRINCIPAL,
+    CONTROL_SERVICE_PRINCIPAL,
+    DATA_SERVICE_PRINCIPAL,
+];
+
+/// How long the certificates are valid.
+const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far back validity starts, for clocks slightly behind.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Options of `kmsctl dev certs`.
+#[derive(Debug, Args)]
+pub(crate) struct CertsArgs {
+    /// Directory for the PEM files; created (mode 0700) if needed; files in it are replaced
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Principal ARN to issue a client certificate for; repeatable [default: the dev account
+    /// root, the operator and both planes' service principals]
+    #[arg(long = "principal", id = "principal", value_name = "ARN")]
+    principals: Vec<String>,
+}
+
+/// A certificate and its private key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CertFiles {
+    /// The certificate (PEM).
+    pub(crate) cert: PathBuf,
+    /// Its private key (PEM, PKCS#8, mode 0600).
+    pub(crate) key: PathBuf,
+}
+
+/// A client certificate for one principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// The principal ARN in the URI SAN.
+    pub(crate) principal: String,
+    /// The files.
+    pub(crate) files: CertFiles,
+}
+
+/// What [`generate_dev_certs`] wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct DevCerts {
+    /// The directory.
+    pub(crate) dir: PathBuf,
+    /// The CA: its certificate is the trust bundle of servers and clients.
+    pub(crate) ca: CertFiles,
+    /// The control plane's server certificate.
+    pub(crate) control: CertFiles,
+    /// The data plane's server certificate.
+    pub(crate) data: CertFiles,
+    /// One client certificate per principal.
+    pub(crate) clients: Vec<ClientCert>,
+}
+
+impl DevCerts {
+    /// The client certificate of `principal`, if one was made.
+    pub(crate) fn client(&self, principal: &str) -> Option<&CertFiles> {
+        self.clients
+            .iter()
+            .find(|c| c.principal == principal)
+            .map(|c| &c.files)
+    }
+
+    /// What was written and how to use it.
+    pub(crate) fn summary(&self) -> String {
+        let mut s = String::new();
+        let p = |f: &Path| f.display().to_string();
+        let _ = writeln!(s, "wrote certificates to {}\n", self.dir.display());
+        let _ = writeln!(s, "  CA (trust bundle)      {}", p(&self.ca.cert));
+        let _ = writeln!(
+            s,
+            "  kms-control server     {}  key {}",
+            p(&self.control.cert),
+            p(&self.control.key)
+        );
+        let _ = writeln!(
+            s,
+            "  kms-data server        {}  key {}",
+            p(&self.data.cert),
+            p(&self.data.key)
+        );
+        for c in &self.clients {
+            let _ = writeln!(s, "  client {}", c.principal);
+            let _ = writeln!(
+                s,
+                "                         {}  key {}",
+                p(&c.files.cert),
+                p(&c.files.key)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nServers (SANs localhost, 127.0.0.1) — [identity.tls] in control.toml / data.toml:"
+        );
+        for (name, server, principal) in [
+            ("control.toml", &self.control, CONTROL_SERVICE_PRINCIPAL),
+            ("data.toml", &self.data, DATA_SERVICE_PRINCIPAL),
+        ] {
+            let _ = writeln!(s, "  # {name}");
+            let _ = writeln!(s, "  cert_file = {:?}", p(&server.cert));
+            let _ = writeln!(s, "  key_file = {:?}", p(&server.key));
+            let _ = writeln!(s, "  client_ca_file = {:?}", p(&self.ca.cert));
+            if let Some(client) = self.client(principal) {
+                let _ = writeln!(s, "  client_cert_file = {:?}", p(&client.cert));
+                let _ = writeln!(s, "  client_key_file = {:?}", p(&client.key));
+            }
+        }
+        if let Some(c) = self.clients.first() {
+            let _ = writeln!(s, "\nkmsctl over mTLS, as {}:", c.principal);
+            let _ = writeln!(s, "  export KMS_CA={}", p(&self.ca.cert));
+            let _ = writeln!(s, "  export KMS_CERT={}", p(&c.files.cert));
+            let _ = writeln!(s, "  export KMS_KEY={}", p(&c.files.key));
+        }
+        let _ = writeln!(
+            s,
+            "\nDevelopment only: {} holds the CA's private key.",
+            p(&self.ca.key)
+        );
+        s
+    }
+}
+
+/// The file-name stem for a principal's client certificate:
+/// `acs:ram::1000000000000000:user/operator` → `client-1000000000000000-user-operator`.
+fn client_stem(principal: &Principal) -> String {
+    let tail = principal
+        .arn()
+        .strip_prefix("acs:ram::")
+        .unwrap_or(principal.arn());
+    let safe: String = tail
+        .chars()
+        .map(|c| match c {
+            ':' | '/' => '-',
+            c if c.is_ascii_alphanumeric() || "._-@".contains(c) => c,
+            _ => '_',
+        })
+        .collect();
+    format!("client-{safe}")
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    // Write beside, then rename: a replaced key is never readable with the wrong mode.
+    let tmp = path.with_extension("pem.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Makes a CA, both planes' server certificates and a client certificate per principal in
+/// `dir`; an empty `principals` means [`DEFAULT_PRINCIPALS`].
+pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::Result<DevCerts> {
+    let mut wanted: Vec<Principal> = Vec::new();
+    let names: Vec<String> = if principals.is_empty() {
+        DEFAULT_PRINCIPALS.iter().map(|s| s.to_string()).collect()
+    } else {
+        principals.to_vec()
+    };
+    for arn in &names {
+        let p = Principal::parse(arn.trim()).map_err(|_| {
+            anyhow::anyhow!(
+                "--principal {arn:?} is not a principal ARN like acs:ram::<uid>:root, \
+                 acs:ram::<uid>:user/<name> or acs:ram::<uid>:role/<name>"
+            )
+        })?;
+        if !wanted.contains(&p) {
+            wanted.push(p);
+        }
+    }
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    let (not_before, not_after) = (now - BACKDATE, now + VALIDITY);
+    let files = |stem: &str| CertFiles {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    };
+    let save = |files: &CertFiles, cert_pem: &str, key: &KeyPair| -> anyhow::Result<()> {
+        write_file(&files.key, &key.serialize_pem(), 0o600)?;
+        write_file(&files.cert, cert_pem, 0o644)
+    };
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kmsctl dev CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = not_before;
+    ca_params.not_after = not_after;
+    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .context("cannot sign the CA certificate")?;
+    let ca = files("ca");
+    save(&ca, &ca_cert.pem(), &ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf = |cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose, out: &CertFiles| {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().context("cannot generate a key")?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .with_context(|| format!("cannot sign the certificate for {cn}"))?;
+        save(out, &cert.pem(), &key)
+    };
+
+    let server_sans = || -> anyhow::Result<Vec<SanType>> {
+        Ok(vec![
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        ])
+    };
+    let control = files("control");
+    leaf(
+        "kms-control",
+        server_sans()?,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &control,
+    )?;
+    let data = files("data");
+    leaf(
+        "kms-data",
+        server_sans()?,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &data,
+    )?;
+    let mut clients = Vec::new();
+    for p in &wanted {
+        let out = files(&client_stem(p));
+        let uri = SanType::URI(
+            p.arn()
+                .try_into()
+                .with_context(|| format!("{} cannot be a URI SAN", p.arn()))?,
+        );
+        leaf(
+            p.arn(),
+            vec![uri],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &out,
+        )?;
+        clients.push(ClientCert {
+            principal: p.arn().to_string(),
+            files: out,
+        });
+    }
+    Ok(DevCerts {
+        dir,
+        ca,
+        control,
+        data,
+        clients,
+    })
+}
+
+/// `kmsctl dev certs`. `principals_given` says whether `--principal` came from the command line
+/// (the global `--principal`/`KMS_PRINCIPAL` shares its name and must not stand in for it).
+pub(crate) fn certs(args: CertsArgs, principals_given: bool) -> anyhow::Result<ExitCode> {
+    let principals = if principals_given {
+        args.principals
+    } else {
+        Vec::new()
+    };
+    let made = generate_dev_certs(&args.dir, &principals)?;
+    print!("{}", made.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn default_set_with_private_keys_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let made = generate_dev_certs(&dir, &[]).unwrap();
+        assert_eq!(mode(&made.dir), 0o700);
+        let principals: Vec<&str> = made.clients.iter().map(|c| c.principal.as_str()).collect();
+        assert_eq!(principals, DEFAULT_PRINCIPALS);
+        let all = [&made.ca, &made.control, &made.data]
+            .into_iter()
+            .chain(made.clients.iter().map(|c| &c.files));
+        for f in all {
+            assert_eq!(mode(&f.key), 0o600, "{}", f.key.display());
+            assert_eq!(mode(&f.cert) & 0o600, 0o600, "{}", f.cert.display());
+            let key = std::fs::read_to_string(&f.key).unwrap();
+            assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+        }
+        assert_eq!(
+            made.client(OPERATOR_PRINCIPAL).unwrap().cert,
+            made.dir.join("client-1000000000000000-user-operator.pem")
+        );
+        // Each client certificate names exactly its principal, as the servers read it.
+        for c in &made.clients {
+            let pem = std::fs::read(&c.files.cert).unwrap();
+            let der = rustls_pem_der(&pem);
+            let got = kms_runtime::tls::principal_from_cert(&der)
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.arn(), c.principal);
+        }
+        // Server certificates name no principal.
+        let der = rustls_pem_der(&std::fs::read(&made.data.cert).unwrap());
+        assert_eq!(kms_runtime::tls::principal_from_cert(&der), Ok(None));
+        let summary = made.summary();
+        assert!(summary.contains("export KMS_CERT="), "{summary}");
+        assert!(summary.contains("client_ca_file"), "{summary}");
+        assert!(!summary.contains("BEGIN"), "{summary}");
+
+        // A second run replaces the files with a new CA, keeping modes.
+        let first_ca = std::fs::read(&made.ca.cert).unwrap();
+        let again = generate_dev_certs(&dir, &["acs:ram::42:user/alice".to_string()]).unwrap();
+        assert_eq!(again.clients.len(), 1);
+        assert_eq!(mode(&again.clients[0].files.key), 0o600);
+        assert_eq!(mode(&again.ca.key), 0o600);
+        assert_ne!(std::fs::read(&again.ca.cert).unwrap(), first_ca);
+    }
+
+    #[test]
+    fn bad_principals_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = generate_dev_certs(tmp.path(), &["alice".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"alice\"") && err.contains("acs:ram::"),
+            "{err}"
+        );
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn stems() {
+        for (arn, stem) in [
+            (
+                "acs:ram::1234567890123456:root",
+                "client-1234567890123456-root",
+            ),
+            (
+                "acs:ram::1000000000000000:role/kms-data-plane",
+                "client-1000000000000000-role-kms-data-plane",
+            ),
+            ("acs:ram::1:user/a/b@c", "client-1-user-a-b@c"),
+        ] {
+            assert_eq!(client_stem(&Principal::parse(arn).unwrap()), stem);
+        }
+    }
+
+    fn rustls_pem_der(pem: &[u8]) -> Vec<u8> {
+        let text = std::str::from_utf8(pem).unwrap();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    }
+}
