@@ -92,7 +92,9 @@ pub(crate) fn to_backend_error(err: CkError) -> BackendError {
             (
                 RvError::EncryptedDataInvalid
                 | RvError::EncryptedDataLenRange
-                | RvError::GeneralError,
+                | RvError::GeneralError
+                | RvError::DataInvalid
+                | RvError::DataLenRange,
                 Function::Decrypt,
             ) => BackendError::AuthenticationFailed,
             (RvError::DataLenRange, _) => BackendError::InvalidInput("data length out of range"),
@@ -126,6 +128,18 @@ pub(crate) fn to_backend_error(err: CkError) -> BackendError {
     }
 }
 
+/// The outcome of C_Verify: a signature the token rejects is `Ok(false)`, not an error (and
+/// keeps the session: C_Verify ends its operation either way).
+pub(crate) fn verify_outcome(result: Result<(), CkError>) -> Result<bool, CkError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Errors after which the session or the login is gone and a fresh login may help: the
 /// token logged out (handles of private objects then become invalid too) or the session
 /// was closed under us.
@@ -149,7 +163,11 @@ mod tests {
 
     #[test]
     fn decrypt_rejection_is_authentication_failure() {
-        for rv in [RvError::EncryptedDataInvalid, RvError::GeneralError] {
+        for rv in [
+            RvError::EncryptedDataInvalid,
+            RvError::GeneralError,
+            RvError::DataLenRange,
+        ] {
             assert!(matches!(
                 to_backend_error(CkError::Pkcs11(rv, Function::Decrypt)),
                 BackendError::AuthenticationFailed
@@ -164,6 +182,20 @@ mod tests {
             to_backend_error(CkError::Pkcs11(RvError::DeviceRemoved, Function::Encrypt)),
             BackendError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn rejected_signatures_are_false() {
+        assert!(matches!(verify_outcome(Ok(())), Ok(true)));
+        for rv in [RvError::SignatureInvalid, RvError::SignatureLenRange] {
+            assert!(matches!(
+                verify_outcome(Err(CkError::Pkcs11(rv, Function::Verify))),
+                Ok(false)
+            ));
+        }
+        assert!(
+            verify_outcome(Err(CkError::Pkcs11(RvError::DeviceError, Function::Verify))).is_err()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! sessions with one retry after a lost login.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
@@ -11,17 +12,26 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::Ulong;
-use kms_backend::{Backend, BackendError, Capabilities};
+use kms_backend::{
+    Backend, BackendError, Capabilities, GCM_IV_LEN, KeyHandle, KeyResidence, PublicKeyRef,
+    SealedKey, SecretBytes,
+};
+use kms_types::{Algorithm, KeySpec};
 use secrecy::SecretString;
 
 use crate::error::{needs_relogin, to_backend_error};
-use crate::mechanisms::missing_mechanisms;
+use crate::keys::{BACKEND, Graveyard, HsmKey, Objects};
+use crate::mechanisms::{OAEP_ROUTES, SIGN_ROUTES, missing_mechanisms};
 use crate::module::ModuleRef;
 use crate::pool::SessionPool;
 use crate::{HsmError, HsmParams};
 
 /// Root key length in bytes (AES-256).
 const ROOT_KEY_LEN: usize = 32;
+
+/// Distinguishes `Hsm`s in one process, so a key handle is only used by the `Hsm` that
+/// loaded it.
+static NEXT_HSM_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An open HSM token with its user logged in and its root key found.
 ///
@@ -32,8 +42,15 @@ pub struct Hsm {
     // Field order is drop order: sessions close before the module is finalized.
     pool: SessionPool,
     /// Held open for the life of the `Hsm`: SoftHSM2 logs the token out when the
-    /// application's last session on it closes.
+    /// application's last session on it closes. It also owns the session objects of loaded
+    /// keys (SoftHSM2 destroys session objects with the session that created them).
     keeper: Mutex<Session>,
+    /// Counts keeper sessions: a re-login replaces the keeper, destroying the loaded keys'
+    /// objects, and bumps this so that keys unwrap themselves again.
+    epoch: AtomicU64,
+    /// Objects of dropped key handles, destroyed by the next call.
+    graveyard: Graveyard,
+    id: u64,
     root_key: RwLock<ObjectHandle>,
     mechanisms: Vec<String>,
     slot: Slot,
@@ -100,6 +117,9 @@ impl Hsm {
         Ok(Hsm {
             pool: SessionPool::new(ctx.clone(), slot, params.max_sessions),
             keeper: Mutex::new(keeper),
+            epoch: AtomicU64::new(0),
+            graveyard: Arc::new(Mutex::new(Vec::new())),
+            id: NEXT_HSM_ID.fetch_add(1, Ordering::Relaxed),
             root_key: RwLock::new(root_key),
             mechanisms,
             slot,
@@ -122,6 +142,7 @@ impl Hsm {
         &self,
         mut op: impl FnMut(&Session, ObjectHandle) -> Result<T, CkError>,
     ) -> Result<T, BackendError> {
+        self.reap();
         match self.attempt(&mut op) {
             Err(e) if needs_relogin(&e) => {
                 tracing::warn!(token = %self.token_label, error = %e, "hsm login or session lost; logging in again");
@@ -129,6 +150,83 @@ impl Hsm {
                 self.attempt(&mut op).map_err(to_backend_error)
             }
             result => result.map_err(to_backend_error),
+        }
+    }
+
+    /// Like [`Hsm::run`], for an operation with a loaded key: makes sure the key's objects
+    /// exist in this epoch (unwrapping them again after a lost login) and passes them on.
+    pub(crate) fn run_with_key<T>(
+        &self,
+        key: &HsmKey,
+        mut op: impl FnMut(&Session, Objects) -> Result<T, CkError>,
+    ) -> Result<T, BackendError> {
+        self.reap();
+        let mut attempt = || -> Result<T, CkError> {
+            let objects = key.objects(self)?;
+            self.pool.with_session(|session| op(session, objects))
+        };
+        match attempt() {
+            Err(e) if needs_relogin(&e) => {
+                tracing::warn!(token = %self.token_label, error = %e, "hsm login or session lost; logging in again");
+                self.relogin()?;
+                attempt().map_err(to_backend_error)
+            }
+            result => result.map_err(to_backend_error),
+        }
+    }
+
+    /// Runs `op` on the keeper session, which owns loaded keys' objects, with the root key
+    /// and the keeper's epoch. Holds the keeper lock for the call: only loads and destroys of
+    /// key objects come here.
+    pub(crate) fn with_keeper<T>(
+        &self,
+        op: impl FnOnce(&Session, ObjectHandle, u64) -> Result<T, CkError>,
+    ) -> Result<T, CkError> {
+        let keeper = self.keeper.lock().unwrap_or_else(PoisonError::into_inner);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let root_key = *self.root_key.read().unwrap_or_else(PoisonError::into_inner);
+        op(&keeper, root_key, epoch)
+    }
+
+    /// The current keeper epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn graveyard(&self) -> Graveyard {
+        Arc::clone(&self.graveyard)
+    }
+
+    /// Destroys the objects of dropped keys. Objects of an older epoch died with their
+    /// keeper session and are forgotten; their handle numbers may name new objects now.
+    pub(crate) fn reap(&self) {
+        let buried = {
+            let mut graveyard = self
+                .graveyard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if graveyard.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *graveyard)
+        };
+        let result = self.with_keeper(|session, _, epoch| {
+            for buried in buried
+                .iter()
+                .filter(|b| b.hsm == self.id && b.epoch == epoch)
+            {
+                if let Err(e) = session.destroy_object(buried.object) {
+                    tracing::debug!(error = %e, "destroying an unloaded key object failed");
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reaping unloaded key objects failed");
         }
     }
 
@@ -164,6 +262,8 @@ impl Hsm {
         };
         let old = {
             let mut keeper = self.keeper.lock().unwrap_or_else(PoisonError::into_inner);
+            // Loaded keys' objects die with the old keeper: a new epoch makes keys reload.
+            self.epoch.fetch_add(1, Ordering::SeqCst);
             std::mem::replace(&mut *keeper, fresh)
         };
         // C_CloseSession of the old keeper, outside the lock; the new keeper holds the login.
@@ -179,15 +279,115 @@ impl Hsm {
 
 impl Backend for Hsm {
     fn name(&self) -> &'static str {
-        "pkcs11"
+        BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        // HSM-resident keys (generate, aead) come in a later change.
+        // Every mechanism these need was checked at open (REQUIRED_MECHANISMS).
         Capabilities {
+            key_specs: KeySpec::ALL.to_vec(),
+            sign_algorithms: SIGN_ROUTES.iter().map(|&(a, _)| a).collect(),
+            encryption_algorithms: OAEP_ROUTES.iter().map(|&(a, _)| a).collect(),
+            aead: true,
             random: true,
-            ..Capabilities::default()
+            residence: KeyResidence::Device,
         }
+    }
+
+    fn generate_sealed(&self, spec: KeySpec, context: &[u8]) -> Result<SealedKey, BackendError> {
+        self.generate_hsm_key(spec, context)
+    }
+
+    fn import_sealed(
+        &self,
+        spec: KeySpec,
+        context: &[u8],
+        material: &SecretBytes,
+    ) -> Result<SealedKey, BackendError> {
+        self.import_hsm_key(spec, context, material)
+    }
+
+    fn load_sealed(
+        &self,
+        spec: KeySpec,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<KeyHandle, BackendError> {
+        self.load_hsm_key(spec, context, sealed)
+    }
+
+    fn unload(&self, key: KeyHandle) -> Result<(), BackendError> {
+        let last = key.clones() == 1;
+        drop(key);
+        if last {
+            self.reap();
+        }
+        Ok(())
+    }
+
+    fn public_key(&self, key: &KeyHandle) -> Result<Vec<u8>, BackendError> {
+        let key = self.hsm_key(key)?;
+        if key.spec().is_symmetric() {
+            return Err(BackendError::InvalidInput("aes keys have no public key"));
+        }
+        Ok(key.spki().to_vec())
+    }
+
+    fn aead_encrypt(
+        &self,
+        key: &KeyHandle,
+        iv: &[u8; GCM_IV_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        crate::encrypt::seal(self, self.hsm_key(key)?, iv, aad, plaintext)
+    }
+
+    fn aead_decrypt(
+        &self,
+        key: &KeyHandle,
+        iv: &[u8; GCM_IV_LEN],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> Result<SecretBytes, BackendError> {
+        crate::encrypt::open(self, self.hsm_key(key)?, iv, aad, ciphertext_and_tag)
+    }
+
+    fn sign(
+        &self,
+        key: &KeyHandle,
+        algorithm: Algorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        crate::sign::sign(self, self.hsm_key(key)?, algorithm, digest)
+    }
+
+    fn verify(
+        &self,
+        key: PublicKeyRef<'_>,
+        algorithm: Algorithm,
+        digest: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, BackendError> {
+        crate::sign::verify(self, key, algorithm, digest, signature)
+    }
+
+    fn asym_encrypt(
+        &self,
+        key: PublicKeyRef<'_>,
+        algorithm: Algorithm,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        crate::asym::encrypt(self, key, algorithm, plaintext)
+    }
+
+    fn asym_decrypt(
+        &self,
+        key: &KeyHandle,
+        algorithm: Algorithm,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes, BackendError> {
+        crate::asym::decrypt(self, self.hsm_key(key)?, algorithm, ciphertext)
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), BackendError> {
@@ -284,10 +484,13 @@ fn root_key_problem(
             AttributeType::ValueLen,
             AttributeType::Encrypt,
             AttributeType::Decrypt,
+            AttributeType::Wrap,
+            AttributeType::Unwrap,
         ],
     )?;
     let (mut sensitive, mut extractable, mut private, mut len, mut encrypt, mut decrypt) =
         (false, true, false, 0, false, false);
+    let (mut wrap, mut unwrap) = (false, false);
     for attribute in attributes {
         match attribute {
             Attribute::Sensitive(v) => sensitive = v,
@@ -296,6 +499,8 @@ fn root_key_problem(
             Attribute::ValueLen(v) => len = usize::from(v),
             Attribute::Encrypt(v) => encrypt = v,
             Attribute::Decrypt(v) => decrypt = v,
+            Attribute::Wrap(v) => wrap = v,
+            Attribute::Unwrap(v) => unwrap = v,
             _ => {}
         }
     }
@@ -309,6 +514,9 @@ fn root_key_problem(
         Some("not an AES-256 key")
     } else if !(encrypt && decrypt) {
         Some("not allowed to encrypt and decrypt")
+    } else if !(wrap && unwrap) {
+        // HSM-resident keys are wrapped under it (CKM_AES_KEY_WRAP_PAD).
+        Some("not allowed to wrap and unwrap")
     } else {
         None
     })

@@ -10,12 +10,16 @@
 //! threads (`spawn_blocking` or a dedicated pool), never on an async worker thread.
 //! cryptoki errors become [`kms_backend::BackendError`] in one function, `to_backend_error`.
 
+mod asym;
+mod encrypt;
 mod error;
 mod hsm;
+mod keys;
 mod mechanisms;
 mod module;
 mod pool;
 mod setup;
+mod sign;
 mod wrap;
 
 use std::fmt;

@@ -1,5 +1,6 @@
 //! Sealing key material under the root key with AES-GCM inside the HSM, and the sealed
-//! format: `0x01 | IV (12) | ciphertext | tag (16)`.
+//! format: `format byte | IV (12) | ciphertext | tag (16)`. Format `0x01` is a secret sealed
+//! for the host ([`RootWrapper`]); `0x02` is an HSM-resident key (`keys.rs`).
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
@@ -22,11 +23,17 @@ fn aad(context: &[u8]) -> Vec<u8> {
 }
 
 /// Splits a sealed secret into its IV and `ciphertext | tag`.
+#[cfg(test)]
 fn parse_wrapped(wrapped: &[u8]) -> Result<([u8; GCM_IV_LEN], &[u8]), BackendError> {
+    parse_sealed(FORMAT_V1, wrapped)
+}
+
+/// Splits a blob of format `format` into its IV and `ciphertext | tag`.
+fn parse_sealed(format: u8, wrapped: &[u8]) -> Result<([u8; GCM_IV_LEN], &[u8]), BackendError> {
     let Some((&version, rest)) = wrapped.split_first() else {
         return Err(BackendError::InvalidInput("wrapped secret is empty"));
     };
-    if version != FORMAT_V1 {
+    if version != format {
         return Err(BackendError::InvalidInput(
             "unknown wrapped secret format version",
         ));
@@ -40,43 +47,63 @@ fn parse_wrapped(wrapped: &[u8]) -> Result<([u8; GCM_IV_LEN], &[u8]), BackendErr
     Ok((iv, sealed))
 }
 
-impl RootWrapper for Hsm {
-    fn wrap_secret(&self, context: &[u8], secret: &SecretBytes) -> Result<Vec<u8>, BackendError> {
-        let aad = aad(context);
+impl Hsm {
+    /// AES-GCM under the root key: `format | IV | ciphertext | tag`, IV from the HSM.
+    pub(crate) fn seal_under_root(
+        &self,
+        format: u8,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
         let (iv, sealed) = self.run(|session, root_key| {
             let mut iv = [0u8; GCM_IV_LEN];
             session.generate_random_slice(&mut iv)?;
             let sealed = {
-                let params = GcmParams::new(&mut iv, &aad, Ulong::try_from(GCM_TAG_LEN * 8)?)?;
-                session.encrypt(&Mechanism::AesGcm(params), root_key, secret.expose())?
+                let params = GcmParams::new(&mut iv, aad, Ulong::try_from(GCM_TAG_LEN * 8)?)?;
+                session.encrypt(&Mechanism::AesGcm(params), root_key, plaintext)?
             };
             Ok((iv, sealed))
         })?;
-        if sealed.len() != secret.len() + GCM_TAG_LEN {
+        if sealed.len() != plaintext.len() + GCM_TAG_LEN {
             return Err(BackendError::Internal(format!(
                 "aes-gcm output of {} bytes for {} bytes of input",
                 sealed.len(),
-                secret.len()
+                plaintext.len()
             )));
         }
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
-        out.push(FORMAT_V1);
+        out.push(format);
         out.extend_from_slice(&iv);
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    fn unwrap_secret(&self, context: &[u8], wrapped: &[u8]) -> Result<SecretBytes, BackendError> {
-        let (iv, sealed) = parse_wrapped(wrapped)?;
-        let aad = aad(context);
+    /// Opens what [`Hsm::seal_under_root`] sealed with the same `format` and `aad`; the
+    /// plaintext goes straight into zeroizing memory.
+    pub(crate) fn open_under_root(
+        &self,
+        format: u8,
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> Result<SecretBytes, BackendError> {
+        let (iv, sealed) = parse_sealed(format, wrapped)?;
         self.run(|session, root_key| {
             let mut iv = iv;
-            let params = GcmParams::new(&mut iv, &aad, Ulong::try_from(GCM_TAG_LEN * 8)?)?;
-            // The plaintext goes straight into zeroizing memory.
+            let params = GcmParams::new(&mut iv, aad, Ulong::try_from(GCM_TAG_LEN * 8)?)?;
             session
                 .decrypt(&Mechanism::AesGcm(params), root_key, sealed)
                 .map(SecretBytes::new)
         })
+    }
+}
+
+impl RootWrapper for Hsm {
+    fn wrap_secret(&self, context: &[u8], secret: &SecretBytes) -> Result<Vec<u8>, BackendError> {
+        self.seal_under_root(FORMAT_V1, &aad(context), secret.expose())
+    }
+
+    fn unwrap_secret(&self, context: &[u8], wrapped: &[u8]) -> Result<SecretBytes, BackendError> {
+        self.open_under_root(FORMAT_V1, &aad(context), wrapped)
     }
 }
 

@@ -13,10 +13,18 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
+use cryptoki::object::{AttributeType, KeyType, ObjectClass};
 use cryptoki::session::Session;
+use cryptoki::session::UserType;
 use cryptoki::types::Ulong;
-use kms_backend::{Backend, BackendError, RootWrapper, SecretBytes, conformance};
+use kms_backend::conformance::TestKey;
+use kms_backend::{
+    Backend, BackendError, GCM_IV_LEN, KeyResidence, PublicKeyRef, RootWrapper, SecretBytes,
+    conformance,
+};
 use kms_backend_pkcs11::{Hsm, HsmError, HsmParams, init_token, write_softhsm_conf};
+use kms_backend_soft::SoftBackend;
+use kms_types::{Algorithm, KeySpec};
 use secrecy::SecretString;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -55,6 +63,8 @@ fn softhsm_end_to_end() -> anyhow::Result<()> {
         stdout.contains(&format!("test {INNER_TEST} ... ok")) && stdout.contains("1 passed"),
         "inner test did not run\n--- stdout\n{stdout}"
     );
+    // The inner run's report (Wycheproof counts per group), shown with --nocapture.
+    println!("{stdout}");
     ensure!(
         tokens.read_dir()?.next().is_some(),
         "no token was written to the temporary directory"
@@ -99,12 +109,29 @@ fn softhsm_inner() -> anyhow::Result<()> {
     ensure!(hsm.name() == "pkcs11");
     let caps = hsm.capabilities();
     ensure!(
-        caps.random && !caps.aead && caps.key_specs.is_empty(),
+        caps.random
+            && caps.aead
+            && caps.key_specs == KeySpec::ALL
+            && caps.residence == KeyResidence::Device,
         "{caps:?}"
     );
 
     conformance::check_root_wrapper(&hsm);
     conformance::check_randomness(&hsm);
+
+    // Every operation on HSM keys, and interop with the software backend both ways.
+    let hsm_keys = conformance::run_all(&hsm);
+    let soft = SoftBackend::new();
+    let soft_keys = conformance::make_keys(&soft);
+    conformance::check_cross(&hsm, &hsm_keys, &soft, &soft_keys);
+    let groups = conformance::wycheproof::run_all(&hsm);
+    // ECDSA x2, PKCS#1 x3, PSS x3, OAEP x5, AES-GCM 128, 192 and 256.
+    ensure!(groups.len() == 16, "{groups:?}");
+
+    check_session_objects(&hsm)?;
+    check_loaded_keys_survive_logout(&hsm, &hsm_keys)?;
+    check_unload_destroys_objects(&hsm)?;
+    drop(hsm_keys);
     check_wrap_errors(&hsm)?;
     check_concurrent_wrapping(&hsm)?;
     check_relogin_after_logout(&hsm)?;
@@ -276,6 +303,145 @@ fn check_relogin_after_logout(hsm: &Hsm) -> anyhow::Result<()> {
 
     session.logout()?;
     ensure!(hsm.unwrap_secret(b"relogin", &blob)? == secret);
+    Ok(())
+}
+
+/// What the key handling is built on: in SoftHSM2 a session object is usable and
+/// destroyable from every session of the process, dies with the session that created it, and
+/// (if private) with a logout, for good.
+fn check_session_objects(hsm: &Hsm) -> anyhow::Result<()> {
+    let creator = foreign_session()?;
+    let other = foreign_session()?;
+    let template = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::ValueLen(Ulong::try_from(32usize)?),
+    ];
+    let key = creator.generate_key(&Mechanism::AesKeyGen, &template)?;
+    ensure!(
+        other.get_attributes(key, &[AttributeType::Class]).is_ok(),
+        "a session object is invisible to another session"
+    );
+    let ct = other.encrypt(&Mechanism::AesEcb, key, &[0u8; 16])?;
+    ensure!(ct.len() == 16);
+    let doomed = creator.generate_key(&Mechanism::AesKeyGen, &template)?;
+    other.destroy_object(doomed)?;
+    drop(creator);
+    match other.get_attributes(key, &[AttributeType::Class]) {
+        Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+        other => bail!("session object outlived its session: {other:?}"),
+    }
+    // A public session object survives a logout; a private one does not, even after login.
+    let public = other.create_object(&[
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::EcParams(kms_backend::P256_EC_PARAMS.to_vec()),
+        Attribute::EcPoint(p256_generator_octet_string()),
+    ])?;
+    let private = other.generate_key(&Mechanism::AesKeyGen, &template)?;
+    other.logout()?;
+    ensure!(
+        other
+            .get_attributes(public, &[AttributeType::Class])
+            .is_ok()
+    );
+    other.login(UserType::User, Some(&SecretString::from(USER_PIN)))?;
+    ensure!(
+        other
+            .get_attributes(private, &[AttributeType::Class])
+            .is_err(),
+        "a private session object survived a logout"
+    );
+    other.destroy_object(public)?;
+    // The hsm logs in again by itself on its next call.
+    let mut random = [0u8; 8];
+    hsm.fill_random(&mut random)?;
+    Ok(())
+}
+
+fn p256_generator_octet_string() -> Vec<u8> {
+    let mut der = vec![0x04, 0x41, 0x04];
+    der.extend_from_slice(&[
+        0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40,
+        0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98,
+        0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c,
+        0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68,
+        0x37, 0xbf, 0x51, 0xf5,
+    ]);
+    der
+}
+
+/// A logout destroys every loaded key object; cached handles unwrap themselves again.
+fn check_loaded_keys_survive_logout(hsm: &Hsm, keys: &[TestKey]) -> anyhow::Result<()> {
+    let digest = [0x11u8; 32];
+    let iv = [1u8; GCM_IV_LEN];
+    let Some(aes) = keys.iter().find(|k| k.spec == KeySpec::AliyunAes192) else {
+        bail!("no aes-192 key");
+    };
+    let Some(ec) = keys.iter().find(|k| k.spec == KeySpec::EcP256K) else {
+        bail!("no secp256k1 key");
+    };
+    let sealed = hsm.aead_encrypt(&aes.handle, &iv, b"aad", b"before logout")?;
+    foreign_session()?.logout()?;
+    ensure!(
+        hsm.aead_decrypt(&aes.handle, &iv, b"aad", &sealed)?
+            .expose()
+            == b"before logout"
+    );
+    let signature = hsm.sign(&ec.handle, Algorithm::EcdsaSha256, &digest)?;
+    ensure!(hsm.verify(
+        PublicKeyRef::Handle(&ec.handle),
+        Algorithm::EcdsaSha256,
+        &digest,
+        &signature
+    )?);
+    Ok(())
+}
+
+/// Dropping the last handle of a key destroys its objects in the HSM; other keys live on.
+fn check_unload_destroys_objects(hsm: &Hsm) -> anyhow::Result<()> {
+    let count = || -> anyhow::Result<usize> {
+        let session = foreign_session()?;
+        Ok(session
+            .find_objects(&[
+                Attribute::Token(false),
+                Attribute::Class(ObjectClass::SECRET_KEY),
+            ])?
+            .len())
+    };
+    let sealed = hsm.generate_sealed(KeySpec::AliyunAes256, b"unload")?;
+    let mut random = [0u8; 4];
+    hsm.fill_random(&mut random)?;
+    let before = count()?;
+    let handle = hsm.load_sealed(KeySpec::AliyunAes256, b"unload", &sealed.sealed)?;
+    ensure!(count()? == before + 1, "loading made no object");
+    let clone = handle.clone();
+    hsm.unload(handle)?;
+    ensure!(
+        count()? == before + 1,
+        "unloading one of two clones destroyed the object"
+    );
+    hsm.unload(clone)?;
+    ensure!(
+        count()? == before,
+        "unloading the last clone left the object"
+    );
+    // A plain drop queues the objects; the next call destroys them.
+    let handle = hsm.load_sealed(KeySpec::AliyunAes256, b"unload", &sealed.sealed)?;
+    drop(handle);
+    hsm.fill_random(&mut random)?;
+    let again = hsm.load_sealed(KeySpec::AliyunAes256, b"unload", &sealed.sealed)?;
+    ensure!(
+        count()? == before + 1,
+        "a dropped handle's object was not destroyed"
+    );
+    drop(again);
     Ok(())
 }
 
