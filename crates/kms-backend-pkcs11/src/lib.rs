@@ -1,10 +1,15 @@
-//! The PKCS#11 backend: the HSM root key that seals all key material, HSM randomness, and
-//! token setup for development (SoftHSM2).
+//! The PKCS#11 backend: the HSM root key that seals all key material, HSM-resident keys,
+//! HSM randomness, and token setup for development (SoftHSM2).
 //!
 //! [`Hsm::open`] loads the module, finds the token by label, logs the user in once, refuses
 //! a token that lacks a mechanism in [`REQUIRED_MECHANISMS`], and finds or generates the root
 //! key (AES-256, sensitive, never extractable). [`Hsm`] implements
-//! [`kms_backend::RootWrapper`] (AES-GCM under the root key) and [`kms_backend::Backend`].
+//! [`kms_backend::RootWrapper`] (AES-GCM under the root key, for host material) and
+//! [`kms_backend::Backend`] with [`kms_backend::KeyResidence::Device`]: keys generated or
+//! imported inside the HSM, sealed for storage (`keys.rs` documents the format and what
+//! SoftHSM2 does with session objects), loaded as non-extractable session objects behind a
+//! [`kms_backend::KeyHandle`], and used for AES-GCM, signatures and RSAES-OAEP by the routes
+//! in the mechanism table.
 //!
 //! This crate is synchronous. Every call into it blocks on the HSM: run it on blocking
 //! threads (`spawn_blocking` or a dedicated pool), never on an async worker thread.
