@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kms_backend::SecretBytes;
+use kms_backend::KeyHandle;
 use kms_types::{DomainError, KeyEntry, KeyId, KeyVersionId, Principal};
 
 use crate::directory::{DirectoryClient, Lookup};
@@ -34,7 +34,7 @@ const STALE_FETCH_RETRIES: usize = 3;
 pub struct CachedKey {
     /// What the control plane said about the key.
     pub entry: KeyEntry,
-    materials: Mutex<HashMap<KeyVersionId, Arc<SecretBytes>>>,
+    materials: Mutex<HashMap<KeyVersionId, KeyHandle>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,14 +42,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CachedKey {
-    /// The unsealed material of `version`, opening it through the HSM on first use. Blocks.
+    /// The loaded key of `version`, opening its sealed material on first use. Blocks.
     pub fn material(
         &self,
         vault: &KeyVault,
         version: &KeyVersionId,
-    ) -> Result<Arc<SecretBytes>, DomainError> {
+    ) -> Result<KeyHandle, DomainError> {
         if let Some(m) = lock(&self.materials).get(version) {
-            return Ok(Arc::clone(m));
+            return Ok(m.clone());
         }
         let record = self
             .entry
@@ -60,9 +60,14 @@ impl CachedKey {
                 kms_types::KeyState::PendingImport,
             ));
         }
-        let opened = Arc::new(vault.open(version, &record.wrapped_material)?);
-        lock(&self.materials).insert(*version, Arc::clone(&opened));
-        Ok(opened)
+        let loaded = vault.load(
+            version,
+            self.entry.spec,
+            self.entry.protection,
+            &record.wrapped_material,
+        )?;
+        lock(&self.materials).insert(*version, loaded.clone());
+        Ok(loaded)
     }
 }
 
@@ -297,7 +302,7 @@ fn carry_over(state: &mut State, entry: KeyEntry) -> Arc<CachedKey> {
                 .version(&v.id)
                 .is_some_and(|pv| pv.wrapped_material == v.wrapped_material);
             if let (true, Some(m)) = (unchanged, old.get(&v.id)) {
-                kept.insert(v.id, Arc::clone(m));
+                kept.insert(v.id, m.clone());
             }
         }
     }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use kms_backend::SecretBytes;
 use kms_types::blob::{self, CiphertextBlob};
+use kms_types::crypto_rules::{self, AsymmetricUse};
 use kms_types::policy;
 use kms_types::{
-    DataKeySpec, DomainError, EncryptionContext, KeyState, KeyUsage, KeyVersionId, Operation,
-    Principal,
+    Algorithm, DataKeySpec, DomainError, EncryptionContext, KeyEntry, KeySpec, KeyState, KeyUsage,
+    KeyVersionId, Operation, Principal,
 };
 
 use crate::cache::{CachedKey, KeyCache};
@@ -51,6 +52,19 @@ fn join_error(e: tokio::task::JoinError) -> DomainError {
     DomainError::Internal(format!("crypto task failed: {e}"))
 }
 
+/// The policy decision for `action` on a cached key.
+fn authorize(caller: &Principal, entry: &KeyEntry, action: &str) -> Result<(), DomainError> {
+    policy::decide_stored(
+        caller,
+        policy::KeyOwnership {
+            owner: &entry.account,
+            instance_owner: entry.instance_owner.as_ref(),
+        },
+        entry.policy.as_deref(),
+        action,
+    )
+}
+
 /// Checks the caller may perform `op` on the key, that its state allows it and that it is a
 /// symmetric encryption key.
 fn check_symmetric_use(
@@ -60,11 +74,11 @@ fn check_symmetric_use(
     op: Operation,
 ) -> Result<(), DomainError> {
     let entry = &key.entry;
-    policy::authorize(caller, &entry.account, action)?;
+    authorize(caller, entry, action)?;
     op.check_state(entry.state)?;
     if entry.usage != KeyUsage::EncryptDecrypt || !entry.spec.is_symmetric() {
         return Err(DomainError::invalid(
-            "KeyId",
+            "KeyUsage",
             format!(
                 "key {} is {} {}; this operation needs a symmetric ENCRYPT/DECRYPT key",
                 entry.id, entry.spec, entry.usage
@@ -132,7 +146,13 @@ impl CryptoEngine {
             let iv = vault.fresh_iv()?;
             let header = blob::header(&version, &iv);
             let aad = blob::aad(&header, &context.canonical_bytes());
-            let sealed = vault.seal(&material, &iv, &aad, plaintext.expose())?;
+            let sealed = vault.seal(
+                key.entry.protection,
+                &material,
+                &iv,
+                &aad,
+                plaintext.expose(),
+            )?;
             Ok::<_, DomainError>(blob::assemble(&header, &sealed))
         })
         .await
@@ -178,7 +198,13 @@ impl CryptoEngine {
             let parsed = CiphertextBlob::parse(&ciphertext_blob)?;
             let material = key.material(&vault, &version)?;
             let aad = blob::aad(&parsed.header(), &context.canonical_bytes());
-            vault.unseal(&material, &parsed.iv, &aad, parsed.sealed)
+            vault.unseal(
+                key.entry.protection,
+                &material,
+                &parsed.iv,
+                &aad,
+                parsed.sealed,
+            )
         })
         .await
         .map_err(join_error)?
@@ -588,4 +614,397 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.expose(), b"77777777");
     }
+}
+
+/// The result of an asymmetric operation: the key and version used, and the output.
+#[derive(Debug)]
+pub struct AsymOutput<T> {
+    /// Resolved key id.
+    pub key_id: String,
+    /// The version used.
+    pub key_version_id: KeyVersionId,
+    /// The output.
+    pub value: T,
+}
+
+impl CryptoEngine {
+    /// Resolves a key and one of its versions (the primary when `version` is empty) for an
+    /// asymmetric operation, checking policy, state, usage and algorithm.
+    async fn asymmetric_key(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+        action: &str,
+        op: Operation,
+        algorithm: Option<(i32, AsymmetricUse)>,
+    ) -> Result<(Arc<CachedKey>, KeyVersionId, Option<Algorithm>), DomainError> {
+        use kms_proto::convert::WireEnum;
+        kms_types::KeyRef::parse(key_id)?;
+        let wanted = if version.is_empty() {
+            None
+        } else {
+            Some(KeyVersionId::parse(version)?)
+        };
+        let algorithm = match algorithm {
+            Some((wire, use_)) => Some((Algorithm::from_wire(wire)?, use_)),
+            None => None,
+        };
+        let key = self.cache.by_ref(key_id, caller).await?;
+        let entry = &key.entry;
+        authorize(caller, entry, action)?;
+        op.check_state(entry.state)?;
+        if let Some((alg, use_)) = algorithm {
+            crypto_rules::check_asymmetric(entry.spec, entry.usage, alg, use_)?;
+        } else if entry.spec.is_symmetric() {
+            return Err(DomainError::invalid(
+                "KeyId",
+                format!("the key is {}; it has no public key", entry.spec),
+            ));
+        }
+        let version = wanted.unwrap_or(entry.primary_version);
+        if entry.version(&version).is_none() {
+            return Err(DomainError::KeyVersionNotFound);
+        }
+        Ok((Arc::clone(&key), version, algorithm.map(|(a, _)| a)))
+    }
+
+    /// The public key (SPKI DER) of a version.
+    fn public_der(key: &CachedKey, version: &KeyVersionId) -> Result<Vec<u8>, DomainError> {
+        let der = key
+            .entry
+            .version(version)
+            .map(|v| v.public_key_der.clone())
+            .unwrap_or_default();
+        if der.is_empty() {
+            return Err(DomainError::Internal(format!(
+                "version {version} has no public key"
+            )));
+        }
+        Ok(der)
+    }
+
+    /// `AsymmetricSign`: signs a SHA-256 digest.
+    pub async fn sign(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+        algorithm: i32,
+        digest: Vec<u8>,
+        dry_run: bool,
+    ) -> Result<AsymOutput<Vec<u8>>, DomainError> {
+        crypto_rules::check_digest(&digest)?;
+        let (key, version, alg) = self
+            .asymmetric_key(
+                caller,
+                key_id,
+                version,
+                "kms:AsymmetricSign",
+                Operation::AsymmetricSign,
+                Some((algorithm, AsymmetricUse::Sign)),
+            )
+            .await?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
+        let vault = Arc::clone(&self.vault);
+        let key_id = key.entry.id.to_string();
+        let value = tokio::task::spawn_blocking(move || {
+            let handle = key.material(&vault, &version)?;
+            vault.sign(key.entry.protection, &handle, alg, &digest)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(AsymOutput {
+            key_id,
+            key_version_id: version,
+            value,
+        })
+    }
+
+    /// `AsymmetricVerify`: checks a signature over a SHA-256 digest with the version's public key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn verify(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+        algorithm: i32,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+        dry_run: bool,
+    ) -> Result<AsymOutput<bool>, DomainError> {
+        crypto_rules::check_digest(&digest)?;
+        if signature.is_empty() || signature.len() > 1024 {
+            return Err(DomainError::invalid(
+                "Value",
+                "the signature must be 1 to 1024 bytes",
+            ));
+        }
+        let (key, version, alg) = self
+            .asymmetric_key(
+                caller,
+                key_id,
+                version,
+                "kms:AsymmetricVerify",
+                Operation::AsymmetricVerify,
+                Some((algorithm, AsymmetricUse::Sign)),
+            )
+            .await?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
+        let der = Self::public_der(&key, &version)?;
+        let vault = Arc::clone(&self.vault);
+        let value =
+            tokio::task::spawn_blocking(move || vault.verify(&der, alg, &digest, &signature))
+                .await
+                .map_err(join_error)??;
+        Ok(AsymOutput {
+            key_id: key.entry.id.to_string(),
+            key_version_id: version,
+            value,
+        })
+    }
+
+    /// `AsymmetricEncrypt`: RSAES-OAEP to the version's public key.
+    pub async fn asym_encrypt(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+        algorithm: i32,
+        plaintext: Vec<u8>,
+        dry_run: bool,
+    ) -> Result<AsymOutput<Vec<u8>>, DomainError> {
+        let plaintext = SecretBytes::new(plaintext);
+        let (key, version, alg) = self
+            .asymmetric_key(
+                caller,
+                key_id,
+                version,
+                "kms:AsymmetricEncrypt",
+                Operation::AsymmetricEncrypt,
+                Some((algorithm, AsymmetricUse::Encrypt)),
+            )
+            .await?;
+        let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
+        crypto_rules::check_oaep_plaintext(key.entry.spec, alg, plaintext.expose())?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let der = Self::public_der(&key, &version)?;
+        let vault = Arc::clone(&self.vault);
+        let value =
+            tokio::task::spawn_blocking(move || vault.asym_encrypt(&der, alg, plaintext.expose()))
+                .await
+                .map_err(join_error)??;
+        Ok(AsymOutput {
+            key_id: key.entry.id.to_string(),
+            key_version_id: version,
+            value,
+        })
+    }
+
+    /// `AsymmetricDecrypt`: RSAES-OAEP with the version's private key.
+    pub async fn asym_decrypt(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+        algorithm: i32,
+        ciphertext: Vec<u8>,
+        dry_run: bool,
+    ) -> Result<AsymOutput<SecretBytes>, DomainError> {
+        let (key, version, alg) = self
+            .asymmetric_key(
+                caller,
+                key_id,
+                version,
+                "kms:AsymmetricDecrypt",
+                Operation::AsymmetricDecrypt,
+                Some((algorithm, AsymmetricUse::Encrypt)),
+            )
+            .await?;
+        let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
+        crypto_rules::check_oaep_ciphertext(key.entry.spec, &ciphertext)?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let vault = Arc::clone(&self.vault);
+        let key_id = key.entry.id.to_string();
+        let value = tokio::task::spawn_blocking(move || {
+            let handle = key.material(&vault, &version)?;
+            vault.asym_decrypt(key.entry.protection, &handle, alg, &ciphertext)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(AsymOutput {
+            key_id,
+            key_version_id: version,
+            value,
+        })
+    }
+
+    /// `GetPublicKey`: the version's public key as PEM SubjectPublicKeyInfo.
+    pub async fn public_key(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        version: &str,
+    ) -> Result<AsymOutput<String>, DomainError> {
+        let (key, version, _) = self
+            .asymmetric_key(
+                caller,
+                key_id,
+                version,
+                "kms:GetPublicKey",
+                Operation::GetPublicKey,
+                None,
+            )
+            .await?;
+        let der = Self::public_der(&key, &version)?;
+        Ok(AsymOutput {
+            key_id: key.entry.id.to_string(),
+            key_version_id: version,
+            value: pem("PUBLIC KEY", &der),
+        })
+    }
+
+    /// `GenerateAndExportDataKey`: a new data key sealed under the key and encrypted to the
+    /// caller's RSA public key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn generate_and_export(
+        &self,
+        caller: &Principal,
+        key_id: &str,
+        spec: Option<DataKeySpec>,
+        number_of_bytes: i32,
+        context: HashMap<String, String>,
+        export: ExportTo,
+        dry_run: bool,
+    ) -> Result<(DataKey, Vec<u8>), DomainError> {
+        let len = data_key_len(spec, number_of_bytes)?;
+        let context = EncryptionContext::new(context)?;
+        let (algorithm, wrapping_spec) = export.check()?;
+        kms_types::KeyRef::parse(key_id)?;
+        let key = self.cache.by_ref(key_id, caller).await?;
+        check_symmetric_use(
+            caller,
+            &key,
+            "kms:GenerateAndExportDataKey",
+            Operation::GenerateAndExportDataKey,
+        )?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let vault = Arc::clone(&self.vault);
+        let public_key = export.public_key;
+        let (plaintext, exported) = tokio::task::spawn_blocking(move || {
+            let dk = vault.random(len)?;
+            let exported = vault.export_to(&public_key, algorithm, wrapping_spec, &dk)?;
+            Ok::<_, DomainError>((dk, exported))
+        })
+        .await
+        .map_err(join_error)??;
+        let sealed = self
+            .seal_with_primary(key, plaintext.clone(), context)
+            .await?;
+        Ok((
+            DataKey {
+                key_id: sealed.key_id,
+                key_version_id: sealed.key_version_id,
+                blob: sealed.blob,
+                plaintext,
+            },
+            exported,
+        ))
+    }
+
+    /// `ExportDataKey`: opens a sealed data key and encrypts it to the caller's RSA public key.
+    pub async fn export_data_key(
+        &self,
+        caller: &Principal,
+        ciphertext_blob: Vec<u8>,
+        context: HashMap<String, String>,
+        export: ExportTo,
+        dry_run: bool,
+    ) -> Result<AsymOutput<Vec<u8>>, DomainError> {
+        let context = EncryptionContext::new(context)?;
+        let (algorithm, wrapping_spec) = export.check()?;
+        let (key, version) = self
+            .key_of_blob(
+                caller,
+                &ciphertext_blob,
+                "kms:ExportDataKey",
+                Operation::ExportDataKey,
+            )
+            .await?;
+        if dry_run {
+            return Err(DomainError::DryRunOperation);
+        }
+        let key_id = key.entry.id.to_string();
+        let dk = self
+            .open_blob(key, version, ciphertext_blob, context)
+            .await?;
+        let vault = Arc::clone(&self.vault);
+        let public_key = export.public_key;
+        let value = tokio::task::spawn_blocking(move || {
+            vault.export_to(&public_key, algorithm, wrapping_spec, &dk)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(AsymOutput {
+            key_id,
+            key_version_id: version,
+            value,
+        })
+    }
+}
+
+/// Where an exported data key goes: the caller's RSA public key and how to wrap for it.
+#[derive(Debug, Clone)]
+pub struct ExportTo {
+    /// DER or PEM SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// Wire value of the wrapping algorithm.
+    pub wrapping_algorithm: i32,
+    /// Wire value of the wrapping key spec.
+    pub wrapping_key_spec: i32,
+}
+
+impl ExportTo {
+    fn check(&self) -> Result<(Algorithm, KeySpec), DomainError> {
+        use kms_proto::convert::WireEnum;
+        if self.public_key.is_empty() || self.public_key.len() > 8192 {
+            return Err(DomainError::invalid(
+                "PublicKey",
+                "public_key must be 1 to 8192 bytes of DER or PEM",
+            ));
+        }
+        let algorithm = Algorithm::from_wire(self.wrapping_algorithm).map_err(|_| {
+            DomainError::invalid("WrappingAlgorithm", "wrapping_algorithm is required")
+        })?;
+        let spec = KeySpec::from_wire(self.wrapping_key_spec).map_err(|_| {
+            DomainError::invalid("WrappingKeySpec", "wrapping_key_spec is required")
+        })?;
+        crypto_rules::check_export_wrapping(algorithm, spec)?;
+        Ok((algorithm, spec))
+    }
+}
+
+/// PEM text: base64 in 64-character lines between BEGIN and END markers.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

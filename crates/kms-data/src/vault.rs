@@ -1,12 +1,16 @@
-//! The key vault: makes and opens key material by combining the HSM (root key) with the
-//! backends that compute. Every method blocks; call them from blocking threads only.
+//! The key vault: makes, seals and loads key material by joining the HSM (root key, and the
+//! keys of hardware instances) with the software backend (everything software-protected), and
+//! runs operations on the backend that owns each key. Every method blocks; call them from
+//! blocking threads only.
 
 use std::sync::Arc;
 
-use kms_backend::{Backend, BackendError, GCM_IV_LEN, RootWrapper, SecretBytes};
+use kms_backend::{
+    Backend, BackendError, GCM_IV_LEN, KeyHandle, PublicKeyRef, RootWrapper, SecretBytes,
+};
 use kms_backend_pkcs11::Hsm;
 use kms_backend_soft::SoftBackend;
-use kms_types::{DomainError, KeySpec, KeyVersionId, ProtectionLevel};
+use kms_types::{Algorithm, DomainError, KeySpec, KeyVersionId, ProtectionLevel};
 
 /// The HSM and the software backend, composed.
 #[derive(Debug)]
@@ -33,6 +37,18 @@ pub fn backend_error(e: BackendError) -> DomainError {
     }
 }
 
+/// Sealed material that does not open is stored data gone bad, never the caller's fault.
+fn sealed_error(version: &KeyVersionId, e: BackendError) -> DomainError {
+    match e {
+        BackendError::AuthenticationFailed | BackendError::InvalidInput(_) => {
+            DomainError::Internal(format!(
+                "sealed material of version {version} does not open: {e}"
+            ))
+        }
+        other => backend_error(other),
+    }
+}
+
 impl KeyVault {
     /// A vault over an opened HSM.
     pub fn new(hsm: Arc<Hsm>) -> Self {
@@ -42,8 +58,16 @@ impl KeyVault {
         }
     }
 
-    /// Makes material for a new key version and seals it under the root key, bound to the
-    /// version id. Returns the sealed material and the public key (empty for AES).
+    fn backend(&self, protection: ProtectionLevel) -> &dyn Backend {
+        match protection {
+            ProtectionLevel::Software => &self.soft,
+            ProtectionLevel::Hsm => self.hsm.as_ref(),
+        }
+    }
+
+    /// Makes material for a new key version, sealed under the root key and bound to the
+    /// version id. Software keys are made in process and sealed by the HSM; HSM keys are made
+    /// and sealed inside the HSM. Returns the sealed material and the public key (empty for AES).
     pub fn generate(
         &self,
         version: &KeyVersionId,
@@ -59,26 +83,40 @@ impl KeyVault {
                     .map_err(backend_error)?;
                 Ok((wrapped, key.public_key_der))
             }
-            ProtectionLevel::Hsm => Err(DomainError::invalid(
-                "ProtectionLevel",
-                "HSM-protected key generation is not available yet",
-            )),
+            ProtectionLevel::Hsm => {
+                let sealed = self
+                    .hsm
+                    .generate_sealed(spec, version.as_bytes())
+                    .map_err(backend_error)?;
+                Ok((sealed.sealed, sealed.public_key_der))
+            }
         }
     }
 
-    /// Opens a version's sealed material into zeroizing memory.
-    pub fn open(&self, version: &KeyVersionId, wrapped: &[u8]) -> Result<SecretBytes, DomainError> {
-        self.hsm
-            .unwrap_secret(version.as_bytes(), wrapped)
-            .map_err(|e| match e {
-                // Sealed material that does not open is stored data gone bad, not the caller's fault.
-                BackendError::AuthenticationFailed | BackendError::InvalidInput(_) => {
-                    DomainError::Internal(format!(
-                        "sealed material of version {version} does not open: {e}"
-                    ))
-                }
-                other => backend_error(other),
-            })
+    /// Opens a version's sealed material into a handle of the backend that owns it: software
+    /// material into zeroizing process memory, HSM material into a non-extractable HSM object.
+    pub fn load(
+        &self,
+        version: &KeyVersionId,
+        spec: KeySpec,
+        protection: ProtectionLevel,
+        sealed: &[u8],
+    ) -> Result<KeyHandle, DomainError> {
+        match protection {
+            ProtectionLevel::Software => {
+                let material = self
+                    .hsm
+                    .unwrap_secret(version.as_bytes(), sealed)
+                    .map_err(|e| sealed_error(version, e))?;
+                self.soft
+                    .load(spec, &material)
+                    .map_err(|e| sealed_error(version, e))
+            }
+            ProtectionLevel::Hsm => self
+                .hsm
+                .load_sealed(spec, version.as_bytes(), sealed)
+                .map_err(|e| sealed_error(version, e)),
+        }
     }
 
     /// `n` random bytes from the HSM's generator.
@@ -97,29 +135,109 @@ impl KeyVault {
         Ok(iv)
     }
 
-    /// AES-GCM encryption with software material.
+    /// AES-GCM encryption with a loaded key.
     pub fn seal(
         &self,
-        key: &SecretBytes,
+        protection: ProtectionLevel,
+        key: &KeyHandle,
         iv: &[u8; GCM_IV_LEN],
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, DomainError> {
-        self.soft
-            .aead_seal(key, iv, aad, plaintext)
+        self.backend(protection)
+            .aead_encrypt(key, iv, aad, plaintext)
             .map_err(backend_error)
     }
 
-    /// AES-GCM decryption with software material; a failed check is `InvalidCiphertext`.
+    /// AES-GCM decryption with a loaded key; a failed check is `InvalidCiphertext`.
     pub fn unseal(
         &self,
-        key: &SecretBytes,
+        protection: ProtectionLevel,
+        key: &KeyHandle,
         iv: &[u8; GCM_IV_LEN],
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<SecretBytes, DomainError> {
-        self.soft
-            .aead_open(key, iv, aad, sealed)
+        self.backend(protection)
+            .aead_decrypt(key, iv, aad, sealed)
             .map_err(backend_error)
+    }
+
+    /// Signs a SHA-256 digest with a loaded key.
+    pub fn sign(
+        &self,
+        protection: ProtectionLevel,
+        key: &KeyHandle,
+        algorithm: Algorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, DomainError> {
+        self.backend(protection)
+            .sign(key, algorithm, digest)
+            .map_err(backend_error)
+    }
+
+    /// Verifies with a public key; public-key operations run in process for every key.
+    pub fn verify(
+        &self,
+        public_key_der: &[u8],
+        algorithm: Algorithm,
+        digest: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, DomainError> {
+        self.soft
+            .verify(
+                PublicKeyRef::Spki(public_key_der),
+                algorithm,
+                digest,
+                signature,
+            )
+            .map_err(backend_error)
+    }
+
+    /// RSAES-OAEP encryption to a key's public half, in process.
+    pub fn asym_encrypt(
+        &self,
+        public_key_der: &[u8],
+        algorithm: Algorithm,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, DomainError> {
+        self.soft
+            .asym_encrypt(PublicKeyRef::Spki(public_key_der), algorithm, plaintext)
+            .map_err(backend_error)
+    }
+
+    /// RSAES-OAEP decryption with a loaded key; a ciphertext that does not decrypt is
+    /// `InvalidCiphertext`.
+    pub fn asym_decrypt(
+        &self,
+        protection: ProtectionLevel,
+        key: &KeyHandle,
+        algorithm: Algorithm,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes, DomainError> {
+        self.backend(protection)
+            .asym_decrypt(key, algorithm, ciphertext)
+            .map_err(backend_error)
+    }
+
+    /// Encrypts a data key to a caller's RSA public key (DER or PEM) for export.
+    pub fn export_to(
+        &self,
+        public_key: &[u8],
+        algorithm: Algorithm,
+        key_spec: KeySpec,
+        data_key: &SecretBytes,
+    ) -> Result<Vec<u8>, DomainError> {
+        kms_backend_soft::encrypt_to_public_key(public_key, algorithm, key_spec, data_key).map_err(
+            |e| match e {
+                BackendError::InvalidInput(why) | BackendError::NotSupported(why) => {
+                    DomainError::invalid(
+                        "PublicKey",
+                        format!("the public key cannot be used: {why}"),
+                    )
+                }
+                other => backend_error(other),
+            },
+        )
     }
 }

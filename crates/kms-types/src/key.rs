@@ -163,6 +163,9 @@ pub struct KeyEntry {
     pub account: AccountId,
     /// The instance; `None` for a default key.
     pub instance: Option<InstanceId>,
+    /// The account owning the instance, when it is not the key's owner (a shared instance):
+    /// under the default policy its principals may manage and use the key too.
+    pub instance_owner: Option<AccountId>,
     /// Key spec.
     pub spec: KeySpec,
     /// Key usage.
@@ -195,6 +198,7 @@ impl KeyEntry {
             arn: crate::ids::key_arn(region, &r.account, &r.id),
             account: r.account.clone(),
             instance: r.instance.clone(),
+            instance_owner: None,
             spec: r.spec,
             usage: r.usage,
             state: r.state,

@@ -10,7 +10,7 @@ use kms_types::{DataKeySpec, DomainError};
 use tonic::{Request, Response, Status};
 
 use super::status;
-use crate::crypto::{CryptoEngine, PasswordRules};
+use crate::crypto::{CryptoEngine, ExportTo, PasswordRules};
 
 /// An optional data-key spec: 0 means "not given".
 fn optional_data_key_spec(v: i32) -> Result<Option<DataKeySpec>, Status> {
@@ -201,14 +201,184 @@ impl CryptoService for CryptoApi {
         Ok(Response::new(GetRandomPasswordResponse { password }))
     }
 
-    kms_runtime::unimplemented_rpcs! {
-        "kms.v1.CryptoService";
-        generate_and_export_data_key(GenerateAndExportDataKeyRequest) -> GenerateAndExportDataKeyResponse = "GenerateAndExportDataKey";
-        export_data_key(ExportDataKeyRequest) -> ExportDataKeyResponse = "ExportDataKey";
-        asymmetric_encrypt(AsymmetricEncryptRequest) -> AsymmetricEncryptResponse = "AsymmetricEncrypt";
-        asymmetric_decrypt(AsymmetricDecryptRequest) -> AsymmetricDecryptResponse = "AsymmetricDecrypt";
-        asymmetric_sign(AsymmetricSignRequest) -> AsymmetricSignResponse = "AsymmetricSign";
-        asymmetric_verify(AsymmetricVerifyRequest) -> AsymmetricVerifyResponse = "AsymmetricVerify";
-        get_public_key(GetPublicKeyRequest) -> GetPublicKeyResponse = "GetPublicKey";
+    async fn generate_and_export_data_key(
+        &self,
+        request: Request<GenerateAndExportDataKeyRequest>,
+    ) -> Result<Response<GenerateAndExportDataKeyResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let spec = optional_data_key_spec(req.key_spec)?;
+        let export = ExportTo {
+            public_key: req.public_key,
+            wrapping_algorithm: req.wrapping_algorithm,
+            wrapping_key_spec: req.wrapping_key_spec,
+        };
+        let (dk, exported) = self
+            .engine
+            .generate_and_export(
+                &principal,
+                &req.key_id,
+                spec,
+                req.number_of_bytes,
+                req.encryption_context,
+                export,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GenerateAndExportDataKeyResponse {
+            key_id: dk.key_id,
+            key_version_id: dk.key_version_id.to_string(),
+            ciphertext_blob: dk.blob,
+            exported_data_key: exported,
+        }))
+    }
+
+    async fn export_data_key(
+        &self,
+        request: Request<ExportDataKeyRequest>,
+    ) -> Result<Response<ExportDataKeyResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let export = ExportTo {
+            public_key: req.public_key,
+            wrapping_algorithm: req.wrapping_algorithm,
+            wrapping_key_spec: req.wrapping_key_spec,
+        };
+        let out = self
+            .engine
+            .export_data_key(
+                &principal,
+                req.ciphertext_blob,
+                req.encryption_context,
+                export,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ExportDataKeyResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            exported_data_key: out.value,
+        }))
+    }
+
+    async fn asymmetric_encrypt(
+        &self,
+        request: Request<AsymmetricEncryptRequest>,
+    ) -> Result<Response<AsymmetricEncryptResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let out = self
+            .engine
+            .asym_encrypt(
+                &principal,
+                &req.key_id,
+                &req.key_version_id,
+                req.algorithm,
+                req.plaintext,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AsymmetricEncryptResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            ciphertext_blob: out.value,
+        }))
+    }
+
+    async fn asymmetric_decrypt(
+        &self,
+        request: Request<AsymmetricDecryptRequest>,
+    ) -> Result<Response<AsymmetricDecryptResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let out = self
+            .engine
+            .asym_decrypt(
+                &principal,
+                &req.key_id,
+                &req.key_version_id,
+                req.algorithm,
+                req.ciphertext_blob,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AsymmetricDecryptResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            plaintext: out.value.expose().to_vec(),
+        }))
+    }
+
+    async fn asymmetric_sign(
+        &self,
+        request: Request<AsymmetricSignRequest>,
+    ) -> Result<Response<AsymmetricSignResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let out = self
+            .engine
+            .sign(
+                &principal,
+                &req.key_id,
+                &req.key_version_id,
+                req.algorithm,
+                req.digest,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AsymmetricSignResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            value: out.value,
+        }))
+    }
+
+    async fn asymmetric_verify(
+        &self,
+        request: Request<AsymmetricVerifyRequest>,
+    ) -> Result<Response<AsymmetricVerifyResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let out = self
+            .engine
+            .verify(
+                &principal,
+                &req.key_id,
+                &req.key_version_id,
+                req.algorithm,
+                req.digest,
+                req.value,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AsymmetricVerifyResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            value: out.value,
+        }))
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<GetPublicKeyRequest>,
+    ) -> Result<Response<GetPublicKeyResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.get_ref();
+        let out = self
+            .engine
+            .public_key(&principal, &req.key_id, &req.key_version_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GetPublicKeyResponse {
+            key_id: out.key_id,
+            key_version_id: out.key_version_id.to_string(),
+            public_key: out.value,
+        }))
     }
 }
