@@ -377,11 +377,18 @@ async fn default_key_round_trip_errors_restart_and_nothing_plain_at_rest() {
     let err = stack
         .keys(Some(ALICE))
         .unwrap()
-        .list_keys(ListKeysRequest::default())
+        .get_parameters_for_import(GetParametersForImportRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ListKeys"), "{}", err.message());
+    assert!(
+        err.message().contains("GetParametersForImport"),
+        "{}",
+        err.message()
+    );
 
     // Both planes restart on the same data; the key and old ciphertexts still work.
     stack.restart().await.unwrap();

@@ -1,6 +1,7 @@
 //! Control-plane configuration: the raw TOML shape and its validated form.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::telemetry::LogConfig;
@@ -29,7 +30,47 @@ pub struct ControlConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Where time comes from (tests and drills).
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// How often the rotation scheduler and the deletion reaper run.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
 }
+
+/// `[clock]`: for tests and drills only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// A file holding a signed number of milliseconds added to the system time; a missing
+    /// file means 0. Re-read when it changes.
+    #[serde(default)]
+    pub offset_file: Option<PathBuf>,
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Milliseconds between runs of the rotation scheduler and the reaper; at least 10.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_interval_ms(),
+        }
+    }
+}
+
+fn default_interval_ms() -> u64 {
+    60_000
+}
+
+/// Shortest scheduler interval accepted, in milliseconds.
+pub const MIN_SCHEDULER_INTERVAL_MS: u64 = 10;
 
 fn default_listen() -> String {
     "127.0.0.1:7700".into()
@@ -56,6 +97,10 @@ pub struct ControlParams {
     pub identity: IdentityConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The clock offset file, if time is moved for tests or drills.
+    pub clock_offset_file: Option<PathBuf>,
+    /// Time between scheduler runs.
+    pub scheduler_interval: Duration,
 }
 
 impl ControlConfig {
@@ -93,6 +138,20 @@ impl ControlConfig {
             .collect::<Result<Vec<_>, _>>()?;
         self.identity.validate()?;
         self.log.validate()?;
+        if self.scheduler.interval_ms < MIN_SCHEDULER_INTERVAL_MS {
+            return Err(format!(
+                "scheduler.interval_ms must be at least {MIN_SCHEDULER_INTERVAL_MS}, got {}",
+                self.scheduler.interval_ms
+            ));
+        }
+        if self
+            .clock
+            .offset_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("clock.offset_file must not be empty; leave it out for no offset".into());
+        }
         Ok(ControlParams {
             listen_addr: self.listen_addr,
             region: self.region,
@@ -101,6 +160,8 @@ impl ControlConfig {
             operators,
             identity: self.identity,
             log: self.log,
+            clock_offset_file: self.clock.offset_file,
+            scheduler_interval: Duration::from_millis(self.scheduler.interval_ms),
         })
     }
 }
@@ -131,6 +192,18 @@ peer_principal = "acs:ram::1:role/data"
         assert_eq!(p.listen_addr, "127.0.0.1:7700");
         assert_eq!(p.region, "local");
         assert_eq!(p.operators.len(), 1);
+        assert_eq!(p.scheduler_interval, Duration::from_secs(60));
+        assert_eq!(p.clock_offset_file, None);
+    }
+
+    #[test]
+    fn clock_and_scheduler_sections() {
+        let p = parse(&format!(
+            "{GOOD}[clock]\noffset_file = \"/tmp/off\"\n[scheduler]\ninterval_ms = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(p.clock_offset_file, Some(PathBuf::from("/tmp/off")));
+        assert_eq!(p.scheduler_interval, Duration::from_millis(10));
     }
 
     #[test]
@@ -145,6 +218,15 @@ peer_principal = "acs:ram::1:role/data"
             (GOOD.replace("role/data", "nobody"), "peer_principal"),
             (format!("region = \"a b\"\n{GOOD}"), "region"),
             (format!("surprise = 1\n{GOOD}"), "surprise"),
+            (
+                format!("{GOOD}[scheduler]\ninterval_ms = 9\n"),
+                "scheduler.interval_ms",
+            ),
+            (
+                format!("{GOOD}[clock]\noffset_file = \"\"\n"),
+                "clock.offset_file",
+            ),
+            (format!("{GOOD}[clock]\nspeed = 2\n"), "speed"),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err();

@@ -5,8 +5,10 @@
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod index;
 pub mod material;
 pub mod registry;
+pub mod scheduler;
 pub mod schema;
 
 pub use config::{ControlConfig, ControlParams};

@@ -1,5 +1,6 @@
-//! The data plane's `KeyMaterial` service, as the control plane calls it: new material arrives
-//! already wrapped under the HSM root key.
+//! Where new key material comes from: the data plane's `KeyMaterial` service, behind the
+//! [`MaterialSource`] trait so the registry can be tested in process. Material arrives already
+//! wrapped under the HSM root key; the control plane never sees plaintext.
 
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::internal::v1::GenerateKeyMaterialRequest;
@@ -14,6 +15,19 @@ pub struct NewMaterial {
     pub wrapped: Vec<u8>,
     /// SubjectPublicKeyInfo DER; empty for symmetric keys.
     pub public_key_der: Vec<u8>,
+}
+
+/// Makes the material of new key versions.
+#[tonic::async_trait]
+pub trait MaterialSource: Send + Sync + std::fmt::Debug + 'static {
+    /// New material of `spec` at `protection` for `version` of `key_id`, wrapped.
+    async fn generate(
+        &self,
+        key_id: &KeyId,
+        version: &KeyVersionId,
+        spec: KeySpec,
+        protection: ProtectionLevel,
+    ) -> Result<NewMaterial, DomainError>;
 }
 
 /// A client of the data plane's `KeyMaterial` service that identifies as the control plane.
@@ -38,7 +52,7 @@ impl MaterialClient {
     }
 
     /// Asks the data plane for new material of `spec` at `protection`.
-    pub async fn generate(
+    pub async fn generate_material(
         &self,
         key_id: &KeyId,
         version: &KeyVersionId,
@@ -79,5 +93,19 @@ impl MaterialClient {
             wrapped: resp.wrapped_material,
             public_key_der: resp.public_key_der,
         })
+    }
+}
+
+#[tonic::async_trait]
+impl MaterialSource for MaterialClient {
+    async fn generate(
+        &self,
+        key_id: &KeyId,
+        version: &KeyVersionId,
+        spec: KeySpec,
+        protection: ProtectionLevel,
+    ) -> Result<NewMaterial, DomainError> {
+        self.generate_material(key_id, version, spec, protection)
+            .await
     }
 }

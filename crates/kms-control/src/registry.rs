@@ -1,36 +1,60 @@
 //! The key registry: control-plane rules over the store. Handlers call these methods after
 //! converting wire types; every rule lives here or in `kms-types`, never in a handler.
+//!
+//! Every mutation goes through [`Registry::commit`]: one store transaction on a blocking thread
+//! (records and indexes change together through [`crate::index`]), a flush before anything is
+//! acknowledged, then the transaction's key events go out to `WatchKeys` streams.
+//!
+//! The methods are split by subject: keys and their lifecycle (`registry/keys.rs`), versions
+//! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, and the
+//! scheduled work, rotation and deletion (`registry/schedule.rs`).
+
+mod aliases;
+mod directory;
+mod instances;
+mod keys;
+mod schedule;
+mod tags;
+mod versions;
 
 use std::sync::Arc;
 
-use kms_store::{Store, TxError, abort};
-use kms_types::key::NewKey;
-use kms_types::policy;
-use kms_types::validate;
+use kms_store::{Abort, Store, TxError, Txn};
 use kms_types::{
-    DomainError, KeyEntry, KeyId, KeyOrigin, KeyRecord, KeyRef, KeySpec, KeyState, KeyUsage,
-    KeyVersionId, KeyVersionRecord, Principal, ProtectionLevel, RotationPolicy,
+    AccountId, DomainError, KeyEvent, KeyId, KeyRecord, KeyRef, Principal, UnixMillis, policy,
 };
+use tokio::sync::{broadcast, watch};
 
 use crate::clock::Clock;
-use crate::material::MaterialClient;
+use crate::index::{self, TxResult};
+use crate::material::MaterialSource;
 use crate::schema;
 
+pub use schedule::SweepReport;
+
 /// Default rotation interval, in days.
-pub const DEFAULT_ROTATION_DAYS: i64 = 365;
+pub const DEFAULT_ROTATION_DAYS: i64 = kms_types::lifecycle::DEFAULT_ROTATION_DAYS;
+
+/// How many committed key events a slow `WatchKeys` stream may fall behind before it reads
+/// them back from the store instead.
+const LIVE_EVENT_BUFFER: usize = 1024;
 
 /// Control-plane state and rules.
 pub struct Registry<S: Store> {
     store: Arc<S>,
     region: String,
     clock: Arc<dyn Clock>,
-    material: MaterialClient,
+    material: Arc<dyn MaterialSource>,
+    operators: Vec<Principal>,
+    events: broadcast::Sender<KeyEvent>,
+    closing: watch::Sender<bool>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("region", &self.region)
+            .field("operators", &self.operators.len())
             .finish_non_exhaustive()
     }
 }
@@ -47,19 +71,30 @@ fn tx_error(e: TxError<DomainError>) -> DomainError {
 }
 
 impl<S: Store> Registry<S> {
-    /// A registry over `store`, naming `region` in ARNs.
+    /// A registry over `store`, naming `region` in ARNs, with no operators.
     pub fn new(
         store: Arc<S>,
         region: String,
         clock: Arc<dyn Clock>,
-        material: MaterialClient,
+        material: impl MaterialSource,
     ) -> Self {
+        let (events, _) = broadcast::channel(LIVE_EVENT_BUFFER);
+        let (closing, _) = watch::channel(false);
         Self {
             store,
             region,
             clock,
-            material,
+            material: Arc::new(material),
+            operators: Vec::new(),
+            events,
+            closing,
         }
+    }
+
+    /// The same registry with `operators` allowed to manage instances.
+    pub fn with_operators(mut self, operators: Vec<Principal>) -> Self {
+        self.operators = operators;
+        self
     }
 
     /// The region named in ARNs.
@@ -67,20 +102,52 @@ impl<S: Store> Registry<S> {
         &self.region
     }
 
+    /// Now, by the registry's clock.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    /// Ends every `WatchKeys` stream and scheduler loop; called at shutdown so in-flight
+    /// streams do not hold the server open.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Registry::close`] was called.
+    pub async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|closing| *closing).await;
+    }
+
     /// Runs a blocking store operation off the async workers and flushes before returning, so
-    /// nothing is acknowledged before it is on disk.
+    /// nothing is acknowledged before it is on disk; then publishes its key events.
     async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&S) -> Result<T, DomainError> + Send + 'static,
+        op: impl FnOnce(&S) -> Result<(T, Vec<KeyEvent>), DomainError> + Send + 'static,
     ) -> Result<T, DomainError> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
+        let (out, events) = tokio::task::spawn_blocking(move || {
             let out = op(&store)?;
             store.flush().map_err(store_error)?;
-            Ok(out)
+            Ok::<_, DomainError>(out)
         })
         .await
-        .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))?
+        .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))??;
+        for event in events {
+            // No receiver is fine: nobody is watching.
+            let _ = self.events.send(event);
+        }
+        Ok(out)
+    }
+
+    /// Runs `body` as one store transaction (see [`Registry::write`]). The body returns its
+    /// value and the key events its writes appended; it may run more than once.
+    async fn commit<T: Send + 'static>(
+        &self,
+        body: impl Fn(&mut dyn Txn) -> TxResult<(T, Vec<KeyEvent>)> + Send + 'static,
+    ) -> Result<T, DomainError> {
+        self.write(move |store| store.transaction(|tx| body(tx)).map_err(tx_error))
+            .await
     }
 
     /// Runs a blocking store read off the async workers.
@@ -94,221 +161,106 @@ impl<S: Store> Registry<S> {
             .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))?
     }
 
-    /// Creates a key. Without an instance, it is the caller's account's default key.
-    pub async fn create_key(
-        &self,
-        caller: &Principal,
-        req: NewKey,
-    ) -> Result<KeyRecord, DomainError> {
-        validate::description(&req.description)?;
-        if let Some(alias) = &req.alias {
-            validate::alias_name(alias)?;
-        }
-        validate::tag_set(&req.tags)?;
-        if let Some(doc) = &req.policy {
-            policy::validate_document(doc)?;
-        }
-        if let Some(days) = req.rotation_interval_days {
-            validate::rotation_interval_days(days)?;
-        }
-        if req.instance.is_some() {
-            return Err(DomainError::InstanceNotFound);
-        }
-        // The account's default key: Aliyun_AES_256, software-protected, no tags.
-        let spec = req.spec.unwrap_or(KeySpec::AliyunAes256);
-        if spec != KeySpec::AliyunAes256 {
-            return Err(DomainError::invalid(
-                "KeySpec",
-                "the default key is always Aliyun_AES_256",
-            ));
-        }
-        let usage = req.usage.unwrap_or(KeyUsage::EncryptDecrypt);
-        kms_types::spec::check_usage_fits(spec, usage)?;
-        if !req.tags.is_empty() {
-            return Err(DomainError::invalid(
-                "Tags",
-                "the default key takes no tags",
-            ));
-        }
-        let protection = ProtectionLevel::Software;
-        let origin = req.origin.unwrap_or(KeyOrigin::Kms);
-        let rotation = spec.is_symmetric().then(|| RotationPolicy {
-            enabled: req.rotation_enabled.unwrap_or(true),
-            interval_days: req.rotation_interval_days.unwrap_or(DEFAULT_ROTATION_DAYS),
-        });
-        if rotation.is_none()
-            && (req.rotation_enabled == Some(true) || req.rotation_interval_days.is_some())
-        {
-            return Err(DomainError::invalid(
-                "RotationInterval",
-                "only symmetric keys rotate automatically",
-            ));
-        }
-
-        let id = KeyId::generate();
-        let version = KeyVersionId::generate();
-        let now = self.clock.now();
-        let (state, versions) = match origin {
-            KeyOrigin::Kms => {
-                let m = self
-                    .material
-                    .generate(&id, &version, spec, protection)
-                    .await?;
-                let v = KeyVersionRecord {
-                    id: version,
-                    created: now,
-                    wrapped_material: m.wrapped,
-                    public_key_der: m.public_key_der,
-                };
-                (KeyState::Enabled, vec![v])
-            }
-            KeyOrigin::External => (KeyState::PendingImport, Vec::new()),
-        };
-        let record = KeyRecord {
-            id,
-            account: caller.account().clone(),
-            instance: None,
-            spec,
-            usage,
-            state,
-            protection,
-            origin,
-            description: req.description,
-            creator: caller.arn().to_string(),
-            created: now,
-            delete_date: None,
-            deletion_protection: false,
-            deletion_protection_description: String::new(),
-            rotation,
-            last_rotation: None,
-            primary_version: version,
-            versions,
-            aliases: req.alias.into_iter().collect(),
-            tags: req.tags,
-            policy: req.policy,
-            material_expire: None,
-        };
-        let stored = record.clone();
-        self.write(move |store| {
-            let value = schema::encode_key(&stored)?;
-            let default_slot = schema::default_key(&stored.account);
-            store
-                .transaction(|tx| {
-                    if tx.get(&default_slot)?.is_some() {
-                        return abort(DomainError::DefaultKeyExists);
-                    }
-                    for alias in &stored.aliases {
-                        let slot = schema::alias(&stored.account, alias);
-                        if tx.get(&slot)?.is_some() {
-                            return abort(DomainError::AliasExists);
-                        }
-                        tx.put(&slot, stored.id.as_str().as_bytes())?;
-                    }
-                    tx.put(&default_slot, stored.id.as_str().as_bytes())?;
-                    for v in &stored.versions {
-                        tx.put(&schema::version(&v.id), stored.id.as_str().as_bytes())?;
-                    }
-                    tx.put(&schema::key(&stored.id), &value)?;
-                    Ok(())
-                })
-                .map_err(tx_error)
-        })
-        .await?;
-        tracing::info!(key_id = %record.id, account = %record.account, "key created");
-        Ok(record)
-    }
-
-    /// Loads the key `key_ref` names, resolving aliases in `account`'s namespace.
-    async fn load(
-        &self,
-        account: kms_types::AccountId,
-        key_ref: KeyRef,
-    ) -> Result<KeyRecord, DomainError> {
-        let region = self.region.clone();
-        self.read(move |store| {
-            let id = match key_ref {
-                KeyRef::Id(id) => id,
-                KeyRef::Alias(alias) => {
-                    let bytes = store
-                        .get(&schema::alias(&account, &alias))
-                        .map_err(store_error)?
-                        .ok_or(DomainError::AliasNotFound)?;
-                    schema::decode_key_id(&bytes)?
-                }
-                KeyRef::Arn {
-                    region: arn_region,
-                    account: arn_account,
-                    key_id,
-                } => {
-                    if arn_region != region {
-                        return Err(DomainError::KeyNotFound);
-                    }
-                    let bytes = store
-                        .get(&schema::key(&key_id))
-                        .map_err(store_error)?
-                        .ok_or(DomainError::KeyNotFound)?;
-                    let record = schema::decode_key(&bytes)?;
-                    if record.account != arn_account {
-                        return Err(DomainError::KeyNotFound);
-                    }
-                    return Ok(record);
-                }
-            };
-            let bytes = store
-                .get(&schema::key(&id))
-                .map_err(store_error)?
-                .ok_or(DomainError::KeyNotFound)?;
-            schema::decode_key(&bytes)
-        })
-        .await
-    }
-
-    /// The key `key_ref` names, if `caller` may perform `action` on it.
+    /// The key `key_ref` names, if `caller` may perform `action` on it under the key's
+    /// policy (the default one, or its stored document).
     pub async fn resolve(
         &self,
         caller: &Principal,
         key_ref: KeyRef,
         action: &str,
     ) -> Result<KeyRecord, DomainError> {
-        let record = self.load(caller.account().clone(), key_ref).await?;
-        policy::authorize(caller, &record.account, action)?;
+        let region = self.region.clone();
+        let account = caller.account().clone();
+        let (record, instance_owner) = self
+            .read(move |store| {
+                let record = load_ref(store, &region, &account, key_ref)?;
+                let instance_owner = match &record.instance {
+                    Some(id) => index::load_instance(store, id)?.map(|i| i.owner),
+                    None => None,
+                };
+                Ok((record, instance_owner))
+            })
+            .await?;
+        let ownership = policy::KeyOwnership {
+            owner: &record.account,
+            instance_owner: instance_owner.as_ref().filter(|o| **o != record.account),
+        };
+        policy::decide_stored(caller, ownership, record.policy.as_deref(), action)?;
         Ok(record)
     }
 
-    /// `DescribeKey`.
-    pub async fn describe_key(
+    /// Applies `change` to key `id` in one transaction and returns the new record. An
+    /// unchanged record is not written.
+    async fn mutate(
+        &self,
+        id: KeyId,
+        change: impl Fn(&mut KeyRecord) -> Result<(), DomainError> + Send + 'static,
+    ) -> Result<KeyRecord, DomainError> {
+        self.commit(move |tx| {
+            let old = index::get_key(tx, &id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+            let mut new = old.clone();
+            index::user(change(&mut new))?;
+            if new == old {
+                return Ok((new, Vec::new()));
+            }
+            let event = index::put_key(tx, Some(&old), &new)?;
+            Ok((new, vec![event]))
+        })
+        .await
+    }
+
+    /// Resolves `key_ref` for `caller` and `action`, then applies `change` (see
+    /// [`Registry::mutate`]).
+    async fn mutate_key(
         &self,
         caller: &Principal,
         key_ref: KeyRef,
+        action: &str,
+        change: impl Fn(&mut KeyRecord) -> Result<(), DomainError> + Send + 'static,
     ) -> Result<KeyRecord, DomainError> {
-        self.resolve(caller, key_ref, "kms:DescribeKey").await
+        let id = self.resolve(caller, key_ref, action).await?.id;
+        self.mutate(id, change).await
     }
 
-    /// `KeyDirectory.GetKey` by key reference, resolving aliases in `account`. No policy check:
-    /// the data plane evaluates the policy it receives.
-    pub async fn directory_key(
-        &self,
-        account: kms_types::AccountId,
-        key_ref: KeyRef,
-    ) -> Result<KeyEntry, DomainError> {
-        let record = self.load(account, key_ref).await?;
-        Ok(KeyEntry::from_record(&record, &self.region))
+    fn check_operator(&self, caller: &Principal) -> Result<(), DomainError> {
+        if self.operators.contains(caller) {
+            Ok(())
+        } else {
+            Err(DomainError::NoPermission)
+        }
     }
 
-    /// `KeyDirectory.GetKey` by key version id.
-    pub async fn directory_version(&self, version: KeyVersionId) -> Result<KeyEntry, DomainError> {
-        let id = self
-            .read(move |store| {
-                let bytes = store
-                    .get(&schema::version(&version))
-                    .map_err(store_error)?
-                    .ok_or(DomainError::KeyNotFound)?;
-                schema::decode_key_id(&bytes)
-            })
-            .await?;
-        let record = self
-            .load(kms_types::AccountId::parse("0")?, KeyRef::Id(id))
-            .await?;
-        Ok(KeyEntry::from_record(&record, &self.region))
+    fn is_operator(&self, caller: &Principal) -> bool {
+        self.operators.contains(caller)
     }
 }
+
+/// Resolves a key reference to its record: aliases in `account`'s namespace, ARNs only in
+/// this region and for the account they name.
+fn load_ref<S: Store>(
+    store: &S,
+    region: &str,
+    account: &AccountId,
+    key_ref: KeyRef,
+) -> Result<KeyRecord, DomainError> {
+    let id = match key_ref {
+        KeyRef::Id(id) => id,
+        KeyRef::Alias(alias) => index::load_key_id(store, &schema::alias(account, &alias))?
+            .ok_or(DomainError::AliasNotFound)?,
+        KeyRef::Arn {
+            region: arn_region,
+            account: arn_account,
+            key_id,
+        } => {
+            let record = index::load_key(store, &key_id)?.ok_or(DomainError::KeyNotFound)?;
+            if arn_region != region || record.account != arn_account {
+                return Err(DomainError::KeyNotFound);
+            }
+            return Ok(record);
+        }
+    };
+    index::load_key(store, &id)?.ok_or(DomainError::KeyNotFound)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,71 @@
 //! How control-plane records sit in the store: key prefixes and record encoding.
 //!
-//! | key | value |
-//! |---|---|
-//! | `k/<key-id>` | key record (format 1: JSON of [`KeyRecord`]) |
-//! | `v/<key-version-id>` | key id owning the version |
-//! | `a/<account>/<alias>` | key id the alias points at |
-//! | `d/<account>` | key id of the account's default key |
+//! Every value is a versioned record ([`kms_store::encode_record`]: magic, format version,
+//! body). `<n>` below is a number of milliseconds since the epoch (or a revision) as 20 decimal
+//! digits, so entries sort by it; `<hex tag key>` is the tag key in lowercase hex, so tag keys
+//! holding `/` cannot run into each other.
+//!
+//! | key | value (format 1) | what |
+//! |---|---|---|
+//! | `k/<key-id>` | JSON of [`KeyRecord`], versions and their sealed material inline | the key |
+//! | `v/<key-version-id>` | key id | version → key |
+//! | `a/<account>/<alias>` | key id | alias → key, unique per account |
+//! | `d/<account>` | key id | the account's default key, one per account |
+//! | `o/<account>/<key-id>` | empty | account → keys (ListKeys) |
+//! | `ik/<instance-id>/<key-id>` | empty | instance → keys |
+//! | `t/<account>/<hex tag key>/<key-id>` | tag value | tag → keys |
+//! | `sd/<n: delete date>/<key-id>` | empty | keys pending deletion, by date (reaper) |
+//! | `sr/<n: next rotation>/<key-id>` | empty | keys due to rotate, by date (scheduler) |
+//! | `i/<instance-id>` | JSON of [`InstanceRecord`] | the instance |
+//! | `ia/<account>/<instance-id>` | `"Owner"` or `"Shared"` (JSON) | account → instances it sees |
+//! | `m/revision` | u64, big-endian | directory revision: one more per key event |
+//! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
+//! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
+//!
+//! Every index entry of a key is derived from its record and written in the same transaction
+//! as the record ([`crate::index`]). Layout 1 (before `m/layout` existed) stored the key id of
+//! `v/`, `a/` and `d/` entries as raw bytes and had no other index; [`decode_key_id`] still
+//! reads that form and [`crate::index::migrate`] rewrites it at start.
 
 use kms_store::{decode_record, encode_record};
-use kms_types::{AccountId, DomainError, KeyId, KeyRecord, KeyVersionId};
+use kms_types::{
+    AccountId, DomainError, InstanceId, InstanceRecord, KeyEvent, KeyId, KeyRecord, KeyVersionId,
+    UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+
+/// Current format of every record kind.
+pub const FORMAT: u8 = 1;
+/// Current store layout.
+pub const LAYOUT_VERSION: u8 = 2;
+/// How many key events are kept for `WatchKeys` to replay.
+pub const EVENT_RETENTION: u64 = 10_000;
 
 /// Current format of key records.
-pub const KEY_RECORD_FORMAT: u8 = 1;
+pub const KEY_RECORD_FORMAT: u8 = FORMAT;
+
+/// Prefix of key records.
+pub const KEY_PREFIX: &[u8] = b"k/";
+/// Prefix of instance records.
+pub const INSTANCE_PREFIX: &[u8] = b"i/";
+/// Prefix of key events.
+pub const EVENT_PREFIX: &[u8] = b"e/";
+/// Prefix of the deletion queue.
+pub const DELETION_QUEUE: &[u8] = b"sd/";
+/// Prefix of the rotation queue.
+pub const ROTATION_QUEUE: &[u8] = b"sr/";
+/// The directory revision.
+pub const REVISION: &[u8] = b"m/revision";
+/// The layout version.
+pub const LAYOUT: &[u8] = b"m/layout";
+
+fn n20(n: u64) -> String {
+    format!("{n:020}")
+}
+
+fn time20(t: UnixMillis) -> String {
+    n20(u64::try_from(t.0).unwrap_or(0))
+}
 
 /// Store key of a key record.
 pub fn key(id: &KeyId) -> Vec<u8> {
@@ -28,34 +82,278 @@ pub fn alias(account: &AccountId, alias: &str) -> Vec<u8> {
     format!("a/{account}/{alias}").into_bytes()
 }
 
+/// Prefix of an account's aliases.
+pub fn alias_prefix(account: &AccountId) -> Vec<u8> {
+    format!("a/{account}/").into_bytes()
+}
+
 /// Store key of an account's default key.
 pub fn default_key(account: &AccountId) -> Vec<u8> {
     format!("d/{account}").into_bytes()
 }
 
+/// Prefix of an account's keys.
+pub fn owner_prefix(account: &AccountId) -> Vec<u8> {
+    format!("o/{account}/").into_bytes()
+}
+
+/// Store key of an account → key index entry.
+pub fn owner(account: &AccountId, id: &KeyId) -> Vec<u8> {
+    format!("o/{account}/{id}").into_bytes()
+}
+
+/// Prefix of an instance's keys.
+pub fn instance_keys_prefix(instance: &InstanceId) -> Vec<u8> {
+    format!("ik/{instance}/").into_bytes()
+}
+
+/// Store key of an instance → key index entry.
+pub fn instance_key(instance: &InstanceId, id: &KeyId) -> Vec<u8> {
+    format!("ik/{instance}/{id}").into_bytes()
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prefix of the keys of `account` carrying a tag with key `tag_key`.
+pub fn tag_prefix(account: &AccountId, tag_key: &str) -> Vec<u8> {
+    format!("t/{account}/{}/", hex(tag_key)).into_bytes()
+}
+
+/// Store key of a tag → key index entry.
+pub fn tag(account: &AccountId, tag_key: &str, id: &KeyId) -> Vec<u8> {
+    format!("t/{account}/{}/{id}", hex(tag_key)).into_bytes()
+}
+
+/// Store key of a deletion-queue entry.
+pub fn deletion_queue(at: UnixMillis, id: &KeyId) -> Vec<u8> {
+    format!("sd/{}/{id}", time20(at)).into_bytes()
+}
+
+/// Store key of a rotation-queue entry.
+pub fn rotation_queue(at: UnixMillis, id: &KeyId) -> Vec<u8> {
+    format!("sr/{}/{id}", time20(at)).into_bytes()
+}
+
+/// The date and key of a queue entry (`sd/` or `sr/`).
+pub fn decode_queue_entry(store_key: &[u8]) -> Result<(UnixMillis, KeyId), DomainError> {
+    let corrupt = || DomainError::Internal("malformed scheduler queue entry".into());
+    let text = std::str::from_utf8(store_key).map_err(|_| corrupt())?;
+    let mut parts = text.splitn(3, '/');
+    let (Some(_), Some(at), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(corrupt());
+    };
+    let at: i64 = at.parse().map_err(|_| corrupt())?;
+    Ok((UnixMillis(at), KeyId::parse(id).map_err(|_| corrupt())?))
+}
+
+/// Store key of an instance record.
+pub fn instance(id: &InstanceId) -> Vec<u8> {
+    format!("i/{id}").into_bytes()
+}
+
+/// Prefix of the instances an account sees.
+pub fn access_prefix(account: &AccountId) -> Vec<u8> {
+    format!("ia/{account}/").into_bytes()
+}
+
+/// Store key of an account → instance index entry.
+pub fn access(account: &AccountId, id: &InstanceId) -> Vec<u8> {
+    format!("ia/{account}/{id}").into_bytes()
+}
+
+/// Store key of an event.
+pub fn event(revision: u64) -> Vec<u8> {
+    format!("e/{}", n20(revision)).into_bytes()
+}
+
+/// The last segment of a store key under `prefix`: the id an index entry names.
+pub fn suffix<'a>(store_key: &'a [u8], prefix: &[u8]) -> Result<&'a str, DomainError> {
+    store_key
+        .strip_prefix(prefix)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .ok_or_else(|| DomainError::Internal("malformed index entry".into()))
+}
+
+/// Why an account sees an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Access {
+    /// It owns the instance.
+    Owner,
+    /// The instance is shared with it.
+    Shared,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> DomainError {
+    DomainError::Internal(format!("{what}: {e}"))
+}
+
+fn body<'a>(what: &str, bytes: &'a [u8]) -> Result<&'a [u8], DomainError> {
+    let (format, body) = decode_record(bytes).map_err(|e| corrupt(what, e))?;
+    if format != FORMAT {
+        return Err(DomainError::Internal(format!(
+            "{what} format {format} is unknown"
+        )));
+    }
+    Ok(body)
+}
+
+fn encode_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, DomainError> {
+    let body = serde_json::to_vec(value).map_err(|e| corrupt(what, e))?;
+    Ok(encode_record(FORMAT, &body))
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, DomainError> {
+    serde_json::from_slice(body(what, bytes)?).map_err(|e| corrupt(what, e))
+}
+
 /// Encodes a key record.
 pub fn encode_key(r: &KeyRecord) -> Result<Vec<u8>, DomainError> {
-    let body = serde_json::to_vec(r)
-        .map_err(|e| DomainError::Internal(format!("encode key record: {e}")))?;
-    Ok(encode_record(KEY_RECORD_FORMAT, &body))
+    encode_json("key record", r)
 }
 
 /// Decodes a key record of any known format.
 pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, DomainError> {
-    let (format, body) =
-        decode_record(bytes).map_err(|e| DomainError::Internal(format!("key record: {e}")))?;
-    match format {
-        KEY_RECORD_FORMAT => serde_json::from_slice(body)
-            .map_err(|e| DomainError::Internal(format!("decode key record: {e}"))),
-        other => Err(DomainError::Internal(format!(
-            "key record format {other} is unknown"
-        ))),
+    decode_json("key record", bytes)
+}
+
+/// Encodes a key id as an index value.
+pub fn encode_key_id(id: &KeyId) -> Vec<u8> {
+    encode_record(FORMAT, id.as_str().as_bytes())
+}
+
+/// Reads a key id stored as an index value, in the current form or layout 1's raw bytes.
+pub fn decode_key_id(bytes: &[u8]) -> Result<KeyId, DomainError> {
+    let raw = if bytes.starts_with(&kms_store::RECORD_MAGIC) {
+        body("key reference", bytes)?
+    } else {
+        bytes
+    };
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| DomainError::Internal("index value is not UTF-8".into()))?;
+    KeyId::parse(text).map_err(|_| DomainError::Internal("index value is not a key id".into()))
+}
+
+/// The value of a marker entry: an empty record.
+pub fn marker() -> Vec<u8> {
+    encode_record(FORMAT, b"")
+}
+
+/// Encodes a tag value as an index value.
+pub fn encode_text(text: &str) -> Vec<u8> {
+    encode_record(FORMAT, text.as_bytes())
+}
+
+/// Encodes an instance record.
+pub fn encode_instance(r: &InstanceRecord) -> Result<Vec<u8>, DomainError> {
+    encode_json("instance record", r)
+}
+
+/// Decodes an instance record.
+pub fn decode_instance(bytes: &[u8]) -> Result<InstanceRecord, DomainError> {
+    decode_json("instance record", bytes)
+}
+
+/// Encodes an account's access to an instance.
+pub fn encode_access(a: Access) -> Result<Vec<u8>, DomainError> {
+    encode_json("instance access", &a)
+}
+
+/// Decodes an account's access to an instance.
+pub fn decode_access(bytes: &[u8]) -> Result<Access, DomainError> {
+    decode_json("instance access", bytes)
+}
+
+/// Encodes a key event.
+pub fn encode_event(e: &KeyEvent) -> Result<Vec<u8>, DomainError> {
+    encode_json("key event", e)
+}
+
+/// Decodes a key event.
+pub fn decode_event(bytes: &[u8]) -> Result<KeyEvent, DomainError> {
+    decode_json("key event", bytes)
+}
+
+/// Encodes a revision or other counter.
+pub fn encode_u64(n: u64) -> Vec<u8> {
+    encode_record(FORMAT, &n.to_be_bytes())
+}
+
+/// Decodes a revision or other counter.
+pub fn decode_u64(bytes: &[u8]) -> Result<u64, DomainError> {
+    let raw: [u8; 8] = body("counter", bytes)?
+        .try_into()
+        .map_err(|_| DomainError::Internal("counter is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+/// Encodes the layout version.
+pub fn encode_layout(v: u8) -> Vec<u8> {
+    encode_record(FORMAT, &[v])
+}
+
+/// Decodes the layout version.
+pub fn decode_layout(bytes: &[u8]) -> Result<u8, DomainError> {
+    match body("layout version", bytes)? {
+        [v] => Ok(*v),
+        _ => Err(DomainError::Internal(
+            "layout version is not one byte".into(),
+        )),
     }
 }
 
-/// Reads a key id stored as an index value.
-pub fn decode_key_id(bytes: &[u8]) -> Result<KeyId, DomainError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| DomainError::Internal("index value is not UTF-8".into()))?;
-    KeyId::parse(text).map_err(|_| DomainError::Internal("index value is not a key id".into()))
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn key_ids_read_in_both_layouts() {
+        let id = KeyId::generate();
+        assert_eq!(decode_key_id(&encode_key_id(&id)).unwrap(), id);
+        assert_eq!(decode_key_id(id.as_str().as_bytes()).unwrap(), id);
+        assert!(decode_key_id(b"garbage").is_err());
+        assert!(decode_key_id(&encode_record(2, id.as_str().as_bytes())).is_err());
+    }
+
+    #[test]
+    fn ordered_keys_sort_by_number() {
+        let id = KeyId::generate();
+        assert!(event(9) < event(10));
+        assert!(
+            deletion_queue(UnixMillis(999), &id) < deletion_queue(UnixMillis(1_000), &id),
+            "queue entries sort by date"
+        );
+        let (at, back) = decode_queue_entry(&rotation_queue(UnixMillis(42), &id)).unwrap();
+        assert_eq!((at, back), (UnixMillis(42), id.clone()));
+        assert!(decode_queue_entry(b"sr/x/key-1").is_err());
+        assert_eq!(
+            suffix(&owner(&AccountId::parse("1").unwrap(), &id), b"o/1/").unwrap(),
+            id.as_str()
+        );
+    }
+
+    #[test]
+    fn tag_keys_cannot_run_into_each_other() {
+        let acct = AccountId::parse("1").unwrap();
+        let id = KeyId::generate();
+        let entry = tag(&acct, "a/b", &id);
+        assert!(!entry.starts_with(&tag_prefix(&acct, "a")));
+        assert!(entry.starts_with(&tag_prefix(&acct, "a/b")));
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_other_formats() {
+        assert_eq!(decode_u64(&encode_u64(77)).unwrap(), 77);
+        assert_eq!(decode_layout(&encode_layout(2)).unwrap(), 2);
+        assert_eq!(
+            decode_access(&encode_access(Access::Shared).unwrap()).unwrap(),
+            Access::Shared
+        );
+        let e = KeyEvent::resync(5);
+        assert_eq!(decode_event(&encode_event(&e).unwrap()).unwrap(), e);
+        assert!(decode_u64(&encode_record(9, &[0; 8])).is_err());
+        assert!(decode_u64(b"raw").is_err());
+    }
 }

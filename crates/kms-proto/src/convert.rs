@@ -2,9 +2,10 @@
 //! malformed ids fail closed with `InvalidParameter.<Field>`.
 
 use kms_types::{
-    AccountId, DomainError, InstanceId, KeyEntry, KeyId, KeyOrigin, KeyRecord, KeySpec, KeyState,
-    KeyUsage, KeyVersionId, KeyVersionRecord, NewKey, ProtectionLevel, RotationStatus, Tag,
-    UnixMillis,
+    AccountId, DomainError, InstanceId, InstanceRecord, InstanceType, KeyEntry, KeyEvent,
+    KeyEventKind, KeyFilter, KeyId, KeyOrigin, KeyQuery, KeyRecord, KeySpec, KeyState, KeyUsage,
+    KeyVersionId, KeyVersionRecord, NewInstance, NewKey, PageRequest, ProtectionLevel,
+    RotationStatus, Tag, UnixMillis,
 };
 
 use crate::kms::internal::v1 as ipb;
@@ -231,6 +232,7 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
             } else {
                 Some(InstanceId::parse(&w.kms_instance_id)?)
             },
+            instance_owner: None,
             spec: KeySpec::from_wire(w.key_spec)?,
             usage: KeyUsage::from_wire(w.key_usage)?,
             state: KeyState::from_wire(w.key_state)?,
@@ -298,6 +300,135 @@ impl TryFrom<pb::CreateKeyRequest> for NewKey {
     }
 }
 
+/// A domain tag on the wire.
+pub fn tag(t: &Tag) -> pb::Tag {
+    pb::Tag {
+        key: t.key.clone(),
+        value: t.value.clone(),
+    }
+}
+
+/// Wire tags as domain tags; their rules are checked where they are used.
+pub fn tags_from_wire(tags: Vec<pb::Tag>) -> Vec<Tag> {
+    tags.into_iter()
+        .map(|t| Tag {
+            key: t.key,
+            value: t.value,
+        })
+        .collect()
+}
+
+/// One version of a key, as `DescribeKeyVersion` and `ListKeyVersions` show it.
+pub fn key_version(key: &KeyRecord, v: &KeyVersionRecord) -> pb::KeyVersion {
+    pb::KeyVersion {
+        key_id: key.id.to_string(),
+        key_version_id: v.id.to_string(),
+        creation_date: Some(timestamp(v.created)),
+        is_primary: v.id == key.primary_version,
+    }
+}
+
+/// An alias of `account` pointing at `key_id`.
+pub fn alias(region: &str, account: &AccountId, name: &str, key_id: &KeyId) -> pb::Alias {
+    pb::Alias {
+        alias_name: name.to_string(),
+        alias_arn: kms_types::ids::alias_arn(region, account, name),
+        key_id: key_id.to_string(),
+    }
+}
+
+/// A KMS instance on the wire. Quotas and counts beyond `i32` show as `i32::MAX`.
+pub fn kms_instance(i: &InstanceRecord) -> pb::KmsInstance {
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    pb::KmsInstance {
+        kms_instance_id: i.id.to_string(),
+        instance_type: i.instance_type.to_wire(),
+        owner_account_id: i.owner.to_string(),
+        key_quota: int(i.key_quota),
+        key_count: int(i.key_count),
+        access_management_quota: int(i.access_management_quota),
+        shared_with_account_ids: i.shared_with.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// A key event on the wire.
+pub fn key_event(e: &KeyEvent) -> ipb::KeyEvent {
+    let kind = match e.kind {
+        KeyEventKind::Changed => ipb::KeyEventKind::Changed,
+        KeyEventKind::Deleted => ipb::KeyEventKind::Deleted,
+        KeyEventKind::Resync => ipb::KeyEventKind::Resync,
+    };
+    ipb::KeyEvent {
+        revision: e.revision,
+        key_id: e.key_id.as_ref().map(|k| k.to_string()).unwrap_or_default(),
+        kind: kind as i32,
+    }
+}
+
+/// An optional instance id field: empty means none.
+pub fn optional_instance(id: &str) -> Result<Option<InstanceId>, DomainError> {
+    if id.is_empty() {
+        Ok(None)
+    } else {
+        InstanceId::parse(id).map(Some)
+    }
+}
+
+/// A required account id field named `field` (`OwnerAccountId`, `AccountId`).
+pub fn account_field(field: &'static str, id: &str) -> Result<AccountId, DomainError> {
+    AccountId::parse(id)
+        .map_err(|_| DomainError::invalid(field, format!("{id:?} is not an account id")))
+}
+
+impl TryFrom<pb::ListKeysFilter> for KeyFilter {
+    type Error = DomainError;
+
+    fn try_from(w: pb::ListKeysFilter) -> Result<Self, DomainError> {
+        Ok(KeyFilter {
+            state: w.key_state.map(KeyState::from_wire).transpose()?,
+            spec: w.key_spec.map(KeySpec::from_wire).transpose()?,
+            usage: w.key_usage.map(KeyUsage::from_wire).transpose()?,
+            protection: w
+                .protection_level
+                .map(ProtectionLevel::from_wire)
+                .transpose()?,
+            tag_key: w.tag_key,
+            tag_value: w.tag_value,
+            alias: w.alias,
+        })
+    }
+}
+
+impl TryFrom<pb::ListKeysRequest> for KeyQuery {
+    type Error = DomainError;
+
+    fn try_from(w: pb::ListKeysRequest) -> Result<Self, DomainError> {
+        Ok(KeyQuery {
+            instance: optional_instance(&w.kms_instance_id)?,
+            default_keys_only: w.default_keys_only,
+            filter: w
+                .filters
+                .map(KeyFilter::try_from)
+                .transpose()?
+                .unwrap_or_default(),
+            page: PageRequest::new(w.page_size, &w.page_token)?,
+        })
+    }
+}
+
+impl TryFrom<pb::CreateKmsInstanceRequest> for NewInstance {
+    type Error = DomainError;
+
+    fn try_from(w: pb::CreateKmsInstanceRequest) -> Result<Self, DomainError> {
+        Ok(NewInstance {
+            instance_type: InstanceType::from_wire(w.instance_type)?,
+            owner: account_field("OwnerAccountId", &w.owner_account_id)?,
+            key_quota: w.key_quota,
+            access_management_quota: w.access_management_quota,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +445,85 @@ mod tests {
         assert_eq!(err.as_deref(), Some("InvalidParameter.KeySpec"));
         let err = KeyUsage::from_wire(999).err().map(|e| e.reason_code());
         assert_eq!(err.as_deref(), Some("InvalidParameter.KeyUsage"));
+    }
+
+    #[test]
+    fn list_keys_request_converts_and_fails_closed() {
+        let req = pb::ListKeysRequest {
+            kms_instance_id: "kst-abc".into(),
+            default_keys_only: false,
+            filters: Some(pb::ListKeysFilter {
+                key_state: Some(pb::KeyState::Disabled as i32),
+                tag_key: Some("env".into()),
+                ..Default::default()
+            }),
+            page_size: 5,
+            page_token: String::new(),
+        };
+        let q = KeyQuery::try_from(req.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(q.filter.state, Some(KeyState::Disabled));
+        assert_eq!(q.filter.tag_key.as_deref(), Some("env"));
+        assert_eq!(q.page.size, 5);
+        assert_eq!(
+            q.instance.map(|i| i.to_string()).as_deref(),
+            Some("kst-abc")
+        );
+        let mut bad = req.clone();
+        bad.filters = Some(pb::ListKeysFilter {
+            key_spec: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(
+            KeyQuery::try_from(bad)
+                .err()
+                .map(|e| e.reason_code())
+                .as_deref(),
+            Some("InvalidParameter.KeySpec")
+        );
+        let mut bad = req;
+        bad.page_token = "%%%".into();
+        assert_eq!(
+            KeyQuery::try_from(bad)
+                .err()
+                .map(|e| e.reason_code())
+                .as_deref(),
+            Some("InvalidParameter.PageToken")
+        );
+    }
+
+    #[test]
+    fn instance_requests_and_events() {
+        let ok = pb::CreateKmsInstanceRequest {
+            instance_type: pb::InstanceType::Hardware as i32,
+            owner_account_id: "42".into(),
+            key_quota: 10,
+            access_management_quota: 1,
+        };
+        let n = NewInstance::try_from(ok.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.instance_type, InstanceType::Hardware);
+        let mut bad = ok.clone();
+        bad.owner_account_id = "x".into();
+        assert_eq!(
+            NewInstance::try_from(bad)
+                .err()
+                .map(|e| e.reason_code())
+                .as_deref(),
+            Some("InvalidParameter.OwnerAccountId")
+        );
+        let mut bad = ok;
+        bad.instance_type = 0;
+        assert_eq!(
+            NewInstance::try_from(bad)
+                .err()
+                .map(|e| e.reason_code())
+                .as_deref(),
+            Some("InvalidParameter.InstanceType")
+        );
+        let e = key_event(&KeyEvent::resync(9));
+        assert_eq!(
+            (e.revision, e.key_id.as_str(), e.kind),
+            (9, "", ipb::KeyEventKind::Resync as i32)
+        );
     }
 
     #[test]

@@ -299,9 +299,19 @@ impl KeyRecord {
     /// Enabled (not suspended), material generated here, and the interval since the last
     /// rotation (or creation) passed.
     pub fn rotation_due(&self, now: UnixMillis) -> bool {
-        self.rotation_status() == crate::spec::RotationStatus::Enabled
+        self.scheduled_rotation().is_some_and(|at| at <= now)
+    }
+
+    /// When the rotation scheduler will rotate the key, if it will: rotation on, key Enabled,
+    /// material generated here.
+    pub fn scheduled_rotation(&self) -> Option<UnixMillis> {
+        if self.rotation_status() == crate::spec::RotationStatus::Enabled
             && self.origin == KeyOrigin::Kms
-            && self.next_rotation().is_some_and(|at| at <= now)
+        {
+            self.next_rotation()
+        } else {
+            None
+        }
     }
 
     /// Whether the reaper should delete the key at `now`.

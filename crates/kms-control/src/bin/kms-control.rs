@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kms_control::clock::SystemClock;
+use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
 use kms_control::grpc::{DirectoryService, InstanceService, KeyService};
 use kms_control::material::MaterialClient;
-use kms_control::{ControlConfig, Registry};
+use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
@@ -58,11 +58,28 @@ async fn main() -> Result<()> {
         params.identity.service_principal.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let registry = Arc::new(Registry::new(
-        store,
-        params.region.clone(),
-        Arc::new(SystemClock),
-        material,
+    let migrate_store = Arc::clone(&store);
+    let migrated = tokio::task::spawn_blocking(move || index::migrate(&*migrate_store))
+        .await
+        .context("store migration task failed")?
+        .map_err(|e| anyhow::anyhow!("cannot bring the store to the current layout: {e}"))?;
+    if migrated > 0 {
+        tracing::info!(keys = migrated, "store migrated to the current layout");
+    }
+    let clock: Arc<dyn Clock> = match &params.clock_offset_file {
+        Some(path) => {
+            tracing::warn!(path = %path.display(), "clock.offset_file is set: time is moved by the offset in this file; use only for tests and drills");
+            Arc::new(OffsetFileClock::new(path.clone()))
+        }
+        None => Arc::new(SystemClock),
+    };
+    let registry = Arc::new(
+        Registry::new(store, params.region.clone(), clock, material)
+            .with_operators(params.operators.clone()),
+    );
+    let scheduler = tokio::spawn(scheduler::run(
+        Arc::clone(&registry),
+        params.scheduler_interval,
     ));
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -76,9 +93,12 @@ async fn main() -> Result<()> {
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
 
     tracing::info!(addr = %local, region = %params.region, data_dir = %params.data_dir.display(), "control plane listening");
+    let closing = Arc::clone(&registry);
     let shutdown = async move {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
+        // End WatchKeys streams and the scheduler, so draining does not wait on them.
+        closing.close();
     };
     tonic::transport::Server::builder()
         .add_service(health)
@@ -88,7 +108,7 @@ async fn main() -> Result<()> {
             auth.clone(),
         ))
         .add_service(KmsInstanceServiceServer::with_interceptor(
-            InstanceService,
+            InstanceService::new(Arc::clone(&registry)),
             auth.clone(),
         ))
         .add_service(KeyDirectoryServer::with_interceptor(
@@ -101,6 +121,8 @@ async fn main() -> Result<()> {
         )
         .await
         .context("server failed")?;
+    registry.close();
+    let _ = scheduler.await;
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -4,13 +4,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use kms_proto::convert::key_entry;
+use kms_proto::convert::{key_entry, key_event};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectory;
 use kms_proto::kms::internal::v1::*;
 use kms_runtime::caller;
 use kms_store::Store;
 use kms_types::{DomainError, KeyRef, KeyVersionId, Principal};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::status;
@@ -47,7 +47,7 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
     ) -> Result<Response<GetKeyResponse>, Status> {
         self.check_peer(&request)?;
         let req = request.into_inner();
-        let entry = if !req.key_version_id.is_empty() {
+        let (entry, revision) = if !req.key_version_id.is_empty() {
             let version = KeyVersionId::parse(&req.key_version_id).map_err(status)?;
             self.registry.directory_version(version).await
         } else {
@@ -60,7 +60,7 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
         .map_err(status)?;
         Ok(Response::new(GetKeyResponse {
             key: Some(key_entry(&entry)),
-            revision: 0,
+            revision,
         }))
     }
 
@@ -71,9 +71,10 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
         request: Request<WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
         self.check_peer(&request)?;
-        Err(Status::unimplemented(
-            "kms.internal.v1.KeyDirectory/WatchKeys is not implemented yet",
-        ))
+        let events = self.registry.watch(request.get_ref().from_revision);
+        Ok(Response::new(Box::pin(
+            events.map(|e| Ok::<_, Status>(key_event(&e))),
+        )))
     }
 
     async fn report_usage(

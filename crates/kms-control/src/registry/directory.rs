@@ -1,0 +1,187 @@
+//! The data plane's view: `KeyDirectory.GetKey` with the directory revision, and the
+//! `WatchKeys` stream of key events.
+//!
+//! A watch first replays the retained events after the client's revision from the store, then
+//! forwards live events as transactions commit. A client at revision 0, ahead of the store, or
+//! behind the retained window first gets one resync event with the current revision. A stream
+//! that falls behind the live buffer reads the missed events back from the store, or resyncs
+//! if they are gone too. Gaps are impossible: revisions are assigned inside the transactions,
+//! one per event, so event `n + 1` is committed only after event `n`.
+
+use std::sync::Arc;
+
+use kms_store::Store;
+use kms_types::{AccountId, DomainError, KeyEntry, KeyEvent, KeyRef, KeyVersionId};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Registry, load_ref};
+use crate::index;
+use crate::schema;
+
+/// Events read from the store per catch-up step.
+const CATCH_UP_BATCH: usize = 500;
+/// Events a stream holds for a client that reads slowly.
+const STREAM_BUFFER: usize = 256;
+
+/// What a stream at some revision must hear next.
+enum CatchUp {
+    /// These events, in order (empty: it is up to date).
+    Events(Vec<KeyEvent>),
+    /// The events it missed are gone: resync at this revision.
+    Resync(u64),
+}
+
+impl<S: Store> Registry<S> {
+    /// `KeyDirectory.GetKey` by key reference, resolving aliases in `account`, with the
+    /// revision it was read at. No policy check: the data plane evaluates the policy it gets.
+    pub async fn directory_key(
+        &self,
+        account: AccountId,
+        key_ref: KeyRef,
+    ) -> Result<(KeyEntry, u64), DomainError> {
+        let region = self.region.clone();
+        let (record, revision) = self
+            .read(move |store| {
+                // The revision first: a change after it is then also an event after it.
+                let revision = index::revision(store)?;
+                Ok((load_ref(store, &region, &account, key_ref)?, revision))
+            })
+            .await?;
+        Ok((KeyEntry::from_record(&record, &self.region), revision))
+    }
+
+    /// `KeyDirectory.GetKey` by key version id, with the revision it was read at.
+    pub async fn directory_version(
+        &self,
+        version: KeyVersionId,
+    ) -> Result<(KeyEntry, u64), DomainError> {
+        let (record, revision) = self
+            .read(move |store| {
+                let revision = index::revision(store)?;
+                let id = index::load_key_id(store, &schema::version(&version))?
+                    .ok_or(DomainError::KeyNotFound)?;
+                let record = index::load_key(store, &id)?.ok_or(DomainError::KeyNotFound)?;
+                Ok((record, revision))
+            })
+            .await?;
+        Ok((KeyEntry::from_record(&record, &self.region), revision))
+    }
+
+    /// The current directory revision.
+    pub async fn revision(&self) -> Result<u64, DomainError> {
+        self.read(|store| index::revision(store)).await
+    }
+
+    /// `KeyDirectory.WatchKeys`: key events after `from_revision`, then live ones, until the
+    /// client goes away or the registry closes.
+    pub fn watch(self: &Arc<Self>, from_revision: u64) -> ReceiverStream<KeyEvent> {
+        let (out, stream) = mpsc::channel(STREAM_BUFFER);
+        // Subscribe before reading the store, so nothing committed in between is missed.
+        let live = self.events.subscribe();
+        let closing = self.closing.subscribe();
+        tokio::spawn(pump(Arc::clone(self), from_revision, out, live, closing));
+        ReceiverStream::new(stream)
+    }
+
+    async fn catch_up(&self, last: u64) -> Result<CatchUp, DomainError> {
+        self.read(move |store| {
+            let current = index::revision(store)?;
+            if last > current {
+                return Ok(CatchUp::Resync(current));
+            }
+            if last == current {
+                return Ok(CatchUp::Events(Vec::new()));
+            }
+            let events = index::events_after(store, last, CATCH_UP_BATCH)?;
+            match events.first() {
+                Some(first) if first.revision == last + 1 => Ok(CatchUp::Events(events)),
+                _ => Ok(CatchUp::Resync(current)),
+            }
+        })
+        .await
+    }
+}
+
+/// Resolves once the registry is closing.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+/// Feeds one watch stream.
+async fn pump<S: Store>(
+    registry: Arc<Registry<S>>,
+    from_revision: u64,
+    out: mpsc::Sender<KeyEvent>,
+    mut live: broadcast::Receiver<KeyEvent>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut last = from_revision;
+    if from_revision == 0 {
+        match registry.revision().await {
+            Ok(revision) => {
+                last = revision;
+                if out.send(KeyEvent::resync(revision)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "key watch cannot read the revision; ending the stream");
+                return;
+            }
+        }
+    }
+    loop {
+        loop {
+            match registry.catch_up(last).await {
+                Ok(CatchUp::Events(events)) => {
+                    let full = events.len() == CATCH_UP_BATCH;
+                    for event in events {
+                        last = event.revision;
+                        if out.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Ok(CatchUp::Resync(revision)) => {
+                    tracing::info!(
+                        from = last,
+                        revision,
+                        "key watch resyncs: missed events are no longer kept"
+                    );
+                    last = revision;
+                    if out.send(KeyEvent::resync(revision)).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "key watch cannot read events; ending the stream");
+                    return;
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = closed(&mut closing) => return,
+                _ = out.closed() => return,
+                received = live.recv() => match received {
+                    Ok(event) if event.revision <= last => {}
+                    Ok(event) if event.revision == last + 1 => {
+                        last = event.revision;
+                        if out.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Out of order or missed: read them back from the store.
+                    Ok(_) | Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

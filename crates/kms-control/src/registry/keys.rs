@@ -1,0 +1,326 @@
+//! Keys: creation (default keys and keys in instances), description, listing, and the
+//! lifecycle operations that change one key's state or settings.
+
+use kms_store::{Abort, Store};
+use kms_types::{
+    DomainError, KeyBirth, KeyHome, KeyId, KeyQuery, KeyRecord, KeyRef, KeyVersionId,
+    KeyVersionRecord, NewKey, Page, Principal, policy,
+};
+
+use super::Registry;
+use crate::index;
+use crate::schema;
+
+/// Index entries read per store scan while listing.
+const SCAN_BATCH: usize = 256;
+
+impl<S: Store> Registry<S> {
+    /// `CreateKey`. Without an instance, the caller's account's default key; otherwise a key
+    /// in an instance the account owns or that is shared with it.
+    pub async fn create_key(
+        &self,
+        caller: &Principal,
+        req: NewKey,
+    ) -> Result<KeyRecord, DomainError> {
+        let account = caller.account().clone();
+        let instance = match &req.instance {
+            None => None,
+            Some(id) => {
+                let id = id.clone();
+                let found = self
+                    .read(move |store| index::load_instance(store, &id))
+                    .await?;
+                Some(
+                    found
+                        .filter(|i| i.is_visible_to(&account))
+                        .ok_or(DomainError::InstanceNotFound)?,
+                )
+            }
+        };
+        let home = instance
+            .as_ref()
+            .map_or(KeyHome::DefaultKey, |i| KeyHome::Instance(i.instance_type));
+        let plan = req.plan(home)?;
+        // Fail fast, before asking the data plane for material; the transaction checks again.
+        if let Some(i) = &instance {
+            i.check_room_for_key()?;
+        }
+        {
+            let account = account.clone();
+            let alias = req.alias.clone();
+            let is_default = instance.is_none();
+            self.read(move |store| {
+                if is_default
+                    && index::load_key_id(store, &schema::default_key(&account))?.is_some()
+                {
+                    return Err(DomainError::DefaultKeyExists);
+                }
+                if let Some(alias) = alias
+                    && index::load_key_id(store, &schema::alias(&account, &alias))?.is_some()
+                {
+                    return Err(DomainError::AliasExists);
+                }
+                Ok(())
+            })
+            .await?;
+        }
+
+        let birth = KeyBirth {
+            id: KeyId::generate(),
+            account,
+            instance: req.instance.clone(),
+            creator: caller.arn().to_string(),
+            now: self.clock.now(),
+            first_version: KeyVersionId::generate(),
+        };
+        let first = if plan.needs_material() {
+            let m = self
+                .material
+                .generate(&birth.id, &birth.first_version, plan.spec, plan.protection)
+                .await?;
+            Some(KeyVersionRecord {
+                id: birth.first_version,
+                created: birth.now,
+                wrapped_material: m.wrapped,
+                public_key_der: m.public_key_der,
+            })
+        } else {
+            None
+        };
+        let record = KeyRecord::new_key(req, plan, birth, first);
+        let stored = record.clone();
+        self.commit(move |tx| {
+            if let Some(id) = &stored.instance {
+                index::get_instance(tx, id)?
+                    .filter(|i| i.is_visible_to(&stored.account))
+                    .ok_or(Abort::User(DomainError::InstanceNotFound))?;
+            }
+            let event = index::put_key(tx, None, &stored)?;
+            Ok(((), vec![event]))
+        })
+        .await?;
+        tracing::info!(key_id = %record.id, account = %record.account, instance = ?record.instance.as_ref().map(|i| i.to_string()), spec = %record.spec, "key created");
+        Ok(record)
+    }
+
+    /// `DescribeKey`.
+    pub async fn describe_key(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<KeyRecord, DomainError> {
+        self.resolve(caller, key_ref, "kms:DescribeKey").await
+    }
+
+    /// `ListKeys`: the caller's account's keys matching the query, by key id.
+    pub async fn list_keys(
+        &self,
+        caller: &Principal,
+        query: KeyQuery,
+    ) -> Result<Page<KeyRecord>, DomainError> {
+        let account = caller.account().clone();
+        if let Some(alias) = &query.filter.alias {
+            kms_types::validate::alias_name(alias)?;
+        }
+        let after = query.page.after_as(KeyId::parse)?;
+        self.read(move |store| {
+            let want = query.page.size + 1;
+            let mut found = Vec::new();
+            let consider = |found: &mut Vec<KeyRecord>, record: KeyRecord| {
+                if record.account == account && query.matches(&record) {
+                    found.push(record);
+                }
+            };
+            // One candidate at most: the default key, or the key the alias names.
+            let single_slot = if query.default_keys_only {
+                Some(schema::default_key(&account))
+            } else {
+                query
+                    .filter
+                    .alias
+                    .as_ref()
+                    .map(|a| schema::alias(&account, a))
+            };
+            if let Some(slot) = single_slot {
+                if let Some(id) = index::load_key_id(store, &slot)?
+                    && after.as_ref().is_none_or(|a| id > *a)
+                    && let Some(record) = index::load_key(store, &id)?
+                {
+                    consider(&mut found, record);
+                }
+                return Ok(Page::from_lookahead(found, query.page.size, |r| {
+                    r.id.to_string()
+                }));
+            }
+            // Otherwise the narrowest index that lists key ids in order.
+            let prefix = match (&query.instance, &query.filter.tag_key) {
+                (Some(instance), _) => schema::instance_keys_prefix(instance),
+                (None, Some(tag_key)) => schema::tag_prefix(&account, tag_key),
+                (None, None) => schema::owner_prefix(&account),
+            };
+            let mut cursor = after.map(|a| [prefix.as_slice(), a.as_str().as_bytes()].concat());
+            'scan: loop {
+                let batch = store
+                    .scan_prefix(&prefix, cursor.as_deref(), SCAN_BATCH)
+                    .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                for (slot, _) in &batch {
+                    let id = KeyId::parse(schema::suffix(slot, &prefix)?)
+                        .map_err(|_| DomainError::Internal("malformed key index entry".into()))?;
+                    if let Some(record) = index::load_key(store, &id)? {
+                        consider(&mut found, record);
+                    }
+                    if found.len() >= want {
+                        break 'scan;
+                    }
+                }
+                match batch.last() {
+                    Some((last, _)) if batch.len() == SCAN_BATCH => cursor = Some(last.clone()),
+                    _ => break,
+                }
+            }
+            Ok(Page::from_lookahead(found, query.page.size, |r| {
+                r.id.to_string()
+            }))
+        })
+        .await
+    }
+
+    /// `EnableKey`.
+    pub async fn enable_key(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<KeyRecord, DomainError> {
+        self.mutate_key(caller, key_ref, "kms:EnableKey", |k| k.enable())
+            .await
+    }
+
+    /// `DisableKey`.
+    pub async fn disable_key(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<KeyRecord, DomainError> {
+        self.mutate_key(caller, key_ref, "kms:DisableKey", |k| k.disable())
+            .await
+    }
+
+    /// `UpdateKeyDescription`.
+    pub async fn update_key_description(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+        description: String,
+    ) -> Result<KeyRecord, DomainError> {
+        kms_types::validate::description(&description)?;
+        self.mutate_key(caller, key_ref, "kms:UpdateKeyDescription", move |k| {
+            k.set_description(&description)
+        })
+        .await
+    }
+
+    /// `SetDeletionProtection`.
+    pub async fn set_deletion_protection(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+        on: bool,
+        description: String,
+    ) -> Result<KeyRecord, DomainError> {
+        kms_types::validate::deletion_protection_description(&description)?;
+        self.mutate_key(caller, key_ref, "kms:SetDeletionProtection", move |k| {
+            k.set_deletion_protection(on, &description)
+        })
+        .await
+    }
+
+    /// `ScheduleKeyDeletion`: the key goes to PendingDeletion until `days` from now.
+    pub async fn schedule_key_deletion(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+        days: i64,
+    ) -> Result<KeyRecord, DomainError> {
+        kms_types::validate::pending_window_days(days)?;
+        let now = self.clock.now();
+        let record = self
+            .mutate_key(caller, key_ref, "kms:ScheduleKeyDeletion", move |k| {
+                k.schedule_deletion(now, days)
+            })
+            .await?;
+        tracing::info!(key_id = %record.id, delete_date = ?record.delete_date, "key deletion scheduled");
+        Ok(record)
+    }
+
+    /// `CancelKeyDeletion`.
+    pub async fn cancel_key_deletion(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<KeyRecord, DomainError> {
+        self.mutate_key(caller, key_ref, "kms:CancelKeyDeletion", |k| {
+            k.cancel_deletion()
+        })
+        .await
+    }
+
+    /// `UpdateRotationPolicy`: unset fields stay as they are.
+    pub async fn update_rotation_policy(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+        enabled: Option<bool>,
+        interval_days: Option<i64>,
+    ) -> Result<KeyRecord, DomainError> {
+        if let Some(days) = interval_days {
+            kms_types::validate::rotation_interval_days(days)?;
+        }
+        self.mutate_key(caller, key_ref, "kms:UpdateRotationPolicy", move |k| {
+            k.update_rotation(enabled, interval_days)
+        })
+        .await
+    }
+
+    /// `SetKeyPolicy`: stores a valid document. Evaluation is still the default policy (the
+    /// owning account's principals may do everything); the document travels to the data plane.
+    pub async fn set_key_policy(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+        document: String,
+    ) -> Result<KeyRecord, DomainError> {
+        policy::validate_document(&document)?;
+        self.mutate_key(caller, key_ref, "kms:SetKeyPolicy", move |k| {
+            k.set_policy(&document)
+        })
+        .await
+    }
+
+    /// `GetKeyPolicy`: the stored document, or the default policy's.
+    pub async fn get_key_policy(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<String, DomainError> {
+        let record = self.resolve(caller, key_ref, "kms:GetKeyPolicy").await?;
+        Ok(record
+            .policy
+            .unwrap_or_else(|| default_policy_document(&record.account)))
+    }
+}
+
+/// The default policy as a document, for `GetKeyPolicy`: every principal of the owning account
+/// may do everything with the key.
+fn default_policy_document(owner: &kms_types::AccountId) -> String {
+    serde_json::json!({
+        "Version": "1",
+        "Statement": [{
+            "Sid": "Enable RAM User Permissions",
+            "Effect": "Allow",
+            "Principal": { "RAM": [format!("acs:ram::{owner}:*")] },
+            "Action": ["kms:*"],
+            "Resource": ["*"],
+        }],
+    })
+    .to_string()
+}

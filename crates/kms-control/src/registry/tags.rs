@@ -1,0 +1,92 @@
+//! Tags: `TagResources` and `UntagResources` change up to 50 keys in one transaction, so one
+//! refused key leaves every key as it was.
+
+use kms_store::{Abort, Store};
+use kms_types::{DomainError, KeyId, KeyRef, Principal, Tag, validate};
+
+use super::Registry;
+use crate::index;
+
+impl<S: Store> Registry<S> {
+    /// Resolves 1–50 key references for a tag call, without repeats.
+    async fn tag_targets(
+        &self,
+        caller: &Principal,
+        key_refs: Vec<KeyRef>,
+        action: &str,
+    ) -> Result<Vec<KeyId>, DomainError> {
+        validate::tag_call_key_count(key_refs.len())?;
+        let mut ids: Vec<KeyId> = Vec::with_capacity(key_refs.len());
+        for key_ref in key_refs {
+            let id = self.resolve(caller, key_ref, action).await?.id;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Applies `change` to every key in `ids`, all or nothing.
+    async fn change_tags(
+        &self,
+        ids: Vec<KeyId>,
+        change: impl Fn(&mut kms_types::KeyRecord) -> Result<(), DomainError> + Send + 'static,
+    ) -> Result<(), DomainError> {
+        self.commit(move |tx| {
+            let mut events = Vec::new();
+            for id in &ids {
+                let old = index::get_key(tx, id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+                let mut new = old.clone();
+                index::user(change(&mut new))?;
+                if new != old {
+                    events.push(index::put_key(tx, Some(&old), &new)?);
+                }
+            }
+            Ok(((), events))
+        })
+        .await
+    }
+
+    /// `TagResources`: adds the tags to every key, replacing values of tag keys a key has.
+    pub async fn tag_resources(
+        &self,
+        caller: &Principal,
+        key_refs: Vec<KeyRef>,
+        tags: Vec<Tag>,
+    ) -> Result<(), DomainError> {
+        validate::tag_call_key_count(key_refs.len())?;
+        validate::tags_to_add(&tags)?;
+        let ids = self
+            .tag_targets(caller, key_refs, "kms:TagResource")
+            .await?;
+        self.change_tags(ids, move |k| k.add_tags(&tags)).await
+    }
+
+    /// `UntagResources`: removes the tags with these keys from every key.
+    pub async fn untag_resources(
+        &self,
+        caller: &Principal,
+        key_refs: Vec<KeyRef>,
+        tag_keys: Vec<String>,
+    ) -> Result<(), DomainError> {
+        validate::tag_call_key_count(key_refs.len())?;
+        validate::tag_keys_to_remove(&tag_keys)?;
+        let ids = self
+            .tag_targets(caller, key_refs, "kms:UntagResource")
+            .await?;
+        self.change_tags(ids, move |k| k.remove_tags(&tag_keys))
+            .await
+    }
+
+    /// `ListResourceTags`.
+    pub async fn list_resource_tags(
+        &self,
+        caller: &Principal,
+        key_ref: KeyRef,
+    ) -> Result<Vec<Tag>, DomainError> {
+        Ok(self
+            .resolve(caller, key_ref, "kms:ListResourceTags")
+            .await?
+            .tags)
+    }
+}

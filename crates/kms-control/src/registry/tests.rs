@@ -1,0 +1,632 @@
+//! In-process tests of the registry over a `MemoryStore`, with a manual clock and material made
+//! up on the spot: the schedulers, index upkeep, the watch stream and the layout migration.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kms_store::{MemoryStore, Store, encode_record};
+use kms_types::time::DAY_MS;
+use kms_types::{
+    AccountId, DomainError, InstanceType, KeyEventKind, KeyFilter, KeyQuery, KeyRef, KeySpec,
+    KeyState, NewInstance, NewKey, PageRequest, Principal, Tag, UnixMillis,
+};
+use tokio_stream::StreamExt;
+
+use super::Registry;
+use crate::clock::ManualClock;
+use crate::index;
+use crate::material::{MaterialSource, NewMaterial};
+use crate::schema;
+
+const START: UnixMillis = UnixMillis(1_700_000_000_000);
+
+/// Material that is not material: distinct bytes per version, never secret.
+#[derive(Debug, Default)]
+struct FakeMaterial {
+    calls: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl MaterialSource for Arc<FakeMaterial> {
+    async fn generate(
+        &self,
+        _key_id: &kms_types::KeyId,
+        version: &kms_types::KeyVersionId,
+        spec: KeySpec,
+        _protection: kms_types::ProtectionLevel,
+    ) -> Result<NewMaterial, DomainError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(NewMaterial {
+            wrapped: version.as_bytes().repeat(4),
+            public_key_der: if spec.is_symmetric() {
+                Vec::new()
+            } else {
+                b"spki".to_vec()
+            },
+        })
+    }
+}
+
+struct World {
+    registry: Arc<Registry<MemoryStore>>,
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    material: Arc<FakeMaterial>,
+}
+
+fn p(arn: &str) -> Principal {
+    Principal::parse(arn).unwrap()
+}
+
+fn operator() -> Principal {
+    p("acs:ram::1000:user/op")
+}
+
+fn alice() -> Principal {
+    p("acs:ram::42:root")
+}
+
+fn world() -> World {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(START));
+    let material = Arc::new(FakeMaterial::default());
+    let registry = Arc::new(
+        Registry::new(
+            Arc::clone(&store),
+            "local".into(),
+            Arc::clone(&clock) as Arc<dyn crate::clock::Clock>,
+            Arc::clone(&material),
+        )
+        .with_operators(vec![operator()]),
+    );
+    World {
+        registry,
+        store,
+        clock,
+        material,
+    }
+}
+
+impl World {
+    async fn instance(&self, kind: InstanceType, quota: i32) -> kms_types::InstanceRecord {
+        self.registry
+            .create_instance(
+                &operator(),
+                NewInstance {
+                    instance_type: kind,
+                    owner: alice().account().clone(),
+                    key_quota: quota,
+                    access_management_quota: 1,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn key(&self, req: NewKey) -> kms_types::KeyRecord {
+        self.registry.create_key(&alice(), req).await.unwrap()
+    }
+
+    fn advance_days(&self, days: i64) {
+        self.clock.advance_ms(days * DAY_MS);
+    }
+
+    /// Every store entry whose key or value mentions `needle`.
+    fn entries_mentioning(&self, needle: &str) -> Vec<String> {
+        self.store
+            .scan_prefix(b"", None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, v)| {
+                String::from_utf8_lossy(k).contains(needle)
+                    || String::from_utf8_lossy(v).contains(needle)
+            })
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+}
+
+fn in_instance(instance: &kms_types::InstanceRecord) -> NewKey {
+    NewKey {
+        instance: Some(instance.id.clone()),
+        ..NewKey::default()
+    }
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag {
+        key: k.into(),
+        value: v.into(),
+    }
+}
+
+fn id_ref(r: &kms_types::KeyRecord) -> KeyRef {
+    KeyRef::Id(r.id.clone())
+}
+
+#[tokio::test]
+async fn reaper_deletes_the_key_and_everything_that_names_it() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 10).await;
+    let key = w
+        .key(NewKey {
+            alias: Some("alias/doomed".into()),
+            tags: vec![tag("env", "dev")],
+            ..in_instance(&inst)
+        })
+        .await;
+    let keep = w.key(in_instance(&inst)).await;
+    let default = w.key(NewKey::default()).await;
+    w.registry
+        .create_key_version(&alice(), id_ref(&key))
+        .await
+        .unwrap();
+    for k in [&key, &default] {
+        w.registry
+            .schedule_key_deletion(&alice(), id_ref(k), 7)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        w.registry
+            .get_instance(&alice(), inst.id.clone())
+            .await
+            .unwrap()
+            .key_count,
+        2
+    );
+
+    w.advance_days(7);
+    w.clock.advance_ms(-1);
+    assert_eq!(w.registry.reap_due().await.unwrap().deleted, 0);
+    w.clock.advance_ms(1);
+    let report = w.registry.reap_due().await.unwrap();
+    assert_eq!((report.deleted, report.failed), (2, 0));
+
+    for k in [&key, &default] {
+        assert_eq!(
+            w.registry.describe_key(&alice(), id_ref(k)).await.err(),
+            Some(DomainError::KeyNotFound)
+        );
+        // Only the change log still names the key, ending with its deletion.
+        let left = w.entries_mentioning(k.id.as_str());
+        assert!(left.iter().all(|e| e.starts_with("e/")), "{left:?}");
+        for v in &k.versions {
+            assert!(w.entries_mentioning(&v.id.to_string()).is_empty());
+        }
+    }
+    assert!(w.entries_mentioning("alias/doomed").is_empty());
+    let instance = w
+        .registry
+        .get_instance(&alice(), inst.id.clone())
+        .await
+        .unwrap();
+    assert_eq!(instance.key_count, 1);
+    let listed = w
+        .registry
+        .list_keys(
+            &alice(),
+            KeyQuery {
+                instance: None,
+                default_keys_only: false,
+                filter: KeyFilter::default(),
+                page: PageRequest::first(100),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, keep.id);
+    // The alias and the default-key slot are free again.
+    w.key(NewKey {
+        alias: Some("alias/doomed".into()),
+        ..NewKey::default()
+    })
+    .await;
+    assert_eq!(w.registry.reap_due().await.unwrap().deleted, 0);
+}
+
+#[tokio::test]
+async fn rotation_scheduler_rotates_due_enabled_symmetric_keys() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 10).await;
+    let aes = w
+        .key(NewKey {
+            rotation_interval_days: Some(7),
+            ..in_instance(&inst)
+        })
+        .await;
+    let disabled = w
+        .key(NewKey {
+            rotation_interval_days: Some(7),
+            ..in_instance(&inst)
+        })
+        .await;
+    w.registry
+        .disable_key(&alice(), id_ref(&disabled))
+        .await
+        .unwrap();
+    let rsa = w
+        .key(NewKey {
+            spec: Some(KeySpec::Rsa2048),
+            ..in_instance(&inst)
+        })
+        .await;
+    let off = w
+        .key(NewKey {
+            rotation_enabled: Some(false),
+            rotation_interval_days: Some(7),
+            ..in_instance(&inst)
+        })
+        .await;
+    let generated = w.material.calls.load(Ordering::SeqCst);
+
+    w.advance_days(6);
+    assert_eq!(w.registry.rotate_due().await.unwrap().rotated, 0);
+    w.advance_days(1);
+    let report = w.registry.rotate_due().await.unwrap();
+    assert_eq!((report.rotated, report.failed), (1, 0));
+    assert_eq!(w.material.calls.load(Ordering::SeqCst), generated + 1);
+    let rotated = w
+        .registry
+        .describe_key(&alice(), id_ref(&aes))
+        .await
+        .unwrap();
+    assert_eq!(rotated.versions.len(), 2);
+    assert_ne!(rotated.primary_version, aes.primary_version);
+    assert_eq!(rotated.last_rotation, Some(START.plus_days(7)));
+    assert_eq!(rotated.next_rotation(), Some(START.plus_days(14)));
+    for (k, versions) in [(&disabled, 1), (&rsa, 1), (&off, 1)] {
+        let now = w.registry.describe_key(&alice(), id_ref(k)).await.unwrap();
+        assert_eq!(now.versions.len(), versions, "{}", k.id);
+    }
+    assert_eq!(
+        w.registry.rotate_due().await.unwrap().rotated,
+        0,
+        "nothing is due twice"
+    );
+
+    // A disabled key's rotation waits; enabled again, it catches up once.
+    w.registry
+        .enable_key(&alice(), id_ref(&disabled))
+        .await
+        .unwrap();
+    assert_eq!(w.registry.rotate_due().await.unwrap().rotated, 1);
+    w.advance_days(7);
+    assert_eq!(w.registry.rotate_due().await.unwrap().rotated, 2);
+}
+
+#[tokio::test]
+async fn watch_replays_then_follows_and_resyncs() {
+    let w = world();
+    let key = w.key(NewKey::default()).await;
+    let r0 = w.registry.revision().await.unwrap();
+    assert_eq!(r0, 1, "the creation is event 1");
+
+    let mut fresh = w.registry.watch(0);
+    let first = fresh.next().await.unwrap();
+    assert_eq!((first.kind, first.revision), (KeyEventKind::Resync, 1));
+
+    w.registry
+        .disable_key(&alice(), id_ref(&key))
+        .await
+        .unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(5), fresh.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.kind, KeyEventKind::Changed);
+    assert_eq!(live.revision, 2);
+    assert_eq!(live.key_id.as_ref(), Some(&key.id));
+
+    // Unchanged records make no event.
+    w.registry
+        .disable_key(&alice(), id_ref(&key))
+        .await
+        .unwrap();
+    w.registry.enable_key(&alice(), id_ref(&key)).await.unwrap();
+    let mut resumed = w.registry.watch(1);
+    for want in [2, 3] {
+        let e = resumed.next().await.unwrap();
+        assert_eq!((e.kind, e.revision), (KeyEventKind::Changed, want));
+    }
+    let mut ahead = w.registry.watch(99);
+    assert_eq!(ahead.next().await.unwrap(), kms_types::KeyEvent::resync(3));
+
+    // Past the retained window: resync.
+    let id = key.id.clone();
+    for _ in 0..schema::EVENT_RETENTION {
+        w.store
+            .transaction::<_, DomainError>(|tx| {
+                let record = index::get_key(tx, &id)?.unwrap();
+                index::put_key(tx, Some(&record), &record)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let last = w.registry.revision().await.unwrap();
+    assert_eq!(last, 3 + schema::EVENT_RETENTION);
+    let oldest = w.store.scan_prefix(schema::EVENT_PREFIX, None, 1).unwrap();
+    assert_eq!(
+        oldest[0].0,
+        schema::event(4),
+        "the last 10,000 events are kept"
+    );
+    let mut stale = w.registry.watch(2);
+    assert_eq!(
+        stale.next().await.unwrap(),
+        kms_types::KeyEvent::resync(last)
+    );
+    let mut edge = w.registry.watch(3);
+    assert_eq!(edge.next().await.unwrap().revision, 4);
+
+    // Closing the registry ends every stream.
+    w.registry.close();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while fresh.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end on close");
+}
+
+#[tokio::test]
+async fn instance_quota_count_and_visibility() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 2).await;
+    let bob = p("acs:ram::77:user/bob");
+    let err = w.registry.create_key(&bob, in_instance(&inst)).await.err();
+    assert_eq!(err, Some(DomainError::InstanceNotFound));
+    assert_eq!(
+        w.registry.get_instance(&bob, inst.id.clone()).await.err(),
+        Some(DomainError::InstanceNotFound)
+    );
+    assert_eq!(
+        w.registry
+            .share_instance(&alice(), inst.id.clone(), bob.account().clone())
+            .await
+            .err(),
+        Some(DomainError::NoPermission)
+    );
+    w.registry
+        .share_instance(&operator(), inst.id.clone(), bob.account().clone())
+        .await
+        .unwrap();
+    let bobs = w
+        .registry
+        .create_key(&bob, in_instance(&inst))
+        .await
+        .unwrap();
+    assert_eq!(bobs.account, *bob.account());
+    w.key(in_instance(&inst)).await;
+    let full = w.registry.create_key(&alice(), in_instance(&inst)).await;
+    assert!(
+        matches!(full, Err(DomainError::LimitExceeded(_))),
+        "{full:?}"
+    );
+    let seen = w
+        .registry
+        .list_instances(&bob, PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(seen.items.len(), 1);
+    assert_eq!(seen.items[0].key_count, 2);
+    w.registry
+        .unshare_instance(&operator(), inst.id.clone(), bob.account().clone())
+        .await
+        .unwrap();
+    assert!(
+        w.registry
+            .list_instances(&bob, PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Bob still manages the key he made.
+    w.registry.disable_key(&bob, id_ref(&bobs)).await.unwrap();
+}
+
+#[tokio::test]
+async fn listing_pages_and_filters() {
+    let w = world();
+    let inst = w.instance(InstanceType::Hardware, 100).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let k = w
+            .key(NewKey {
+                spec: Some(if i % 2 == 0 {
+                    KeySpec::AliyunAes128
+                } else {
+                    KeySpec::EcP256
+                }),
+                tags: if i < 3 {
+                    vec![tag("team", "a")]
+                } else {
+                    vec![]
+                },
+                ..in_instance(&inst)
+            })
+            .await;
+        ids.push(k.id);
+    }
+    ids.sort();
+    let query = |filter: KeyFilter, page: PageRequest| KeyQuery {
+        instance: Some(inst.id.clone()),
+        default_keys_only: false,
+        filter,
+        page,
+    };
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(3);
+    loop {
+        let got = w
+            .registry
+            .list_keys(&alice(), query(KeyFilter::default(), page.clone()))
+            .await
+            .unwrap();
+        assert!(got.items.len() <= 3);
+        seen.extend(got.items.iter().map(|k| k.id.clone()));
+        match got.next {
+            Some(cursor) => page.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "pages visit every key once, in order");
+
+    let ec = w
+        .registry
+        .list_keys(
+            &alice(),
+            query(
+                KeyFilter {
+                    spec: Some(KeySpec::EcP256),
+                    tag_key: Some("team".into()),
+                    ..KeyFilter::default()
+                },
+                PageRequest::first(20),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ec.items.len(), 1, "only key 1 is EC and tagged");
+    let disabled = w
+        .registry
+        .list_keys(
+            &alice(),
+            query(
+                KeyFilter {
+                    state: Some(KeyState::Disabled),
+                    ..KeyFilter::default()
+                },
+                PageRequest::first(20),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(disabled.items.is_empty());
+    let other = p("acs:ram::99:root");
+    let theirs = w
+        .registry
+        .list_keys(&other, query(KeyFilter::default(), PageRequest::first(20)))
+        .await
+        .unwrap();
+    assert!(theirs.items.is_empty(), "only the caller's keys are listed");
+}
+
+#[tokio::test]
+async fn tags_are_all_or_nothing() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 100).await;
+    let a = w.key(in_instance(&inst)).await;
+    let b = w
+        .key(NewKey {
+            tags: (0..20).map(|i| tag(&format!("k{i}"), "v")).collect(),
+            ..in_instance(&inst)
+        })
+        .await;
+    let r0 = w.registry.revision().await.unwrap();
+    let err = w
+        .registry
+        .tag_resources(
+            &alice(),
+            vec![id_ref(&a), id_ref(&b)],
+            vec![tag("new", "1")],
+        )
+        .await
+        .err()
+        .map(|e| e.reason_code());
+    assert_eq!(err.as_deref(), Some("InvalidParameter.Tags"));
+    let a_now = w.registry.describe_key(&alice(), id_ref(&a)).await.unwrap();
+    assert!(a_now.tags.is_empty(), "the first key was left as it was");
+    assert_eq!(w.registry.revision().await.unwrap(), r0, "no event either");
+    w.registry
+        .tag_resources(
+            &alice(),
+            vec![id_ref(&a), id_ref(&a)],
+            vec![tag("new", "1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.registry.revision().await.unwrap(), r0 + 1);
+}
+
+#[tokio::test]
+async fn migration_rewrites_layout_one_indexes() {
+    let w = world();
+    let key = w
+        .key(NewKey {
+            alias: Some("alias/old".into()),
+            ..NewKey::default()
+        })
+        .await;
+    // Make the store look like layout 1: raw key ids, no other index, no layout marker.
+    let account = AccountId::parse("42").unwrap();
+    let raw = key.id.as_str().as_bytes().to_vec();
+    for slot in [
+        schema::alias(&account, "alias/old"),
+        schema::default_key(&account),
+        schema::version(&key.primary_version),
+    ] {
+        w.store.put(&slot, &raw).unwrap();
+    }
+    w.store.delete(&schema::owner(&account, &key.id)).unwrap();
+    w.store.delete(schema::LAYOUT).unwrap();
+    let all_keys = |w: &World| {
+        let registry = Arc::clone(&w.registry);
+        async move {
+            registry
+                .list_keys(
+                    &alice(),
+                    KeyQuery {
+                        instance: None,
+                        default_keys_only: false,
+                        filter: KeyFilter::default(),
+                        page: PageRequest::first(10),
+                    },
+                )
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(all_keys(&w).await, 0, "layout 1 has no account index");
+    // Old values still resolve.
+    w.registry
+        .describe_key(&alice(), KeyRef::Alias("alias/old".into()))
+        .await
+        .unwrap();
+
+    assert_eq!(index::migrate(&*w.store).unwrap(), 1);
+    assert_eq!(index::migrate(&*w.store).unwrap(), 0, "idempotent");
+    assert_eq!(all_keys(&w).await, 1);
+    let value = w
+        .store
+        .get(&schema::alias(&account, "alias/old"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        value,
+        encode_record(schema::FORMAT, key.id.as_str().as_bytes())
+    );
+    let err = w
+        .registry
+        .create_key(&alice(), NewKey::default())
+        .await
+        .err();
+    assert_eq!(err, Some(DomainError::DefaultKeyExists));
+
+    w.store
+        .put(
+            schema::LAYOUT,
+            &schema::encode_layout(schema::LAYOUT_VERSION + 1),
+        )
+        .unwrap();
+    assert!(
+        index::migrate(&*w.store).is_err(),
+        "a newer layout is refused"
+    );
+}
