@@ -154,6 +154,12 @@ user_pin_file = "{}"
 ttl_ms = 60000
 unwatched_ttl_ms = 200
 max_staleness_ms = 3000
+[audit]
+path = "{}"
+[limits.symmetric]
+per_second = 1000000
+[limits.asymmetric]
+per_second = 1000000
 [identity]
 dev_header = true
 service_principal = "{DATA_PRINCIPAL}"
@@ -161,7 +167,8 @@ peer_principal = "{CONTROL_PRINCIPAL}"
 [log]
 level = "info"
 "#,
-                root.join("hsm.pin").display()
+                root.join("hsm.pin").display(),
+                root.join("logs/data-audit.log").display()
             ),
         )?;
         let mut stack = Self {

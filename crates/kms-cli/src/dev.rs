@@ -193,6 +193,14 @@ pub(crate) fn render_control_toml(
     )
 }
 
+/// Rate limits far above what one machine can serve, so local load tests measure the service,
+/// not the limiter.
+const DEV_LIMITS: &str = "[limits.symmetric]\nper_second = 1000000\n\n\
+    [limits.asymmetric]\nper_second = 1000000\n\n\
+    [limits.read]\nper_second = 1000000\n\n\
+    [limits.write]\nper_second = 1000000\n\n\
+    [limits.create_key]\nper_second = 1000000\n\n";
+
 /// `data.toml`.
 pub(crate) fn render_data_toml(
     layout: &Layout,
@@ -220,9 +228,14 @@ pub(crate) fn render_data_toml(
          service_principal = {me}\n\
          peer_principal = {peer}\n\
          \n\
+         [audit]\n\
+         path = {audit}\n\
+         \n\
+         {DEV_LIMITS}\
          [log]\n\
          level = \"info\"\n\
          format = \"text\"\n",
+        audit = path_str(&layout.logs.join("data-audit.log")),
         listen = toml_str(&data.to_string()),
         control_url = toml_str(&format!("http://{control}")),
         module = path_str(module_path),

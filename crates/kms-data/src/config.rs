@@ -6,7 +6,9 @@ use std::time::Duration;
 use kms_backend_pkcs11::HsmParams;
 
 use crate::cache::CacheTimes;
+use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
+use kms_runtime::limits::LimitsConfig;
 use kms_runtime::telemetry::LogConfig;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -27,6 +29,11 @@ pub struct DataConfig {
     pub key_cache: CacheConfig,
     /// Caller identity.
     pub identity: IdentityConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -118,6 +125,10 @@ pub struct DataParams {
     pub cache: CacheTimes,
     /// Identity settings.
     pub identity: IdentityConfig,
+    /// Audit settings.
+    pub audit: AuditConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -175,7 +186,12 @@ impl DataConfig {
             ));
         }
         self.identity.validate()?;
+        self.audit.validate()?;
+        self.limits.validate()?;
         self.log.validate()?;
+        if self.identity.tls.is_some() && !self.control_plane_url.starts_with("https://") {
+            return Err("control_plane_url must be https:// when identity.tls is set".into());
+        }
         Ok(DataParams {
             listen_addr: self.listen_addr,
             control_plane_url: self.control_plane_url,
@@ -192,6 +208,8 @@ impl DataConfig {
                 max_staleness: Duration::from_millis(self.key_cache.max_staleness_ms),
             },
             identity: self.identity,
+            audit: self.audit,
+            limits: self.limits,
             log: self.log,
         })
     }
@@ -213,6 +231,8 @@ user_pin = "1234"
 dev_header = true
 service_principal = "acs:ram::1:role/data"
 peer_principal = "acs:ram::1:role/control"
+[audit]
+path = "/tmp/kms-data-audit.log"
 "#;
 
     fn parse(text: &str) -> Result<DataParams, String> {

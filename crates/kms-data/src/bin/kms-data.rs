@@ -14,7 +14,8 @@ use kms_data::grpc::{CryptoApi, MaterialService};
 use kms_data::vault::KeyVault;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
-use kms_runtime::{Authenticator, serve, telemetry};
+use kms_runtime::auth::AuthLayer;
+use kms_runtime::{serve, telemetry};
 use kms_types::Principal;
 
 /// The KMS data plane: cryptographic operations against the HSM and in-process software keys.
@@ -55,9 +56,17 @@ async fn main() -> Result<()> {
         "HSM ready; root key loaded"
     );
     let vault = Arc::new(KeyVault::new(Arc::new(hsm)));
+    let peer_tls = match &params.identity.tls {
+        Some(t) => Some(
+            t.peer_client_config()
+                .context("cannot set up TLS to the control plane")?,
+        ),
+        None => None,
+    };
     let directory = DirectoryClient::new(
         &params.control_plane_url,
         params.identity.service_principal.clone(),
+        peer_tls,
     )
     .map_err(anyhow::Error::msg)?;
     let cache = Arc::new(KeyCache::new(directory, params.cache));
@@ -66,7 +75,9 @@ async fn main() -> Result<()> {
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let auth = Authenticator::new(&params.identity);
+    let edge = AuthLayer::from_config(&params.identity, &params.audit, &params.limits)
+        .context("cannot set up identity, audit and limits")?;
+    let max_request = params.limits.max_decoding_message_size();
     let (listener, local) = serve::bind(&params.listen_addr)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -79,17 +90,23 @@ async fn main() -> Result<()> {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &params.identity.tls {
+        builder = builder
+            .tls_config(kms_runtime::tls::server_config(tls).context("cannot set up TLS")?)
+            .context("cannot set up TLS")?;
+    }
+    builder
+        .layer(edge)
         .add_service(health)
         .add_service(reflection)
-        .add_service(CryptoServiceServer::with_interceptor(
-            CryptoApi::new(engine),
-            auth.clone(),
-        ))
-        .add_service(KeyMaterialServer::with_interceptor(
-            MaterialService::new(vault, peer),
-            auth,
-        ))
+        .add_service(
+            CryptoServiceServer::new(CryptoApi::new(engine)).max_decoding_message_size(max_request),
+        )
+        .add_service(
+            KeyMaterialServer::new(MaterialService::new(vault, peer))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

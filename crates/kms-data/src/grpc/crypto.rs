@@ -9,8 +9,9 @@ use kms_runtime::caller;
 use kms_types::{DataKeySpec, DomainError};
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::{answer, status};
 use crate::crypto::{CryptoEngine, ExportTo, PasswordRules};
+use kms_runtime::audit::AuditNote;
 
 /// An optional data-key spec: 0 means "not given".
 fn optional_data_key_spec(v: i32) -> Result<Option<DataKeySpec>, Status> {
@@ -41,7 +42,9 @@ impl CryptoService for CryptoApi {
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, "");
         let sealed = self
             .engine
             .encrypt(
@@ -53,11 +56,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(EncryptResponse {
-            key_id: sealed.key_id,
-            key_version_id: sealed.key_version_id.to_string(),
-            ciphertext_blob: sealed.blob,
-        }))
+        answer(
+            &note,
+            EncryptResponse {
+                key_id: sealed.key_id,
+                key_version_id: sealed.key_version_id.to_string(),
+                ciphertext_blob: sealed.blob,
+            },
+        )
     }
 
     async fn decrypt(
@@ -65,6 +71,7 @@ impl CryptoService for CryptoApi {
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
         let opened = self
             .engine
@@ -76,11 +83,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(DecryptResponse {
-            key_id: opened.key_id,
-            key_version_id: opened.key_version_id.to_string(),
-            plaintext: opened.plaintext.expose().to_vec(),
-        }))
+        answer(
+            &note,
+            DecryptResponse {
+                key_id: opened.key_id,
+                key_version_id: opened.key_version_id.to_string(),
+                plaintext: opened.plaintext.expose().to_vec(),
+            },
+        )
     }
 
     async fn re_encrypt(
@@ -88,6 +98,7 @@ impl CryptoService for CryptoApi {
         request: Request<ReEncryptRequest>,
     ) -> Result<Response<ReEncryptResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
         let out = self
             .engine
@@ -101,13 +112,16 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(ReEncryptResponse {
-            ciphertext_blob: out.sealed.blob,
-            key_id: out.sealed.key_id,
-            key_version_id: out.sealed.key_version_id.to_string(),
-            source_key_id: out.source_key_id,
-            source_key_version_id: out.source_key_version_id.to_string(),
-        }))
+        answer(
+            &note,
+            ReEncryptResponse {
+                ciphertext_blob: out.sealed.blob,
+                key_id: out.sealed.key_id,
+                key_version_id: out.sealed.key_version_id.to_string(),
+                source_key_id: out.source_key_id,
+                source_key_version_id: out.source_key_version_id.to_string(),
+            },
+        )
     }
 
     async fn generate_data_key(
@@ -115,7 +129,9 @@ impl CryptoService for CryptoApi {
         request: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, "");
         let spec = optional_data_key_spec(req.key_spec)?;
         let dk = self
             .engine
@@ -129,12 +145,15 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(GenerateDataKeyResponse {
-            key_id: dk.key_id,
-            key_version_id: dk.key_version_id.to_string(),
-            ciphertext_blob: dk.blob,
-            plaintext: dk.plaintext.expose().to_vec(),
-        }))
+        answer(
+            &note,
+            GenerateDataKeyResponse {
+                key_id: dk.key_id,
+                key_version_id: dk.key_version_id.to_string(),
+                ciphertext_blob: dk.blob,
+                plaintext: dk.plaintext.expose().to_vec(),
+            },
+        )
     }
 
     async fn generate_data_key_without_plaintext(
@@ -142,7 +161,9 @@ impl CryptoService for CryptoApi {
         request: Request<GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<GenerateDataKeyWithoutPlaintextResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, "");
         let spec = optional_data_key_spec(req.key_spec)?;
         let dk = self
             .engine
@@ -156,11 +177,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(GenerateDataKeyWithoutPlaintextResponse {
-            key_id: dk.key_id,
-            key_version_id: dk.key_version_id.to_string(),
-            ciphertext_blob: dk.blob,
-        }))
+        answer(
+            &note,
+            GenerateDataKeyWithoutPlaintextResponse {
+                key_id: dk.key_id,
+                key_version_id: dk.key_version_id.to_string(),
+                ciphertext_blob: dk.blob,
+            },
+        )
     }
 
     async fn generate_random(
@@ -206,7 +230,9 @@ impl CryptoService for CryptoApi {
         request: Request<GenerateAndExportDataKeyRequest>,
     ) -> Result<Response<GenerateAndExportDataKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, "");
         let spec = optional_data_key_spec(req.key_spec)?;
         let export = ExportTo {
             public_key: req.public_key,
@@ -226,12 +252,15 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(GenerateAndExportDataKeyResponse {
-            key_id: dk.key_id,
-            key_version_id: dk.key_version_id.to_string(),
-            ciphertext_blob: dk.blob,
-            exported_data_key: exported,
-        }))
+        answer(
+            &note,
+            GenerateAndExportDataKeyResponse {
+                key_id: dk.key_id,
+                key_version_id: dk.key_version_id.to_string(),
+                ciphertext_blob: dk.blob,
+                exported_data_key: exported,
+            },
+        )
     }
 
     async fn export_data_key(
@@ -239,6 +268,7 @@ impl CryptoService for CryptoApi {
         request: Request<ExportDataKeyRequest>,
     ) -> Result<Response<ExportDataKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
         let export = ExportTo {
             public_key: req.public_key,
@@ -256,11 +286,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(ExportDataKeyResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            exported_data_key: out.value,
-        }))
+        answer(
+            &note,
+            ExportDataKeyResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                exported_data_key: out.value,
+            },
+        )
     }
 
     async fn asymmetric_encrypt(
@@ -268,7 +301,9 @@ impl CryptoService for CryptoApi {
         request: Request<AsymmetricEncryptRequest>,
     ) -> Result<Response<AsymmetricEncryptResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, &req.key_version_id);
         let out = self
             .engine
             .asym_encrypt(
@@ -281,11 +316,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(AsymmetricEncryptResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            ciphertext_blob: out.value,
-        }))
+        answer(
+            &note,
+            AsymmetricEncryptResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                ciphertext_blob: out.value,
+            },
+        )
     }
 
     async fn asymmetric_decrypt(
@@ -293,7 +331,9 @@ impl CryptoService for CryptoApi {
         request: Request<AsymmetricDecryptRequest>,
     ) -> Result<Response<AsymmetricDecryptResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, &req.key_version_id);
         let out = self
             .engine
             .asym_decrypt(
@@ -306,11 +346,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(AsymmetricDecryptResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            plaintext: out.value.expose().to_vec(),
-        }))
+        answer(
+            &note,
+            AsymmetricDecryptResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                plaintext: out.value.expose().to_vec(),
+            },
+        )
     }
 
     async fn asymmetric_sign(
@@ -318,7 +361,9 @@ impl CryptoService for CryptoApi {
         request: Request<AsymmetricSignRequest>,
     ) -> Result<Response<AsymmetricSignResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, &req.key_version_id);
         let out = self
             .engine
             .sign(
@@ -331,11 +376,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(AsymmetricSignResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            value: out.value,
-        }))
+        answer(
+            &note,
+            AsymmetricSignResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                value: out.value,
+            },
+        )
     }
 
     async fn asymmetric_verify(
@@ -343,7 +391,9 @@ impl CryptoService for CryptoApi {
         request: Request<AsymmetricVerifyRequest>,
     ) -> Result<Response<AsymmetricVerifyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
+        note.set_key(&req.key_id, &req.key_version_id);
         let out = self
             .engine
             .verify(
@@ -357,11 +407,14 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(AsymmetricVerifyResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            value: out.value,
-        }))
+        answer(
+            &note,
+            AsymmetricVerifyResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                value: out.value,
+            },
+        )
     }
 
     async fn get_public_key(
@@ -369,16 +422,20 @@ impl CryptoService for CryptoApi {
         request: Request<GetPublicKeyRequest>,
     ) -> Result<Response<GetPublicKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.get_ref();
         let out = self
             .engine
             .public_key(&principal, &req.key_id, &req.key_version_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(GetPublicKeyResponse {
-            key_id: out.key_id,
-            key_version_id: out.key_version_id.to_string(),
-            public_key: out.value,
-        }))
+        answer(
+            &note,
+            GetPublicKeyResponse {
+                key_id: out.key_id,
+                key_version_id: out.key_version_id.to_string(),
+                public_key: out.value,
+            },
+        )
     }
 }
