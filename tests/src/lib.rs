@@ -28,6 +28,10 @@ pub const MALLORY: &str = "acs:ram::6543210987654321:user/mallory";
 pub const CONTROL_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-control-plane";
 /// The data plane's service principal.
 pub const DATA_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-data-plane";
+/// The operator the control plane's config names: creates and shares KMS instances.
+pub const OPERATOR: &str = "acs:ram::1000000000000000:user/operator";
+/// How often the control plane's rotation scheduler and reaper run in the stack, in ms.
+pub const SCHEDULER_INTERVAL_MS: u64 = 50;
 /// The SoftHSM2 module on Debian.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The token label the stack uses.
@@ -131,14 +135,20 @@ impl Stack {
 region = "local"
 data_dir = "{}"
 data_plane_url = "http://{data_addr}"
+operators = ["{OPERATOR}"]
 [identity]
 dev_header = true
 service_principal = "{CONTROL_PRINCIPAL}"
 peer_principal = "{DATA_PRINCIPAL}"
 [log]
 level = "info"
+[scheduler]
+interval_ms = {SCHEDULER_INTERVAL_MS}
+[clock]
+offset_file = "{}"
 "#,
-                root.join("control").display()
+                root.join("control").display(),
+                root.join(CLOCK_OFFSET_FILE).display()
             ),
         )?;
         std::fs::write(
@@ -205,6 +215,37 @@ level = "info"
     /// The sled directory of the control plane.
     pub fn sled_dir(&self) -> PathBuf {
         self.dir().join("control")
+    }
+
+    /// The file holding the control plane's clock offset in milliseconds.
+    pub fn clock_offset_file(&self) -> PathBuf {
+        self.dir().join(CLOCK_OFFSET_FILE)
+    }
+
+    /// The control plane's clock offset now, in milliseconds.
+    pub fn clock_offset_ms(&self) -> Result<i64> {
+        match std::fs::read_to_string(self.clock_offset_file()) {
+            Ok(text) => Ok(text.trim().parse()?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets the control plane's clock offset. The file is replaced whole (written aside, then
+    /// renamed), so the server never reads half of it.
+    pub fn set_clock_offset_ms(&self, ms: i64) -> Result<()> {
+        let path = self.clock_offset_file();
+        let aside = path.with_extension("new");
+        std::fs::write(&aside, format!("{ms}\n"))?;
+        std::fs::rename(&aside, &path)?;
+        Ok(())
+    }
+
+    /// Moves the control plane's clock forward by `by`; the schedulers act on it within
+    /// [`SCHEDULER_INTERVAL_MS`], so poll for the effect with [`eventually`].
+    pub fn advance_clock(&self, by: Duration) -> Result<()> {
+        let ms = i64::try_from(by.as_millis())?;
+        self.set_clock_offset_ms(self.clock_offset_ms()? + ms)
     }
 
     fn spawn(&self, bin: &str, config: &str) -> Result<Child> {
@@ -380,6 +421,29 @@ level = "info"
             Self::channel(&self.data_addr)?,
             As(principal.map(str::to_string)),
         ))
+    }
+}
+
+/// Where the stack keeps the control plane's clock offset, under its directory.
+const CLOCK_OFFSET_FILE: &str = "clock-offset-ms";
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`; the error names
+/// `what` was awaited. For effects that show up asynchronously (schedulers, caches), instead of
+/// sleeping a fixed time.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not seen within {} ms", timeout.as_millis());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
