@@ -140,6 +140,14 @@ operators = ["{OPERATOR}"]
 dev_header = true
 service_principal = "{CONTROL_PRINCIPAL}"
 peer_principal = "{DATA_PRINCIPAL}"
+[audit]
+path = "{}"
+[limits.read]
+per_second = 1000000
+[limits.write]
+per_second = 1000000
+[limits.create_key]
+per_second = 1000000
 [log]
 level = "info"
 [scheduler]
@@ -148,6 +156,7 @@ interval_ms = {SCHEDULER_INTERVAL_MS}
 offset_file = "{}"
 "#,
                 root.join("control").display(),
+                root.join("logs/control-audit.log").display(),
                 root.join(CLOCK_OFFSET_FILE).display()
             ),
         )?;

@@ -181,9 +181,14 @@ pub(crate) fn render_control_toml(
          service_principal = {me}\n\
          peer_principal = {peer}\n\
          \n\
+         [audit]\n\
+         path = {audit}\n\
+         \n\
+         {DEV_LIMITS}\
          [log]\n\
          level = \"info\"\n\
          format = \"text\"\n",
+        audit = path_str(&layout.logs.join("control-audit.log")),
         listen = toml_str(&control.to_string()),
         data_dir = path_str(&layout.control_data),
         data_url = toml_str(&format!("http://{data}")),

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
+use kms_runtime::limits::LimitsConfig;
 use kms_runtime::telemetry::LogConfig;
 use kms_types::Principal;
 use serde::Deserialize;
@@ -27,6 +29,11 @@ pub struct ControlConfig {
     pub operators: Vec<String>,
     /// Caller identity.
     pub identity: IdentityConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -95,6 +102,10 @@ pub struct ControlParams {
     pub operators: Vec<Principal>,
     /// Identity settings.
     pub identity: IdentityConfig,
+    /// Audit settings.
+    pub audit: AuditConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
     /// The clock offset file, if time is moved for tests or drills.
@@ -137,7 +148,12 @@ impl ControlConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.identity.validate()?;
+        self.audit.validate()?;
+        self.limits.validate()?;
         self.log.validate()?;
+        if self.identity.tls.is_some() && !self.data_plane_url.starts_with("https://") {
+            return Err("data_plane_url must be https:// when identity.tls is set".into());
+        }
         if self.scheduler.interval_ms < MIN_SCHEDULER_INTERVAL_MS {
             return Err(format!(
                 "scheduler.interval_ms must be at least {MIN_SCHEDULER_INTERVAL_MS}, got {}",
@@ -159,6 +175,8 @@ impl ControlConfig {
             data_plane_url: self.data_plane_url,
             operators,
             identity: self.identity,
+            audit: self.audit,
+            limits: self.limits,
             log: self.log,
             clock_offset_file: self.clock.offset_file,
             scheduler_interval: Duration::from_millis(self.scheduler.interval_ms),
@@ -184,7 +202,17 @@ operators = ["acs:ram::1:user/op"]
 dev_header = true
 service_principal = "acs:ram::1:role/control"
 peer_principal = "acs:ram::1:role/data"
+[audit]
+path = "/tmp/kms-control-audit.log"
 "#;
+
+    #[test]
+    fn reference_config_parses() {
+        let raw: ControlConfig =
+            toml::from_str(include_str!("../../../deploy/config/control.toml")).unwrap();
+        assert_eq!(raw.region, "local");
+        assert!(raw.identity.tls.is_some());
+    }
 
     #[test]
     fn good_config_and_defaults() {

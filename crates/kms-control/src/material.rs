@@ -39,9 +39,19 @@ pub struct MaterialClient {
 
 impl MaterialClient {
     /// A lazily connecting client for `url`.
-    pub fn new(url: &str, service_principal: String) -> Result<Self, String> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| format!("data_plane_url {url:?}: {e}"))?
+    pub fn new(
+        url: &str,
+        service_principal: String,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, String> {
+        let mut endpoint = Channel::from_shared(url.to_string())
+            .map_err(|e| format!("data_plane_url {url:?}: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("data_plane_url {url:?}: {e}"))?;
+        }
+        let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60))
             .connect_lazy();

@@ -12,7 +12,8 @@ use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
-use kms_runtime::{Authenticator, serve, telemetry};
+use kms_runtime::auth::AuthLayer;
+use kms_runtime::{serve, telemetry};
 use kms_store::SledStore;
 use kms_types::Principal;
 
@@ -53,9 +54,17 @@ async fn main() -> Result<()> {
         SledStore::open(&params.data_dir)
             .with_context(|| format!("cannot open store in {}", params.data_dir.display()))?,
     );
+    let peer_tls = match &params.identity.tls {
+        Some(t) => Some(
+            t.peer_client_config()
+                .context("cannot set up TLS to the data plane")?,
+        ),
+        None => None,
+    };
     let material = MaterialClient::new(
         &params.data_plane_url,
         params.identity.service_principal.clone(),
+        peer_tls,
     )
     .map_err(anyhow::Error::msg)?;
     let migrate_store = Arc::clone(&store);
@@ -84,7 +93,9 @@ async fn main() -> Result<()> {
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let auth = Authenticator::new(&params.identity);
+    let edge = AuthLayer::from_config(&params.identity, &params.audit, &params.limits)
+        .context("cannot set up identity, audit and limits")?;
+    let max_request = params.limits.max_decoding_message_size();
     let (listener, local) = serve::bind(&params.listen_addr)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -100,21 +111,28 @@ async fn main() -> Result<()> {
         // End WatchKeys streams and the scheduler, so draining does not wait on them.
         closing.close();
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &params.identity.tls {
+        builder = builder
+            .tls_config(kms_runtime::tls::server_config(tls).context("cannot set up TLS")?)
+            .context("cannot set up TLS")?;
+    }
+    builder
+        .layer(edge)
         .add_service(health)
         .add_service(reflection)
-        .add_service(KeyManagementServiceServer::with_interceptor(
-            KeyService::new(Arc::clone(&registry)),
-            auth.clone(),
-        ))
-        .add_service(KmsInstanceServiceServer::with_interceptor(
-            InstanceService::new(Arc::clone(&registry)),
-            auth.clone(),
-        ))
-        .add_service(KeyDirectoryServer::with_interceptor(
-            DirectoryService::new(Arc::clone(&registry), peer),
-            auth,
-        ))
+        .add_service(
+            KeyManagementServiceServer::new(KeyService::new(Arc::clone(&registry)))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            KmsInstanceServiceServer::new(InstanceService::new(Arc::clone(&registry)))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            KeyDirectoryServer::new(DirectoryService::new(Arc::clone(&registry), peer))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use kms_proto::convert::{alias, interval_days, key_metadata, key_version, tag, tags_from_wire};
 use kms_proto::kms::v1::key_management_service_server::KeyManagementService;
 use kms_proto::kms::v1::*;
+use kms_runtime::audit::AuditNote;
 use kms_runtime::caller;
 use kms_store::Store;
 use kms_types::{KeyQuery, KeyRecord, KeyRef, KeyVersionId, NewKey, PageRequest};
@@ -25,7 +26,9 @@ impl<S: Store> KeyService<S> {
         Self { registry }
     }
 
-    fn metadata(&self, record: &KeyRecord) -> Option<KeyMetadata> {
+    /// The metadata of `record`, noting its id and primary version in the call's audit line.
+    fn metadata(&self, note: &AuditNote, record: &KeyRecord) -> Option<KeyMetadata> {
+        note.set_key(record.id.as_str(), &record.primary_version.to_string());
         Some(key_metadata(record, self.registry.region()))
     }
 }
@@ -41,6 +44,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<CreateKeyRequest>,
     ) -> Result<Response<CreateKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let new_key = NewKey::try_from(request.into_inner()).map_err(status)?;
         let record = self
             .registry
@@ -48,7 +52,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(CreateKeyResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -57,6 +61,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<DescribeKeyRequest>,
     ) -> Result<Response<DescribeKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let record = self
             .registry
@@ -64,7 +70,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(DescribeKeyResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -94,6 +100,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<EnableKeyRequest>,
     ) -> Result<Response<EnableKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let record = self
             .registry
@@ -101,7 +109,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(EnableKeyResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -110,6 +118,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<DisableKeyRequest>,
     ) -> Result<Response<DisableKeyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let record = self
             .registry
@@ -117,7 +127,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(DisableKeyResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -126,6 +136,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<UpdateKeyDescriptionRequest>,
     ) -> Result<Response<UpdateKeyDescriptionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let record = self
@@ -134,7 +146,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(UpdateKeyDescriptionResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -143,6 +155,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<SetDeletionProtectionRequest>,
     ) -> Result<Response<SetDeletionProtectionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let record = self
@@ -156,7 +170,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(SetDeletionProtectionResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -165,6 +179,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<ScheduleKeyDeletionRequest>,
     ) -> Result<Response<ScheduleKeyDeletionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let record = self
@@ -173,7 +189,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(ScheduleKeyDeletionResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -182,6 +198,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<CancelKeyDeletionRequest>,
     ) -> Result<Response<CancelKeyDeletionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let record = self
             .registry
@@ -189,7 +207,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(CancelKeyDeletionResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -198,6 +216,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<UpdateRotationPolicyRequest>,
     ) -> Result<Response<UpdateRotationPolicyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let days = req
@@ -212,7 +232,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(UpdateRotationPolicyResponse {
-            key_metadata: self.metadata(&record),
+            key_metadata: self.metadata(&note, &record),
         }))
     }
 
@@ -221,6 +241,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<CreateKeyVersionRequest>,
     ) -> Result<Response<CreateKeyVersionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let (record, version) = self
             .registry
@@ -237,6 +259,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<DescribeKeyVersionRequest>,
     ) -> Result<Response<DescribeKeyVersionResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, &request.get_ref().key_version_id);
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let version = KeyVersionId::parse(&req.key_version_id).map_err(status)?;
@@ -255,6 +279,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<ListKeyVersionsRequest>,
     ) -> Result<Response<ListKeyVersionsResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let page = PageRequest::new(req.page_size, &req.page_token).map_err(status)?;
@@ -278,6 +304,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<CreateAliasRequest>,
     ) -> Result<Response<CreateAliasResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         self.registry
@@ -342,6 +370,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<ListAliasesByKeyIdRequest>,
     ) -> Result<Response<ListAliasesByKeyIdResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         let page = PageRequest::new(req.page_size, &req.page_token).map_err(status)?;
@@ -418,6 +448,8 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<SetKeyPolicyRequest>,
     ) -> Result<Response<SetKeyPolicyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         self.registry
