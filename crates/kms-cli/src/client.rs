@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -74,6 +75,13 @@ impl Planes {
         Ok(KeyManagementServiceClient::with_interceptor(
             channel, header,
         ))
+    }
+
+    /// A client of `KmsInstanceService` on the control plane.
+    pub(crate) async fn instances(&self) -> anyhow::Result<KmsInstanceServiceClient<Authed>> {
+        let header = self.principal_header()?;
+        let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
+        Ok(KmsInstanceServiceClient::with_interceptor(channel, header))
     }
 
     /// A client of `CryptoService` on the data plane.

@@ -1,13 +1,17 @@
 //! `kmsctl`: the command-line client of the KMS (key management on the control plane,
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
+mod aliases;
 mod audit;
 mod certs;
 mod client;
 mod crypto;
 mod dev;
+mod instances;
 mod keys;
+mod lifecycle;
 mod output;
+mod tags;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -146,6 +150,14 @@ Examples:
   kmsctl describe-key alias/demo
   kmsctl describe-key --json acs:kms:local:1234567890123456:key/key-...")]
     DescribeKey(DescribeKeyArgs),
+    #[command(flatten)]
+    Lifecycle(lifecycle::LifecycleCommand),
+    #[command(flatten)]
+    Aliases(aliases::AliasCommand),
+    #[command(flatten)]
+    Tags(tags::TagCommand),
+    #[command(flatten)]
+    Instances(instances::InstanceCommand),
     /// Encrypt up to 6 KiB with a symmetric key (Encrypt); prints the blob as base64
     #[command(after_help = "\
 Examples:
@@ -367,6 +379,10 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::CreateKey(args) => keys::create_key(&planes, format, args).await,
         Command::DescribeKey(args) => keys::describe_key(&planes, format, args).await,
+        Command::Lifecycle(command) => lifecycle::run(&planes, format, command).await,
+        Command::Aliases(command) => aliases::run(&planes, format, command).await,
+        Command::Tags(command) => tags::run(&planes, format, command).await,
+        Command::Instances(command) => instances::run(&planes, format, command).await,
         Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
         Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await,

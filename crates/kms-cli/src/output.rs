@@ -1,12 +1,14 @@
-//! Rendering of responses: aligned `field: value` text for people, JSON with `--json`.
-//! Enum values are shown by their display names (`Aliyun_AES_256`), times as RFC 3339.
+//! Rendering of responses: aligned `field: value` text and tables for people, JSON with
+//! `--json`. Enum values are shown by their display names (`Aliyun_AES_256`), times as RFC 3339.
 
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use kms_proto::convert::WireEnum;
-use kms_proto::kms::v1::KeyMetadata;
-use kms_types::{KeyOrigin, KeySpec, KeyState, KeyUsage, ProtectionLevel, RotationStatus};
+use kms_proto::kms::v1::{Alias, KeyMetadata, KeyVersion, KmsInstance, Tag};
+use kms_types::{
+    InstanceType, KeyOrigin, KeySpec, KeyState, KeyUsage, ProtectionLevel, RotationStatus,
+};
 use serde::Serialize;
 
 /// How to print a response.
@@ -174,6 +176,326 @@ pub(crate) fn print_key(format: Format, metadata: Option<&KeyMetadata>) -> anyho
     }
 }
 
+/// Prints a page of keys: a table, or `{"keys": [...], "next_page_token": ...}`.
+pub(crate) fn print_keys(format: Format, keys: &[KeyMetadata], next: &str) -> anyhow::Result<()> {
+    let views: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
+    match format {
+        Format::Json => print_json(&Listing {
+            items: ("keys", &views),
+            next_page_token: next,
+        }),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.key_id.clone(),
+                        k.key_spec.clone(),
+                        k.key_usage.clone(),
+                        k.key_state.clone(),
+                        k.protection_level.clone(),
+                        if k.is_default_key {
+                            "(default key)".to_string()
+                        } else {
+                            k.kms_instance_id.clone()
+                        },
+                        or_dash(&k.aliases.join(",")),
+                    ]
+                })
+                .collect();
+            let headers = [
+                "KEY ID",
+                "SPEC",
+                "USAGE",
+                "STATE",
+                "PROTECTION",
+                "INSTANCE",
+                "ALIASES",
+            ];
+            print_text(&with_next(table(&headers, &rows), next))
+        }
+    }
+}
+
+/// A page of a listing as JSON: the items under their name, and the next page's token.
+struct Listing<'a, T> {
+    items: (&'static str, &'a [T]),
+    next_page_token: &'a str,
+}
+
+impl<T: Serialize> Serialize for Listing<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry(self.items.0, self.items.1)?;
+        map.serialize_entry("next_page_token", self.next_page_token)?;
+        map.end()
+    }
+}
+
+/// A table, then how to ask for the next page when there is one.
+fn with_next(mut text: String, next: &str) -> String {
+    if !next.is_empty() {
+        text.push_str(&format!(
+            "(more: repeat with --page-token {next}, or use --all)\n"
+        ));
+    }
+    text
+}
+
+/// A KMS instance as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct InstanceView {
+    kms_instance_id: String,
+    instance_type: String,
+    owner_account_id: String,
+    key_quota: i32,
+    key_count: i32,
+    access_management_quota: i32,
+    shared_with_account_ids: Vec<String>,
+}
+
+impl From<&KmsInstance> for InstanceView {
+    fn from(i: &KmsInstance) -> Self {
+        Self {
+            kms_instance_id: i.kms_instance_id.clone(),
+            instance_type: enum_name(i.instance_type, |t: InstanceType| t.to_string()),
+            owner_account_id: i.owner_account_id.clone(),
+            key_quota: i.key_quota,
+            key_count: i.key_count,
+            access_management_quota: i.access_management_quota,
+            shared_with_account_ids: i.shared_with_account_ids.clone(),
+        }
+    }
+}
+
+/// Prints one instance.
+pub(crate) fn print_instance(format: Format, instance: Option<&KmsInstance>) -> anyhow::Result<()> {
+    let Some(i) = instance else {
+        anyhow::bail!("the server answered without the kms instance");
+    };
+    let v = InstanceView::from(i);
+    match format {
+        Format::Json => print_json(&v),
+        Format::Human => print_text(&aligned(&[
+            ("kms_instance_id", v.kms_instance_id.clone()),
+            ("type", v.instance_type.clone()),
+            ("owner", v.owner_account_id.clone()),
+            ("keys", format!("{} of {}", v.key_count, v.key_quota)),
+            (
+                "shared with",
+                format!(
+                    "{} (of {} allowed)",
+                    or_dash(&v.shared_with_account_ids.join(", ")),
+                    v.access_management_quota
+                ),
+            ),
+        ])),
+    }
+}
+
+/// Prints a page of instances.
+pub(crate) fn print_instances(
+    format: Format,
+    instances: &[KmsInstance],
+    next: &str,
+) -> anyhow::Result<()> {
+    let views: Vec<InstanceView> = instances.iter().map(InstanceView::from).collect();
+    match format {
+        Format::Json => print_json(&Listing {
+            items: ("kms_instances", &views),
+            next_page_token: next,
+        }),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.kms_instance_id.clone(),
+                        v.instance_type.clone(),
+                        v.owner_account_id.clone(),
+                        format!("{}/{}", v.key_count, v.key_quota),
+                        or_dash(&v.shared_with_account_ids.join(",")),
+                    ]
+                })
+                .collect();
+            let headers = ["INSTANCE ID", "TYPE", "OWNER", "KEYS", "SHARED WITH"];
+            print_text(&with_next(table(&headers, &rows), next))
+        }
+    }
+}
+
+/// A key version as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct VersionView {
+    key_id: String,
+    key_version_id: String,
+    creation_date: Option<String>,
+    is_primary: bool,
+}
+
+impl From<&KeyVersion> for VersionView {
+    fn from(v: &KeyVersion) -> Self {
+        Self {
+            key_id: v.key_id.clone(),
+            key_version_id: v.key_version_id.clone(),
+            creation_date: v.creation_date.as_ref().map(rfc3339),
+            is_primary: v.is_primary,
+        }
+    }
+}
+
+/// Prints one key version.
+pub(crate) fn print_version(format: Format, version: Option<&KeyVersion>) -> anyhow::Result<()> {
+    let Some(v) = version else {
+        anyhow::bail!("the server answered without the key version");
+    };
+    let v = VersionView::from(v);
+    match format {
+        Format::Json => print_json(&v),
+        Format::Human => print_text(&aligned(&[
+            ("key_id", v.key_id.clone()),
+            ("key_version_id", v.key_version_id.clone()),
+            (
+                "primary",
+                if v.is_primary { "yes" } else { "no" }.to_string(),
+            ),
+            (
+                "creation date",
+                v.creation_date.clone().unwrap_or_else(|| "-".into()),
+            ),
+        ])),
+    }
+}
+
+/// Prints a page of key versions.
+pub(crate) fn print_versions(
+    format: Format,
+    versions: &[KeyVersion],
+    next: &str,
+) -> anyhow::Result<()> {
+    let views: Vec<VersionView> = versions.iter().map(VersionView::from).collect();
+    match format {
+        Format::Json => print_json(&Listing {
+            items: ("key_versions", &views),
+            next_page_token: next,
+        }),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.key_version_id.clone(),
+                        v.creation_date.clone().unwrap_or_else(|| "-".into()),
+                        if v.is_primary { "yes" } else { "" }.to_string(),
+                    ]
+                })
+                .collect();
+            print_text(&with_next(
+                table(&["VERSION ID", "CREATED", "PRIMARY"], &rows),
+                next,
+            ))
+        }
+    }
+}
+
+/// An alias as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct AliasView {
+    alias_name: String,
+    alias_arn: String,
+    key_id: String,
+}
+
+/// Prints a page of aliases.
+pub(crate) fn print_aliases(format: Format, aliases: &[Alias], next: &str) -> anyhow::Result<()> {
+    let views: Vec<AliasView> = aliases
+        .iter()
+        .map(|a| AliasView {
+            alias_name: a.alias_name.clone(),
+            alias_arn: a.alias_arn.clone(),
+            key_id: a.key_id.clone(),
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&Listing {
+            items: ("aliases", &views),
+            next_page_token: next,
+        }),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|a| vec![a.alias_name.clone(), a.key_id.clone()])
+                .collect();
+            print_text(&with_next(table(&["ALIAS", "KEY ID"], &rows), next))
+        }
+    }
+}
+
+/// Prints a key's tags.
+pub(crate) fn print_tags(format: Format, tags: &[Tag]) -> anyhow::Result<()> {
+    let views: Vec<TagView> = tags
+        .iter()
+        .map(|t| TagView {
+            key: t.key.clone(),
+            value: t.value.clone(),
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "tags": views })),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|t| vec![t.key.clone(), t.value.clone()])
+                .collect();
+            print_text(&table(&["KEY", "VALUE"], &rows))
+        }
+    }
+}
+
+/// Prints what a call with an empty response did: a sentence for people, `value` as JSON.
+pub(crate) fn print_done<T: Serialize>(
+    format: Format,
+    sentence: &str,
+    value: &T,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(value),
+        Format::Human => print_text(&format!("{sentence}\n")),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell; `(none)` without rows.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return "(none)\n".to_string();
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
 /// `field: value` lines with the values aligned.
 pub(crate) fn aligned(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
@@ -295,6 +617,50 @@ mod tests {
         assert_eq!(json["rotation_interval_days"], 365);
         assert_eq!(json["creation_date"], "2023-11-14T22:13:20Z");
         assert_eq!(json["tags"][0]["key"], "env");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["ID", "STATE", "ALIASES"],
+            &[
+                vec!["key-1".into(), "Enabled".into(), "alias/a".into()],
+                vec!["key-22222".into(), "Disabled".into(), "-".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "ID         STATE     ALIASES\n\
+             key-1      Enabled   alias/a\n\
+             key-22222  Disabled  -\n"
+        );
+        assert_eq!(table(&["A"], &[]), "(none)\n");
+    }
+
+    #[test]
+    fn listings_as_json_name_their_items() {
+        let views = vec![VersionView::from(&KeyVersion {
+            key_id: "key-1".into(),
+            key_version_id: "v".into(),
+            creation_date: None,
+            is_primary: true,
+        })];
+        let json = serde_json::to_value(Listing {
+            items: ("key_versions", &views),
+            next_page_token: "t",
+        })
+        .unwrap();
+        assert_eq!(json["key_versions"][0]["is_primary"], true);
+        assert_eq!(json["next_page_token"], "t");
+        let instance = InstanceView::from(&KmsInstance {
+            instance_type: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            serde_json::to_value(instance).unwrap()["instance_type"],
+            "HARDWARE"
+        );
+        assert!(with_next("x\n".into(), "tok").contains("--page-token tok"));
     }
 
     #[test]
