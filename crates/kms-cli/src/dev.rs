@@ -263,6 +263,13 @@ pub(crate) struct DevInfo {
 }
 
 impl DevInfo {
+    /// The same info naming the account's software and hardware instances.
+    fn with_instances(mut self, instances: DevInstances) -> Self {
+        self.software_instance_id = instances.software;
+        self.hardware_instance_id = instances.hardware;
+        self
+    }
+
     fn new(control: SocketAddr, data: SocketAddr) -> Self {
         Self {
             control_addr: format!("http://{control}"),
@@ -273,6 +280,85 @@ impl DevInfo {
             hardware_instance_id: String::new(),
         }
     }
+}
+
+/// The KMS instances `dev up` keeps for [`ACCOUNT_PRINCIPAL`]'s account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DevInstances {
+    software: String,
+    hardware: String,
+}
+
+/// The account of [`ACCOUNT_PRINCIPAL`].
+fn dev_account() -> &'static str {
+    ACCOUNT_PRINCIPAL
+        .trim_start_matches("acs:ram::")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+}
+
+/// Finds the account's software and hardware instances, as the operator, and creates the ones
+/// missing: on the first start both, afterwards none (they live in the control plane's data).
+async fn ensure_instances(control: SocketAddr) -> anyhow::Result<DevInstances> {
+    use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
+    use kms_proto::kms::v1::{CreateKmsInstanceRequest, InstanceType, ListKmsInstancesRequest};
+
+    let channel = crate::client::endpoint(&format!("http://{control}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach kms-control on {control}"))?;
+    let header = crate::client::PrincipalHeader::new(OPERATOR_PRINCIPAL)?;
+    let mut client = KmsInstanceServiceClient::with_interceptor(channel, header);
+    let mut found: Vec<(i32, String)> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_kms_instances(ListKmsInstancesRequest {
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .map_err(RpcError)?
+            .into_inner();
+        found.extend(
+            page.kms_instances
+                .into_iter()
+                .filter(|i| i.owner_account_id == dev_account())
+                .map(|i| (i.instance_type, i.kms_instance_id)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let mut ids = Vec::with_capacity(2);
+    for kind in [InstanceType::Software, InstanceType::Hardware] {
+        let existing = found
+            .iter()
+            .find(|(t, _)| *t == kind as i32)
+            .map(|(_, id)| id.clone());
+        let id = match existing {
+            Some(id) => id,
+            None => client
+                .create_kms_instance(CreateKmsInstanceRequest {
+                    instance_type: kind as i32,
+                    owner_account_id: dev_account().to_string(),
+                    key_quota: 1000,
+                    access_management_quota: 5,
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .kms_instance
+                .map(|i| i.kms_instance_id)
+                .context("kms-control answered without the new instance")?,
+        };
+        ids.push(id);
+    }
+    let hardware = ids.pop().unwrap_or_default();
+    let software = ids.pop().unwrap_or_default();
+    Ok(DevInstances { software, hardware })
 }
 
 /// The first SoftHSM module path that exists.
@@ -751,7 +837,19 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let info = DevInfo::new(args.control_addr, args.data_addr);
+    let mut info = DevInfo::new(args.control_addr, args.data_addr);
+    match ensure_instances(args.control_addr).await {
+        Ok(instances) => {
+            println!(
+                "KMS instances of account {}: software {}, hardware {}",
+                dev_account(),
+                instances.software,
+                instances.hardware
+            );
+            info = info.with_instances(instances);
+        }
+        Err(e) => eprintln!("warning: cannot set up the dev KMS instances: {e:#}"),
+    }
     write_file(
         &layout.dev_json,
         &format!("{}\n", serde_json::to_string_pretty(&info)?),
@@ -911,6 +1009,14 @@ mod tests {
         assert_eq!(v["data_addr"], "http://127.0.0.1:8701");
         assert_eq!(v["account_principal"], ACCOUNT_PRINCIPAL);
         assert_eq!(v["software_instance_id"], "");
+        let v = serde_json::to_value(DevInfo::new(c, d).with_instances(DevInstances {
+            software: "kst-s".into(),
+            hardware: "kst-h".into(),
+        }))
+        .unwrap();
+        assert_eq!(v["software_instance_id"], "kst-s");
+        assert_eq!(v["hardware_instance_id"], "kst-h");
+        assert_eq!(dev_account(), "1234567890123456");
     }
 
     #[test]
