@@ -28,6 +28,38 @@ pub const MALLORY: &str = "acs:ram::6543210987654321:user/mallory";
 pub const CONTROL_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-control-plane";
 /// The data plane's service principal.
 pub const DATA_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-data-plane";
+/// A RAM user of ALICE's account (a custom policy may make it a user or an administrator).
+pub const APP_USER: &str = "acs:ram::1234567890123456:user/app";
+/// Another RAM user of ALICE's account.
+pub const ADMIN: &str = "acs:ram::1234567890123456:user/admin";
+/// A principal of another account that a policy may grant use of a key.
+pub const PARTNER: &str = "acs:ram::6543210987654321:user/partner";
+/// Every principal the mTLS stack has a client certificate for.
+pub const CERT_PRINCIPALS: &[&str] = &[
+    ALICE,
+    APP_USER,
+    ADMIN,
+    PARTNER,
+    MALLORY,
+    OPERATOR,
+    CONTROL_PRINCIPAL,
+    DATA_PRINCIPAL,
+];
+
+/// How a stack is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve mTLS on both planes, plane to plane too; callers are identified by client
+    /// certificates (made with `kmsctl dev certs` for [`CERT_PRINCIPALS`]) and the dev header
+    /// is off.
+    pub mtls: bool,
+    /// With `mtls`: accept connections without a client certificate, and trust the
+    /// `x-forwarded-principal` header from these peer addresses.
+    pub sidecar_peers: Vec<String>,
+    /// Per-principal rate of symmetric crypto calls (burst equal), instead of 1,000,000/s.
+    pub symmetric_rate: Option<u32>,
+}
+
 /// The operator the control plane's config names: creates and shares KMS instances.
 pub const OPERATOR: &str = "acs:ram::1000000000000000:user/operator";
 /// How often the control plane's rotation scheduler and reaper run in the stack, in ms.
@@ -60,6 +92,7 @@ type Svc = InterceptedService<Channel, As>;
 /// A running control plane and data plane.
 #[derive(Debug)]
 pub struct Stack {
+    options: Options,
     dir: tempfile::TempDir,
     control_addr: String,
     data_addr: String,
@@ -90,8 +123,14 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
 }
 
 impl Stack {
-    /// Creates a token and configs in a fresh temporary directory and starts both planes.
+    /// Creates a token and configs in a fresh temporary directory and starts both planes, with
+    /// the dev identity header.
     pub async fn start() -> Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Like [`Stack::start`], with `options`.
+    pub async fn start_with(options: Options) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("kms-e2e-").tempdir()?;
         let root = dir.path();
         for sub in ["softhsm/tokens", "control", "logs"] {
@@ -128,19 +167,63 @@ impl Stack {
         std::fs::write(root.join("hsm.pin"), format!("{USER_PIN}\n"))?;
         let control_addr = format!("127.0.0.1:{}", free_port()?);
         let data_addr = format!("127.0.0.1:{}", free_port()?);
+        let scheme = if options.mtls { "https" } else { "http" };
+        if options.mtls {
+            let mut cmd = std::process::Command::new(bin_path("kmsctl")?);
+            cmd.args(["dev", "certs", "--dir"]).arg(root.join("certs"));
+            for p in CERT_PRINCIPALS {
+                cmd.args(["--principal", p]);
+            }
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!(
+                    "kmsctl dev certs failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let identity = |plane: &str, me: &str, peer: &str| -> String {
+            let mut t = format!(
+                "[identity]\ndev_header = {}\nservice_principal = \"{me}\"\npeer_principal = \"{peer}\"\n",
+                !options.mtls
+            );
+            if options.mtls {
+                let certs = root.join("certs");
+                t += &format!(
+                    "[identity.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nrequire_client_cert = {}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                    certs.join(format!("{plane}.pem")).display(),
+                    certs.join(format!("{plane}-key.pem")).display(),
+                    certs.join("ca.pem").display(),
+                    options.sidecar_peers.is_empty(),
+                    certs.join(format!("{}.pem", cert_stem(me))).display(),
+                    certs.join(format!("{}-key.pem", cert_stem(me))).display(),
+                );
+                if !options.sidecar_peers.is_empty() {
+                    let peers: Vec<String> = options
+                        .sidecar_peers
+                        .iter()
+                        .map(|p| format!("\"{p}\""))
+                        .collect();
+                    t += &format!(
+                        "[identity.trusted_sidecar]\ntrusted_peers = [{}]\n",
+                        peers.join(", ")
+                    );
+                }
+            }
+            t
+        };
+        let control_identity = identity("control", CONTROL_PRINCIPAL, DATA_PRINCIPAL);
+        let data_identity = identity("data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
+        let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
         std::fs::write(
             root.join("control.toml"),
             format!(
                 r#"listen_addr = "{control_addr}"
 region = "local"
 data_dir = "{}"
-data_plane_url = "http://{data_addr}"
+data_plane_url = "{scheme}://{data_addr}"
 operators = ["{OPERATOR}"]
-[identity]
-dev_header = true
-service_principal = "{CONTROL_PRINCIPAL}"
-peer_principal = "{DATA_PRINCIPAL}"
-[audit]
+{control_identity}[audit]
 path = "{}"
 [limits.read]
 per_second = 1000000
@@ -164,7 +247,7 @@ offset_file = "{}"
             root.join("data.toml"),
             format!(
                 r#"listen_addr = "{data_addr}"
-control_plane_url = "http://{control_addr}"
+control_plane_url = "{scheme}://{control_addr}"
 [hsm]
 module_path = "{SOFTHSM_MODULE}"
 token_label = "{TOKEN_LABEL}"
@@ -176,14 +259,10 @@ max_staleness_ms = 3000
 [audit]
 path = "{}"
 [limits.symmetric]
-per_second = 1000000
+per_second = {symmetric_rate}
 [limits.asymmetric]
 per_second = 1000000
-[identity]
-dev_header = true
-service_principal = "{DATA_PRINCIPAL}"
-peer_principal = "{CONTROL_PRINCIPAL}"
-[log]
+{data_identity}[log]
 level = "info"
 "#,
                 root.join("hsm.pin").display(),
@@ -191,6 +270,7 @@ level = "info"
             ),
         )?;
         let mut stack = Self {
+            options,
             dir,
             control_addr,
             data_addr,
@@ -304,10 +384,7 @@ level = "info"
                     bail!("{who} exited early with {status}; log:\n{log}");
                 }
             }
-            if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await
-            {
+            if let Ok(channel) = self.endpoint_as(addr, Some(ALICE))?.connect().await {
                 let resp = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: String::new(),
@@ -388,14 +465,62 @@ level = "info"
         self.boot().await
     }
 
-    fn channel(addr: &str) -> Result<Channel> {
-        Ok(Channel::from_shared(format!("http://{addr}"))?.connect_lazy())
+    /// A channel to `addr` calling as `principal`: over mTLS with that principal's client
+    /// certificate (none for `None`) when the stack serves mTLS.
+    fn channel_as(&self, addr: &str, principal: Option<&str>) -> Result<Channel> {
+        Ok(self.endpoint_as(addr, principal)?.connect_lazy())
+    }
+
+    fn endpoint_as(
+        &self,
+        addr: &str,
+        principal: Option<&str>,
+    ) -> Result<tonic::transport::Endpoint> {
+        if !self.options.mtls {
+            return Ok(Channel::from_shared(format!("http://{addr}"))?);
+        }
+        let certs = self.dir().join("certs");
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                certs.join("ca.pem"),
+            )?))
+            .domain_name("localhost");
+        if let Some(p) = principal {
+            let stem = cert_stem(p);
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(certs.join(format!("{stem}.pem")))?,
+                std::fs::read(certs.join(format!("{stem}-key.pem")))?,
+            ));
+        }
+        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+    }
+
+    /// A channel presenting the client certificate and key in the given files (mTLS stacks).
+    pub fn channel_with_cert(&self, addr: &str, cert: &Path, key: &Path) -> Result<Channel> {
+        let certs = self.dir().join("certs");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                certs.join("ca.pem"),
+            )?))
+            .domain_name("localhost")
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        Ok(Channel::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect_lazy())
+    }
+
+    /// The directory of the mTLS stack's CA, server and client certificates.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir().join("certs")
     }
 
     /// `KeyManagementService` as `principal` (or anonymous).
     pub fn keys(&self, principal: Option<&str>) -> Result<KeyManagementServiceClient<Svc>> {
         Ok(KeyManagementServiceClient::with_interceptor(
-            Self::channel(&self.control_addr)?,
+            self.channel_as(&self.control_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
     }
@@ -403,7 +528,7 @@ level = "info"
     /// `KmsInstanceService` as `principal`.
     pub fn instances(&self, principal: Option<&str>) -> Result<KmsInstanceServiceClient<Svc>> {
         Ok(KmsInstanceServiceClient::with_interceptor(
-            Self::channel(&self.control_addr)?,
+            self.channel_as(&self.control_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
     }
@@ -411,7 +536,7 @@ level = "info"
     /// `CryptoService` as `principal`.
     pub fn crypto(&self, principal: Option<&str>) -> Result<CryptoServiceClient<Svc>> {
         Ok(CryptoServiceClient::with_interceptor(
-            Self::channel(&self.data_addr)?,
+            self.channel_as(&self.data_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
     }
@@ -419,7 +544,7 @@ level = "info"
     /// The control plane's internal `KeyDirectory` as `principal`.
     pub fn directory(&self, principal: Option<&str>) -> Result<KeyDirectoryClient<Svc>> {
         Ok(KeyDirectoryClient::with_interceptor(
-            Self::channel(&self.control_addr)?,
+            self.channel_as(&self.control_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
     }
@@ -427,10 +552,21 @@ level = "info"
     /// The data plane's internal `KeyMaterial` as `principal`.
     pub fn material(&self, principal: Option<&str>) -> Result<KeyMaterialClient<Svc>> {
         Ok(KeyMaterialClient::with_interceptor(
-            Self::channel(&self.data_addr)?,
+            self.channel_as(&self.data_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
     }
+}
+
+/// The file stem `kmsctl dev certs` gives a principal's client certificate:
+/// `acs:ram::1:user/a` → `client-1-user-a`.
+pub fn cert_stem(principal: &str) -> String {
+    let rest = principal.strip_prefix("acs:ram::").unwrap_or(principal);
+    let safe: String = rest
+        .chars()
+        .map(|c| if c == ':' || c == '/' { '-' } else { c })
+        .collect();
+    format!("client-{safe}")
 }
 
 /// Where the stack keeps the control plane's clock offset, under its directory.

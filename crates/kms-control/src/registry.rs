@@ -9,6 +9,7 @@
 //! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, and the
 //! scheduled work, rotation and deletion (`registry/schedule.rs`).
 
+mod access;
 mod aliases;
 mod directory;
 mod instances;

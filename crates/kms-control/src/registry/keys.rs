@@ -44,6 +44,13 @@ impl<S: Store> Registry<S> {
         // Fail fast, before asking the data plane for material; the transaction checks again.
         if let Some(i) = &instance {
             i.check_room_for_key()?;
+            if let Some(doc) = &req.policy {
+                let (i, account, doc) = (i.clone(), account.clone(), doc.clone());
+                self.read(move |store| {
+                    super::access::check_quota(store, &i, None, &account, Some(&doc))
+                })
+                .await?;
+            }
         }
         {
             let account = account.clone();
@@ -281,8 +288,8 @@ impl<S: Store> Registry<S> {
         .await
     }
 
-    /// `SetKeyPolicy`: stores a valid document. Evaluation is still the default policy (the
-    /// owning account's principals may do everything); the document travels to the data plane.
+    /// `SetKeyPolicy`: stores a valid document, if the instance's access-management quota
+    /// allows the other accounts it grants; both planes evaluate it from then on.
     pub async fn set_key_policy(
         &self,
         caller: &Principal,
@@ -290,10 +297,18 @@ impl<S: Store> Registry<S> {
         document: String,
     ) -> Result<KeyRecord, DomainError> {
         policy::validate_document(&document)?;
-        self.mutate_key(caller, key_ref, "kms:SetKeyPolicy", move |k| {
-            k.set_policy(&document)
-        })
-        .await
+        let record = self.resolve(caller, key_ref, "kms:SetKeyPolicy").await?;
+        if let Some(instance_id) = record.instance.clone() {
+            let (doc, id, account) = (document.clone(), record.id.clone(), record.account.clone());
+            self.read(move |store| {
+                let instance = index::load_instance(store, &instance_id)?
+                    .ok_or(DomainError::InstanceNotFound)?;
+                super::access::check_quota(store, &instance, Some(&id), &account, Some(&doc))
+            })
+            .await?;
+        }
+        self.mutate(record.id, move |k| k.set_policy(&document))
+            .await
     }
 
     /// `GetKeyPolicy`: the stored document, or the default policy's.
