@@ -3,7 +3,7 @@
 //! The reason code goes at the start of the message and into a `google.rpc.ErrorInfo` detail.
 //! Internal errors answer with a generic message; their detail goes to the log only.
 
-use kms_types::DomainError;
+use kms_types::{DomainError, ImportRejection};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -26,6 +26,12 @@ pub fn to_status(err: DomainError) -> Status {
         DomainError::InvalidState(_)
         | DomainError::DeletionProtection
         | DomainError::DryRunOperation => Code::FailedPrecondition,
+        DomainError::ImportRejected(rejection) => match rejection {
+            ImportRejection::ExpiredToken | ImportRejection::UsedToken => Code::FailedPrecondition,
+            ImportRejection::TokenForAnotherKey | ImportRejection::DifferentMaterial => {
+                Code::InvalidArgument
+            }
+        },
         DomainError::LimitExceeded(_) | DomainError::Throttling => Code::ResourceExhausted,
         DomainError::Unavailable(_) => Code::Unavailable,
         DomainError::Internal(detail) => {
@@ -91,6 +97,26 @@ mod tests {
                 DomainError::DryRunOperation,
                 Code::FailedPrecondition,
                 "DryRunOperationError",
+            ),
+            (
+                DomainError::ImportRejected(ImportRejection::ExpiredToken),
+                Code::FailedPrecondition,
+                "Rejected.ExpiredImportToken",
+            ),
+            (
+                DomainError::ImportRejected(ImportRejection::UsedToken),
+                Code::FailedPrecondition,
+                "Rejected.UsedImportToken",
+            ),
+            (
+                DomainError::ImportRejected(ImportRejection::TokenForAnotherKey),
+                Code::InvalidArgument,
+                "InvalidParameter.ImportTokenKeyMismatch",
+            ),
+            (
+                DomainError::ImportRejected(ImportRejection::DifferentMaterial),
+                Code::InvalidArgument,
+                "InvalidParameter.KeyMaterialMismatch",
             ),
             (
                 DomainError::Throttling,

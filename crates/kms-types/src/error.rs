@@ -1,5 +1,6 @@
 //! The domain error enum; every variant has a stable reason code in the reference product's style.
 
+use crate::import::ImportRejection;
 use crate::state::KeyState;
 
 /// Everything a KMS operation can refuse or fail with. Servers map each variant to a gRPC code
@@ -47,6 +48,9 @@ pub enum DomainError {
     /// Deletion protection is on.
     #[error("deletion protection is enabled for the key")]
     DeletionProtection,
+    /// An import token or imported material this import cannot take; the rejection says why.
+    #[error("{0}")]
+    ImportRejected(ImportRejection),
     /// A dry run that would have succeeded.
     #[error("the request would have succeeded, but dry_run was set")]
     DryRunOperation,
@@ -88,6 +92,7 @@ impl DomainError {
             Self::NoIdentity => "Forbidden.NoIdentity".into(),
             Self::InvalidState(state) => format!("Rejected.{}", state.display_name()),
             Self::DeletionProtection => "Forbidden.DeletionProtection".into(),
+            Self::ImportRejected(r) => r.reason_code().into(),
             Self::DryRunOperation => "DryRunOperationError".into(),
             Self::LimitExceeded(_) => "Rejected.LimitExceeded".into(),
             Self::Throttling => "Rejected.Throttling".into(),

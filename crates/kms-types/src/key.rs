@@ -87,6 +87,10 @@ pub struct KeyRecord {
     pub policy: Option<String>,
     /// When imported material expires.
     pub material_expire: Option<UnixMillis>,
+    /// Keyed digest (hex) of the first material imported into the key, kept when the material
+    /// is deleted or expires: a re-import must bring the same material. Never a plain hash.
+    #[serde(default)]
+    pub material_digest: Option<String>,
 }
 
 impl KeyRecord {
@@ -219,16 +223,16 @@ impl KeyEntry {
     }
 }
 
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
@@ -268,6 +272,7 @@ mod tests {
             tags: vec![],
             policy: None,
             material_expire: None,
+            material_digest: None,
         }
     }
 

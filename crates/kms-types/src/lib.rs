@@ -9,6 +9,7 @@ pub mod crypto_rules;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod import;
 pub mod instance;
 pub mod key;
 pub mod lifecycle;
@@ -18,6 +19,7 @@ pub mod principal;
 pub mod spec;
 pub mod state;
 pub mod time;
+pub mod usage;
 pub mod validate;
 
 pub use blob::CiphertextBlob;
@@ -25,6 +27,7 @@ pub use context::EncryptionContext;
 pub use error::DomainError;
 pub use event::{KeyEvent, KeyEventKind};
 pub use ids::{AccountId, InstanceId, KeyId, KeyRef, KeyVersionId};
+pub use import::{ImportRejection, ImportTokenId, ImportTokenRecord};
 pub use instance::{InstanceRecord, NewInstance};
 pub use key::{KeyEntry, KeyRecord, KeyVersionRecord, NewKey, RotationPolicy, Tag};
 pub use lifecycle::{KeyBirth, KeyHome, KeyPlan};
@@ -36,3 +39,4 @@ pub use spec::{
 };
 pub use state::{KeyState, Operation};
 pub use time::UnixMillis;
+pub use usage::{Association, KeyAssociations, UsageEvent, UsageOp, VersionUse};

@@ -186,6 +186,7 @@ impl KeyRecord {
             tags: req.tags,
             policy: req.policy,
             material_expire: None,
+            material_digest: None,
         }
     }
 

@@ -88,6 +88,10 @@ pub enum Operation {
     ChangeTags,
     /// `kms:ImportKeyMaterial`.
     ImportKeyMaterial,
+    /// `kms:GetParametersForImport`.
+    GetParametersForImport,
+    /// `kms:DeleteKeyMaterial`.
+    DeleteKeyMaterial,
 }
 
 impl Operation {
@@ -114,7 +118,9 @@ impl Operation {
             Self::EnableDeletionProtection
             | Self::CreateAlias
             | Self::UpdateKeyDescription
-            | Self::ChangeTags => state != PendingDeletion,
+            | Self::ChangeTags
+            | Self::GetParametersForImport
+            | Self::DeleteKeyMaterial => state != PendingDeletion,
             Self::ImportKeyMaterial => state == PendingImport,
             Self::DescribeKey | Self::SetDeletionProtection => true,
         };
@@ -171,6 +177,14 @@ mod tests {
         );
         check(Operation::ChangeTags, &[Enabled, Disabled, PendingImport]);
         check(Operation::ImportKeyMaterial, &[PendingImport]);
+        check(
+            Operation::GetParametersForImport,
+            &[Enabled, Disabled, PendingImport],
+        );
+        check(
+            Operation::DeleteKeyMaterial,
+            &[Enabled, Disabled, PendingImport],
+        );
         check(Operation::DescribeKey, KeyState::ALL);
     }
 
