@@ -16,6 +16,7 @@
 //! cryptoki errors become [`kms_backend::BackendError`] in one function, `to_backend_error`.
 
 mod asym;
+mod derive;
 mod encrypt;
 mod error;
 mod hsm;

@@ -16,6 +16,8 @@ use kms_types::Algorithm;
 pub const REQUIRED_MECHANISMS: &[(MechanismType, &str)] = &[
     (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN"),
     (MechanismType::AES_GCM, "CKM_AES_GCM"),
+    // Deriving secrets from the root key (`derive.rs`): AES as a PRF on labelled blocks.
+    (MechanismType::AES_ECB, "CKM_AES_ECB"),
     (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"),
     (
         MechanismType::RSA_PKCS_KEY_PAIR_GEN,

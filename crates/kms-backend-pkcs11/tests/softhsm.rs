@@ -141,6 +141,11 @@ fn softhsm_inner() -> anyhow::Result<()> {
 
     let secret = SecretBytes::copy_from(b"0123456789abcdef0123456789abcdef");
     let blob = hsm.wrap_secret(b"key-version-1", &secret)?;
+    // Secrets derived from the root key: stable per label, unrelated across labels.
+    let derived = hsm.derive_secret(b"import-digest")?;
+    ensure!(derived.len() == 32 && derived != SecretBytes::new(vec![0; 32]));
+    ensure!(hsm.derive_secret(b"import-digest")? == derived);
+    ensure!(hsm.derive_secret(b"something-else")? != derived);
     drop(hsm);
 
     match Hsm::open(&HsmParams {
@@ -157,6 +162,10 @@ fn softhsm_inner() -> anyhow::Result<()> {
     // A second open (after C_Finalize and a fresh C_Initialize) finds the same root key.
     let hsm = Hsm::open(&params())?;
     ensure!(hsm.unwrap_secret(b"key-version-1", &blob)? == secret);
+    ensure!(
+        hsm.derive_secret(b"import-digest")? == derived,
+        "a derived secret changed with a new session"
+    );
     // Two Hsm at once share the module; dropping one leaves the other working.
     let other = Hsm::open(&params())?;
     ensure!(other.unwrap_secret(b"key-version-1", &blob)? == secret);

@@ -27,6 +27,7 @@ mod secret;
 pub mod asym;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod import;
 pub mod sign;
 
 pub use key::{
