@@ -1,10 +1,11 @@
 //! Conversions between wire types and domain types. Unknown or unspecified enum values and
 //! malformed ids fail closed with `InvalidParameter.<Field>`.
 
+use kms_types::usage::{KeyAssociations, UsageEvent, UsageOp};
 use kms_types::{
     AccountId, DomainError, InstanceId, InstanceRecord, InstanceType, KeyEntry, KeyEvent,
     KeyEventKind, KeyFilter, KeyId, KeyOrigin, KeyQuery, KeyRecord, KeySpec, KeyState, KeyUsage,
-    KeyVersionId, KeyVersionRecord, NewInstance, NewKey, PageRequest, ProtectionLevel,
+    KeyVersionId, KeyVersionRecord, NewInstance, NewKey, PageRequest, Principal, ProtectionLevel,
     RotationStatus, Tag, UnixMillis,
 };
 
@@ -429,6 +430,79 @@ impl TryFrom<pb::CreateKmsInstanceRequest> for NewInstance {
     }
 }
 
+/// The wrapping of `GetParametersForImport`: unknown or unspecified values are
+/// `InvalidParameter.WrappingAlgorithm` / `InvalidParameter.WrappingKeySpec`.
+pub fn import_wrapping(
+    wrapping_algorithm: i32,
+    wrapping_key_spec: i32,
+) -> Result<(kms_types::Algorithm, KeySpec), DomainError> {
+    let algorithm = kms_types::Algorithm::from_wire(wrapping_algorithm).map_err(|_| {
+        DomainError::invalid(
+            "WrappingAlgorithm",
+            "wrapping_algorithm must be RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1 or \
+             RSA_AES_KEY_WRAP_SHA_256",
+        )
+    })?;
+    let spec = KeySpec::from_wire(wrapping_key_spec).map_err(|_| {
+        DomainError::invalid("WrappingKeySpec", "wrapping_key_spec must be RSA_2048")
+    })?;
+    Ok((algorithm, spec))
+}
+
+/// A usage event on the wire, as the data plane reports it.
+pub fn usage_record(e: &UsageEvent) -> ipb::UsageRecord {
+    ipb::UsageRecord {
+        key_id: e.key_id.to_string(),
+        key_version_id: e.version.to_string(),
+        principal: e.principal.arn().to_string(),
+        operation: e.op.name().to_string(),
+        time: Some(timestamp(e.at)),
+    }
+}
+
+impl TryFrom<&ipb::UsageRecord> for UsageEvent {
+    type Error = DomainError;
+
+    fn try_from(w: &ipb::UsageRecord) -> Result<Self, DomainError> {
+        Ok(UsageEvent {
+            key_id: KeyId::parse(&w.key_id)?,
+            version: KeyVersionId::parse(&w.key_version_id)?,
+            principal: Principal::parse(&w.principal).map_err(|_| {
+                DomainError::invalid("Principal", "a usage record names a principal ARN")
+            })?,
+            op: UsageOp::parse(&w.operation)?,
+            at: w
+                .time
+                .as_ref()
+                .map(from_timestamp)
+                .ok_or_else(|| DomainError::invalid("Time", "a usage record needs its time"))?,
+        })
+    }
+}
+
+/// `CheckKeyAssociation`'s answer on the wire.
+pub fn key_associations(a: &KeyAssociations) -> pb::CheckKeyAssociationResponse {
+    pb::CheckKeyAssociationResponse {
+        associations: a
+            .associations
+            .iter()
+            .map(|x| pb::KeyAssociation {
+                principal: x.principal.clone(),
+                operation: x.op.name().to_string(),
+                last_called_at: Some(timestamp(x.last_called)),
+            })
+            .collect(),
+        version_usage: a
+            .versions
+            .iter()
+            .map(|v| pb::VersionUsage {
+                key_version_id: v.version.to_string(),
+                last_used_at: v.last_used.map(timestamp),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +607,50 @@ mod tests {
                 from_timestamp(&timestamp(UnixMillis(ms))),
                 UnixMillis(ms),
                 "{ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_records_round_trip_and_fail_closed() {
+        let event = UsageEvent {
+            key_id: KeyId::generate(),
+            version: KeyVersionId::generate(),
+            principal: Principal::parse("acs:ram::42:user/alice").unwrap_or_else(|e| panic!("{e}")),
+            op: UsageOp::ReEncryptFrom,
+            at: UnixMillis(1_700_000_000_123),
+        };
+        let wire = usage_record(&event);
+        assert_eq!(UsageEvent::try_from(&wire), Ok(event));
+        for (bad, reason) in [
+            (
+                ipb::UsageRecord {
+                    operation: "Frobnicate".into(),
+                    ..wire.clone()
+                },
+                "InvalidParameter.Operation",
+            ),
+            (
+                ipb::UsageRecord {
+                    time: None,
+                    ..wire.clone()
+                },
+                "InvalidParameter.Time",
+            ),
+            (
+                ipb::UsageRecord {
+                    principal: "alice".into(),
+                    ..wire
+                },
+                "InvalidParameter.Principal",
+            ),
+        ] {
+            assert_eq!(
+                UsageEvent::try_from(&bad)
+                    .err()
+                    .map(|e| e.reason_code())
+                    .as_deref(),
+                Some(reason)
             );
         }
     }
