@@ -10,7 +10,7 @@ use kms_types::crypto_rules::{self, AsymmetricUse};
 use kms_types::policy;
 use kms_types::{
     Algorithm, DataKeySpec, DomainError, EncryptionContext, KeyEntry, KeySpec, KeyState, KeyUsage,
-    KeyVersionId, Operation, Principal,
+    KeyVersionId, Operation, Principal, UnixMillis,
 };
 
 use crate::cache::{CachedKey, KeyCache};
@@ -48,6 +48,17 @@ pub struct CryptoEngine {
     vault: Arc<KeyVault>,
 }
 
+/// Now, by this machine's clock: imported material past its expiry is refused here even
+/// before the control plane's scheduler removes it.
+pub(crate) fn wall_clock() -> UnixMillis {
+    UnixMillis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+    )
+}
+
 fn join_error(e: tokio::task::JoinError) -> DomainError {
     DomainError::Internal(format!("crypto task failed: {e}"))
 }
@@ -76,6 +87,7 @@ fn check_symmetric_use(
     let entry = &key.entry;
     authorize(caller, entry, action)?;
     op.check_state(entry.state)?;
+    entry.check_material_live(wall_clock())?;
     if entry.usage != KeyUsage::EncryptDecrypt || !entry.spec.is_symmetric() {
         return Err(DomainError::invalid(
             "KeyUsage",
@@ -654,6 +666,7 @@ impl CryptoEngine {
         let entry = &key.entry;
         authorize(caller, entry, action)?;
         op.check_state(entry.state)?;
+        entry.check_material_live(wall_clock())?;
         if let Some((alg, use_)) = algorithm {
             crypto_rules::check_asymmetric(entry.spec, entry.usage, alg, use_)?;
         } else if entry.spec.is_symmetric() {

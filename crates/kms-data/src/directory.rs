@@ -1,8 +1,9 @@
 //! The control plane's `KeyDirectory`, as the data plane calls it.
 
-use kms_proto::kms::internal::v1::GetKeyRequest;
+use kms_proto::convert::usage_record;
 use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
-use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal};
+use kms_proto::kms::internal::v1::{GetKeyRequest, ReportUsageRequest};
+use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -34,7 +35,7 @@ fn directory_error(s: tonic::Status) -> DomainError {
             DomainError::Unavailable("the control plane cannot be reached".into())
         }
         (code, _) => DomainError::Internal(format!(
-            "KeyDirectory.GetKey failed: {code:?}: {}",
+            "KeyDirectory call failed: {code:?}: {}",
             s.message()
         )),
     }
@@ -116,5 +117,23 @@ impl DirectoryClient {
             DomainError::Internal(format!("KeyDirectory.GetKey returned a bad entry: {e}"))
         })?;
         Ok((entry, resp.revision))
+    }
+
+    /// Sends usage records to `KeyDirectory.ReportUsage`.
+    pub async fn report_usage(&self, events: &[UsageEvent]) -> Result<(), DomainError> {
+        let req = ReportUsageRequest {
+            records: events.iter().map(usage_record).collect(),
+        };
+        let mut req = kms_runtime::identity::with_principal(
+            tonic::Request::new(req),
+            &self.service_principal,
+        )?;
+        req.set_timeout(std::time::Duration::from_secs(10));
+        self.inner
+            .clone()
+            .report_usage(req)
+            .await
+            .map_err(directory_error)?;
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod crypto;
 pub mod directory;
 pub mod grpc;
+pub mod import;
+pub mod usage;
 pub mod vault;
 pub mod watch;
 

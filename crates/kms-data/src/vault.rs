@@ -15,8 +15,8 @@ use kms_types::{Algorithm, DomainError, KeySpec, KeyVersionId, ProtectionLevel};
 /// The HSM and the software backend, composed.
 #[derive(Debug)]
 pub struct KeyVault {
-    hsm: Arc<Hsm>,
-    soft: SoftBackend,
+    pub(crate) hsm: Arc<Hsm>,
+    pub(crate) soft: SoftBackend,
 }
 
 /// Maps a backend failure to the domain. Only the HSM's unreachability is worth telling.

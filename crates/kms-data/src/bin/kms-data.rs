@@ -11,6 +11,7 @@ use kms_data::cache::KeyCache;
 use kms_data::crypto::CryptoEngine;
 use kms_data::directory::DirectoryClient;
 use kms_data::grpc::{CryptoApi, MaterialService};
+use kms_data::usage::UsageRecorder;
 use kms_data::vault::KeyVault;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
@@ -69,6 +70,20 @@ async fn main() -> Result<()> {
         peer_tls,
     )
     .map_err(anyhow::Error::msg)?;
+    // Key usage for CheckKeyAssociation, batched to the control plane off the call path.
+    let usage = Arc::new(UsageRecorder::new());
+    let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reporter = {
+        let usage = Arc::clone(&usage);
+        let directory = directory.clone();
+        tokio::spawn(async move {
+            usage
+                .run(directory, async {
+                    let _ = usage_stopped.await;
+                })
+                .await;
+        })
+    };
     let cache = Arc::new(KeyCache::new(directory, params.cache));
     tokio::spawn(kms_data::watch::follow(Arc::clone(&cache)));
     let engine = Arc::new(CryptoEngine::new(cache, Arc::clone(&vault)));
@@ -101,7 +116,8 @@ async fn main() -> Result<()> {
         .add_service(health)
         .add_service(reflection)
         .add_service(
-            CryptoServiceServer::new(CryptoApi::new(engine)).max_decoding_message_size(max_request),
+            CryptoServiceServer::new(CryptoApi::new(engine, usage))
+                .max_decoding_message_size(max_request),
         )
         .add_service(
             KeyMaterialServer::new(MaterialService::new(vault, peer))
@@ -113,6 +129,9 @@ async fn main() -> Result<()> {
         )
         .await
         .context("server failed")?;
+    // Report what the drained calls used before leaving.
+    let _ = stop_usage.send(());
+    let _ = reporter.await;
     tracing::info!("data plane stopped");
     Ok(())
 }

@@ -6,11 +6,12 @@ use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::crypto_service_server::CryptoService;
 use kms_proto::kms::v1::*;
 use kms_runtime::caller;
-use kms_types::{DataKeySpec, DomainError};
+use kms_types::{DataKeySpec, DomainError, KeyVersionId, Principal, UsageOp};
 use tonic::{Request, Response, Status};
 
 use super::{answer, status};
 use crate::crypto::{CryptoEngine, ExportTo, PasswordRules};
+use crate::usage::UsageRecorder;
 use kms_runtime::audit::AuditNote;
 
 /// An optional data-key spec: 0 means "not given".
@@ -26,12 +27,18 @@ fn optional_data_key_spec(v: i32) -> Result<Option<DataKeySpec>, Status> {
 #[derive(Debug)]
 pub struct CryptoApi {
     engine: Arc<CryptoEngine>,
+    usage: Arc<UsageRecorder>,
 }
 
 impl CryptoApi {
-    /// A service over `engine`.
-    pub fn new(engine: Arc<CryptoEngine>) -> Self {
-        Self { engine }
+    /// A service over `engine`, noting every successful use of a key in `usage`.
+    pub fn new(engine: Arc<CryptoEngine>, usage: Arc<UsageRecorder>) -> Self {
+        Self { engine, usage }
+    }
+
+    /// Notes a successful use of a key version for key association.
+    fn used(&self, principal: &Principal, op: UsageOp, key_id: &str, version: KeyVersionId) {
+        self.usage.record(key_id, version, principal, op);
     }
 }
 
@@ -56,6 +63,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::Encrypt,
+            &sealed.key_id,
+            sealed.key_version_id,
+        );
         answer(
             &note,
             EncryptResponse {
@@ -83,6 +96,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::Decrypt,
+            &opened.key_id,
+            opened.key_version_id,
+        );
         answer(
             &note,
             DecryptResponse {
@@ -112,6 +131,18 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::ReEncryptFrom,
+            &out.source_key_id,
+            out.source_key_version_id,
+        );
+        self.used(
+            &principal,
+            UsageOp::ReEncryptTo,
+            &out.sealed.key_id,
+            out.sealed.key_version_id,
+        );
         answer(
             &note,
             ReEncryptResponse {
@@ -145,6 +176,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::GenerateDataKey,
+            &dk.key_id,
+            dk.key_version_id,
+        );
         answer(
             &note,
             GenerateDataKeyResponse {
@@ -177,6 +214,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::GenerateDataKeyWithoutPlaintext,
+            &dk.key_id,
+            dk.key_version_id,
+        );
         answer(
             &note,
             GenerateDataKeyWithoutPlaintextResponse {
@@ -252,6 +295,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::GenerateAndExportDataKey,
+            &dk.key_id,
+            dk.key_version_id,
+        );
         answer(
             &note,
             GenerateAndExportDataKeyResponse {
@@ -286,6 +335,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::ExportDataKey,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             ExportDataKeyResponse {
@@ -316,6 +371,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::AsymmetricEncrypt,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             AsymmetricEncryptResponse {
@@ -346,6 +407,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::AsymmetricDecrypt,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             AsymmetricDecryptResponse {
@@ -376,6 +443,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::AsymmetricSign,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             AsymmetricSignResponse {
@@ -407,6 +480,12 @@ impl CryptoService for CryptoApi {
             )
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::AsymmetricVerify,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             AsymmetricVerifyResponse {
@@ -429,6 +508,12 @@ impl CryptoService for CryptoApi {
             .public_key(&principal, &req.key_id, &req.key_version_id)
             .await
             .map_err(status)?;
+        self.used(
+            &principal,
+            UsageOp::GetPublicKey,
+            &out.key_id,
+            out.key_version_id,
+        );
         answer(
             &note,
             GetPublicKeyResponse {

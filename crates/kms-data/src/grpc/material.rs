@@ -1,5 +1,6 @@
-//! `kms.internal.v1.KeyMaterial`: new key material for the control plane, sealed under the root
-//! key. Only the control plane's own principal may call it.
+//! `kms.internal.v1.KeyMaterial`: new and imported key material for the control plane, sealed
+//! under the root key, and one-time import keys. Only the control plane's own principal may
+//! call it.
 
 use std::sync::Arc;
 
@@ -7,10 +8,13 @@ use kms_proto::convert::WireEnum;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterial;
 use kms_proto::kms::internal::v1::*;
 use kms_runtime::caller;
-use kms_types::{DomainError, KeyId, KeySpec, KeyVersionId, Principal, ProtectionLevel};
+use kms_types::{
+    Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, Principal, ProtectionLevel,
+};
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::import::ImportRequest;
 use crate::vault::KeyVault;
 
 /// Key material for the control plane.
@@ -59,9 +63,57 @@ impl KeyMaterial for MaterialService {
         }))
     }
 
-    kms_runtime::unimplemented_rpcs! {
-        "kms.internal.v1.KeyMaterial";
-        create_import_key(CreateImportKeyRequest) -> CreateImportKeyResponse = "CreateImportKey";
-        import_material(ImportMaterialRequest) -> ImportMaterialResponse = "ImportMaterial";
+    async fn create_import_key(
+        &self,
+        request: Request<CreateImportKeyRequest>,
+    ) -> Result<Response<CreateImportKeyResponse>, Status> {
+        self.check_peer(&request)?;
+        let req = request.into_inner();
+        KeyId::parse(&req.key_id).map_err(status)?;
+        let id = ImportTokenId::parse(&req.import_key_id).map_err(status)?;
+        Algorithm::from_wire(req.wrapping_algorithm).map_err(status)?;
+        let wrapping_key_spec = KeySpec::from_wire(req.wrapping_key_spec).map_err(status)?;
+        let vault = Arc::clone(&self.vault);
+        let key =
+            tokio::task::spawn_blocking(move || vault.create_import_key(&id, wrapping_key_spec))
+                .await
+                .map_err(|e| {
+                    status(DomainError::Internal(format!(
+                        "import key task failed: {e}"
+                    )))
+                })?
+                .map_err(status)?;
+        Ok(Response::new(CreateImportKeyResponse {
+            public_key_der: key.public_key_der,
+            wrapped_private_key: key.sealed_private_key,
+        }))
+    }
+
+    async fn import_material(
+        &self,
+        request: Request<ImportMaterialRequest>,
+    ) -> Result<Response<ImportMaterialResponse>, Status> {
+        self.check_peer(&request)?;
+        let req = request.into_inner();
+        let import = ImportRequest {
+            key_id: KeyId::parse(&req.key_id).map_err(status)?,
+            version: KeyVersionId::parse(&req.key_version_id).map_err(status)?,
+            spec: KeySpec::from_wire(req.key_spec).map_err(status)?,
+            protection: ProtectionLevel::from_wire(req.protection_level).map_err(status)?,
+            wrapping_algorithm: Algorithm::from_wire(req.wrapping_algorithm).map_err(status)?,
+            import_key_id: ImportTokenId::parse(&req.import_key_id).map_err(status)?,
+            sealed_import_key: req.wrapped_private_key,
+            encrypted_material: req.encrypted_key_material,
+        };
+        let vault = Arc::clone(&self.vault);
+        let imported = tokio::task::spawn_blocking(move || vault.import_material(&import))
+            .await
+            .map_err(|e| status(DomainError::Internal(format!("import task failed: {e}"))))?
+            .map_err(status)?;
+        Ok(Response::new(ImportMaterialResponse {
+            wrapped_material: imported.wrapped_material,
+            public_key_der: imported.public_key_der,
+            material_digest: imported.digest.to_vec(),
+        }))
     }
 }

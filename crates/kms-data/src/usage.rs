@@ -1,0 +1,214 @@
+//! Usage reporting for key association: every successful cryptographic call is noted (key,
+//! version, caller, operation, time) in a bounded in-memory batch, and a background task sends
+//! the batch to `KeyDirectory.ReportUsage` every second, or as soon as it holds
+//! [`FLUSH_AT`] records.
+//!
+//! Noting a call takes one short lock and never waits on the network. Calls with the same key,
+//! version, caller and operation fold into one record with the latest time, so a busy key
+//! costs one record per flush, not one per call. The batch holds at most [`MAX_PENDING`]
+//! records; beyond that new combinations are counted and dropped, never queued without bound.
+//! A crash loses at most the batch not yet sent; a send that fails keeps its records (merged
+//! with newer ones, within the bound) for the next attempt.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use kms_types::{DomainError, KeyId, KeyVersionId, Principal, UnixMillis, UsageEvent, UsageOp};
+use tokio::sync::Notify;
+
+use crate::crypto::wall_clock;
+use crate::directory::DirectoryClient;
+
+/// How often the batch is sent.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// A batch this large is sent at once.
+pub const FLUSH_AT: usize = 512;
+/// Most records held while the control plane does not take them.
+pub const MAX_PENDING: usize = 65_536;
+/// Most records per `ReportUsage` call.
+pub const MAX_PER_REPORT: usize = 1_000;
+
+type Slot = (KeyId, KeyVersionId, Principal, UsageOp);
+
+/// The batch of usage not yet reported.
+#[derive(Debug, Default)]
+pub struct UsageRecorder {
+    pending: Mutex<HashMap<Slot, UnixMillis>>,
+    full: Notify,
+    dropped: AtomicU64,
+}
+
+impl UsageRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes one successful call, now. `key_id` is the resolved key id a response names; a
+    /// malformed one (never expected) is ignored.
+    pub fn record(&self, key_id: &str, version: KeyVersionId, principal: &Principal, op: UsageOp) {
+        let Ok(key_id) = KeyId::parse(key_id) else {
+            return;
+        };
+        self.note((key_id, version, principal.clone(), op), wall_clock());
+    }
+
+    fn note(&self, slot: Slot, at: UnixMillis) {
+        let len = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() >= MAX_PENDING && !pending.contains_key(&slot) {
+                drop(pending);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let latest = pending.entry(slot).or_insert(at);
+            if at > *latest {
+                *latest = at;
+            }
+            pending.len()
+        };
+        if len == FLUSH_AT {
+            self.full.notify_one();
+        }
+    }
+
+    /// How many records wait to be sent.
+    pub fn pending(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Takes the whole batch.
+    fn take(&self) -> Vec<UsageEvent> {
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        batch
+            .into_iter()
+            .map(|((key_id, version, principal, op), at)| UsageEvent {
+                key_id,
+                version,
+                principal,
+                op,
+                at,
+            })
+            .collect()
+    }
+
+    /// Puts records that could not be sent back, within the bound.
+    fn restore(&self, events: Vec<UsageEvent>) {
+        for e in events {
+            self.note((e.key_id, e.version, e.principal, e.op), e.at);
+        }
+    }
+
+    /// Sends everything pending to the control plane, in calls of at most
+    /// [`MAX_PER_REPORT`] records. On failure the unsent records stay pending.
+    pub async fn flush(&self, directory: &DirectoryClient) -> Result<usize, DomainError> {
+        let mut batch = self.take();
+        let total = batch.len();
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(MAX_PER_REPORT));
+            if let Err(e) = directory.report_usage(&batch).await {
+                batch.extend(rest);
+                self.restore(batch);
+                return Err(e);
+            }
+            batch = rest;
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "usage records were dropped: the batch was full while the control plane did not take it"
+            );
+        }
+        Ok(total)
+    }
+
+    /// Sends the batch every [`FLUSH_INTERVAL`], or when it fills, until `stop` resolves; then
+    /// sends what is left once.
+    pub async fn run(&self, directory: DirectoryClient, stop: impl Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(FLUSH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = ticks.tick() => {}
+                _ = self.full.notified() => {}
+            }
+            if let Err(e) = self.flush(&directory).await {
+                tracing::warn!(error = %e, pending = self.pending(), "cannot report key usage; retrying");
+            }
+        }
+        if let Err(e) = self.flush(&directory).await {
+            tracing::warn!(error = %e, pending = self.pending(), "key usage not reported at shutdown");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(name: &str) -> Principal {
+        Principal::parse(&format!("acs:ram::42:user/{name}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn calls_fold_into_the_latest_time() {
+        let r = UsageRecorder::new();
+        let key = KeyId::generate();
+        let v = KeyVersionId::generate();
+        let slot = |p: &str, op| (key.clone(), v, principal(p), op);
+        r.note(slot("a", UsageOp::Encrypt), UnixMillis(20));
+        r.note(slot("a", UsageOp::Encrypt), UnixMillis(10));
+        r.note(slot("a", UsageOp::Encrypt), UnixMillis(30));
+        r.note(slot("a", UsageOp::Decrypt), UnixMillis(5));
+        r.note(slot("b", UsageOp::Encrypt), UnixMillis(7));
+        assert_eq!(r.pending(), 3);
+        let mut events = r.take();
+        events.sort_by_key(|e| (e.principal.arn().to_string(), e.op));
+        let got: Vec<(String, UsageOp, i64)> = events
+            .iter()
+            .map(|e| (e.principal.arn().to_string(), e.op, e.at.0))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("acs:ram::42:user/a".to_string(), UsageOp::Encrypt, 30),
+                ("acs:ram::42:user/a".to_string(), UsageOp::Decrypt, 5),
+                ("acs:ram::42:user/b".to_string(), UsageOp::Encrypt, 7),
+            ]
+        );
+        assert_eq!(r.pending(), 0);
+        r.restore(events);
+        assert_eq!(r.pending(), 3, "unsent records come back");
+        r.record("not-a-key", v, &principal("a"), UsageOp::Encrypt);
+        assert_eq!(r.pending(), 3);
+    }
+
+    #[test]
+    fn the_batch_is_bounded() {
+        let r = UsageRecorder::new();
+        let key = KeyId::generate();
+        let p = principal("a");
+        for _ in 0..MAX_PENDING + 10 {
+            r.note(
+                (
+                    key.clone(),
+                    KeyVersionId::generate(),
+                    p.clone(),
+                    UsageOp::AsymmetricSign,
+                ),
+                UnixMillis(1),
+            );
+        }
+        assert_eq!(r.pending(), MAX_PENDING);
+        assert_eq!(r.dropped.load(Ordering::Relaxed), 10);
+    }
+}
