@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use kms_store::{Abort, Store, Txn, abort};
 use kms_types::{
-    DomainError, InstanceId, InstanceRecord, KeyEvent, KeyEventKind, KeyId, KeyRecord, KeyState,
+    DomainError, ImportTokenId, ImportTokenRecord, InstanceId, InstanceRecord, KeyEvent,
+    KeyEventKind, KeyId, KeyRecord, KeyState,
 };
 
 use crate::schema::{self, Access};
@@ -56,6 +57,9 @@ fn key_entries(r: &KeyRecord) -> BTreeMap<Vec<u8>, Vec<u8>> {
     }
     if let Some(at) = r.scheduled_rotation() {
         m.insert(schema::rotation_queue(at, &r.id), schema::marker());
+    }
+    if let Some(at) = r.material_expiry() {
+        m.insert(schema::material_expiry_queue(at, &r.id), schema::marker());
     }
     m
 }
@@ -219,6 +223,72 @@ pub(crate) fn put_instance(
         &user(schema::encode_instance(new))?,
     )?;
     Ok(())
+}
+
+/// The import token `id`, as this transaction sees it.
+pub(crate) fn get_token(
+    tx: &mut dyn Txn,
+    id: &ImportTokenId,
+) -> TxResult<Option<ImportTokenRecord>> {
+    tx.get(&schema::import_token(id))?
+        .map(|b| user(schema::decode_token(&b)))
+        .transpose()
+}
+
+/// Writes import token `t` with its key and purge-queue entries. Tokens never change key or
+/// expiry, so the entries of an earlier write stay right.
+pub(crate) fn put_token(tx: &mut dyn Txn, t: &ImportTokenRecord) -> TxResult<()> {
+    tx.put(
+        &schema::import_token(&t.id),
+        &user(schema::encode_token(t))?,
+    )?;
+    tx.put(&schema::key_token(&t.key_id, &t.id), &schema::marker())?;
+    tx.put(
+        &schema::token_purge_queue(t.purge_at(), &t.id),
+        &schema::marker(),
+    )?;
+    Ok(())
+}
+
+/// Removes import token `t` and its entries.
+pub(crate) fn delete_token(tx: &mut dyn Txn, t: &ImportTokenRecord) -> TxResult<()> {
+    tx.delete(&schema::import_token(&t.id))?;
+    tx.delete(&schema::key_token(&t.key_id, &t.id))?;
+    tx.delete(&schema::token_purge_queue(t.purge_at(), &t.id))?;
+    Ok(())
+}
+
+/// The import token `id`, read outside a transaction.
+pub(crate) fn load_token<S: Store>(
+    store: &S,
+    id: &ImportTokenId,
+) -> Result<Option<ImportTokenRecord>, DomainError> {
+    store
+        .get(&schema::import_token(id))
+        .map_err(store_error)?
+        .map(|b| schema::decode_token(&b))
+        .transpose()
+}
+
+/// Every entry under `prefix`, read outside a transaction in batches.
+pub(crate) fn scan_all<S: Store>(
+    store: &S,
+    prefix: &[u8],
+) -> Result<Vec<kms_store::Entry>, DomainError> {
+    const BATCH: usize = 500;
+    let mut out = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let batch = store
+            .scan_prefix(prefix, cursor.as_deref(), BATCH)
+            .map_err(store_error)?;
+        let full = batch.len() == BATCH;
+        cursor = batch.last().map(|(k, _)| k.clone());
+        out.extend(batch);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// The key record `id`, read outside a transaction.

@@ -1,11 +1,16 @@
-//! Where new key material comes from: the data plane's `KeyMaterial` service, behind the
-//! [`MaterialSource`] trait so the registry can be tested in process. Material arrives already
-//! wrapped under the HSM root key; the control plane never sees plaintext.
+//! Where new and imported key material comes from: the data plane's `KeyMaterial` service,
+//! behind the [`MaterialSource`] trait so the registry can be tested in process. Material (and
+//! every import private key) arrives already wrapped under the HSM root key; the control plane
+//! never sees plaintext.
 
 use kms_proto::convert::WireEnum;
-use kms_proto::kms::internal::v1::GenerateKeyMaterialRequest;
 use kms_proto::kms::internal::v1::key_material_client::KeyMaterialClient;
-use kms_types::{DomainError, KeyId, KeySpec, KeyVersionId, ProtectionLevel};
+use kms_proto::kms::internal::v1::{
+    CreateImportKeyRequest, GenerateKeyMaterialRequest, ImportMaterialRequest,
+};
+use kms_types::{
+    Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, ProtectionLevel,
+};
 use tonic::transport::Channel;
 
 /// Wrapped material and public key of a new key version.
@@ -28,6 +33,73 @@ pub trait MaterialSource: Send + Sync + std::fmt::Debug + 'static {
         spec: KeySpec,
         protection: ProtectionLevel,
     ) -> Result<NewMaterial, DomainError>;
+
+    /// A one-time import key pair for `token` of `key_id`: the public key, and the private
+    /// key sealed under the root key.
+    async fn create_import_key(
+        &self,
+        key_id: &KeyId,
+        token: &ImportTokenId,
+        algorithm: Algorithm,
+        wrapping_key_spec: KeySpec,
+    ) -> Result<NewImportKey, DomainError> {
+        let _ = (key_id, token, algorithm, wrapping_key_spec);
+        Err(DomainError::Internal(
+            "this material source does not import".into(),
+        ))
+    }
+
+    /// Opens the caller's wrapped material with the import key and seals it for the version.
+    async fn import_material(
+        &self,
+        import: MaterialImport,
+    ) -> Result<ImportedMaterial, DomainError> {
+        let _ = import;
+        Err(DomainError::Internal(
+            "this material source does not import".into(),
+        ))
+    }
+}
+
+/// A one-time import key pair, from the data plane.
+#[derive(Debug)]
+pub struct NewImportKey {
+    /// SubjectPublicKeyInfo DER, for the caller.
+    pub public_key_der: Vec<u8>,
+    /// The private key sealed under the root key, kept with the token.
+    pub sealed_private_key: Vec<u8>,
+}
+
+/// What the data plane needs to import material into a key version.
+#[derive(Debug, Clone)]
+pub struct MaterialImport {
+    /// The key.
+    pub key_id: KeyId,
+    /// The version the material becomes.
+    pub version: KeyVersionId,
+    /// The key's spec.
+    pub spec: KeySpec,
+    /// The key's protection level.
+    pub protection: ProtectionLevel,
+    /// How the caller wrapped the material (the token's algorithm).
+    pub wrapping_algorithm: Algorithm,
+    /// The token, which names the import key.
+    pub token: ImportTokenId,
+    /// The import private key, sealed.
+    pub sealed_import_key: Vec<u8>,
+    /// The caller's wrapped material.
+    pub encrypted_material: Vec<u8>,
+}
+
+/// Imported material, sealed by the data plane.
+#[derive(Debug)]
+pub struct ImportedMaterial {
+    /// Material sealed under the root key.
+    pub wrapped: Vec<u8>,
+    /// SubjectPublicKeyInfo DER; empty for symmetric keys.
+    pub public_key_der: Vec<u8>,
+    /// Keyed digest of the material (never a plain hash).
+    pub digest: Vec<u8>,
 }
 
 /// A client of the data plane's `KeyMaterial` service that identifies as the control plane.
@@ -117,5 +189,122 @@ impl MaterialSource for MaterialClient {
     ) -> Result<NewMaterial, DomainError> {
         self.generate_material(key_id, version, spec, protection)
             .await
+    }
+
+    async fn create_import_key(
+        &self,
+        key_id: &KeyId,
+        token: &ImportTokenId,
+        algorithm: Algorithm,
+        wrapping_key_spec: KeySpec,
+    ) -> Result<NewImportKey, DomainError> {
+        self.new_import_key(key_id, token, algorithm, wrapping_key_spec)
+            .await
+    }
+
+    async fn import_material(
+        &self,
+        import: MaterialImport,
+    ) -> Result<ImportedMaterial, DomainError> {
+        self.import(import).await
+    }
+}
+
+/// A data-plane failure of an import call: what the caller sent is refused with the field the
+/// data plane named (its `InvalidParameter.<Field>` reason code); the rest is the data plane's.
+fn import_error(call: &str, s: tonic::Status) -> DomainError {
+    const CALLER_FIELDS: &[&str] = &[
+        "EncryptedKeyMaterial",
+        "KeyMaterial",
+        "WrappingAlgorithm",
+        "WrappingKeySpec",
+    ];
+    let field = kms_runtime::status::reason_of(&s).and_then(|reason| {
+        let field = reason.strip_prefix("InvalidParameter.")?;
+        CALLER_FIELDS.iter().copied().find(|f| *f == field)
+    });
+    match (s.code(), field) {
+        (tonic::Code::InvalidArgument, Some(field)) => {
+            let text = s.message();
+            let text = text
+                .split_once(": ")
+                .map_or(text, |(_, rest)| rest)
+                .to_string();
+            DomainError::invalid(field, text)
+        }
+        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled, _) => {
+            DomainError::Unavailable("the data plane cannot be reached".into())
+        }
+        (code, _) => DomainError::Internal(format!(
+            "data plane {call} failed: {code:?}: {}",
+            s.message()
+        )),
+    }
+}
+
+impl MaterialClient {
+    /// Asks the data plane for an import key pair for `token`.
+    pub async fn new_import_key(
+        &self,
+        key_id: &KeyId,
+        token: &ImportTokenId,
+        algorithm: Algorithm,
+        wrapping_key_spec: KeySpec,
+    ) -> Result<NewImportKey, DomainError> {
+        let req = tonic::Request::new(CreateImportKeyRequest {
+            key_id: key_id.to_string(),
+            import_key_id: token.to_string(),
+            wrapping_algorithm: algorithm.to_wire(),
+            wrapping_key_spec: wrapping_key_spec.to_wire(),
+        });
+        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        let resp = self
+            .inner
+            .clone()
+            .create_import_key(req)
+            .await
+            .map_err(|s| import_error("CreateImportKey", s))?
+            .into_inner();
+        if resp.public_key_der.is_empty() || resp.wrapped_private_key.is_empty() {
+            return Err(DomainError::Internal(
+                "data plane returned no import key".into(),
+            ));
+        }
+        Ok(NewImportKey {
+            public_key_der: resp.public_key_der,
+            sealed_private_key: resp.wrapped_private_key,
+        })
+    }
+
+    /// Asks the data plane to import material.
+    pub async fn import(&self, import: MaterialImport) -> Result<ImportedMaterial, DomainError> {
+        let req = tonic::Request::new(ImportMaterialRequest {
+            key_id: import.key_id.to_string(),
+            key_version_id: import.version.to_string(),
+            key_spec: import.spec.to_wire(),
+            protection_level: import.protection.to_wire(),
+            wrapping_algorithm: import.wrapping_algorithm.to_wire(),
+            wrapped_private_key: import.sealed_import_key,
+            encrypted_key_material: import.encrypted_material,
+            import_key_id: import.token.to_string(),
+        });
+        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        let resp = self
+            .inner
+            .clone()
+            .import_material(req)
+            .await
+            .map_err(|s| import_error("ImportMaterial", s))?
+            .into_inner();
+        if resp.wrapped_material.is_empty() || resp.material_digest.is_empty() {
+            return Err(DomainError::Internal(
+                "data plane returned no imported material".into(),
+            ));
+        }
+        Ok(ImportedMaterial {
+            wrapped: resp.wrapped_material,
+            public_key_der: resp.public_key_der,
+            digest: resp.material_digest,
+        })
     }
 }

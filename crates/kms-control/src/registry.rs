@@ -6,16 +6,19 @@
 //! acknowledged, then the transaction's key events go out to `WatchKeys` streams.
 //!
 //! The methods are split by subject: keys and their lifecycle (`registry/keys.rs`), versions
-//! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, and the
+//! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, imported
+//! material (`registry/import.rs`), key usage and association (`registry/usage.rs`), and the
 //! scheduled work, rotation and deletion (`registry/schedule.rs`).
 
 mod access;
 mod aliases;
 mod directory;
+mod import;
 mod instances;
 mod keys;
 mod schedule;
 mod tags;
+mod usage;
 mod versions;
 
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use crate::index::{self, TxResult};
 use crate::material::MaterialSource;
 use crate::schema;
 
+pub use import::ImportParameters;
 pub use schedule::SweepReport;
 
 /// Default rotation interval, in days.
@@ -263,5 +267,7 @@ fn load_ref<S: Store>(
     index::load_key(store, &id)?.ok_or(DomainError::KeyNotFound)
 }
 
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod tests;

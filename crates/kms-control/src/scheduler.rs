@@ -1,5 +1,6 @@
-//! The loop that runs the rotation scheduler and the deletion reaper every interval, until the
-//! registry closes. What is due is decided by the registry's clock, not by this loop's timer.
+//! The loop that runs the rotation scheduler, the deletion reaper and the expiry of imported
+//! material every interval, until the registry closes. What is due is decided by the
+//! registry's clock, not by this loop's timer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub async fn run<S: Store>(registry: Arc<Registry<S>>, interval: Duration) {
             _ = registry.closed() => return,
             _ = ticks.tick() => {
                 let report = registry.run_scheduled().await;
-                if report.rotated + report.deleted + report.failed > 0 {
+                if report.rotated + report.deleted + report.expired + report.failed > 0 {
                     tracing::debug!(?report, "scheduler run");
                 }
             }

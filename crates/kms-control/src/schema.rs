@@ -16,6 +16,12 @@
 //! | `t/<account>/<hex tag key>/<key-id>` | tag value | tag → keys |
 //! | `sd/<n: delete date>/<key-id>` | empty | keys pending deletion, by date (reaper) |
 //! | `sr/<n: next rotation>/<key-id>` | empty | keys due to rotate, by date (scheduler) |
+//! | `sx/<n: material expiry>/<key-id>` | empty | keys whose imported material expires, by date |
+//! | `it/<token-id>` | JSON of [`ImportTokenRecord`] | an import token, its sealed import key |
+//! | `tk/<key-id>/<token-id>` | empty | key → its import tokens |
+//! | `sp/<n: purge date>/<token-id>` | empty | import tokens to forget, by date |
+//! | `uc/<key-id>/<hex principal>/<operation>` | n (u64, big-endian) | latest call per caller and operation |
+//! | `uv/<key-id>/<key-version-id>` | n (u64, big-endian) | latest decryption or verification per version |
 //! | `i/<instance-id>` | JSON of [`InstanceRecord`] | the instance |
 //! | `ia/<account>/<instance-id>` | `"Owner"` or `"Shared"` (JSON) | account → instances it sees |
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
@@ -29,8 +35,8 @@
 
 use kms_store::{decode_record, encode_record};
 use kms_types::{
-    AccountId, DomainError, InstanceId, InstanceRecord, KeyEvent, KeyId, KeyRecord, KeyVersionId,
-    UnixMillis,
+    AccountId, DomainError, ImportTokenId, ImportTokenRecord, InstanceId, InstanceRecord, KeyEvent,
+    KeyId, KeyRecord, KeyVersionId, Principal, UnixMillis, UsageOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +64,10 @@ pub const ROTATION_QUEUE: &[u8] = b"sr/";
 pub const REVISION: &[u8] = b"m/revision";
 /// The layout version.
 pub const LAYOUT: &[u8] = b"m/layout";
+/// Prefix of the material-expiry queue.
+pub const MATERIAL_EXPIRY_QUEUE: &[u8] = b"sx/";
+/// Prefix of the import-token purge queue.
+pub const TOKEN_PURGE_QUEUE: &[u8] = b"sp/";
 
 fn n20(n: u64) -> String {
     format!("{n:020}")
@@ -116,6 +126,20 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+fn hex_decode(text: &str) -> Option<String> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Prefix of the keys of `account` carrying a tag with key `tag_key`.
 pub fn tag_prefix(account: &AccountId, tag_key: &str) -> Vec<u8> {
     format!("t/{account}/{}/", hex(tag_key)).into_bytes()
@@ -136,8 +160,13 @@ pub fn rotation_queue(at: UnixMillis, id: &KeyId) -> Vec<u8> {
     format!("sr/{}/{id}", time20(at)).into_bytes()
 }
 
-/// The date and key of a queue entry (`sd/` or `sr/`).
-pub fn decode_queue_entry(store_key: &[u8]) -> Result<(UnixMillis, KeyId), DomainError> {
+/// Store key of a material-expiry queue entry.
+pub fn material_expiry_queue(at: UnixMillis, id: &KeyId) -> Vec<u8> {
+    format!("sx/{}/{id}", time20(at)).into_bytes()
+}
+
+/// The date and id of a dated queue entry (`sd/`, `sr/`, `sx/`, `sp/`).
+pub fn decode_dated(store_key: &[u8]) -> Result<(UnixMillis, &str), DomainError> {
     let corrupt = || DomainError::Internal("malformed scheduler queue entry".into());
     let text = std::str::from_utf8(store_key).map_err(|_| corrupt())?;
     let mut parts = text.splitn(3, '/');
@@ -145,7 +174,90 @@ pub fn decode_queue_entry(store_key: &[u8]) -> Result<(UnixMillis, KeyId), Domai
         return Err(corrupt());
     };
     let at: i64 = at.parse().map_err(|_| corrupt())?;
-    Ok((UnixMillis(at), KeyId::parse(id).map_err(|_| corrupt())?))
+    Ok((UnixMillis(at), id))
+}
+
+/// The date and key of a key queue entry (`sd/`, `sr/` or `sx/`).
+pub fn decode_queue_entry(store_key: &[u8]) -> Result<(UnixMillis, KeyId), DomainError> {
+    let (at, id) = decode_dated(store_key)?;
+    let id = KeyId::parse(id)
+        .map_err(|_| DomainError::Internal("malformed scheduler queue entry".into()))?;
+    Ok((at, id))
+}
+
+/// Store key of an import token.
+pub fn import_token(id: &ImportTokenId) -> Vec<u8> {
+    format!("it/{id}").into_bytes()
+}
+
+/// Prefix of a key's import tokens.
+pub fn key_tokens_prefix(key: &KeyId) -> Vec<u8> {
+    format!("tk/{key}/").into_bytes()
+}
+
+/// Store key of a key → import token index entry.
+pub fn key_token(key: &KeyId, id: &ImportTokenId) -> Vec<u8> {
+    format!("tk/{key}/{id}").into_bytes()
+}
+
+/// Store key of an import-token purge queue entry.
+pub fn token_purge_queue(at: UnixMillis, id: &ImportTokenId) -> Vec<u8> {
+    format!("sp/{}/{id}", time20(at)).into_bytes()
+}
+
+/// Prefix of a key's latest calls per caller and operation.
+pub fn usage_calls_prefix(key: &KeyId) -> Vec<u8> {
+    format!("uc/{key}/").into_bytes()
+}
+
+/// Store key of a caller's latest call of an operation on a key.
+pub fn usage_call(key: &KeyId, principal: &Principal, op: UsageOp) -> Vec<u8> {
+    format!("uc/{key}/{}/{op}", hex(principal.arn())).into_bytes()
+}
+
+/// The caller and operation of a `uc/` entry under `prefix`.
+pub fn decode_usage_call(
+    store_key: &[u8],
+    prefix: &[u8],
+) -> Result<(String, UsageOp), DomainError> {
+    let corrupt = || DomainError::Internal("malformed usage entry".into());
+    let (principal, op) = suffix(store_key, prefix)?
+        .split_once('/')
+        .ok_or_else(corrupt)?;
+    let principal = hex_decode(principal).ok_or_else(corrupt)?;
+    Ok((principal, UsageOp::parse(op).map_err(|_| corrupt())?))
+}
+
+/// Prefix of a key's versions' latest reading uses.
+pub fn usage_versions_prefix(key: &KeyId) -> Vec<u8> {
+    format!("uv/{key}/").into_bytes()
+}
+
+/// Store key of a version's latest reading use.
+pub fn usage_version(key: &KeyId, version: &KeyVersionId) -> Vec<u8> {
+    format!("uv/{key}/{version}").into_bytes()
+}
+
+/// Encodes an instant.
+pub fn encode_time(t: UnixMillis) -> Vec<u8> {
+    encode_u64(u64::try_from(t.0).unwrap_or(0))
+}
+
+/// Decodes an instant.
+pub fn decode_time(bytes: &[u8]) -> Result<UnixMillis, DomainError> {
+    Ok(UnixMillis(
+        i64::try_from(decode_u64(bytes)?).unwrap_or(i64::MAX),
+    ))
+}
+
+/// Encodes an import token.
+pub fn encode_token(t: &ImportTokenRecord) -> Result<Vec<u8>, DomainError> {
+    encode_json("import token", t)
+}
+
+/// Decodes an import token.
+pub fn decode_token(bytes: &[u8]) -> Result<ImportTokenRecord, DomainError> {
+    decode_json("import token", bytes)
 }
 
 /// Store key of an instance record.
@@ -332,6 +444,31 @@ mod tests {
             suffix(&owner(&AccountId::parse("1").unwrap(), &id), b"o/1/").unwrap(),
             id.as_str()
         );
+    }
+
+    #[test]
+    fn usage_and_token_entries() {
+        let key = KeyId::generate();
+        let p = Principal::parse("acs:ram::42:user/a/b").unwrap();
+        let slot = usage_call(&key, &p, UsageOp::ReEncryptFrom);
+        let prefix = usage_calls_prefix(&key);
+        assert!(slot.starts_with(&prefix));
+        assert_eq!(
+            decode_usage_call(&slot, &prefix).unwrap(),
+            ("acs:ram::42:user/a/b".to_string(), UsageOp::ReEncryptFrom)
+        );
+        assert!(decode_usage_call(b"uc/x/zz/Encrypt", b"uc/x/").is_err());
+        assert_eq!(
+            decode_time(&encode_time(UnixMillis(1_700_000_000_000))).unwrap(),
+            UnixMillis(1_700_000_000_000)
+        );
+        let token = ImportTokenId::generate();
+        let entry = token_purge_queue(UnixMillis(7), &token);
+        let (at, id) = decode_dated(&entry).unwrap();
+        assert_eq!((at, id), (UnixMillis(7), token.as_str()));
+        let (at, back) = decode_queue_entry(&material_expiry_queue(UnixMillis(9), &key)).unwrap();
+        assert_eq!((at, back), (UnixMillis(9), key.clone()));
+        assert!(key_token(&key, &token).starts_with(&key_tokens_prefix(&key)));
     }
 
     #[test]

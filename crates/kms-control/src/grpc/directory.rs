@@ -9,7 +9,7 @@ use kms_proto::kms::internal::v1::key_directory_server::KeyDirectory;
 use kms_proto::kms::internal::v1::*;
 use kms_runtime::caller;
 use kms_store::Store;
-use kms_types::{DomainError, KeyRef, KeyVersionId, Principal};
+use kms_types::{DomainError, KeyRef, KeyVersionId, Principal, UsageEvent};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -82,8 +82,19 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
         request: Request<ReportUsageRequest>,
     ) -> Result<Response<ReportUsageResponse>, Status> {
         self.check_peer(&request)?;
-        Err(Status::unimplemented(
-            "kms.internal.v1.KeyDirectory/ReportUsage is not implemented yet",
-        ))
+        let (events, malformed): (Vec<_>, Vec<_>) = request
+            .get_ref()
+            .records
+            .iter()
+            .map(UsageEvent::try_from)
+            .partition(Result::is_ok);
+        if let Some(Err(e)) = malformed.first() {
+            tracing::warn!(skipped = malformed.len(), error = %e, "usage records that do not parse were skipped");
+        }
+        self.registry
+            .report_usage(events.into_iter().flatten().collect())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReportUsageResponse {}))
     }
 }

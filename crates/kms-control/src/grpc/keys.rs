@@ -473,11 +473,93 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         Ok(Response::new(GetKeyPolicyResponse { policy }))
     }
 
-    kms_runtime::unimplemented_rpcs! {
-        "kms.v1.KeyManagementService";
-        get_parameters_for_import(GetParametersForImportRequest) -> GetParametersForImportResponse = "GetParametersForImport";
-        import_key_material(ImportKeyMaterialRequest) -> ImportKeyMaterialResponse = "ImportKeyMaterial";
-        delete_key_material(DeleteKeyMaterialRequest) -> DeleteKeyMaterialResponse = "DeleteKeyMaterial";
-        check_key_association(CheckKeyAssociationRequest) -> CheckKeyAssociationResponse = "CheckKeyAssociation";
+    async fn get_parameters_for_import(
+        &self,
+        request: Request<GetParametersForImportRequest>,
+    ) -> Result<Response<GetParametersForImportResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
+        let req = request.into_inner();
+        let key_ref = key_ref(&req.key_id)?;
+        let (algorithm, wrapping_key_spec) =
+            kms_proto::convert::import_wrapping(req.wrapping_algorithm, req.wrapping_key_spec)
+                .map_err(status)?;
+        let params = self
+            .registry
+            .get_parameters_for_import(&principal, key_ref, algorithm, wrapping_key_spec)
+            .await
+            .map_err(status)?;
+        note.set_key(params.key_id.as_str(), "");
+        Ok(Response::new(GetParametersForImportResponse {
+            key_id: params.key_id.to_string(),
+            import_token: params.token.to_string(),
+            public_key: params.public_key_der,
+            token_expire_time: Some(kms_proto::convert::timestamp(params.expires)),
+        }))
+    }
+
+    async fn import_key_material(
+        &self,
+        request: Request<ImportKeyMaterialRequest>,
+    ) -> Result<Response<ImportKeyMaterialResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
+        let req = request.into_inner();
+        let key_ref = key_ref(&req.key_id)?;
+        let expire = req
+            .key_material_expire_time
+            .as_ref()
+            .map(kms_proto::convert::from_timestamp);
+        let record = self
+            .registry
+            .import_key_material(
+                &principal,
+                key_ref,
+                &req.import_token,
+                req.encrypted_key_material,
+                expire,
+            )
+            .await
+            .map_err(status)?;
+        note.set_key(record.id.as_str(), &record.primary_version.to_string());
+        Ok(Response::new(ImportKeyMaterialResponse {}))
+    }
+
+    async fn delete_key_material(
+        &self,
+        request: Request<DeleteKeyMaterialRequest>,
+    ) -> Result<Response<DeleteKeyMaterialResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
+        let key_ref = key_ref(&request.get_ref().key_id)?;
+        let record = self
+            .registry
+            .delete_key_material(&principal, key_ref)
+            .await
+            .map_err(status)?;
+        note.set_key(record.id.as_str(), &record.primary_version.to_string());
+        Ok(Response::new(DeleteKeyMaterialResponse {}))
+    }
+
+    async fn check_key_association(
+        &self,
+        request: Request<CheckKeyAssociationRequest>,
+    ) -> Result<Response<CheckKeyAssociationResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
+        let key_ref = key_ref(&request.get_ref().key_id)?;
+        let (record, associations) = self
+            .registry
+            .check_key_association(&principal, key_ref)
+            .await
+            .map_err(status)?;
+        note.set_key(record.id.as_str(), "");
+        Ok(Response::new(kms_proto::convert::key_associations(
+            &associations,
+        )))
     }
 }

@@ -1,6 +1,7 @@
-//! Scheduled work: rotating keys whose rotation interval passed, and deleting keys whose
-//! pending window passed. Both walk a queue index ordered by date (`sr/`, `sd/`), so a run
-//! reads only the keys that are due. Time comes from the registry's clock.
+//! Scheduled work: rotating keys whose rotation interval passed, deleting keys whose pending
+//! window passed, removing imported material whose expiry time passed (`registry/import.rs`),
+//! and forgetting old import tokens. Each walks a queue index ordered by date (`sr/`, `sd/`,
+//! `sx/`, `sp/`), so a run reads only what is due. Time comes from the registry's clock.
 
 use kms_store::{Abort, Store};
 use kms_types::{DomainError, KeyId, UnixMillis};
@@ -19,13 +20,19 @@ pub struct SweepReport {
     pub rotated: usize,
     /// Keys deleted for good.
     pub deleted: usize,
+    /// Keys whose imported material expired and was removed.
+    pub expired: usize,
     /// Keys that could not be handled this time (logged; retried on the next run).
     pub failed: usize,
 }
 
 impl<S: Store> Registry<S> {
     /// Keys in queue `prefix` due at `now`, oldest first.
-    async fn due(&self, prefix: &'static [u8], now: UnixMillis) -> Result<Vec<KeyId>, DomainError> {
+    pub(super) async fn due(
+        &self,
+        prefix: &'static [u8],
+        now: UnixMillis,
+    ) -> Result<Vec<KeyId>, DomainError> {
         self.read(move |store| {
             let mut due = Vec::new();
             let mut cursor: Option<Vec<u8>> = None;
@@ -72,6 +79,14 @@ impl<S: Store> Registry<S> {
                 Ok(true) => {
                     report.deleted += 1;
                     tracing::info!(key_id = %key_id, "key deleted at the end of its pending window");
+                    // What refers to the key but is not part of its record; a failure leaves
+                    // entries nothing can reach (and tokens that expire), so it is only logged.
+                    if let Err(e) = self.forget_key_tokens(&key_id).await {
+                        tracing::warn!(key_id = %key_id, error = %e, "cannot forget a deleted key's import tokens");
+                    }
+                    if let Err(e) = self.forget_key_usage(&key_id).await {
+                        tracing::warn!(key_id = %key_id, error = %e, "cannot forget a deleted key's usage");
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -132,17 +147,30 @@ impl<S: Store> Registry<S> {
         .await
     }
 
-    /// One scheduler run: deletions first, then rotations.
+    /// Removes expired imported material (see [`Registry::expire_material_due`]).
+    pub async fn expire_due(&self) -> Result<SweepReport, DomainError> {
+        let (expired, failed) = self.expire_material_due().await?;
+        Ok(SweepReport {
+            expired,
+            failed,
+            ..SweepReport::default()
+        })
+    }
+
+    /// One scheduler run: deletions first, then material expiry, then rotations; and old
+    /// import tokens are forgotten.
     pub async fn run_scheduled(&self) -> SweepReport {
         let mut total = SweepReport::default();
         for (what, result) in [
             ("deletion", self.reap_due().await),
+            ("material expiry", self.expire_due().await),
             ("rotation", self.rotate_due().await),
         ] {
             match result {
                 Ok(r) => {
                     total.rotated += r.rotated;
                     total.deleted += r.deleted;
+                    total.expired += r.expired;
                     total.failed += r.failed;
                 }
                 Err(e) => {
@@ -150,6 +178,10 @@ impl<S: Store> Registry<S> {
                     tracing::warn!(error = %e, "the {what} scheduler run failed");
                 }
             }
+        }
+        if let Err(e) = self.purge_import_tokens().await {
+            total.failed += 1;
+            tracing::warn!(error = %e, "the import token purge failed");
         }
         total
     }
