@@ -6,6 +6,7 @@ mod audit;
 mod certs;
 mod client;
 mod crypto;
+mod crypto_ops;
 mod dev;
 mod instances;
 mod keys;
@@ -171,6 +172,8 @@ Examples:
   kmsctl decrypt --in secret.blob --context app=web --out secret.txt
   kmsctl decrypt --ciphertext \"$(cat blob.b64)\" --base64")]
     Decrypt(DecryptArgs),
+    #[command(flatten)]
+    CryptoOps(crypto_ops::CryptoOpsCommand),
     /// Run the service locally
     #[command(subcommand)]
     Dev(DevCommand),
@@ -285,6 +288,7 @@ enum DevCommand {
     #[command(after_help = "\
 Examples:
   kmsctl dev up --dir .dev
+  kmsctl dev up --dir .dev --mtls
   kmsctl dev up --dir /tmp/kms --control-addr 127.0.0.1:8700 --data-addr 127.0.0.1:8701")]
     Up(dev::UpArgs),
     /// Make a CA and the certificates for a local mTLS stack (development only)
@@ -385,6 +389,7 @@ async fn main() -> ExitCode {
         Command::Instances(command) => instances::run(&planes, format, command).await,
         Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
         Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
+        Command::CryptoOps(command) => crypto_ops::run(&planes, format, command).await,
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await,
         Command::Dev(DevCommand::Certs(args)) => {
             certs::certs(args, cert_principals_given(&matches))
