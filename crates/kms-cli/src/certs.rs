@@ -184,9 +184,9 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
-/// Makes a CA, both planes' server certificates and a client certificate per principal in
-/// `dir`; an empty `principals` means [`DEFAULT_PRINCIPALS`].
-pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::Result<DevCerts> {
+/// The principals `principals` names, parsed and without repeats; an empty list means
+/// [`DEFAULT_PRINCIPALS`].
+fn wanted_principals(principals: &[String]) -> anyhow::Result<Vec<Principal>> {
     let mut wanted: Vec<Principal> = Vec::new();
     let names: Vec<String> = if principals.is_empty() {
         DEFAULT_PRINCIPALS.iter().map(|s| s.to_string()).collect()
@@ -204,6 +204,68 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
             wanted.push(p);
         }
     }
+    Ok(wanted)
+}
+
+/// Where the files for `principals` go in the absolute directory `dir`.
+fn dev_cert_paths(dir: &Path, principals: &[Principal]) -> DevCerts {
+    let files = |stem: &str| CertFiles {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    };
+    DevCerts {
+        dir: dir.to_path_buf(),
+        ca: files("ca"),
+        control: files("control"),
+        data: files("data"),
+        clients: principals
+            .iter()
+            .map(|p| ClientCert {
+                principal: p.arn().to_string(),
+                files: files(&client_stem(p)),
+            })
+            .collect(),
+    }
+}
+
+/// The certificates an earlier [`generate_dev_certs`] left in `dir` for `principals` (empty:
+/// [`DEFAULT_PRINCIPALS`]), or `None` when a new set is needed: a file is missing, a run was
+/// cut short (a certificate older than the CA), or the set is about to expire.
+pub(crate) fn existing_dev_certs(
+    dir: &Path,
+    principals: &[String],
+) -> anyhow::Result<Option<DevCerts>> {
+    let wanted = wanted_principals(principals)?;
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let certs = dev_cert_paths(&dir, &wanted);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(ca_written) = modified(&certs.ca.cert) else {
+        return Ok(None);
+    };
+    let complete = [&certs.ca, &certs.control, &certs.data]
+        .into_iter()
+        .chain(certs.clients.iter().map(|c| &c.files))
+        .all(|f| f.key.is_file() && modified(&f.cert).is_some_and(|written| written >= ca_written));
+    if !complete {
+        return Ok(None);
+    }
+    // All certificates are valid for VALIDITY from when they were written; renew a day early.
+    let age = ca_written.elapsed().unwrap_or_default();
+    if age + Duration::from_secs(24 * 3600) >= VALIDITY {
+        return Ok(None);
+    }
+    Ok(Some(certs))
+}
+
+/// Makes a CA, both planes' server certificates and a client certificate per principal in
+/// `dir`; an empty `principals` means [`DEFAULT_PRINCIPALS`].
+pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::Result<DevCerts> {
+    let wanted = wanted_principals(principals)?;
     if !dir.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -214,15 +276,12 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let made = dev_cert_paths(&dir, &wanted);
     let since_epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .context("the system clock is before 1970")?;
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     let (not_before, not_after) = (now - BACKDATE, now + VALIDITY);
-    let files = |stem: &str| CertFiles {
-        cert: dir.join(format!("{stem}.pem")),
-        key: dir.join(format!("{stem}-key.pem")),
-    };
     let save = |files: &CertFiles, cert_pem: &str, key: &KeyPair| -> anyhow::Result<()> {
         write_file(&files.key, &key.serialize_pem(), 0o600)?;
         write_file(&files.cert, cert_pem, 0o644)
@@ -240,8 +299,7 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .context("cannot sign the CA certificate")?;
-    let ca = files("ca");
-    save(&ca, &ca_cert.pem(), &ca_key)?;
+    save(&made.ca, &ca_cert.pem(), &ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf = |cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose, out: &CertFiles| {
@@ -266,46 +324,33 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
             SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
         ])
     };
-    let control = files("control");
     leaf(
         "kms-control",
         server_sans()?,
         ExtendedKeyUsagePurpose::ServerAuth,
-        &control,
+        &made.control,
     )?;
-    let data = files("data");
     leaf(
         "kms-data",
         server_sans()?,
         ExtendedKeyUsagePurpose::ServerAuth,
-        &data,
+        &made.data,
     )?;
-    let mut clients = Vec::new();
-    for p in &wanted {
-        let out = files(&client_stem(p));
+    for c in &made.clients {
         let uri = SanType::URI(
-            p.arn()
+            c.principal
+                .as_str()
                 .try_into()
-                .with_context(|| format!("{} cannot be a URI SAN", p.arn()))?,
+                .with_context(|| format!("{} cannot be a URI SAN", c.principal))?,
         );
         leaf(
-            p.arn(),
+            &c.principal,
             vec![uri],
             ExtendedKeyUsagePurpose::ClientAuth,
-            &out,
+            &c.files,
         )?;
-        clients.push(ClientCert {
-            principal: p.arn().to_string(),
-            files: out,
-        });
     }
-    Ok(DevCerts {
-        dir,
-        ca,
-        control,
-        data,
-        clients,
-    })
+    Ok(made)
 }
 
 /// `kmsctl dev certs`. `principals_given` says whether `--principal` came from the command line
@@ -377,6 +422,53 @@ mod tests {
         assert_eq!(mode(&again.clients[0].files.key), 0o600);
         assert_eq!(mode(&again.ca.key), 0o600);
         assert_ne!(std::fs::read(&again.ca.cert).unwrap(), first_ca);
+    }
+
+    #[test]
+    fn existing_sets_are_reused_only_when_whole_and_fresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        assert!(existing_dev_certs(&dir, &[]).unwrap().is_none());
+        let made = generate_dev_certs(&dir, &[]).unwrap();
+        let found = existing_dev_certs(&dir, &[]).unwrap().unwrap();
+        assert_eq!(found.ca, made.ca);
+        assert_eq!(found.clients, made.clients);
+        // A principal without a certificate needs a new set.
+        assert!(
+            existing_dev_certs(&dir, &["acs:ram::42:user/alice".to_string()])
+                .unwrap()
+                .is_none()
+        );
+        let set_modified = |p: &Path, t: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        // A certificate older than the CA: a run was cut short after the new CA.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        set_modified(&made.data.cert, hour_ago);
+        assert!(existing_dev_certs(&dir, &[]).unwrap().is_none());
+        // A set about to expire.
+        let old = SystemTime::now() - (VALIDITY - Duration::from_secs(3600));
+        for f in [&made.ca, &made.control, &made.data]
+            .into_iter()
+            .chain(made.clients.iter().map(|c| &c.files))
+        {
+            set_modified(&f.cert, old);
+        }
+        assert!(existing_dev_certs(&dir, &[]).unwrap().is_none());
+        set_modified(&made.ca.cert, hour_ago);
+        set_modified(&made.data.cert, hour_ago);
+        set_modified(&made.control.cert, hour_ago);
+        for c in &made.clients {
+            set_modified(&c.files.cert, hour_ago);
+        }
+        assert!(existing_dev_certs(&dir, &[]).unwrap().is_some());
+        std::fs::remove_file(&made.ca.key).unwrap();
+        assert!(existing_dev_certs(&dir, &[]).unwrap().is_none());
     }
 
     #[test]

@@ -94,8 +94,7 @@ impl Planes {
     fn principal_header(&self) -> anyhow::Result<PrincipalHeader> {
         let principal = self.principal.as_deref().map(str::trim).unwrap_or_default();
         if principal.is_empty() && self.tls.is_some() {
-            // The client certificate names the caller.
-            return Ok(PrincipalHeader(None));
+            return Ok(PrincipalHeader::none());
         }
         if principal.is_empty() {
             anyhow::bail!(
@@ -119,6 +118,11 @@ impl PrincipalHeader {
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| anyhow::anyhow!("principal {principal:?} is not a valid header value"))?;
         Ok(Self(Some(value)))
+    }
+
+    /// No header: over mTLS the client certificate names the caller.
+    pub(crate) fn none() -> Self {
+        Self(None)
     }
 }
 
@@ -149,19 +153,23 @@ fn https(url: &str) -> String {
     }
 }
 
+/// An mTLS endpoint for `url` (`http://` becomes `https://`) presenting the certificate in
+/// `files`, with the CLI's timeouts; the URL it uses.
+pub(crate) fn tls_endpoint(url: &str, files: &TlsFiles) -> anyhow::Result<(String, Endpoint)> {
+    let url = https(url);
+    let config = kms_runtime::tls::client_config(&files.ca, &files.cert, &files.key)?;
+    let endpoint = endpoint(&url)?
+        .tls_config(config)
+        .map_err(|e| anyhow::anyhow!("cannot use TLS for {url}: {}", error_chain(&e)))?;
+    Ok((url, endpoint))
+}
+
 /// Connects to a plane now, so an unreachable plane is reported as such; over mTLS when `tls`
 /// is given.
 async fn connect(plane: Plane, url: &str, tls: Option<&TlsFiles>) -> anyhow::Result<Channel> {
     let (url, endpoint) = match tls {
         None => (url.to_string(), endpoint(url)?),
-        Some(files) => {
-            let url = https(url);
-            let config = kms_runtime::tls::client_config(&files.ca, &files.cert, &files.key)?;
-            let endpoint = endpoint(&url)?
-                .tls_config(config)
-                .map_err(|e| anyhow::anyhow!("cannot use TLS for {url}: {}", error_chain(&e)))?;
-            (url, endpoint)
-        }
+        Some(files) => tls_endpoint(url, files)?,
     };
     endpoint.connect().await.map_err(|e| {
         Unreachable {

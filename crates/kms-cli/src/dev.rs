@@ -1,9 +1,12 @@
 //! `kmsctl dev up`: runs both planes locally in the foreground against a SoftHSM token kept in
 //! a directory, so keys survive restarts. Generates the configs, starts `kms-data` and
 //! `kms-control`, waits for their health checks, and stops them on SIGINT or SIGTERM.
+//!
+//! Callers are identified by the development header, or with `--mtls` by client certificates
+//! from a dev CA kept under `DIR/certs`, plane to plane too.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
@@ -21,7 +24,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::client::{RpcError, error_chain};
+use crate::certs::{CertFiles, DevCerts, existing_dev_certs, generate_dev_certs};
+use crate::client::{RpcError, TlsFiles, error_chain};
 
 /// The operator principal the generated control-plane config names.
 pub(crate) const OPERATOR_PRINCIPAL: &str = "acs:ram::1000000000000000:user/operator";
@@ -75,6 +79,11 @@ pub(crate) struct UpArgs {
     /// kmsctl itself]
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Serve mTLS on both planes (plane to plane too) and identify callers by client
+    /// certificates instead of the development header; certificates for the dev principals
+    /// are made under DIR/certs on first use
+    #[arg(long)]
+    mtls: bool,
 }
 
 /// Parses a listen address; a leading `http://` is tolerated, port 0 is refused.
@@ -107,6 +116,7 @@ pub(crate) struct Layout {
     pub(crate) control_toml: PathBuf,
     pub(crate) data_toml: PathBuf,
     pub(crate) dev_json: PathBuf,
+    pub(crate) certs: PathBuf,
 }
 
 impl Layout {
@@ -125,6 +135,7 @@ impl Layout {
             control_toml: dir.join("control.toml"),
             data_toml: dir.join("data.toml"),
             dev_json: dir.join("dev.json"),
+            certs: dir.join("certs"),
         }
     }
 
@@ -150,6 +161,136 @@ fn path_str(p: &Path) -> String {
     toml_str(&p.to_string_lossy())
 }
 
+/// The certificates `--mtls` uses, each picked out of the dev set.
+#[derive(Debug, Clone)]
+pub(crate) struct DevTls {
+    /// The dev CA: servers and clients trust it, both ways.
+    ca: PathBuf,
+    /// Server certificates.
+    control: CertFiles,
+    data: CertFiles,
+    /// Client certificates of the planes' service principals, for plane-to-plane calls.
+    control_client: CertFiles,
+    data_client: CertFiles,
+    /// Client certificates of the principals a user calls as.
+    account: CertFiles,
+    operator: CertFiles,
+}
+
+impl DevTls {
+    /// Picks the certificates out of `certs`, which must hold a client certificate for every
+    /// dev principal.
+    fn new(certs: &DevCerts) -> anyhow::Result<Self> {
+        let client = |principal: &str| {
+            certs.client(principal).cloned().with_context(|| {
+                format!(
+                    "{} holds no client certificate for {principal}",
+                    certs.dir.display()
+                )
+            })
+        };
+        Ok(Self {
+            ca: certs.ca.cert.clone(),
+            control: certs.control.clone(),
+            data: certs.data.clone(),
+            control_client: client(CONTROL_SERVICE_PRINCIPAL)?,
+            data_client: client(DATA_SERVICE_PRINCIPAL)?,
+            account: client(ACCOUNT_PRINCIPAL)?,
+            operator: client(OPERATOR_PRINCIPAL)?,
+        })
+    }
+
+    /// kmsctl's mTLS files for calling with `client`'s certificate.
+    fn files(&self, client: &CertFiles) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca.clone(),
+            cert: client.cert.clone(),
+            key: client.key.clone(),
+        }
+    }
+}
+
+/// Reuses the dev certificates under `DIR/certs`, or makes a new set when any is missing.
+fn ensure_certs(layout: &Layout) -> anyhow::Result<DevTls> {
+    let certs = match existing_dev_certs(&layout.certs, &[])? {
+        Some(certs) => {
+            println!("reusing the certificates in {}", certs.dir.display());
+            certs
+        }
+        None => {
+            let certs = generate_dev_certs(&layout.certs, &[])?;
+            println!("made a dev CA and certificates in {}", certs.dir.display());
+            certs
+        }
+    };
+    DevTls::new(&certs)
+}
+
+/// The host to reach `addr` by over TLS: one the dev server certificates name (SANs
+/// `localhost` and `127.0.0.1`), or `None` when they cannot serve that address. IPv6 is out:
+/// `localhost` need not resolve to `::1`.
+fn tls_host(addr: SocketAddr) -> Option<&'static str> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST || ip.is_unspecified() => Some("127.0.0.1"),
+        _ => None,
+    }
+}
+
+/// Refuses listen addresses the dev server certificates are not valid for.
+fn check_tls_addr(addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    if tls_host(addr).is_none() {
+        anyhow::bail!(
+            "{flag} {addr} cannot be used with --mtls: the dev server certificates name \
+             localhost and 127.0.0.1, so clients must reach the plane on 127.0.0.1; listen on \
+             127.0.0.1 or 0.0.0.0"
+        );
+    }
+    Ok(())
+}
+
+/// The URL clients use for a plane listening on `addr`: `http://` plain, `https://` with a
+/// host the server certificate names over mTLS.
+fn plane_url(addr: SocketAddr, mtls: bool) -> String {
+    match (mtls, tls_host(addr)) {
+        (false, _) => format!("http://{addr}"),
+        (true, Some(host)) => format!("https://{host}:{}", addr.port()),
+        (true, None) => format!("https://{addr}"),
+    }
+}
+
+/// `[identity]`, with `[identity.tls]` when serving mTLS with `server`'s certificate and
+/// calling the peer with `client`'s.
+fn render_identity(me: &str, peer: &str, tls: Option<(&DevTls, &CertFiles, &CertFiles)>) -> String {
+    let mut out = format!(
+        "[identity]\n\
+         dev_header = {dev_header}\n\
+         service_principal = {me}\n\
+         peer_principal = {peer}\n\
+         \n",
+        dev_header = tls.is_none(),
+        me = toml_str(me),
+        peer = toml_str(peer),
+    );
+    if let Some((tls, server, client)) = tls {
+        out.push_str(&format!(
+            "[identity.tls]\n\
+             cert_file = {cert}\n\
+             key_file = {key}\n\
+             client_ca_file = {ca}\n\
+             require_client_cert = true\n\
+             client_cert_file = {client_cert}\n\
+             client_key_file = {client_key}\n\
+             \n",
+            cert = path_str(&server.cert),
+            key = path_str(&server.key),
+            ca = path_str(&tls.ca),
+            client_cert = path_str(&client.cert),
+            client_key = path_str(&client.key),
+        ));
+    }
+    out
+}
+
 /// `softhsm2.conf` for the token directory of `layout`.
 pub(crate) fn render_softhsm_conf(layout: &Layout) -> String {
     format!(
@@ -162,11 +303,12 @@ pub(crate) fn render_softhsm_conf(layout: &Layout) -> String {
     )
 }
 
-/// `control.toml`.
+/// `control.toml`; over mTLS with `tls`.
 pub(crate) fn render_control_toml(
     layout: &Layout,
     control: SocketAddr,
     data: SocketAddr,
+    tls: Option<&DevTls>,
 ) -> String {
     format!(
         "{GENERATED_HEADER}\
@@ -176,11 +318,7 @@ pub(crate) fn render_control_toml(
          data_plane_url = {data_url}\n\
          operators = [{operator}]\n\
          \n\
-         [identity]\n\
-         dev_header = true\n\
-         service_principal = {me}\n\
-         peer_principal = {peer}\n\
-         \n\
+         {identity}\
          [audit]\n\
          path = {audit}\n\
          \n\
@@ -191,10 +329,13 @@ pub(crate) fn render_control_toml(
         audit = path_str(&layout.logs.join("control-audit.log")),
         listen = toml_str(&control.to_string()),
         data_dir = path_str(&layout.control_data),
-        data_url = toml_str(&format!("http://{data}")),
+        data_url = toml_str(&plane_url(data, tls.is_some())),
         operator = toml_str(OPERATOR_PRINCIPAL),
-        me = toml_str(CONTROL_SERVICE_PRINCIPAL),
-        peer = toml_str(DATA_SERVICE_PRINCIPAL),
+        identity = render_identity(
+            CONTROL_SERVICE_PRINCIPAL,
+            DATA_SERVICE_PRINCIPAL,
+            tls.map(|t| (t, &t.control, &t.control_client)),
+        ),
     )
 }
 
@@ -206,12 +347,13 @@ const DEV_LIMITS: &str = "[limits.symmetric]\nper_second = 1000000\n\n\
     [limits.write]\nper_second = 1000000\n\n\
     [limits.create_key]\nper_second = 1000000\n\n";
 
-/// `data.toml`.
+/// `data.toml`; over mTLS with `tls`.
 pub(crate) fn render_data_toml(
     layout: &Layout,
     control: SocketAddr,
     data: SocketAddr,
     module_path: &Path,
+    tls: Option<&DevTls>,
 ) -> String {
     format!(
         "{GENERATED_HEADER}\
@@ -228,11 +370,7 @@ pub(crate) fn render_data_toml(
          [key_cache]\n\
          ttl_ms = 300000\n\
          \n\
-         [identity]\n\
-         dev_header = true\n\
-         service_principal = {me}\n\
-         peer_principal = {peer}\n\
-         \n\
+         {identity}\
          [audit]\n\
          path = {audit}\n\
          \n\
@@ -242,12 +380,15 @@ pub(crate) fn render_data_toml(
          format = \"text\"\n",
         audit = path_str(&layout.logs.join("data-audit.log")),
         listen = toml_str(&data.to_string()),
-        control_url = toml_str(&format!("http://{control}")),
+        control_url = toml_str(&plane_url(control, tls.is_some())),
         module = path_str(module_path),
         label = toml_str(TOKEN_LABEL),
         pin = path_str(&layout.user_pin),
-        me = toml_str(DATA_SERVICE_PRINCIPAL),
-        peer = toml_str(CONTROL_SERVICE_PRINCIPAL),
+        identity = render_identity(
+            DATA_SERVICE_PRINCIPAL,
+            CONTROL_SERVICE_PRINCIPAL,
+            tls.map(|t| (t, &t.data, &t.data_client)),
+        ),
     )
 }
 
@@ -260,6 +401,21 @@ pub(crate) struct DevInfo {
     account_principal: String,
     software_instance_id: String,
     hardware_instance_id: String,
+    /// With `--mtls` only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    tls: Option<DevInfoTls>,
+}
+
+/// The `dev.json` entries of `--mtls`: the files kmsctl's `--ca`, `--cert` and `--cert-key`
+/// take.
+#[derive(Debug, Serialize)]
+struct DevInfoTls {
+    mtls: bool,
+    ca_file: PathBuf,
+    account_cert_file: PathBuf,
+    account_key_file: PathBuf,
+    operator_cert_file: PathBuf,
+    operator_key_file: PathBuf,
 }
 
 impl DevInfo {
@@ -270,14 +426,22 @@ impl DevInfo {
         self
     }
 
-    fn new(control: SocketAddr, data: SocketAddr) -> Self {
+    fn new(control: SocketAddr, data: SocketAddr, tls: Option<&DevTls>) -> Self {
         Self {
-            control_addr: format!("http://{control}"),
-            data_addr: format!("http://{data}"),
+            control_addr: plane_url(control, tls.is_some()),
+            data_addr: plane_url(data, tls.is_some()),
             operator_principal: OPERATOR_PRINCIPAL.into(),
             account_principal: ACCOUNT_PRINCIPAL.into(),
             software_instance_id: String::new(),
             hardware_instance_id: String::new(),
+            tls: tls.map(|t| DevInfoTls {
+                mtls: true,
+                ca_file: t.ca.clone(),
+                account_cert_file: t.account.cert.clone(),
+                account_key_file: t.account.key.clone(),
+                operator_cert_file: t.operator.cert.clone(),
+                operator_key_file: t.operator.key.clone(),
+            }),
         }
     }
 }
@@ -300,15 +464,29 @@ fn dev_account() -> &'static str {
 
 /// Finds the account's software and hardware instances, as the operator, and creates the ones
 /// missing: on the first start both, afterwards none (they live in the control plane's data).
-async fn ensure_instances(control: SocketAddr) -> anyhow::Result<DevInstances> {
+/// Over mTLS with the operator's certificate when `tls` is given.
+async fn ensure_instances(
+    control: SocketAddr,
+    tls: Option<&DevTls>,
+) -> anyhow::Result<DevInstances> {
     use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
     use kms_proto::kms::v1::{CreateKmsInstanceRequest, InstanceType, ListKmsInstancesRequest};
 
-    let channel = crate::client::endpoint(&format!("http://{control}"))?
+    let url = plane_url(control, tls.is_some());
+    let (endpoint, header) = match tls {
+        None => (
+            crate::client::endpoint(&url)?,
+            crate::client::PrincipalHeader::new(OPERATOR_PRINCIPAL)?,
+        ),
+        Some(tls) => (
+            crate::client::tls_endpoint(&url, &tls.files(&tls.operator))?.1,
+            crate::client::PrincipalHeader::none(),
+        ),
+    };
+    let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot reach kms-control on {control}"))?;
-    let header = crate::client::PrincipalHeader::new(OPERATOR_PRINCIPAL)?;
+        .with_context(|| format!("cannot reach kms-control on {url}"))?;
     let mut client = KmsInstanceServiceClient::with_interceptor(channel, header);
     let mut found: Vec<(i32, String)> = Vec::new();
     let mut page_token = String::new();
@@ -607,15 +785,25 @@ fn read_tail(path: &Path, start: u64, n: usize) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// One health check: `Ok` when the server answers SERVING for `""`.
-async fn health_check(addr: SocketAddr) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+/// The endpoint health checks of the plane on `addr` use: over mTLS, with the operator's
+/// certificate, when `tls` is given.
+fn health_endpoint(
+    addr: SocketAddr,
+    tls: Option<&DevTls>,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    let url = plane_url(addr, tls.is_some());
+    let endpoint = match tls {
+        None => crate::client::endpoint(&url)?,
+        Some(tls) => crate::client::tls_endpoint(&url, &tls.files(&tls.operator))?.1,
+    };
+    Ok(endpoint
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| error_chain(&e))?;
+        .timeout(Duration::from_secs(2)))
+}
+
+/// One health check: `Ok` when the server answers SERVING for `""`.
+async fn health_check(endpoint: tonic::transport::Endpoint) -> Result<(), String> {
+    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -639,10 +827,12 @@ enum StartFailure {
     Timeout(usize, String),
 }
 
-/// Polls `planes[target]` until it is healthy, failing when any plane exits or at `deadline`.
+/// Polls `planes[target]` through `health` until it is healthy, failing when any plane exits
+/// or at `deadline`.
 async fn wait_ready(
     planes: &mut [Plane],
     target: usize,
+    health: &tonic::transport::Endpoint,
     deadline: Instant,
 ) -> Result<(), StartFailure> {
     let mut last = String::from("no answer yet");
@@ -655,7 +845,7 @@ async fn wait_ready(
         if Instant::now() >= deadline {
             return Err(StartFailure::Timeout(target, last));
         }
-        match tokio::time::timeout_at(deadline, health_check(planes[target].addr)).await {
+        match tokio::time::timeout_at(deadline, health_check(health.clone())).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e,
             Err(_) => {}
@@ -709,28 +899,60 @@ fn kmsctl_path() -> String {
     shell_quote(&shown.to_string_lossy())
 }
 
-/// The copy-pasteable commands printed once the planes are ready.
-pub(crate) fn try_this(kmsctl: &str, control: SocketAddr, data: SocketAddr) -> String {
-    let control_flag = if control.to_string() == "127.0.0.1:7700" {
-        String::new()
-    } else {
-        format!(" --control http://{control}")
+/// The copy-pasteable commands printed once the planes are ready; calling over mTLS with
+/// `tls`.
+pub(crate) fn try_this(
+    kmsctl: &str,
+    control: SocketAddr,
+    data: SocketAddr,
+    tls: Option<&DevTls>,
+) -> String {
+    let mtls = tls.is_some();
+    // kmsctl's defaults, which it turns into https:// itself over mTLS.
+    let flag = |name: &str, addr: SocketAddr, default: SocketAddr| {
+        let url = plane_url(addr, mtls);
+        if url == plane_url(default, mtls) {
+            String::new()
+        } else {
+            format!(" --{name} {url}")
+        }
     };
-    let data_flag = if data.to_string() == "127.0.0.1:7701" {
-        String::new()
-    } else {
-        format!(" --data http://{data}")
+    let control_flag = flag("control", control, DEFAULT_CONTROL_ADDR);
+    let data_flag = flag("data", data, DEFAULT_DATA_ADDR);
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let (identity, operator) = match tls {
+        None => (
+            format!("export KMS_PRINCIPAL={ACCOUNT_PRINCIPAL}"),
+            format!("--principal {OPERATOR_PRINCIPAL}"),
+        ),
+        Some(tls) => (
+            format!(
+                "export KMS_CA={} KMS_CERT={} KMS_KEY={}",
+                q(&tls.ca),
+                q(&tls.account.cert),
+                q(&tls.account.key)
+            ),
+            format!(
+                "--cert {} --cert-key {}",
+                q(&tls.operator.cert),
+                q(&tls.operator.key)
+            ),
+        ),
     };
     format!(
         "Try this in another terminal:\n\
-         \x20 export KMS_PRINCIPAL={ACCOUNT_PRINCIPAL}\n\
+         \x20 {identity}\n\
          \x20 {kmsctl}{control_flag} create-key --alias alias/demo --description \"my first key\"\n\
          \x20 {kmsctl}{control_flag} describe-key alias/demo\n\
          \x20 {kmsctl}{data_flag} encrypt --key alias/demo --plaintext 'hello' > blob.b64\n\
          \x20 {kmsctl}{data_flag} decrypt --in blob.b64\n\
-         Operator calls: --principal {OPERATOR_PRINCIPAL}\n"
+         Operator calls: {operator}\n"
     )
 }
+
+/// kmsctl's default plane addresses, which the commands printed by [`try_this`] can leave out.
+const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700);
+const DEFAULT_DATA_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7701);
 
 enum Outcome {
     Signal(&'static str),
@@ -741,6 +963,10 @@ enum Outcome {
 pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.control_addr == args.data_addr {
         anyhow::bail!("--control-addr and --data-addr must differ");
+    }
+    if args.mtls {
+        check_tls_addr(args.control_addr, "--control-addr")?;
+        check_tls_addr(args.data_addr, "--data-addr")?;
     }
     let (control_bin, data_bin) = find_binaries(args.bin_dir.as_deref())?;
     let module = find_module()?;
@@ -756,13 +982,19 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     write_file(&layout.softhsm_conf, &render_softhsm_conf(&layout))?;
     ensure_token(&layout).await?;
+    let tls = if args.mtls {
+        Some(ensure_certs(&layout)?)
+    } else {
+        None
+    };
+    let tls = tls.as_ref();
     write_file(
         &layout.control_toml,
-        &render_control_toml(&layout, args.control_addr, args.data_addr),
+        &render_control_toml(&layout, args.control_addr, args.data_addr, tls),
     )?;
     write_file(
         &layout.data_toml,
-        &render_data_toml(&layout, args.control_addr, args.data_addr, &module),
+        &render_data_toml(&layout, args.control_addr, args.data_addr, &module, tls),
     )?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -799,6 +1031,13 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let deadline = Instant::now() + READY_TIMEOUT;
     for target in 0..planes.len() {
+        let health = match health_endpoint(planes[target].addr, tls) {
+            Ok(h) => h,
+            Err(e) => {
+                stop_all(&mut planes).await;
+                return Err(e);
+            }
+        };
         print!(
             "waiting for {} on {} ... ",
             planes[target].name, planes[target].addr
@@ -808,7 +1047,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             biased;
             _ = sigint.recv() => Err(None),
             _ = sigterm.recv() => Err(None),
-            r = wait_ready(&mut planes, target, deadline) => r.map_err(Some),
+            r = wait_ready(&mut planes, target, &health, deadline) => r.map_err(Some),
         };
         match result {
             Ok(()) => println!("ready"),
@@ -837,8 +1076,8 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let mut info = DevInfo::new(args.control_addr, args.data_addr);
-    match ensure_instances(args.control_addr).await {
+    let mut info = DevInfo::new(args.control_addr, args.data_addr, tls);
+    match ensure_instances(args.control_addr, tls).await {
         Ok(instances) => {
             println!(
                 "KMS instances of account {}: software {}, hardware {}",
@@ -856,19 +1095,19 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     println!();
     println!(
-        "kms-control: http://{}  (log: {})",
-        args.control_addr,
+        "kms-control: {}  (log: {})",
+        plane_url(args.control_addr, args.mtls),
         planes[1].log.display()
     );
     println!(
-        "kms-data:    http://{}  (log: {})",
-        args.data_addr,
+        "kms-data:    {}  (log: {})",
+        plane_url(args.data_addr, args.mtls),
         planes[0].log.display()
     );
     println!();
     print!(
         "{}",
-        try_this(&kmsctl_path(), args.control_addr, args.data_addr)
+        try_this(&kmsctl_path(), args.control_addr, args.data_addr, tls)
     );
     println!();
     println!("Press Ctrl-C to stop.");
@@ -926,7 +1165,7 @@ mod tests {
     fn control_toml_parses_and_has_the_addresses() {
         let layout = Layout::new(Path::new("/tmp/kms dev/\"quoted\""));
         let (c, d) = addrs();
-        let text = render_control_toml(&layout, c, d);
+        let text = render_control_toml(&layout, c, d, None);
         assert!(text.starts_with("# Generated"));
         let t: toml::Table = text.parse().unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("127.0.0.1:8700"));
@@ -953,7 +1192,13 @@ mod tests {
     fn data_toml_parses_and_has_the_addresses() {
         let layout = Layout::new(Path::new("/srv/kms"));
         let (c, d) = addrs();
-        let text = render_data_toml(&layout, c, d, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+        let text = render_data_toml(
+            &layout,
+            c,
+            d,
+            Path::new("/usr/lib/softhsm/libsofthsm2.so"),
+            None,
+        );
         let t: toml::Table = text.parse().unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("127.0.0.1:8701"));
         assert_eq!(
@@ -984,7 +1229,7 @@ mod tests {
         let layout = Layout::new(Path::new("/srv/kms"));
         let c: SocketAddr = "[::1]:7700".parse().unwrap();
         let d: SocketAddr = "[::1]:7701".parse().unwrap();
-        let t: toml::Table = render_control_toml(&layout, c, d).parse().unwrap();
+        let t: toml::Table = render_control_toml(&layout, c, d, None).parse().unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("[::1]:7700"));
         assert_eq!(t["data_plane_url"].as_str(), Some("http://[::1]:7701"));
     }
@@ -1004,12 +1249,12 @@ mod tests {
     #[test]
     fn dev_json_shape() {
         let (c, d) = addrs();
-        let v = serde_json::to_value(DevInfo::new(c, d)).unwrap();
+        let v = serde_json::to_value(DevInfo::new(c, d, None)).unwrap();
         assert_eq!(v["control_addr"], "http://127.0.0.1:8700");
         assert_eq!(v["data_addr"], "http://127.0.0.1:8701");
         assert_eq!(v["account_principal"], ACCOUNT_PRINCIPAL);
         assert_eq!(v["software_instance_id"], "");
-        let v = serde_json::to_value(DevInfo::new(c, d).with_instances(DevInstances {
+        let v = serde_json::to_value(DevInfo::new(c, d, None).with_instances(DevInstances {
             software: "kst-s".into(),
             hardware: "kst-h".into(),
         }))
@@ -1017,6 +1262,191 @@ mod tests {
         assert_eq!(v["software_instance_id"], "kst-s");
         assert_eq!(v["hardware_instance_id"], "kst-h");
         assert_eq!(dev_account(), "1234567890123456");
+        assert!(v.get("mtls").is_none() && v.get("ca_file").is_none(), "{v}");
+    }
+
+    /// A dev directory with certificates made by `dev up --mtls`.
+    fn mtls_layout() -> (tempfile::TempDir, Layout, DevTls) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let layout = Layout::new(&dir);
+        let tls = ensure_certs(&layout).unwrap();
+        (tmp, layout, tls)
+    }
+
+    /// The `[identity]` table of a rendered config, checked as the servers check it, TLS files
+    /// read and all.
+    fn check_identity(t: &toml::Table, me: &str, peer: &str) -> kms_runtime::tls::TlsConfig {
+        let identity: kms_runtime::identity::IdentityConfig =
+            t["identity"].clone().try_into().unwrap();
+        identity.validate().unwrap();
+        assert!(!identity.dev_header);
+        assert_eq!(identity.service_principal, me);
+        assert_eq!(identity.peer_principal, peer);
+        let tls = identity.tls.unwrap();
+        assert!(tls.require_client_cert);
+        kms_runtime::tls::server_config(&tls).unwrap();
+        tls.peer_client_config().unwrap();
+        tls
+    }
+
+    #[test]
+    fn mtls_configs_parse_and_name_the_certificates() {
+        let (_tmp, layout, tls) = mtls_layout();
+        let certs = &layout.certs;
+        let (c, d) = addrs();
+
+        let t: toml::Table = render_control_toml(&layout, c, d, Some(&tls))
+            .parse()
+            .unwrap();
+        assert_eq!(t["data_plane_url"].as_str(), Some("https://127.0.0.1:8701"));
+        assert_eq!(t["identity"]["dev_header"].as_bool(), Some(false));
+        let control = check_identity(&t, CONTROL_SERVICE_PRINCIPAL, DATA_SERVICE_PRINCIPAL);
+        assert_eq!(control.cert_file, certs.join("control.pem"));
+        assert_eq!(control.key_file, certs.join("control-key.pem"));
+        assert_eq!(control.client_ca_file, certs.join("ca.pem"));
+        assert_eq!(
+            control.client_cert_file,
+            Some(certs.join("client-1000000000000000-role-kms-control-plane.pem"))
+        );
+        assert_eq!(
+            control.client_key_file,
+            Some(certs.join("client-1000000000000000-role-kms-control-plane-key.pem"))
+        );
+        assert_eq!(control.server_ca_file, None);
+        assert_eq!(
+            t["audit"]["path"]
+                .as_str()
+                .map(|p| p.ends_with("control-audit.log")),
+            Some(true)
+        );
+
+        let t: toml::Table = render_data_toml(&layout, c, d, Path::new("/m.so"), Some(&tls))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            t["control_plane_url"].as_str(),
+            Some("https://127.0.0.1:8700")
+        );
+        assert_eq!(t["identity"]["dev_header"].as_bool(), Some(false));
+        let data = check_identity(&t, DATA_SERVICE_PRINCIPAL, CONTROL_SERVICE_PRINCIPAL);
+        assert_eq!(data.cert_file, certs.join("data.pem"));
+        assert_eq!(data.key_file, certs.join("data-key.pem"));
+        assert_eq!(data.client_ca_file, certs.join("ca.pem"));
+        assert_eq!(
+            data.client_cert_file,
+            Some(certs.join("client-1000000000000000-role-kms-data-plane.pem"))
+        );
+        assert_eq!(t["hsm"]["module_path"].as_str(), Some("/m.so"));
+
+        // Without --mtls the same configs keep the dev header and plain URLs.
+        let t: toml::Table = render_data_toml(&layout, c, d, Path::new("/m.so"), None)
+            .parse()
+            .unwrap();
+        assert_eq!(t["identity"]["dev_header"].as_bool(), Some(true));
+        assert!(t["identity"].get("tls").is_none());
+        assert_eq!(
+            t["control_plane_url"].as_str(),
+            Some("http://127.0.0.1:8700")
+        );
+    }
+
+    #[test]
+    fn mtls_urls_name_a_host_the_server_certificates_cover() {
+        for (addr, plain, tls) in [
+            (
+                "127.0.0.1:7700",
+                "http://127.0.0.1:7700",
+                Some("https://127.0.0.1:7700"),
+            ),
+            (
+                "0.0.0.0:7700",
+                "http://0.0.0.0:7700",
+                Some("https://127.0.0.1:7700"),
+            ),
+            ("[::1]:7700", "http://[::1]:7700", None),
+            ("[::]:7700", "http://[::]:7700", None),
+            ("10.1.2.3:7700", "http://10.1.2.3:7700", None),
+            ("127.0.0.2:7700", "http://127.0.0.2:7700", None),
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(plane_url(addr, false), plain);
+            match tls {
+                Some(url) => {
+                    assert_eq!(plane_url(addr, true), url);
+                    check_tls_addr(addr, "--data-addr").unwrap();
+                }
+                None => {
+                    let err = check_tls_addr(addr, "--data-addr").unwrap_err().to_string();
+                    assert!(
+                        err.contains("--data-addr") && err.contains("127.0.0.1 or 0.0.0.0"),
+                        "{err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn certificates_are_made_once_and_remade_when_incomplete() {
+        let (_tmp, layout, tls) = mtls_layout();
+        let ca = std::fs::read(&tls.ca).unwrap();
+        assert_eq!(
+            tls.account.cert,
+            layout.certs.join("client-1234567890123456-root.pem")
+        );
+        assert_eq!(
+            tls.operator.key,
+            layout
+                .certs
+                .join("client-1000000000000000-user-operator-key.pem")
+        );
+        // Reused on the next start.
+        let again = ensure_certs(&layout).unwrap();
+        assert_eq!(std::fs::read(&again.ca).unwrap(), ca);
+        // A missing file means a new set.
+        std::fs::remove_file(&tls.data_client.key).unwrap();
+        let remade = ensure_certs(&layout).unwrap();
+        assert!(remade.data_client.key.is_file());
+        assert_ne!(std::fs::read(&remade.ca).unwrap(), ca);
+        // So does a certs directory holding none of them.
+        let empty = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&empty.path().canonicalize().unwrap());
+        std::fs::create_dir(&layout.certs).unwrap();
+        let made = ensure_certs(&layout).unwrap();
+        assert!(made.ca.is_file() && made.account.key.is_file());
+    }
+
+    #[test]
+    fn dev_json_with_mtls_names_the_files() {
+        let (_tmp, layout, tls) = mtls_layout();
+        let (c, d) = addrs();
+        let v = serde_json::to_value(DevInfo::new(c, d, Some(&tls))).unwrap();
+        assert_eq!(v["mtls"], true);
+        assert_eq!(v["control_addr"], "https://127.0.0.1:8700");
+        assert_eq!(v["data_addr"], "https://127.0.0.1:8701");
+        let path = |name: &str| layout.certs.join(name).to_string_lossy().into_owned();
+        assert_eq!(v["ca_file"], path("ca.pem"));
+        assert_eq!(
+            v["account_cert_file"],
+            path("client-1234567890123456-root.pem")
+        );
+        assert_eq!(
+            v["account_key_file"],
+            path("client-1234567890123456-root-key.pem")
+        );
+        assert_eq!(
+            v["operator_cert_file"],
+            path("client-1000000000000000-user-operator.pem")
+        );
+        assert_eq!(
+            v["operator_key_file"],
+            path("client-1000000000000000-user-operator-key.pem")
+        );
+        // The existing entries stay.
+        assert_eq!(v["account_principal"], ACCOUNT_PRINCIPAL);
+        assert_eq!(v["operator_principal"], OPERATOR_PRINCIPAL);
+        assert_eq!(v["software_instance_id"], "");
     }
 
     #[test]
@@ -1047,6 +1477,7 @@ mod tests {
             "target/debug/kmsctl",
             "127.0.0.1:7700".parse().unwrap(),
             "127.0.0.1:7701".parse().unwrap(),
+            None,
         );
         assert!(
             default.contains("  target/debug/kmsctl create-key --alias alias/demo"),
@@ -1057,13 +1488,56 @@ mod tests {
             "{default}"
         );
         let (c, d) = addrs();
-        let custom = try_this("kmsctl", c, d);
+        let custom = try_this("kmsctl", c, d, None);
         assert!(
             custom.contains("kmsctl --control http://127.0.0.1:8700 create-key"),
             "{custom}"
         );
         assert!(
             custom.contains("kmsctl --data http://127.0.0.1:8701 decrypt --in blob.b64"),
+            "{custom}"
+        );
+    }
+
+    #[test]
+    fn try_this_with_mtls_exports_the_account_certificate() {
+        let (_tmp, layout, tls) = mtls_layout();
+        let certs = layout.certs.to_string_lossy().into_owned();
+        let default = try_this(
+            "kmsctl",
+            "127.0.0.1:7700".parse().unwrap(),
+            "0.0.0.0:7701".parse().unwrap(),
+            Some(&tls),
+        );
+        assert!(
+            default.contains(&format!(
+                "  export KMS_CA={certs}/ca.pem KMS_CERT={certs}/client-1234567890123456-root.pem \
+                 KMS_KEY={certs}/client-1234567890123456-root-key.pem\n"
+            )),
+            "{default}"
+        );
+        assert!(!default.contains("KMS_PRINCIPAL"), "{default}");
+        assert!(!default.contains("--principal"), "{default}");
+        // kmsctl turns its default http:// addresses into https:// itself.
+        assert!(
+            !default.contains("--control") && !default.contains("--data"),
+            "{default}"
+        );
+        assert!(
+            default.contains(&format!(
+                "Operator calls: --cert {certs}/client-1000000000000000-user-operator.pem \
+                 --cert-key {certs}/client-1000000000000000-user-operator-key.pem\n"
+            )),
+            "{default}"
+        );
+        let (c, d) = addrs();
+        let custom = try_this("kmsctl", c, d, Some(&tls));
+        assert!(
+            custom.contains("kmsctl --control https://127.0.0.1:8700 create-key"),
+            "{custom}"
+        );
+        assert!(
+            custom.contains("kmsctl --data https://127.0.0.1:8701 encrypt --key alias/demo"),
             "{custom}"
         );
     }
