@@ -48,9 +48,14 @@ impl LogConfig {
 
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // cryptoki logs every mechanism of the token it has no name for at error level while
+    // listing mechanisms; those are not errors of ours.
+    if let Ok(quiet) = "cryptoki::mechanism=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
