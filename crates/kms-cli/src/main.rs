@@ -8,6 +8,7 @@ mod client;
 mod crypto;
 mod crypto_ops;
 mod dev;
+mod import;
 mod instances;
 mod keys;
 mod lifecycle;
@@ -174,6 +175,8 @@ Examples:
     Decrypt(DecryptArgs),
     #[command(flatten)]
     CryptoOps(crypto_ops::CryptoOpsCommand),
+    #[command(flatten)]
+    Import(import::ImportCommand),
     /// Run the service locally
     #[command(subcommand)]
     Dev(DevCommand),
@@ -387,6 +390,7 @@ async fn main() -> ExitCode {
         Command::Aliases(command) => aliases::run(&planes, format, command).await,
         Command::Tags(command) => tags::run(&planes, format, command).await,
         Command::Instances(command) => instances::run(&planes, format, command).await,
+        Command::Import(command) => import::run(&planes, format, command).await,
         Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
         Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
         Command::CryptoOps(command) => crypto_ops::run(&planes, format, command).await,
