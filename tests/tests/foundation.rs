@@ -373,22 +373,19 @@ async fn default_key_round_trip_errors_restart_and_nothing_plain_at_rest() {
         "sealed material is too short to hold a key"
     );
 
-    // RPCs of later work answer UNIMPLEMENTED, naming the RPC.
+    // Import parameters are only for keys created to take imported material.
     let err = stack
         .keys(Some(ALICE))
         .unwrap()
         .get_parameters_for_import(GetParametersForImportRequest {
             key_id: key.key_id.clone(),
-            ..Default::default()
+            wrapping_algorithm: Algorithm::RsaesOaepSha256 as i32,
+            wrapping_key_spec: KeySpec::Rsa2048 as i32,
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(
-        err.message().contains("GetParametersForImport"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "InvalidParameter.Origin", "{}", err.message());
 
     // Both planes restart on the same data; the key and old ciphertexts still work.
     stack.restart().await.unwrap();
