@@ -78,3 +78,68 @@ async fn cached_keys_serve_within_the_staleness_bound_then_fail_closed() {
         .into_inner();
     assert_eq!(opened.plaintext, b"still here");
 }
+
+/// A key disabled, scheduled for deletion or given a new policy on the control plane is
+/// refused by the data plane within a second of the control plane's reply, although the data
+/// plane had it cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_the_data_plane_within_a_second() {
+    use kms_e2e::eventually;
+    let stack = Stack::start().await.unwrap();
+    let key_id = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .create_key(CreateKeyRequest {
+            alias: "alias/cached".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    encrypt(&stack).await.unwrap();
+
+    let refused_within_a_second = |want: &'static str| {
+        let stack = &stack;
+        async move {
+            eventually(Duration::from_secs(1), want, || async {
+                match encrypt(stack).await {
+                    Err(e) if kms_e2e::reason(&e) == want => Some(()),
+                    _ => None,
+                }
+            })
+            .await
+        }
+    };
+
+    let mut keys = stack.keys(Some(ALICE)).unwrap();
+    keys.disable_key(DisableKeyRequest {
+        key_id: key_id.clone(),
+    })
+    .await
+    .unwrap();
+    refused_within_a_second("Rejected.Disabled").await.unwrap();
+
+    keys.enable_key(EnableKeyRequest {
+        key_id: key_id.clone(),
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(1), "enabled again", || async {
+        encrypt(&stack).await.ok()
+    })
+    .await
+    .unwrap();
+
+    keys.schedule_key_deletion(ScheduleKeyDeletionRequest {
+        key_id: key_id.clone(),
+        pending_window_in_days: 7,
+    })
+    .await
+    .unwrap();
+    refused_within_a_second("Rejected.PendingDeletion")
+        .await
+        .unwrap();
+}
