@@ -10,7 +10,7 @@ use kms_types::{DataKeySpec, DomainError, KeyVersionId, Principal, UsageOp};
 use tonic::{Request, Response, Status};
 
 use super::{answer, status};
-use crate::crypto::{CryptoEngine, ExportTo, PasswordRules};
+use crate::crypto::{CryptoEngine, DataKey, ExportTo, PasswordRules};
 use crate::usage::UsageRecorder;
 use kms_runtime::audit::AuditNote;
 
@@ -39,6 +39,33 @@ impl CryptoApi {
     /// Notes a successful use of a key version for key association.
     fn used(&self, principal: &Principal, op: UsageOp, key_id: &str, version: KeyVersionId) {
         self.usage.record(key_id, version, principal, op);
+    }
+
+    /// A new data key for either GenerateDataKey RPC, noted for audit and usage.
+    async fn data_key(
+        &self,
+        request: Request<GenerateDataKeyRequest>,
+        op: UsageOp,
+    ) -> Result<(AuditNote, DataKey), Status> {
+        let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
+        let req = request.into_inner();
+        note.set_key(&req.key_id, "");
+        let spec = optional_data_key_spec(req.key_spec)?;
+        let dk = self
+            .engine
+            .generate_data_key(
+                &principal,
+                &req.key_id,
+                spec,
+                req.number_of_bytes,
+                req.encryption_context,
+                req.dry_run,
+            )
+            .await
+            .map_err(status)?;
+        self.used(&principal, op, &dk.key_id, dk.key_version_id);
+        Ok((note, dk))
     }
 }
 
@@ -159,29 +186,7 @@ impl CryptoService for CryptoApi {
         &self,
         request: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
-        let principal = caller(&request).map_err(status)?;
-        let note = AuditNote::of(&request);
-        let req = request.into_inner();
-        note.set_key(&req.key_id, "");
-        let spec = optional_data_key_spec(req.key_spec)?;
-        let dk = self
-            .engine
-            .generate_data_key(
-                &principal,
-                &req.key_id,
-                spec,
-                req.number_of_bytes,
-                req.encryption_context,
-                req.dry_run,
-            )
-            .await
-            .map_err(status)?;
-        self.used(
-            &principal,
-            UsageOp::GenerateDataKey,
-            &dk.key_id,
-            dk.key_version_id,
-        );
+        let (note, dk) = self.data_key(request, UsageOp::GenerateDataKey).await?;
         answer(
             &note,
             GenerateDataKeyResponse {
@@ -197,29 +202,17 @@ impl CryptoService for CryptoApi {
         &self,
         request: Request<GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let principal = caller(&request).map_err(status)?;
-        let note = AuditNote::of(&request);
-        let req = request.into_inner();
-        note.set_key(&req.key_id, "");
-        let spec = optional_data_key_spec(req.key_spec)?;
-        let dk = self
-            .engine
-            .generate_data_key(
-                &principal,
-                &req.key_id,
-                spec,
-                req.number_of_bytes,
-                req.encryption_context,
-                req.dry_run,
-            )
-            .await
-            .map_err(status)?;
-        self.used(
-            &principal,
-            UsageOp::GenerateDataKeyWithoutPlaintext,
-            &dk.key_id,
-            dk.key_version_id,
-        );
+        // The same request shape; only the answer leaves the plaintext out.
+        let request = request.map(|r| GenerateDataKeyRequest {
+            key_id: r.key_id,
+            key_spec: r.key_spec,
+            number_of_bytes: r.number_of_bytes,
+            encryption_context: r.encryption_context,
+            dry_run: r.dry_run,
+        });
+        let (note, dk) = self
+            .data_key(request, UsageOp::GenerateDataKeyWithoutPlaintext)
+            .await?;
         answer(
             &note,
             GenerateDataKeyWithoutPlaintextResponse {
