@@ -133,10 +133,7 @@ async fn main() -> Result<()> {
             KeyDirectoryServer::new(DirectoryService::new(Arc::clone(&registry), peer))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
         .await
         .context("server failed")?;
     registry.close();

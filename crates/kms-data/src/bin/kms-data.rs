@@ -123,10 +123,7 @@ async fn main() -> Result<()> {
             KeyMaterialServer::new(MaterialService::new(vault, peer))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
         .await
         .context("server failed")?;
     // Report what the drained calls used before leaving.
