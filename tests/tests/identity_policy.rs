@@ -196,6 +196,15 @@ async fn roles_accounts_certificates_sidecars_audit_and_limits() {
         (err.code(), reason(&err).as_str()),
         (Code::ResourceExhausted, "Rejected.LimitExceeded")
     );
+    let shown = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .get_key_policy(GetKeyPolicyRequest { key_id: k.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    assert!(shown.contains(PARTNER), "{shown}");
     let without_partner = policy(&[(ADMIN, ADMINISTRATOR_ACTIONS)]);
     stack
         .keys(Some(ALICE))
@@ -372,6 +381,12 @@ async fn roles_accounts_certificates_sidecars_audit_and_limits() {
             "{log} never names the user"
         );
     }
+    let control_log = std::fs::read_to_string(stack.dir().join("logs/control-audit.log")).unwrap();
+    let policy_line = control_log
+        .lines()
+        .find(|l| l.contains("KeyManagementService/GetKeyPolicy"))
+        .unwrap();
+    assert!(policy_line.contains(k), "{policy_line}");
     let data_log = stack.dir().join("logs/data-audit.log");
     let text = std::fs::read_to_string(&data_log).unwrap();
     let encrypt_line = text

@@ -320,6 +320,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<UpdateAliasRequest>,
     ) -> Result<Response<UpdateAliasResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        AuditNote::of(&request).set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
         self.registry
@@ -432,6 +433,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<ListResourceTagsRequest>,
     ) -> Result<Response<ListResourceTagsResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        AuditNote::of(&request).set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let tags = self
             .registry
@@ -464,6 +466,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<GetKeyPolicyRequest>,
     ) -> Result<Response<GetKeyPolicyResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        AuditNote::of(&request).set_key(&request.get_ref().key_id, "");
         let key_ref = key_ref(&request.get_ref().key_id)?;
         let policy = self
             .registry
