@@ -3,6 +3,7 @@
 //! This crate does no I/O and has no async. Servers convert wire types into these, call the
 //! rules here, and convert back.
 
+pub mod authz;
 pub mod blob;
 pub mod context;
 pub mod crypto_rules;

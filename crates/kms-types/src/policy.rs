@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::error::DomainError;
 use crate::ids::AccountId;
@@ -160,8 +160,79 @@ impl Statement {
     }
 }
 
+/// A document as written: every member named, no others, none twice.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocument {
+    #[serde(rename = "Version")]
+    version: String,
+    #[serde(rename = "Statement")]
+    statement: Vec<RawStatement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatement {
+    /// A statement id: a label for people, with no effect on the decision.
+    #[serde(rename = "Sid", default)]
+    #[allow(dead_code)]
+    sid: Option<String>,
+    #[serde(rename = "Effect")]
+    effect: String,
+    #[serde(rename = "Principal")]
+    principal: RawPrincipal,
+    #[serde(rename = "Action")]
+    action: OneOrMany,
+    #[serde(rename = "Resource")]
+    resource: OneOrMany,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    #[serde(rename = "RAM")]
+    ram: OneOrMany,
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Whether `pattern` is a RAM principal ARN, or a prefix of one ending in `:*` or `/*`.
+fn principal_pattern_ok(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => {
+            prefix.starts_with("acs:ram::")
+                && (prefix.ends_with(':') || prefix.ends_with('/'))
+                && !prefix.contains('*')
+                && prefix["acs:ram::".len()..]
+                    .split(':')
+                    .next()
+                    .is_some_and(|uid| AccountId::parse(uid).is_ok())
+        }
+        None => Principal::parse(pattern).is_ok(),
+    }
+}
+
 impl PolicyDocument {
-    /// Parses and validates a document; every violation is `InvalidParameter.Policy`.
+    /// Parses and validates a document; every violation is `InvalidParameter.Policy`, with a
+    /// message naming it. Refused: members other than `Version`, `Statement`, `Effect`,
+    /// `Principal` (`RAM`), `Action` and `Resource` (so a `Condition` or `NotAction` cannot
+    /// be silently ignored), a member given twice, and an action pattern that matches no
+    /// action of [`crate::authz`] (a misspelt action would otherwise grant nothing, silently).
     pub fn parse(doc: &str) -> Result<Self, DomainError> {
         let bad = |why: String| DomainError::invalid("Policy", why);
         if doc.len() > MAX_POLICY_BYTES {
@@ -170,66 +241,35 @@ impl PolicyDocument {
                 doc.len()
             )));
         }
-        let value: Value =
-            serde_json::from_str(doc).map_err(|e| bad(format!("policy is not JSON: {e}")))?;
-        if value.get("Version").and_then(Value::as_str) != Some("1") {
+        let raw: RawDocument =
+            serde_json::from_str(doc).map_err(|e| bad(format!("policy is not valid: {e}")))?;
+        if raw.version != "1" {
             return Err(bad("policy Version must be \"1\"".into()));
         }
-        let statements = value
-            .get("Statement")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("policy Statement must be a list".into()))?;
-        let strings =
-            |v: Option<&Value>, what: &str, i: usize| -> Result<Vec<String>, DomainError> {
-                let list: Vec<&Value> = match v {
-                    Some(Value::String(_)) => v.into_iter().collect(),
-                    Some(Value::Array(items)) if !items.is_empty() => items.iter().collect(),
-                    _ => {
-                        return Err(bad(format!(
-                            "statement {i}: {what} must be a non-empty list of strings"
-                        )));
-                    }
-                };
-                list.into_iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| bad(format!("statement {i}: {what} must hold strings")))
-                    })
-                    .collect()
-            };
-        let mut out = Vec::with_capacity(statements.len());
-        for (i, s) in statements.iter().enumerate() {
-            let effect = match s.get("Effect").and_then(Value::as_str) {
-                Some("Allow") => Effect::Allow,
-                Some("Deny") => Effect::Deny,
+        let known = crate::authz::known_actions();
+        let mut out = Vec::with_capacity(raw.statement.len());
+        for (i, s) in raw.statement.into_iter().enumerate() {
+            let effect = match s.effect.as_str() {
+                "Allow" => Effect::Allow,
+                "Deny" => Effect::Deny,
                 _ => return Err(bad(format!("statement {i}: Effect must be Allow or Deny"))),
             };
-            let principals = strings(
-                s.get("Principal").and_then(|p| p.get("RAM")),
-                "Principal.RAM",
-                i,
-            )?;
-            for p in &principals {
-                let ok = match p.strip_suffix('*') {
-                    Some(prefix) => {
-                        prefix.starts_with("acs:ram::")
-                            && (prefix.ends_with(':') || prefix.ends_with('/'))
-                            && !prefix.contains('*')
-                            && prefix["acs:ram::".len()..]
-                                .split(':')
-                                .next()
-                                .is_some_and(|uid| AccountId::parse(uid).is_ok())
-                    }
-                    None => Principal::parse(p).is_ok(),
-                };
-                if !ok {
-                    return Err(bad(format!(
-                        "statement {i}: principal {p:?} must be a RAM ARN, with * only as the last segment"
-                    )));
+            let non_empty = |list: Vec<String>, what: &str| {
+                if list.is_empty() {
+                    Err(bad(format!(
+                        "statement {i}: {what} must be a non-empty list of strings"
+                    )))
+                } else {
+                    Ok(list)
                 }
+            };
+            let principals = non_empty(s.principal.ram.into_list(), "Principal.RAM")?;
+            if let Some(p) = principals.iter().find(|p| !principal_pattern_ok(p)) {
+                return Err(bad(format!(
+                    "statement {i}: principal {p:?} must be a RAM ARN, with * only as the last segment"
+                )));
             }
-            let actions = strings(s.get("Action"), "Action", i)?;
+            let actions = non_empty(s.action.into_list(), "Action")?;
             for a in &actions {
                 if !a.starts_with("kms:")
                     || a.len() > 128
@@ -241,9 +281,13 @@ impl PolicyDocument {
                         "statement {i}: action {a:?} must be kms:<Name>, * allowed"
                     )));
                 }
+                if !known.iter().any(|k| glob(a, k)) {
+                    return Err(bad(format!(
+                        "statement {i}: action {a:?} matches no KMS action"
+                    )));
+                }
             }
-            let resources = strings(s.get("Resource"), "Resource", i)?;
-            if resources != ["*"] {
+            if s.resource.into_list() != ["*"] {
                 return Err(bad(format!("statement {i}: Resource must be [\"*\"]")));
             }
             out.push(Statement {
@@ -721,6 +765,54 @@ mod tests {
         for bad in bad_cases {
             let got = validate_document(bad).err().map(|e| e.reason_code());
             assert_eq!(got.as_deref(), Some("InvalidParameter.Policy"), "{bad}");
+        }
+        // Loose documents: each refused with a message naming what is wrong.
+        let loose = [
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"]},"Action":["kms:Encrypt"],"Resource":["*"],"Condition":{"IpAddress":{"acs:SourceIp":"10.0.0.0/8"}}}]}"#,
+                "Condition",
+            ),
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"]},"NotAction":["kms:Decrypt"],"Action":["kms:Encrypt"],"Resource":["*"]}]}"#,
+                "NotAction",
+            ),
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Deny","Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"]},"Action":["kms:Encrypt"],"Resource":["*"]}]}"#,
+                "duplicate field `Effect`",
+            ),
+            (
+                r#"{"Version":"1","Version":"1","Statement":[]}"#,
+                "duplicate field `Version`",
+            ),
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"],"RAM":["acs:ram::2:root"]},"Action":["kms:Encrypt"],"Resource":["*"]}]}"#,
+                "duplicate field `RAM`",
+            ),
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"]},"Action":["kms:Encrpyt"],"Resource":["*"]}]}"#,
+                "\"kms:Encrpyt\" matches no KMS action",
+            ),
+            (
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::1:root"]},"Action":["kms:Decrypt*X"],"Resource":["*"]}]}"#,
+                "matches no KMS action",
+            ),
+        ];
+        for (doc, named) in loose {
+            let err = validate_document(doc).err();
+            assert_eq!(
+                err.as_ref().map(DomainError::reason_code).as_deref(),
+                Some("InvalidParameter.Policy"),
+                "{doc}"
+            );
+            let message = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains(named), "{message:?} should name {named:?}");
+        }
+        // Patterns that match at least one action stay valid.
+        for pattern in ["kms:*", "kms:*Key", "kms:Generate*", "kms:List*"] {
+            let doc = format!(
+                r#"{{"Version":"1","Statement":[{{"Effect":"Allow","Principal":{{"RAM":"acs:ram::1:root"}},"Action":"{pattern}","Resource":"*"}}]}}"#
+            );
+            assert!(validate_document(&doc).is_ok(), "{pattern}");
         }
         let huge = format!(
             r#"{{"Version":"1","Statement":[],"x":"{}"}}"#,
