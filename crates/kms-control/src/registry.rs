@@ -167,7 +167,8 @@ impl<S: Store> Registry<S> {
     }
 
     /// The key `key_ref` names, if `caller` may perform `action` on it under the key's
-    /// policy (the default one, or its stored document).
+    /// policy (the default one, or its stored document). For reads; a write decides again
+    /// inside its transaction ([`authorize_in`]).
     pub async fn resolve(
         &self,
         caller: &Principal,
@@ -186,23 +187,37 @@ impl<S: Store> Registry<S> {
                 Ok((record, instance_owner))
             })
             .await?;
-        let ownership = policy::KeyOwnership {
-            owner: &record.account,
-            instance_owner: instance_owner.as_ref().filter(|o| **o != record.account),
-        };
-        policy::decide_stored(caller, ownership, record.policy.as_deref(), action)?;
+        decide(caller, &record, instance_owner.as_ref(), action)?;
         Ok(record)
     }
 
-    /// Applies `change` to key `id` in one transaction and returns the new record. An
-    /// unchanged record is not written.
-    async fn mutate(
+    /// Resolves `key_ref` for `caller` and `action`, then applies `change` (see
+    /// [`Registry::mutate_id`]).
+    async fn mutate_key(
         &self,
-        id: KeyId,
+        caller: &Principal,
+        key_ref: KeyRef,
+        action: &'static str,
         change: impl Fn(&mut KeyRecord) -> Result<(), DomainError> + Send + 'static,
     ) -> Result<KeyRecord, DomainError> {
+        let id = self.resolve(caller, key_ref, action).await?.id;
+        self.mutate_id(caller, id, action, change).await
+    }
+
+    /// Applies `change` to key `id` in one transaction that decides `action` for `caller`
+    /// again on the record it changes, so a policy changed since the caller's key was
+    /// resolved is seen. An unchanged record is not written.
+    async fn mutate_id(
+        &self,
+        caller: &Principal,
+        id: KeyId,
+        action: &'static str,
+        change: impl Fn(&mut KeyRecord) -> Result<(), DomainError> + Send + 'static,
+    ) -> Result<KeyRecord, DomainError> {
+        let caller = caller.clone();
         self.commit(move |tx| {
             let old = index::get_key(tx, &id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+            authorize_in(tx, &caller, &old, action)?;
             let mut new = old.clone();
             index::user(change(&mut new))?;
             if new == old {
@@ -212,19 +227,6 @@ impl<S: Store> Registry<S> {
             Ok((new, vec![event]))
         })
         .await
-    }
-
-    /// Resolves `key_ref` for `caller` and `action`, then applies `change` (see
-    /// [`Registry::mutate`]).
-    async fn mutate_key(
-        &self,
-        caller: &Principal,
-        key_ref: KeyRef,
-        action: &str,
-        change: impl Fn(&mut KeyRecord) -> Result<(), DomainError> + Send + 'static,
-    ) -> Result<KeyRecord, DomainError> {
-        let id = self.resolve(caller, key_ref, action).await?.id;
-        self.mutate(id, change).await
     }
 
     fn check_operator(&self, caller: &Principal) -> Result<(), DomainError> {
@@ -238,6 +240,36 @@ impl<S: Store> Registry<S> {
     fn is_operator(&self, caller: &Principal) -> bool {
         self.operators.contains(caller)
     }
+}
+
+/// The policy decision for `caller` and `action` on `record`, whose instance (if shared) is
+/// owned by `instance_owner`.
+fn decide(
+    caller: &Principal,
+    record: &KeyRecord,
+    instance_owner: Option<&AccountId>,
+    action: &str,
+) -> Result<(), DomainError> {
+    let ownership = policy::KeyOwnership {
+        owner: &record.account,
+        instance_owner: instance_owner.filter(|o| **o != record.account),
+    };
+    policy::decide_stored(caller, ownership, record.policy.as_deref(), action)
+}
+
+/// [`decide`] inside a transaction: the instance is read in it too, so the decision and the
+/// write it guards see the same policy and the same instance owner.
+fn authorize_in(
+    tx: &mut dyn Txn,
+    caller: &Principal,
+    record: &KeyRecord,
+    action: &str,
+) -> TxResult<()> {
+    let instance_owner = match &record.instance {
+        Some(id) => index::get_instance(tx, id)?.map(|i| i.owner),
+        None => None,
+    };
+    index::user(decide(caller, record, instance_owner.as_ref(), action))
 }
 
 /// Resolves a key reference to its record: aliases in `account`'s namespace, ARNs only in

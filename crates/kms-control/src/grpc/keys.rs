@@ -308,10 +308,12 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
-        self.registry
+        let record = self
+            .registry
             .create_alias(&principal, req.alias_name, key_ref)
             .await
             .map_err(status)?;
+        note.set_key(record.id.as_str(), "");
         Ok(Response::new(CreateAliasResponse {}))
     }
 
@@ -320,13 +322,16 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<UpdateAliasRequest>,
     ) -> Result<Response<UpdateAliasResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
-        AuditNote::of(&request).set_key(&request.get_ref().key_id, "");
+        let note = AuditNote::of(&request);
+        note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
-        self.registry
+        let (record, _previous) = self
+            .registry
             .update_alias(&principal, req.alias_name, key_ref)
             .await
             .map_err(status)?;
+        note.set_key(record.id.as_str(), "");
         Ok(Response::new(UpdateAliasResponse {}))
     }
 
@@ -335,11 +340,16 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         request: Request<DeleteAliasRequest>,
     ) -> Result<Response<DeleteAliasResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
+        let note = AuditNote::of(&request);
         let req = request.into_inner();
-        self.registry
+        let removed = self
+            .registry
             .delete_alias(&principal, req.alias_name)
             .await
             .map_err(status)?;
+        if let Some(id) = removed {
+            note.set_key(id.as_str(), "");
+        }
         Ok(Response::new(DeleteAliasResponse {}))
     }
 

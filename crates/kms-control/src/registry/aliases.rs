@@ -7,9 +7,11 @@ use kms_types::{DomainError, KeyId, KeyRecord, KeyRef, Page, PageRequest, Princi
 use super::Registry;
 use crate::index;
 use crate::schema;
+use kms_types::authz::{Rpc, Touch};
 
 impl<S: Store> Registry<S> {
-    /// `CreateAlias`: a new alias in the caller's account for a key not pending deletion.
+    /// `CreateAlias`: a new alias in the caller's account for one of the account's keys, not
+    /// pending deletion.
     pub async fn create_alias(
         &self,
         caller: &Principal,
@@ -17,14 +19,18 @@ impl<S: Store> Registry<S> {
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
         validate::alias_name(&alias)?;
-        let target = self.resolve(caller, key_ref, "kms:CreateAlias").await?;
-        let slot = schema::alias(&target.account, &alias);
+        let action = Rpc::CreateAlias.action(Touch::AliasNewKey);
+        let target = self.resolve(caller, key_ref, action).await?;
+        own_account_key(caller, &target)?;
+        let slot = schema::alias(caller.account(), &alias);
+        let caller = caller.clone();
         self.commit(move |tx| {
             if tx.get(&slot)?.is_some() {
                 return abort(DomainError::AliasExists);
             }
             let old =
                 index::get_key(tx, &target.id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+            authorize_alias_key(tx, &caller, &old, action)?;
             let mut new = old.clone();
             index::user(new.add_alias(&alias))?;
             let event = index::put_key(tx, Some(&old), &new)?;
@@ -33,61 +39,84 @@ impl<S: Store> Registry<S> {
         .await
     }
 
-    /// `UpdateAlias`: points an existing alias of the caller's account at another key, which
-    /// must not be pending deletion (as for `CreateAlias`).
+    /// `UpdateAlias`: points an existing alias of the caller's account at another of the
+    /// account's keys, not pending deletion (as for `CreateAlias`). The caller must be allowed
+    /// `kms:UpdateAlias` on both the key the alias names now and the new one: whoever may not
+    /// use a key may not redirect what its callers encrypt. Returns the new target and the
+    /// key the alias named before (none if that key is gone).
     pub async fn update_alias(
         &self,
         caller: &Principal,
         alias: String,
         key_ref: KeyRef,
-    ) -> Result<KeyRecord, DomainError> {
+    ) -> Result<(KeyRecord, Option<KeyId>), DomainError> {
         validate::alias_name(&alias)?;
-        let target = self.resolve(caller, key_ref, "kms:UpdateAlias").await?;
-        let slot = schema::alias(&target.account, &alias);
+        let old_action = Rpc::UpdateAlias.action(Touch::AliasOldKey);
+        let new_action = Rpc::UpdateAlias.action(Touch::AliasNewKey);
+        let target = self.resolve(caller, key_ref, new_action).await?;
+        own_account_key(caller, &target)?;
+        let slot = schema::alias(caller.account(), &alias);
+        let caller = caller.clone();
         self.commit(move |tx| {
             let current =
                 index::get_key_id(tx, &slot)?.ok_or(Abort::User(DomainError::AliasNotFound))?;
             let mut events = Vec::new();
+            let current_record = index::get_key(tx, &current)?;
+            if let Some(old) = &current_record {
+                authorize_alias_key(tx, &caller, old, old_action)?;
+            }
+            let old =
+                index::get_key(tx, &target.id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+            authorize_alias_key(tx, &caller, &old, new_action)?;
+            let previous = current_record.as_ref().map(|r| r.id.clone());
             if current != target.id {
-                match index::get_key(tx, &current)? {
-                    Some(old) => {
-                        let mut new = old.clone();
+                match current_record {
+                    Some(previous) => {
+                        let mut new = previous.clone();
                         new.remove_alias(&alias);
-                        events.push(index::put_key(tx, Some(&old), &new)?);
+                        events.push(index::put_key(tx, Some(&previous), &new)?);
                     }
                     // An alias left behind by a key that is gone: free the slot.
                     None => tx.delete(&slot)?,
                 }
             }
-            let old =
-                index::get_key(tx, &target.id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
             let mut new = old.clone();
             index::user(new.add_alias(&alias))?;
             if new != old {
                 events.push(index::put_key(tx, Some(&old), &new)?);
             }
-            Ok((new, events))
+            Ok(((new, previous), events))
         })
         .await
     }
 
-    /// `DeleteAlias`: the key is unaffected otherwise.
-    pub async fn delete_alias(&self, caller: &Principal, alias: String) -> Result<(), DomainError> {
+    /// `DeleteAlias`: removes an alias of the caller's account, if the caller is allowed
+    /// `kms:DeleteAlias` on the key it names; the key is unaffected otherwise. An alias left
+    /// naming a key that is gone can be deleted by any principal of the account. Returns the
+    /// key the alias named, if it still exists.
+    pub async fn delete_alias(
+        &self,
+        caller: &Principal,
+        alias: String,
+    ) -> Result<Option<KeyId>, DomainError> {
         validate::alias_name(&alias)?;
+        let action = Rpc::DeleteAlias.action(Touch::AliasOldKey);
         let slot = schema::alias(caller.account(), &alias);
+        let caller = caller.clone();
         self.commit(move |tx| {
             let id =
                 index::get_key_id(tx, &slot)?.ok_or(Abort::User(DomainError::AliasNotFound))?;
             match index::get_key(tx, &id)? {
                 Some(old) => {
+                    authorize_alias_key(tx, &caller, &old, action)?;
                     let mut new = old.clone();
                     new.remove_alias(&alias);
                     let event = index::put_key(tx, Some(&old), &new)?;
-                    Ok(((), vec![event]))
+                    Ok((Some(old.id), vec![event]))
                 }
                 None => {
                     tx.delete(&slot)?;
-                    Ok(((), Vec::new()))
+                    Ok((None, Vec::new()))
                 }
             }
         })
@@ -129,7 +158,7 @@ impl<S: Store> Registry<S> {
         page: PageRequest,
     ) -> Result<(KeyRecord, Page<String>), DomainError> {
         let record = self
-            .resolve(caller, key_ref, "kms:ListAliasesByKeyId")
+            .resolve(caller, key_ref, Rpc::ListAliasesByKeyId.action(Touch::Key))
             .await?;
         let after = page.after_as(|a| validate::alias_name(a).map(|()| a.to_string()))?;
         let mut names = record.aliases.clone();
@@ -141,4 +170,27 @@ impl<S: Store> Registry<S> {
             .collect();
         Ok((record, Page::from_lookahead(items, page.size, Clone::clone)))
     }
+}
+
+/// Aliases are names in one account for that account's keys: a principal of another account
+/// (a cross-account grantee, the owner of a shared instance) may not alias a key it does not
+/// own, even where the key's policy lets it see or use the key.
+fn own_account_key(caller: &Principal, key: &KeyRecord) -> Result<(), DomainError> {
+    if key.account == *caller.account() {
+        Ok(())
+    } else {
+        Err(DomainError::NoPermission)
+    }
+}
+
+/// The decision for an alias change on `key`, inside the transaction: the key's policy, then
+/// the key's account.
+fn authorize_alias_key(
+    tx: &mut dyn kms_store::Txn,
+    caller: &Principal,
+    key: &KeyRecord,
+    action: &str,
+) -> index::TxResult<()> {
+    super::authorize_in(tx, caller, key, action)?;
+    index::user(own_account_key(caller, key))
 }

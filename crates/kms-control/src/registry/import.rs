@@ -15,6 +15,7 @@ use super::Registry;
 use crate::index;
 use crate::material::MaterialImport;
 use crate::schema;
+use kms_types::authz::{Rpc, Touch};
 
 /// What `GetParametersForImport` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,11 @@ impl<S: Store> Registry<S> {
         wrapping_key_spec: KeySpec,
     ) -> Result<ImportParameters, DomainError> {
         let record = self
-            .resolve(caller, key_ref, "kms:GetParametersForImport")
+            .resolve(
+                caller,
+                key_ref,
+                Rpc::GetParametersForImport.action(Touch::Key),
+            )
             .await?;
         record.check_import_parameters(algorithm, wrapping_key_spec)?;
         let id = ImportTokenId::generate();
@@ -88,7 +93,7 @@ impl<S: Store> Registry<S> {
         expire: Option<UnixMillis>,
     ) -> Result<KeyRecord, DomainError> {
         let record = self
-            .resolve(caller, key_ref, "kms:ImportKeyMaterial")
+            .resolve(caller, key_ref, Rpc::ImportKeyMaterial.action(Touch::Key))
             .await?;
         let token_id = ImportTokenId::parse(token)?;
         if encrypted_material.is_empty() || encrypted_material.len() > MAX_ENCRYPTED_MATERIAL {
@@ -154,9 +159,12 @@ impl<S: Store> Registry<S> {
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
         let record = self
-            .mutate_key(caller, key_ref, "kms:DeleteKeyMaterial", |k| {
-                k.delete_material()
-            })
+            .mutate_key(
+                caller,
+                key_ref,
+                Rpc::DeleteKeyMaterial.action(Touch::Key),
+                |k| k.delete_material(),
+            )
             .await?;
         tracing::info!(key_id = %record.id, "key material deleted");
         Ok(record)

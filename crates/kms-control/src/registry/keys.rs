@@ -10,6 +10,7 @@ use kms_types::{
 use super::Registry;
 use crate::index;
 use crate::schema;
+use kms_types::authz::{Rpc, Touch};
 
 /// Index entries read per store scan while listing.
 const SCAN_BATCH: usize = 256;
@@ -116,16 +117,21 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
-        self.resolve(caller, key_ref, "kms:DescribeKey").await
+        self.resolve(caller, key_ref, Rpc::DescribeKey.action(Touch::Key))
+            .await
     }
 
-    /// `ListKeys`: the caller's account's keys matching the query, by key id.
+    /// `ListKeys`: the caller's account's keys matching the query, by key id; only keys the
+    /// caller may `DescribeKey` are listed, so a key's policy hides its description, aliases
+    /// and tags from listings too.
     pub async fn list_keys(
         &self,
         caller: &Principal,
         query: KeyQuery,
     ) -> Result<Page<KeyRecord>, DomainError> {
         let account = caller.account().clone();
+        let caller = caller.clone();
+        let describe = Rpc::DescribeKey.action(Touch::Key);
         if let Some(alias) = &query.filter.alias {
             kms_types::validate::alias_name(alias)?;
         }
@@ -133,11 +139,31 @@ impl<S: Store> Registry<S> {
         self.read(move |store| {
             let want = query.page.size + 1;
             let mut found = Vec::new();
-            let consider = |found: &mut Vec<KeyRecord>, record: KeyRecord| {
-                if record.account == account && query.matches(&record) {
-                    found.push(record);
-                }
-            };
+            let mut owners: std::collections::HashMap<
+                kms_types::InstanceId,
+                Option<kms_types::AccountId>,
+            > = std::collections::HashMap::new();
+            let mut consider =
+                |found: &mut Vec<KeyRecord>, record: KeyRecord| -> Result<(), DomainError> {
+                    if record.account != account || !query.matches(&record) {
+                        return Ok(());
+                    }
+                    let instance_owner = match &record.instance {
+                        Some(id) => match owners.get(id) {
+                            Some(owner) => owner.clone(),
+                            None => {
+                                let owner = index::load_instance(store, id)?.map(|i| i.owner);
+                                owners.insert(id.clone(), owner.clone());
+                                owner
+                            }
+                        },
+                        None => None,
+                    };
+                    if super::decide(&caller, &record, instance_owner.as_ref(), describe).is_ok() {
+                        found.push(record);
+                    }
+                    Ok(())
+                };
             // One candidate at most: the default key, or the key the alias names.
             let single_slot = if query.default_keys_only {
                 Some(schema::default_key(&account))
@@ -153,7 +179,7 @@ impl<S: Store> Registry<S> {
                     && after.as_ref().is_none_or(|a| id > *a)
                     && let Some(record) = index::load_key(store, &id)?
                 {
-                    consider(&mut found, record);
+                    consider(&mut found, record)?;
                 }
                 return Ok(Page::from_lookahead(found, query.page.size, |r| {
                     r.id.to_string()
@@ -174,7 +200,7 @@ impl<S: Store> Registry<S> {
                     let id = KeyId::parse(schema::suffix(slot, &prefix)?)
                         .map_err(|_| DomainError::Internal("malformed key index entry".into()))?;
                     if let Some(record) = index::load_key(store, &id)? {
-                        consider(&mut found, record);
+                        consider(&mut found, record)?;
                     }
                     if found.len() >= want {
                         break 'scan;
@@ -198,8 +224,10 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
-        self.mutate_key(caller, key_ref, "kms:EnableKey", |k| k.enable())
-            .await
+        self.mutate_key(caller, key_ref, Rpc::EnableKey.action(Touch::Key), |k| {
+            k.enable()
+        })
+        .await
     }
 
     /// `DisableKey`.
@@ -208,8 +236,10 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
-        self.mutate_key(caller, key_ref, "kms:DisableKey", |k| k.disable())
-            .await
+        self.mutate_key(caller, key_ref, Rpc::DisableKey.action(Touch::Key), |k| {
+            k.disable()
+        })
+        .await
     }
 
     /// `UpdateKeyDescription`.
@@ -220,9 +250,12 @@ impl<S: Store> Registry<S> {
         description: String,
     ) -> Result<KeyRecord, DomainError> {
         kms_types::validate::description(&description)?;
-        self.mutate_key(caller, key_ref, "kms:UpdateKeyDescription", move |k| {
-            k.set_description(&description)
-        })
+        self.mutate_key(
+            caller,
+            key_ref,
+            Rpc::UpdateKeyDescription.action(Touch::Key),
+            move |k| k.set_description(&description),
+        )
         .await
     }
 
@@ -235,9 +268,12 @@ impl<S: Store> Registry<S> {
         description: String,
     ) -> Result<KeyRecord, DomainError> {
         kms_types::validate::deletion_protection_description(&description)?;
-        self.mutate_key(caller, key_ref, "kms:SetDeletionProtection", move |k| {
-            k.set_deletion_protection(on, &description)
-        })
+        self.mutate_key(
+            caller,
+            key_ref,
+            Rpc::SetDeletionProtection.action(Touch::Key),
+            move |k| k.set_deletion_protection(on, &description),
+        )
         .await
     }
 
@@ -251,9 +287,12 @@ impl<S: Store> Registry<S> {
         kms_types::validate::pending_window_days(days)?;
         let now = self.clock.now();
         let record = self
-            .mutate_key(caller, key_ref, "kms:ScheduleKeyDeletion", move |k| {
-                k.schedule_deletion(now, days)
-            })
+            .mutate_key(
+                caller,
+                key_ref,
+                Rpc::ScheduleKeyDeletion.action(Touch::Key),
+                move |k| k.schedule_deletion(now, days),
+            )
             .await?;
         tracing::info!(key_id = %record.id, delete_date = ?record.delete_date, "key deletion scheduled");
         Ok(record)
@@ -265,9 +304,12 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<KeyRecord, DomainError> {
-        self.mutate_key(caller, key_ref, "kms:CancelKeyDeletion", |k| {
-            k.cancel_deletion()
-        })
+        self.mutate_key(
+            caller,
+            key_ref,
+            Rpc::CancelKeyDeletion.action(Touch::Key),
+            |k| k.cancel_deletion(),
+        )
         .await
     }
 
@@ -282,9 +324,12 @@ impl<S: Store> Registry<S> {
         if let Some(days) = interval_days {
             kms_types::validate::rotation_interval_days(days)?;
         }
-        self.mutate_key(caller, key_ref, "kms:UpdateRotationPolicy", move |k| {
-            k.update_rotation(enabled, interval_days)
-        })
+        self.mutate_key(
+            caller,
+            key_ref,
+            Rpc::UpdateRotationPolicy.action(Touch::Key),
+            move |k| k.update_rotation(enabled, interval_days),
+        )
         .await
     }
 
@@ -297,7 +342,8 @@ impl<S: Store> Registry<S> {
         document: String,
     ) -> Result<KeyRecord, DomainError> {
         policy::validate_document(&document)?;
-        let record = self.resolve(caller, key_ref, "kms:SetKeyPolicy").await?;
+        let action = Rpc::SetKeyPolicy.action(Touch::Key);
+        let record = self.resolve(caller, key_ref, action).await?;
         if let Some(instance_id) = record.instance.clone() {
             let (doc, id, account) = (document.clone(), record.id.clone(), record.account.clone());
             self.read(move |store| {
@@ -307,7 +353,7 @@ impl<S: Store> Registry<S> {
             })
             .await?;
         }
-        self.mutate(record.id, move |k| k.set_policy(&document))
+        self.mutate_id(caller, record.id, action, move |k| k.set_policy(&document))
             .await
     }
 
@@ -317,7 +363,9 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<String, DomainError> {
-        let record = self.resolve(caller, key_ref, "kms:GetKeyPolicy").await?;
+        let record = self
+            .resolve(caller, key_ref, Rpc::GetKeyPolicy.action(Touch::Key))
+            .await?;
         Ok(record
             .policy
             .unwrap_or_else(|| default_policy_document(&record.account)))

@@ -6,6 +6,7 @@ use kms_types::{DomainError, KeyId, KeyRef, Principal, Tag, validate};
 
 use super::Registry;
 use crate::index;
+use kms_types::authz::{Rpc, Touch};
 
 impl<S: Store> Registry<S> {
     /// Resolves 1–50 key references for a tag call, without repeats.
@@ -26,16 +27,21 @@ impl<S: Store> Registry<S> {
         Ok(ids)
     }
 
-    /// Applies `change` to every key in `ids`, all or nothing.
+    /// Applies `change` to every key in `ids`, all or nothing, deciding `action` for
+    /// `caller` again on each key inside the transaction.
     async fn change_tags(
         &self,
+        caller: &Principal,
         ids: Vec<KeyId>,
+        action: &'static str,
         change: impl Fn(&mut kms_types::KeyRecord) -> Result<(), DomainError> + Send + 'static,
     ) -> Result<(), DomainError> {
+        let caller = caller.clone();
         self.commit(move |tx| {
             let mut events = Vec::new();
             for id in &ids {
                 let old = index::get_key(tx, id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+                super::authorize_in(tx, &caller, &old, action)?;
                 let mut new = old.clone();
                 index::user(change(&mut new))?;
                 if new != old {
@@ -56,10 +62,10 @@ impl<S: Store> Registry<S> {
     ) -> Result<(), DomainError> {
         validate::tag_call_key_count(key_refs.len())?;
         validate::tags_to_add(&tags)?;
-        let ids = self
-            .tag_targets(caller, key_refs, "kms:TagResource")
-            .await?;
-        self.change_tags(ids, move |k| k.add_tags(&tags)).await
+        let action = Rpc::TagResources.action(Touch::EveryKey);
+        let ids = self.tag_targets(caller, key_refs, action).await?;
+        self.change_tags(caller, ids, action, move |k| k.add_tags(&tags))
+            .await
     }
 
     /// `UntagResources`: removes the tags with these keys from every key.
@@ -71,10 +77,9 @@ impl<S: Store> Registry<S> {
     ) -> Result<(), DomainError> {
         validate::tag_call_key_count(key_refs.len())?;
         validate::tag_keys_to_remove(&tag_keys)?;
-        let ids = self
-            .tag_targets(caller, key_refs, "kms:UntagResource")
-            .await?;
-        self.change_tags(ids, move |k| k.remove_tags(&tag_keys))
+        let action = Rpc::UntagResources.action(Touch::EveryKey);
+        let ids = self.tag_targets(caller, key_refs, action).await?;
+        self.change_tags(caller, ids, action, move |k| k.remove_tags(&tag_keys))
             .await
     }
 
@@ -85,7 +90,7 @@ impl<S: Store> Registry<S> {
         key_ref: KeyRef,
     ) -> Result<Vec<Tag>, DomainError> {
         Ok(self
-            .resolve(caller, key_ref, "kms:ListResourceTags")
+            .resolve(caller, key_ref, Rpc::ListResourceTags.action(Touch::Key))
             .await?
             .tags)
     }

@@ -630,3 +630,162 @@ async fn migration_rewrites_layout_one_indexes() {
         "a newer layout is refused"
     );
 }
+
+/// A write of someone else's, run on the store a test wraps.
+type Hook = Box<dyn FnOnce(&MemoryStore) + Send>;
+
+/// A store that runs one write of its own just before the next transaction a test arms it
+/// for: a change committed by someone else between a call's policy check and its write.
+struct Interleaving {
+    inner: MemoryStore,
+    before_next: std::sync::Mutex<Option<Hook>>,
+}
+
+impl Store for Interleaving {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kms_store::StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<kms_store::Entry>, kms_store::StoreError> {
+        self.inner.scan_prefix(prefix, after, limit)
+    }
+
+    fn transaction<T, E>(
+        &self,
+        f: impl Fn(&mut dyn kms_store::Txn) -> Result<T, kms_store::Abort<E>>,
+    ) -> Result<T, kms_store::TxError<E>> {
+        let hook = self.before_next.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(&self.inner);
+        }
+        self.inner.transaction(f)
+    }
+
+    fn flush(&self) -> Result<(), kms_store::StoreError> {
+        self.inner.flush()
+    }
+}
+
+/// A write decides again inside its transaction: a policy that changes between a caller's
+/// check and its write refuses the write.
+#[tokio::test]
+async fn a_policy_changed_before_the_write_commits_is_obeyed() {
+    let store = Arc::new(Interleaving {
+        inner: MemoryStore::new(),
+        before_next: std::sync::Mutex::new(None),
+    });
+    let clock = Arc::new(ManualClock::new(START));
+    let registry = Registry::new(
+        Arc::clone(&store),
+        "local".into(),
+        clock as Arc<dyn crate::clock::Clock>,
+        Arc::new(FakeMaterial::default()),
+    )
+    .with_operators(vec![operator()]);
+    let inst = registry
+        .create_instance(
+            &operator(),
+            NewInstance {
+                instance_type: InstanceType::Software,
+                owner: alice().account().clone(),
+                key_quota: 10,
+                access_management_quota: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let key = registry
+        .create_key(
+            &alice(),
+            NewKey {
+                alias: Some("alias/app".into()),
+                ..in_instance(&inst)
+            },
+        )
+        .await
+        .unwrap();
+    let other = registry
+        .create_key(&alice(), in_instance(&inst))
+        .await
+        .unwrap();
+    let user = p("acs:ram::42:user/ops");
+    let only_root = r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::42:root"]},"Action":["kms:*"],"Resource":["*"]}]}"#;
+
+    // Arms the store: the next transaction first gives `key` a policy that refuses `user`.
+    let arm = || {
+        let id = key.id.clone();
+        *store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
+            inner
+                .transaction::<_, DomainError>(|tx| {
+                    let old = index::get_key(tx, &id)?.unwrap();
+                    let mut new = old.clone();
+                    if new.policy.is_none() {
+                        index::user(new.set_policy(only_root))?;
+                        index::put_key(tx, Some(&old), &new)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }));
+    };
+    let reset = || async {
+        registry
+            .set_key_policy(
+                &alice(),
+                id_ref(&key),
+                r#"{"Version":"1","Statement":[{"Effect":"Allow","Principal":{"RAM":["acs:ram::42:*"]},"Action":["kms:*"],"Resource":["*"]}]}"#.into(),
+            )
+            .await
+            .unwrap();
+        // Back to no document at all, so the hook applies again.
+        store
+            .inner
+            .transaction::<_, DomainError>(|tx| {
+                let old = index::get_key(tx, &key.id)?.unwrap();
+                let mut new = old.clone();
+                new.policy = None;
+                index::put_key(tx, Some(&old), &new)?;
+                Ok(())
+            })
+            .unwrap();
+    };
+
+    arm();
+    assert_eq!(
+        registry.disable_key(&user, id_ref(&key)).await.err(),
+        Some(DomainError::NoPermission)
+    );
+    let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
+    assert_eq!(now.state, KeyState::Enabled);
+
+    reset().await;
+    arm();
+    assert_eq!(
+        registry
+            .tag_resources(&user, vec![id_ref(&key)], vec![tag("team", "x")])
+            .await
+            .err(),
+        Some(DomainError::NoPermission)
+    );
+    reset().await;
+    arm();
+    assert_eq!(
+        registry
+            .update_alias(&user, "alias/app".into(), id_ref(&other))
+            .await
+            .err(),
+        Some(DomainError::NoPermission)
+    );
+    let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
+    assert!(now.tags.is_empty());
+    assert_eq!(now.aliases, vec!["alias/app".to_string()]);
+
+    // Unarmed, the same calls go through: the refusals above came from the change.
+    reset().await;
+    registry.disable_key(&user, id_ref(&key)).await.unwrap();
+}

@@ -15,6 +15,7 @@ use kms_types::{
 use super::Registry;
 use crate::index::{self, TxResult};
 use crate::schema;
+use kms_types::authz::{Rpc, Touch};
 
 /// Sets `slot` to `at` unless it already holds a later time.
 fn keep_latest(
@@ -72,7 +73,9 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<(KeyRecord, KeyAssociations), DomainError> {
-        let record = self.resolve(caller, key_ref, "kms:DescribeKey").await?;
+        let record = self
+            .resolve(caller, key_ref, Rpc::CheckKeyAssociation.action(Touch::Key))
+            .await?;
         let cutoff = association_cutoff(self.clock.now());
         let key = record.id.clone();
         let (mut associations, last_used) = self

@@ -7,6 +7,7 @@ use kms_types::{
 };
 
 use super::Registry;
+use kms_types::authz::{Rpc, Touch};
 
 impl<S: Store> Registry<S> {
     /// A new version of `record`'s key with fresh material, not yet stored.
@@ -33,15 +34,16 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         key_ref: KeyRef,
     ) -> Result<(KeyRecord, KeyVersionRecord), DomainError> {
-        let record = self
-            .resolve(caller, key_ref, "kms:CreateKeyVersion")
-            .await?;
+        let action = Rpc::CreateKeyVersion.action(Touch::Key);
+        let record = self.resolve(caller, key_ref, action).await?;
         record.check_can_add_version()?;
         let version = self.new_version(&record).await?;
         let at = version.created;
         let added = version.clone();
         let record = self
-            .mutate(record.id, move |k| k.add_version(added.clone(), at))
+            .mutate_id(caller, record.id, action, move |k| {
+                k.add_version(added.clone(), at)
+            })
             .await?;
         tracing::info!(key_id = %record.id, key_version_id = %version.id, "key version created");
         Ok((record, version))
@@ -55,7 +57,7 @@ impl<S: Store> Registry<S> {
         version: KeyVersionId,
     ) -> Result<(KeyRecord, KeyVersionRecord), DomainError> {
         let record = self
-            .resolve(caller, key_ref, "kms:DescribeKeyVersion")
+            .resolve(caller, key_ref, Rpc::DescribeKeyVersion.action(Touch::Key))
             .await?;
         let found = record
             .version(&version)
@@ -71,7 +73,9 @@ impl<S: Store> Registry<S> {
         key_ref: KeyRef,
         page: PageRequest,
     ) -> Result<(KeyRecord, Page<KeyVersionRecord>), DomainError> {
-        let record = self.resolve(caller, key_ref, "kms:ListKeyVersions").await?;
+        let record = self
+            .resolve(caller, key_ref, Rpc::ListKeyVersions.action(Touch::Key))
+            .await?;
         let start = match page.after_as(KeyVersionId::parse)? {
             None => 0,
             Some(after) => {
