@@ -46,7 +46,7 @@ fn seal(c: &mut Criterion) {
     });
     g.bench_function("blob_framing_and_context", |b| {
         b.iter(|| {
-            let header = blob::header(&version, &iv);
+            let header = blob::header(blob::BlobKind::Plaintext, &version, &iv);
             let aad = blob::aad(&header, &context.canonical_bytes());
             let sealed = soft.aead_seal(&key, &iv, &aad, &plaintext).unwrap();
             black_box(blob::assemble(&header, &sealed))
@@ -54,7 +54,7 @@ fn seal(c: &mut Criterion) {
     });
     g.finish();
 
-    let header = blob::header(&version, &iv);
+    let header = blob::header(blob::BlobKind::Plaintext, &version, &iv);
     let sealed = soft
         .aead_seal(
             &key,

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kms_backend::SecretBytes;
-use kms_types::blob::{self, CiphertextBlob};
+use kms_types::authz::{Rpc, Touch};
+use kms_types::blob::{self, BlobKind, CiphertextBlob};
 use kms_types::crypto_rules::{self, AsymmetricUse};
 use kms_types::policy;
 use kms_types::{
@@ -136,19 +137,26 @@ impl CryptoEngine {
         let context = EncryptionContext::new(context)?;
         kms_types::KeyRef::parse(key_id)?;
         let key = self.cache.by_ref(key_id, caller).await?;
-        check_symmetric_use(caller, &key, "kms:Encrypt", Operation::Encrypt)?;
+        check_symmetric_use(
+            caller,
+            &key,
+            Rpc::Encrypt.action(Touch::Key),
+            Operation::Encrypt,
+        )?;
         if dry_run {
             return Err(DomainError::DryRunOperation);
         }
-        self.seal_with_primary(key, plaintext, context).await
+        self.seal_with_primary(key, plaintext, context, BlobKind::Plaintext)
+            .await
     }
 
-    /// Seals under the key's primary version on a blocking thread.
+    /// Seals under the key's primary version on a blocking thread, in a blob of `kind`.
     async fn seal_with_primary(
         &self,
         key: Arc<CachedKey>,
         plaintext: SecretBytes,
         context: EncryptionContext,
+        kind: BlobKind,
     ) -> Result<Sealed, DomainError> {
         let vault = Arc::clone(&self.vault);
         let version = key.entry.primary_version;
@@ -156,7 +164,7 @@ impl CryptoEngine {
         let blob = tokio::task::spawn_blocking(move || {
             let material = key.material(&vault, &version)?;
             let iv = vault.fresh_iv()?;
-            let header = blob::header(&version, &iv);
+            let header = blob::header(kind, &version, &iv);
             let aad = blob::aad(&header, &context.canonical_bytes());
             let sealed = vault.seal(
                 key.entry.protection,
@@ -183,9 +191,10 @@ impl CryptoEngine {
         ciphertext_blob: &[u8],
         action: &str,
         op: Operation,
-    ) -> Result<(Arc<CachedKey>, KeyVersionId), DomainError> {
+    ) -> Result<(Arc<CachedKey>, KeyVersionId, BlobKind), DomainError> {
         let parsed = CiphertextBlob::parse(ciphertext_blob)?;
         let version = parsed.key_version_id;
+        let kind = parsed.kind;
         let key = match self.cache.by_version(&version).await {
             Err(DomainError::KeyNotFound) => return Err(DomainError::InvalidCiphertext),
             other => other?,
@@ -194,7 +203,7 @@ impl CryptoEngine {
         if key.entry.version(&version).is_none() {
             return Err(DomainError::InvalidCiphertext);
         }
-        Ok((key, version))
+        Ok((key, version, kind))
     }
 
     /// Opens a blob with the version it names, on a blocking thread.
@@ -231,8 +240,13 @@ impl CryptoEngine {
         dry_run: bool,
     ) -> Result<Opened, DomainError> {
         let context = EncryptionContext::new(context)?;
-        let (key, version) = self
-            .key_of_blob(caller, &ciphertext_blob, "kms:Decrypt", Operation::Decrypt)
+        let (key, version, _) = self
+            .key_of_blob(
+                caller,
+                &ciphertext_blob,
+                Rpc::Decrypt.action(Touch::BlobKey),
+                Operation::Decrypt,
+            )
             .await?;
         if dry_run {
             return Err(DomainError::DryRunOperation);
@@ -288,10 +302,13 @@ pub struct ReSealed {
 }
 
 impl CryptoEngine {
-    /// `GenerateDataKey` (and, dropping the plaintext, `GenerateDataKeyWithoutPlaintext`).
+    /// `GenerateDataKey` (and, dropping the plaintext, `GenerateDataKeyWithoutPlaintext`):
+    /// `rpc` names which, for the policy action.
+    #[allow(clippy::too_many_arguments)]
     pub async fn generate_data_key(
         &self,
         caller: &Principal,
+        rpc: Rpc,
         key_id: &str,
         spec: Option<DataKeySpec>,
         number_of_bytes: i32,
@@ -305,7 +322,7 @@ impl CryptoEngine {
         check_symmetric_use(
             caller,
             &key,
-            "kms:GenerateDataKey",
+            rpc.action(Touch::Key),
             Operation::GenerateDataKey,
         )?;
         if dry_run {
@@ -316,7 +333,7 @@ impl CryptoEngine {
             .await
             .map_err(join_error)??;
         let sealed = self
-            .seal_with_primary(key, plaintext.clone(), context)
+            .seal_with_primary(key, plaintext.clone(), context, BlobKind::DataKey)
             .await?;
         Ok(DataKey {
             key_id: sealed.key_id,
@@ -339,16 +356,21 @@ impl CryptoEngine {
         let source_context = EncryptionContext::new(source_context)?;
         let destination_context = EncryptionContext::new(destination_context)?;
         kms_types::KeyRef::parse(destination_key_id)?;
-        let (source, version) = self
+        let (source, version, kind) = self
             .key_of_blob(
                 caller,
                 &ciphertext_blob,
-                "kms:ReEncrypt",
+                Rpc::ReEncrypt.action(Touch::BlobKey),
                 Operation::ReEncrypt,
             )
             .await?;
         let destination = self.cache.by_ref(destination_key_id, caller).await?;
-        check_symmetric_use(caller, &destination, "kms:ReEncrypt", Operation::ReEncrypt)?;
+        check_symmetric_use(
+            caller,
+            &destination,
+            Rpc::ReEncrypt.action(Touch::DestinationKey),
+            Operation::ReEncrypt,
+        )?;
         if dry_run {
             return Err(DomainError::DryRunOperation);
         }
@@ -356,8 +378,9 @@ impl CryptoEngine {
         let plaintext = self
             .open_blob(source, version, ciphertext_blob, source_context)
             .await?;
+        // A data key moved to another key stays a data key.
         let sealed = self
-            .seal_with_primary(destination, plaintext, destination_context)
+            .seal_with_primary(destination, plaintext, destination_context, kind)
             .await?;
         Ok(ReSealed {
             sealed,
@@ -713,7 +736,7 @@ impl CryptoEngine {
                 caller,
                 key_id,
                 version,
-                "kms:AsymmetricSign",
+                Rpc::AsymmetricSign.action(Touch::Key),
                 Operation::AsymmetricSign,
                 Some((algorithm, AsymmetricUse::Sign)),
             )
@@ -761,7 +784,7 @@ impl CryptoEngine {
                 caller,
                 key_id,
                 version,
-                "kms:AsymmetricVerify",
+                Rpc::AsymmetricVerify.action(Touch::Key),
                 Operation::AsymmetricVerify,
                 Some((algorithm, AsymmetricUse::Sign)),
             )
@@ -799,7 +822,7 @@ impl CryptoEngine {
                 caller,
                 key_id,
                 version,
-                "kms:AsymmetricEncrypt",
+                Rpc::AsymmetricEncrypt.action(Touch::Key),
                 Operation::AsymmetricEncrypt,
                 Some((algorithm, AsymmetricUse::Encrypt)),
             )
@@ -837,7 +860,7 @@ impl CryptoEngine {
                 caller,
                 key_id,
                 version,
-                "kms:AsymmetricDecrypt",
+                Rpc::AsymmetricDecrypt.action(Touch::Key),
                 Operation::AsymmetricDecrypt,
                 Some((algorithm, AsymmetricUse::Encrypt)),
             )
@@ -874,7 +897,7 @@ impl CryptoEngine {
                 caller,
                 key_id,
                 version,
-                "kms:GetPublicKey",
+                Rpc::GetPublicKey.action(Touch::Key),
                 Operation::GetPublicKey,
                 None,
             )
@@ -908,7 +931,7 @@ impl CryptoEngine {
         check_symmetric_use(
             caller,
             &key,
-            "kms:GenerateAndExportDataKey",
+            Rpc::GenerateAndExportDataKey.action(Touch::Key),
             Operation::GenerateAndExportDataKey,
         )?;
         if dry_run {
@@ -924,7 +947,7 @@ impl CryptoEngine {
         .await
         .map_err(join_error)??;
         let sealed = self
-            .seal_with_primary(key, plaintext.clone(), context)
+            .seal_with_primary(key, plaintext.clone(), context, BlobKind::DataKey)
             .await?;
         Ok((
             DataKey {
@@ -948,11 +971,18 @@ impl CryptoEngine {
     ) -> Result<AsymOutput<Vec<u8>>, DomainError> {
         let context = EncryptionContext::new(context)?;
         let (algorithm, wrapping_spec) = export.check()?;
-        let (key, version) = self
+        if CiphertextBlob::parse(&ciphertext_blob)?.kind != BlobKind::DataKey {
+            return Err(DomainError::invalid(
+                "CiphertextBlob",
+                "the ciphertext blob holds no data key: ExportDataKey takes a blob returned by \
+                 GenerateDataKey, GenerateDataKeyWithoutPlaintext or GenerateAndExportDataKey",
+            ));
+        }
+        let (key, version, _) = self
             .key_of_blob(
                 caller,
                 &ciphertext_blob,
-                "kms:ExportDataKey",
+                Rpc::ExportDataKey.action(Touch::BlobKey),
                 Operation::ExportDataKey,
             )
             .await?;

@@ -6,6 +6,7 @@ use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::crypto_service_server::CryptoService;
 use kms_proto::kms::v1::*;
 use kms_runtime::caller;
+use kms_types::authz::Rpc;
 use kms_types::{DataKeySpec, DomainError, KeyVersionId, Principal, UsageOp};
 use tonic::{Request, Response, Status};
 
@@ -45,6 +46,7 @@ impl CryptoApi {
     async fn data_key(
         &self,
         request: Request<GenerateDataKeyRequest>,
+        rpc: Rpc,
         op: UsageOp,
     ) -> Result<(AuditNote, DataKey), Status> {
         let principal = caller(&request).map_err(status)?;
@@ -56,6 +58,7 @@ impl CryptoApi {
             .engine
             .generate_data_key(
                 &principal,
+                rpc,
                 &req.key_id,
                 spec,
                 req.number_of_bytes,
@@ -186,7 +189,9 @@ impl CryptoService for CryptoApi {
         &self,
         request: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
-        let (note, dk) = self.data_key(request, UsageOp::GenerateDataKey).await?;
+        let (note, dk) = self
+            .data_key(request, Rpc::GenerateDataKey, UsageOp::GenerateDataKey)
+            .await?;
         answer(
             &note,
             GenerateDataKeyResponse {
@@ -211,7 +216,11 @@ impl CryptoService for CryptoApi {
             dry_run: r.dry_run,
         });
         let (note, dk) = self
-            .data_key(request, UsageOp::GenerateDataKeyWithoutPlaintext)
+            .data_key(
+                request,
+                Rpc::GenerateDataKeyWithoutPlaintext,
+                UsageOp::GenerateDataKeyWithoutPlaintext,
+            )
             .await?;
         answer(
             &note,
