@@ -201,6 +201,11 @@ pub fn key_entry(e: &KeyEntry) -> ipb::KeyEntry {
         material_expire_time: e.material_expire.map(timestamp),
         aliases: e.aliases.clone(),
         creator: e.creator.clone(),
+        instance_owner_account_id: e
+            .instance_owner
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -233,7 +238,11 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
             } else {
                 Some(InstanceId::parse(&w.kms_instance_id)?)
             },
-            instance_owner: None,
+            instance_owner: if w.instance_owner_account_id.is_empty() {
+                None
+            } else {
+                Some(AccountId::parse(&w.instance_owner_account_id)?)
+            },
             spec: KeySpec::from_wire(w.key_spec)?,
             usage: KeyUsage::from_wire(w.key_usage)?,
             state: KeyState::from_wire(w.key_state)?,

@@ -123,9 +123,15 @@ impl fmt::Display for InstanceId {
 pub struct AccountId(String);
 
 impl AccountId {
-    /// Parses an account id; anything else is `InvalidParameter.AccountId`.
+    /// Parses an account id: 1–32 decimal digits in canonical form, without a leading zero,
+    /// so one account has one spelling (`0123` and `123` would otherwise be two accounts to
+    /// a string comparison and one to a person). Anything else is `InvalidParameter.AccountId`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit()) {
+        if !s.is_empty()
+            && s.len() <= 32
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && !s.starts_with('0')
+        {
             Ok(Self(s.to_string()))
         } else {
             Err(DomainError::invalid(
@@ -232,6 +238,27 @@ mod tests {
     }
 
     #[test]
+    fn account_ids_have_one_spelling() {
+        for ok in ["1", "10", "1234567890123456", &"9".repeat(32)] {
+            assert_eq!(
+                AccountId::parse(ok).map(|a| a.to_string()),
+                Ok(ok.to_string())
+            );
+        }
+        for bad in [
+            "",
+            "0",
+            "01",
+            "0123456789012345",
+            "12a",
+            " 12",
+            &"9".repeat(33),
+        ] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn key_refs() {
         let id = KeyId::generate();
         assert_eq!(KeyRef::parse(id.as_str()), Ok(KeyRef::Id(id.clone())));
@@ -254,6 +281,7 @@ mod tests {
             "acs:kms:local:abc:key/key-1",
             "acs:kms::123:key/x",
             "acs:kms:local:123:alias/x",
+            "acs:kms:local:0123:key/key-00000000000000000000000000000000",
             "acs:kms",
             "\u{0}",
         ] {

@@ -195,14 +195,14 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    /// The entry for a stored key.
-    pub fn from_record(r: &KeyRecord, region: &str) -> Self {
+    /// The entry for a stored key whose instance, if any, `instance_owner` owns.
+    pub fn from_record(r: &KeyRecord, region: &str, instance_owner: Option<&AccountId>) -> Self {
         Self {
             id: r.id.clone(),
             arn: crate::ids::key_arn(region, &r.account, &r.id),
             account: r.account.clone(),
             instance: r.instance.clone(),
-            instance_owner: None,
+            instance_owner: instance_owner.filter(|o| **o != r.account).cloned(),
             spec: r.spec,
             usage: r.usage,
             state: r.state,

@@ -86,6 +86,9 @@ mod tests {
             "acs:ram::1234:group/x",
             "acs:ram::1234:user/a b",
             "acs:kms::1234:root",
+            // One account, one spelling: no leading zeros.
+            "acs:ram::01234:root",
+            "acs:ram::0:root",
         ] {
             assert_eq!(
                 Principal::parse(bad),

@@ -42,14 +42,17 @@ impl<S: Store> Registry<S> {
         key_ref: KeyRef,
     ) -> Result<(KeyEntry, u64), DomainError> {
         let region = self.region.clone();
-        let (record, revision) = self
+        let (record, owner, revision) = self
             .read(move |store| {
                 // The revision first: a change after it is then also an event after it.
                 let revision = index::revision(store)?;
-                Ok((load_ref(store, &region, &account, key_ref)?, revision))
+                let record = load_ref(store, &region, &account, key_ref)?;
+                let owner = instance_owner(store, &record)?;
+                Ok((record, owner, revision))
             })
             .await?;
-        Ok((KeyEntry::from_record(&record, &self.region), revision))
+        let entry = KeyEntry::from_record(&record, &self.region, owner.as_ref());
+        Ok((entry, revision))
     }
 
     /// `KeyDirectory.GetKey` by key version id, with the revision it was read at.
@@ -57,16 +60,18 @@ impl<S: Store> Registry<S> {
         &self,
         version: KeyVersionId,
     ) -> Result<(KeyEntry, u64), DomainError> {
-        let (record, revision) = self
+        let (record, owner, revision) = self
             .read(move |store| {
                 let revision = index::revision(store)?;
                 let id = index::load_key_id(store, &schema::version(&version))?
                     .ok_or(DomainError::KeyNotFound)?;
                 let record = index::load_key(store, &id)?.ok_or(DomainError::KeyNotFound)?;
-                Ok((record, revision))
+                let owner = instance_owner(store, &record)?;
+                Ok((record, owner, revision))
             })
             .await?;
-        Ok((KeyEntry::from_record(&record, &self.region), revision))
+        let entry = KeyEntry::from_record(&record, &self.region, owner.as_ref());
+        Ok((entry, revision))
     }
 
     /// The current directory revision.
@@ -183,5 +188,16 @@ async fn pump<S: Store>(
                 },
             }
         }
+    }
+}
+
+/// The account owning `record`'s instance, if it has one.
+fn instance_owner<S: Store>(
+    store: &S,
+    record: &kms_types::KeyRecord,
+) -> Result<Option<AccountId>, DomainError> {
+    match &record.instance {
+        Some(id) => Ok(index::load_instance(store, id)?.map(|i| i.owner)),
+        None => Ok(None),
     }
 }
