@@ -56,6 +56,11 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kmsctl_data_plane_commands_interoperate_with_openssl() {
     let stack = Stack::start().await.unwrap();
@@ -136,8 +141,19 @@ async fn kmsctl_data_plane_commands_interoperate_with_openssl() {
         0o600
     );
     let plain = d.join("dk.back");
+    // A readable file already there does not keep its mode: plaintext is written 0600.
+    std::fs::write(&plain, b"old").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
     ok(&stack, &["decrypt", "--in", p(&blob), "--out", p(&plain)]);
     assert_eq!(std::fs::read(&plain).unwrap(), std::fs::read(&key).unwrap());
+    assert_eq!(mode(&plain), 0o600);
+    // A symbolic link at --out is refused, and what it points at is left alone.
+    let (target, link) = (d.join("elsewhere"), d.join("dk.link"));
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (ok_, _, err) = kmsctl(&stack, &["decrypt", "--in", p(&blob), "--out", p(&link)]);
+    assert!(!ok_ && err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     assert_eq!(std::fs::read(&key).unwrap().len(), 48);
     let wp = json(
         &stack,
@@ -335,6 +351,8 @@ async fn kmsctl_data_plane_commands_interoperate_with_openssl() {
         ],
     );
     assert_eq!(std::fs::read(&back).unwrap(), b"top secret");
+    assert_eq!(mode(&back), 0o600);
+    assert_eq!(mode(&enc), 0o644);
     let (ok_, _, err) = kmsctl(
         &stack,
         &[

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tonic::Status;
 
 use crate::client::{Planes, RpcError, is_dry_run_success};
+use crate::files::{self, Access};
 use crate::output::{self, Format};
 use crate::{DecryptArgs, EncryptArgs, pairs_to_map};
 
@@ -79,7 +80,7 @@ pub(crate) async fn encrypt(
         return dry_run_done(format);
     }
     if let Some(path) = &args.out {
-        write_file(path, &response.ciphertext_blob)?;
+        files::write(path, &response.ciphertext_blob, Access::Public)?;
     }
     let blob = STANDARD.encode(&response.ciphertext_blob);
     match format {
@@ -122,7 +123,7 @@ pub(crate) async fn decrypt(
         return dry_run_done(format);
     }
     if let Some(path) = &args.out {
-        write_file(path, &response.plaintext)?;
+        files::write(path, &response.plaintext, Access::Secret)?;
     }
     match format {
         Format::Json => output::print_json(&DecryptOutput {
@@ -189,10 +190,6 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
         return Ok(buf);
     }
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::client::{Planes, RpcError};
 use crate::crypto::blob_from_file_bytes;
+use crate::files::{Access, write};
 use crate::output::{self, Format};
 use crate::pairs_to_map;
 
@@ -325,31 +326,17 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Writes `bytes` to `out` or prints them as base64 (human) / puts them in the JSON object.
 fn emit(
     format: Format,
     out: Option<&Path>,
+    access: Access,
     field: &str,
     bytes: &[u8],
     mut extra: serde_json::Value,
 ) -> anyhow::Result<()> {
     if let Some(path) = out {
-        write(path, bytes, false)?;
+        write(path, bytes, access)?;
     }
     match format {
         Format::Json => {
@@ -418,10 +405,10 @@ pub(crate) async fn run(
                 )
             };
             if let Some(p) = &a.out_blob {
-                write(p, &blob, false)?;
+                write(p, &blob, Access::Public)?;
             }
             if let (Some(p), Some(pt)) = (&a.out_plaintext, &plaintext) {
-                write(p, pt, true)?;
+                write(p, pt, Access::Secret)?;
             }
             let show_plain = plaintext
                 .filter(|_| a.out_plaintext.is_none())
@@ -460,10 +447,10 @@ pub(crate) async fn run(
                 .map_err(RpcError)?
                 .into_inner();
             if let Some(p) = &a.out_blob {
-                write(p, &r.ciphertext_blob, false)?;
+                write(p, &r.ciphertext_blob, Access::Public)?;
             }
             if let Some(p) = &a.out_exported {
-                write(p, &r.exported_data_key, false)?;
+                write(p, &r.exported_data_key, Access::Public)?;
             }
             let blob = a
                 .out_blob
@@ -508,6 +495,7 @@ pub(crate) async fn run(
             emit(
                 format,
                 a.out.as_deref(),
+                Access::Public,
                 "exported_data_key",
                 &r.exported_data_key,
                 extra,
@@ -538,6 +526,7 @@ pub(crate) async fn run(
             emit(
                 format,
                 a.out.as_deref(),
+                Access::Public,
                 "ciphertext_blob",
                 &r.ciphertext_blob,
                 extra,
@@ -559,6 +548,7 @@ pub(crate) async fn run(
             emit(
                 format,
                 a.out.as_deref(),
+                Access::Public,
                 "ciphertext_blob",
                 &r.ciphertext_blob,
                 extra,
@@ -577,7 +567,14 @@ pub(crate) async fn run(
                 .map_err(RpcError)?
                 .into_inner();
             let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
-            emit(format, a.out.as_deref(), "plaintext", &r.plaintext, extra)?;
+            emit(
+                format,
+                a.out.as_deref(),
+                Access::Secret,
+                "plaintext",
+                &r.plaintext,
+                extra,
+            )?;
         }
         CryptoOpsCommand::Sign(a) => {
             let r = client
@@ -592,7 +589,14 @@ pub(crate) async fn run(
                 .map_err(RpcError)?
                 .into_inner();
             let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
-            emit(format, a.out.as_deref(), "signature", &r.value, extra)?;
+            emit(
+                format,
+                a.out.as_deref(),
+                Access::Public,
+                "signature",
+                &r.value,
+                extra,
+            )?;
         }
         CryptoOpsCommand::Verify(a) => {
             let r = client
@@ -627,7 +631,7 @@ pub(crate) async fn run(
                 .map_err(RpcError)?
                 .into_inner();
             if let Some(path) = &a.out {
-                write(path, r.public_key.as_bytes(), false)?;
+                write(path, r.public_key.as_bytes(), Access::Public)?;
             }
             match format {
                 Format::Json => output::print_json(&json!({
@@ -645,7 +649,14 @@ pub(crate) async fn run(
                 .await
                 .map_err(RpcError)?
                 .into_inner();
-            emit(format, a.out.as_deref(), "random", &r.random, json!({}))?;
+            emit(
+                format,
+                a.out.as_deref(),
+                Access::Secret,
+                "random",
+                &r.random,
+                json!({}),
+            )?;
         }
         CryptoOpsCommand::RandomPassword(a) => {
             let r = client

@@ -17,6 +17,7 @@ use kms_types::{Algorithm, KeySpec};
 use serde::Serialize;
 
 use crate::client::{Planes, RpcError};
+use crate::files::{self, Access};
 use crate::lifecycle::KeyArg;
 use crate::output::{Format, aligned, print_done, print_json, print_text, rfc3339, table};
 
@@ -220,8 +221,7 @@ pub(crate) async fn run(
                 .map_err(RpcError)?
                 .into_inner();
             if let Some(path) = &a.public_key_out {
-                std::fs::write(path, &p.public_key)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                files::write(path, &p.public_key, Access::Public)?;
             }
             let view = ParametersView::from(&p);
             match format {

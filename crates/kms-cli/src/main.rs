@@ -8,6 +8,7 @@ mod client;
 mod crypto;
 mod crypto_ops;
 mod dev;
+mod files;
 mod import;
 mod instances;
 mod keys;
