@@ -181,6 +181,58 @@ impl Rpc {
     }
 }
 
+impl Callers {
+    /// How `docs/SECURITY.md` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Callers::OwnAccount => "any principal, in its own account",
+            Callers::KeyPolicy => "the key policy",
+            Callers::KeyPolicyOwnAccount => "the key policy, keys of the caller's account only",
+            Callers::Operators => "operators; accounts see their own and shared instances",
+            Callers::OperatorsOnly => "operators only",
+            Callers::PeerPlane => "the other plane only (certificate outside dev mode)",
+        }
+    }
+}
+
+impl Touch {
+    /// How `docs/SECURITY.md` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Touch::Key => "key",
+            Touch::EveryKey => "every key",
+            Touch::BlobKey => "key of the blob",
+            Touch::AliasOldKey => "alias's current key",
+            Touch::AliasNewKey => "alias's new key",
+            Touch::DestinationKey => "destination key",
+        }
+    }
+}
+
+/// The table as Markdown rows (`| RPC | who may call | checks |`), as `docs/SECURITY.md`
+/// prints it.
+pub fn markdown_rows() -> Vec<String> {
+    Rpc::ALL
+        .iter()
+        .map(|rpc| {
+            let rule = rpc.rule();
+            let checks = rule
+                .checks
+                .iter()
+                .map(|c| format!("{}: `{}`", c.touch.describe(), c.action))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let path = rpc.path().trim_start_matches('/');
+            let checks = if checks.is_empty() {
+                "—".to_string()
+            } else {
+                checks
+            };
+            format!("| `{path}` | {} | {checks} |", rule.callers.describe())
+        })
+        .collect()
+}
+
 /// An action that no policy statement can match (statements' actions are `kms:` names).
 const NO_ACTION: &str = "!unlisted";
 
@@ -232,6 +284,21 @@ mod tests {
         assert_eq!(
             Rpc::UpdateAlias.action(Touch::AliasOldKey),
             "kms:UpdateAlias"
+        );
+    }
+
+    /// `docs/SECURITY.md` prints the table as it is.
+    #[test]
+    fn the_security_notes_print_this_table() {
+        let doc = include_str!("../../../docs/SECURITY.md");
+        let missing: Vec<String> = markdown_rows()
+            .into_iter()
+            .filter(|row| !doc.lines().any(|l| l == row))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/SECURITY.md lacks these rows of the authorization table:\n{}",
+            missing.join("\n")
         );
     }
 
