@@ -530,8 +530,8 @@ async fn loose_policy_documents_are_refused() {
     .unwrap();
 }
 
-/// Finding 5: ListKeys shows only keys the caller may describe, so a key's description,
-/// aliases and tags stay behind its policy.
+/// Finding 5: ListKeys and ListAliases show only keys the caller may describe, so a key's
+/// description, aliases and tags stay behind its policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_hide_keys_the_caller_may_not_describe() {
     let stack = Stack::start().await.unwrap();
@@ -604,6 +604,29 @@ async fn listings_hide_keys_the_caller_may_not_describe() {
         .unwrap()
         .into_inner();
     assert!(by_alias.keys.is_empty(), "{:?}", by_alias.keys);
+
+    // Nor does the alias listing show the hidden key's alias.
+    let aliases = |who: &'static str| {
+        let stack = &stack;
+        async move {
+            stack
+                .keys(Some(who))
+                .unwrap()
+                .list_aliases(ListAliasesRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .aliases
+                .into_iter()
+                .map(|a| a.alias_name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!aliases(MEMBER).await.contains(&"alias/merger".to_string()));
+    assert!(aliases(ADMIN).await.contains(&"alias/merger".to_string()));
 }
 
 /// Finding 11: both planes agree that the owner of a shared instance manages and uses the

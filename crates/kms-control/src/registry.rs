@@ -257,6 +257,39 @@ fn decide(
     policy::decide_stored(caller, ownership, record.policy.as_deref(), action)
 }
 
+/// Which keys a caller may describe, for listings: a listing shows only keys the caller may
+/// `DescribeKey`, so a key's policy hides its description, aliases and tags there too.
+/// Instance owners are read once per instance.
+struct Describable {
+    caller: Principal,
+    owners: std::collections::HashMap<kms_types::InstanceId, Option<AccountId>>,
+}
+
+impl Describable {
+    fn new(caller: &Principal) -> Self {
+        Self {
+            caller: caller.clone(),
+            owners: std::collections::HashMap::new(),
+        }
+    }
+
+    fn allows<S: Store>(&mut self, store: &S, record: &KeyRecord) -> Result<bool, DomainError> {
+        let owner = match &record.instance {
+            None => None,
+            Some(id) => match self.owners.get(id) {
+                Some(owner) => owner.clone(),
+                None => {
+                    let owner = index::load_instance(store, id)?.map(|i| i.owner);
+                    self.owners.insert(id.clone(), owner.clone());
+                    owner
+                }
+            },
+        };
+        let action = kms_types::authz::Rpc::DescribeKey.action(kms_types::authz::Touch::Key);
+        Ok(decide(&self.caller, record, owner.as_ref(), action).is_ok())
+    }
+}
+
 /// [`decide`] inside a transaction: the instance is read in it too, so the decision and the
 /// write it guards see the same policy and the same instance owner.
 fn authorize_in(

@@ -7,6 +7,9 @@ use kms_types::{DomainError, KeyId, KeyRecord, KeyRef, Page, PageRequest, Princi
 use super::Registry;
 use crate::index;
 use crate::schema;
+
+/// Index entries read per store scan while listing.
+const SCAN_BATCH: usize = 256;
 use kms_types::authz::{Rpc, Touch};
 
 impl<S: Store> Registry<S> {
@@ -123,7 +126,9 @@ impl<S: Store> Registry<S> {
         .await
     }
 
-    /// `ListAliases`: the caller's account's aliases, by name.
+    /// `ListAliases`: the caller's account's aliases, by name; only aliases of keys the caller
+    /// may `DescribeKey`, as for `ListKeys`. An alias left naming a key that is gone is listed,
+    /// so it can be seen and deleted.
     pub async fn list_aliases(
         &self,
         caller: &Principal,
@@ -131,20 +136,33 @@ impl<S: Store> Registry<S> {
     ) -> Result<Page<(String, KeyId)>, DomainError> {
         let prefix = schema::alias_prefix(caller.account());
         let after = page.after_as(|a| validate::alias_name(a).map(|()| a.to_string()))?;
+        let caller = caller.clone();
         self.read(move |store| {
-            let cursor = after.map(|a| [prefix.as_slice(), a.as_bytes()].concat());
-            let entries = store
-                .scan_prefix(&prefix, cursor.as_deref(), page.size + 1)
-                .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
-            let items = entries
-                .iter()
-                .map(|(slot, value)| {
-                    Ok((
-                        schema::suffix(slot, &prefix)?.to_string(),
-                        schema::decode_key_id(value)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, DomainError>>()?;
+            let mut describable = super::Describable::new(&caller);
+            let mut items = Vec::new();
+            let mut cursor = after.map(|a| [prefix.as_slice(), a.as_bytes()].concat());
+            'scan: loop {
+                let batch = store
+                    .scan_prefix(&prefix, cursor.as_deref(), SCAN_BATCH)
+                    .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                for (slot, value) in &batch {
+                    let id = schema::decode_key_id(value)?;
+                    let shown = match index::load_key(store, &id)? {
+                        Some(record) => describable.allows(store, &record)?,
+                        None => true,
+                    };
+                    if shown {
+                        items.push((schema::suffix(slot, &prefix)?.to_string(), id));
+                    }
+                    if items.len() > page.size {
+                        break 'scan;
+                    }
+                }
+                match batch.last() {
+                    Some((last, _)) if batch.len() == SCAN_BATCH => cursor = Some(last.clone()),
+                    _ => break,
+                }
+            }
             Ok(Page::from_lookahead(items, page.size, |(a, _)| a.clone()))
         })
         .await

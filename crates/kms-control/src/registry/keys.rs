@@ -131,7 +131,6 @@ impl<S: Store> Registry<S> {
     ) -> Result<Page<KeyRecord>, DomainError> {
         let account = caller.account().clone();
         let caller = caller.clone();
-        let describe = Rpc::DescribeKey.action(Touch::Key);
         if let Some(alias) = &query.filter.alias {
             kms_types::validate::alias_name(alias)?;
         }
@@ -139,27 +138,13 @@ impl<S: Store> Registry<S> {
         self.read(move |store| {
             let want = query.page.size + 1;
             let mut found = Vec::new();
-            let mut owners: std::collections::HashMap<
-                kms_types::InstanceId,
-                Option<kms_types::AccountId>,
-            > = std::collections::HashMap::new();
+            let mut describable = super::Describable::new(&caller);
             let mut consider =
                 |found: &mut Vec<KeyRecord>, record: KeyRecord| -> Result<(), DomainError> {
-                    if record.account != account || !query.matches(&record) {
-                        return Ok(());
-                    }
-                    let instance_owner = match &record.instance {
-                        Some(id) => match owners.get(id) {
-                            Some(owner) => owner.clone(),
-                            None => {
-                                let owner = index::load_instance(store, id)?.map(|i| i.owner);
-                                owners.insert(id.clone(), owner.clone());
-                                owner
-                            }
-                        },
-                        None => None,
-                    };
-                    if super::decide(&caller, &record, instance_owner.as_ref(), describe).is_ok() {
+                    if record.account == account
+                        && query.matches(&record)
+                        && describable.allows(store, &record)?
+                    {
                         found.push(record);
                     }
                     Ok(())
