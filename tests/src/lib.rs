@@ -409,11 +409,12 @@ level = "info"
             .unwrap_or_default()
     }
 
-    /// Stops both planes with SIGTERM and checks each exits successfully.
+    /// Stops both planes with SIGTERM and checks each exits successfully: the data plane first,
+    /// so its last audit checkpoint reaches the control plane.
     pub async fn stop(&mut self) -> Result<()> {
         for (name, slot) in [
-            ("kms-control", &mut self.control),
             ("kms-data", &mut self.data),
+            ("kms-control", &mut self.control),
         ] {
             let Some(mut child) = slot.take() else {
                 continue;
