@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "kms/v1/kms_instance_service.proto",
     "kms/v1/key_management_service.proto",
     "kms/v1/crypto_service.proto",
+    "kms/v1/audit_service.proto",
     "kms/internal/v1/key_material.proto",
     "kms/internal/v1/key_directory.proto",
 ];

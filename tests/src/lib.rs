@@ -409,11 +409,12 @@ level = "info"
             .unwrap_or_default()
     }
 
-    /// Stops both planes with SIGTERM and checks each exits successfully.
+    /// Stops both planes with SIGTERM and checks each exits successfully: the data plane first,
+    /// so its last audit checkpoint reaches the control plane.
     pub async fn stop(&mut self) -> Result<()> {
         for (name, slot) in [
-            ("kms-control", &mut self.control),
             ("kms-data", &mut self.data),
+            ("kms-control", &mut self.control),
         ] {
             let Some(mut child) = slot.take() else {
                 continue;
@@ -555,6 +556,19 @@ level = "info"
             self.channel_as(&self.data_addr, principal)?,
             As(principal.map(str::to_string)),
         ))
+    }
+
+    /// An `AuditService` client to the control plane, calling as `principal`.
+    pub fn audit(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<kms_proto::kms::v1::audit_service_client::AuditServiceClient<Svc>> {
+        Ok(
+            kms_proto::kms::v1::audit_service_client::AuditServiceClient::with_interceptor(
+                self.channel_as(&self.control_addr, principal)?,
+                As(principal.map(str::to_string)),
+            ),
+        )
     }
 }
 

@@ -564,6 +564,39 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                 })
                 .await,
         ),
+        Rpc::GetAuditCheckpoint => classify(
+            stack
+                .audit(who)
+                .unwrap()
+                .get_audit_checkpoint(GetAuditCheckpointRequest {
+                    plane: "control".into(),
+                })
+                .await,
+        ),
+        Rpc::VerifyAuditMacs => classify(
+            stack
+                .audit(who)
+                .unwrap()
+                .verify_audit_macs(VerifyAuditMacsRequest {
+                    plane: "control".into(),
+                    checks: Vec::new(),
+                })
+                .await,
+        ),
+        Rpc::ReportAuditCheckpoint => classify(
+            directory
+                .report_audit_checkpoint(ipb::ReportAuditCheckpointRequest::default())
+                .await,
+        ),
+        Rpc::GetAuditKey => classify(material.get_audit_key(ipb::GetAuditKeyRequest {}).await),
+        Rpc::VerifyPlaneAuditMacs => classify(
+            material
+                .verify_audit_macs(VerifyAuditMacsRequest {
+                    plane: "data".into(),
+                    checks: Vec::new(),
+                })
+                .await,
+        ),
         Rpc::GetKey => classify(
             directory
                 .get_key(ipb::GetKeyRequest {

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kms_proto::kms::v1::audit_service_client::AuditServiceClient;
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
@@ -82,6 +83,13 @@ impl Planes {
         let header = self.principal_header()?;
         let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
         Ok(KmsInstanceServiceClient::with_interceptor(channel, header))
+    }
+
+    /// A client of `AuditService` on the control plane.
+    pub(crate) async fn audit(&self) -> anyhow::Result<AuditServiceClient<Authed>> {
+        let header = self.principal_header()?;
+        let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
+        Ok(AuditServiceClient::with_interceptor(channel, header))
     }
 
     /// A client of `CryptoService` on the data plane.

@@ -854,13 +854,14 @@ async fn wait_ready(
     }
 }
 
-/// Sends SIGTERM to every plane still running, waits up to 10 s, then kills what is left.
+/// Sends SIGTERM to every plane still running, one at a time, waiting up to 10 s in all, then
+/// kills what is left.
 async fn stop_all(planes: &mut [Plane]) {
-    for p in planes.iter_mut() {
-        p.terminate();
-    }
+    // One after the other in start order (the data plane first), so the data plane's last
+    // audit checkpoint still reaches the control plane.
     let deadline = Instant::now() + STOP_TIMEOUT;
     for p in planes.iter_mut() {
+        p.terminate();
         if tokio::time::timeout_at(deadline, p.child.wait())
             .await
             .is_err()

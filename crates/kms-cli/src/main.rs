@@ -399,7 +399,7 @@ async fn main() -> ExitCode {
         Command::Dev(DevCommand::Certs(args)) => {
             certs::certs(args, cert_principals_given(&matches))
         }
-        Command::Audit(command) => audit::run(command, format),
+        Command::Audit(command) => audit::run(&planes, command, format).await,
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
-use kms_runtime::audit::{AuditConfig, AuditEvent, AuditLog, Outcome};
+use kms_runtime::audit::{AuditChain, AuditConfig, AuditEvent, AuditKey, AuditLog, Outcome, Plane};
 
 fn kmsctl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kmsctl"));
@@ -26,10 +26,13 @@ fn text(bytes: &[u8]) -> String {
 }
 
 async fn write_log(path: &Path, n: usize) {
-    let log = AuditLog::open(&AuditConfig {
-        path: path.to_path_buf(),
-        fail_closed: true,
-    })
+    let log = AuditLog::open(
+        &AuditConfig::new(path),
+        AuditChain {
+            plane: Plane::Data,
+            key: AuditKey::from_bytes(&[5u8; 32]).unwrap(),
+        },
+    )
     .unwrap();
     for i in 0..n {
         log.append(AuditEvent {

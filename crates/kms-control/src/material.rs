@@ -1,7 +1,8 @@
 //! Where new and imported key material comes from: the data plane's `KeyMaterial` service,
 //! behind the [`MaterialSource`] trait so the registry can be tested in process. Material (and
 //! every import private key) arrives already wrapped under the HSM root key; the control plane
-//! never sees plaintext.
+//! never sees plaintext. The same client fetches the control plane's audit-chain key and has
+//! the data plane check MACs of its own audit log.
 
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::internal::v1::key_material_client::KeyMaterialClient;
@@ -133,6 +134,45 @@ impl MaterialClient {
         })
     }
 
+    /// The control plane's audit-chain key, derived by the data plane from the HSM root key.
+    /// The received bytes are wiped once the key is built.
+    pub async fn audit_key(&self) -> Result<kms_runtime::audit::AuditKey, DomainError> {
+        let req = tonic::Request::new(kms_proto::kms::internal::v1::GetAuditKeyRequest {});
+        let mut req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        req.set_timeout(std::time::Duration::from_secs(10));
+        let resp = self
+            .inner
+            .clone()
+            .get_audit_key(req)
+            .await
+            .map_err(|s| data_plane_error("GetAuditKey", &s))?;
+        let mut bytes = zeroize::Zeroizing::new(resp.into_inner().key);
+        let key = kms_runtime::audit::AuditKey::from_bytes(&bytes)
+            .map_err(|e| DomainError::Internal(format!("data plane GetAuditKey: {e}")));
+        zeroize::Zeroize::zeroize(&mut *bytes);
+        key
+    }
+
+    /// Has the data plane check MACs under its own audit-chain key: the index of the first
+    /// that does not match, if any.
+    pub async fn verify_audit_macs(
+        &self,
+        checks: &[kms_runtime::audit::MacCheck],
+    ) -> Result<Option<usize>, DomainError> {
+        let req = tonic::Request::new(kms_proto::kms::v1::VerifyAuditMacsRequest {
+            plane: kms_runtime::audit::Plane::Data.as_str().to_string(),
+            checks: kms_runtime::audit_wire::checks_to_wire(checks),
+        });
+        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        let resp = self
+            .inner
+            .clone()
+            .verify_audit_macs(req)
+            .await
+            .map_err(|s| data_plane_error("VerifyAuditMacs", &s))?;
+        Ok(kms_runtime::audit_wire::first_mismatch(resp.get_ref()))
+    }
+
     /// Asks the data plane for new material of `spec` at `protection`.
     pub async fn generate_material(
         &self,
@@ -175,6 +215,18 @@ impl MaterialClient {
             wrapped: resp.wrapped_material,
             public_key_der: resp.public_key_der,
         })
+    }
+}
+
+fn data_plane_error(call: &str, s: &tonic::Status) -> DomainError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            DomainError::Unavailable("the data plane cannot be reached".into())
+        }
+        code => DomainError::Internal(format!(
+            "data plane {call} failed: {code:?}: {}",
+            s.message()
+        )),
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod access;
 mod aliases;
+mod audit;
 mod directory;
 mod import;
 mod instances;

@@ -27,6 +27,7 @@
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
 //! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
+//! | `ac/<plane>` | JSON of [`kms_runtime::audit::Checkpoint`] | latest checkpoint of a plane's audit log (`control`, `data`) |
 //!
 //! Every index entry of a key is derived from its record and written in the same transaction
 //! as the record ([`crate::index`]). Layout 1 (before `m/layout` existed) stored the key id of
@@ -68,6 +69,8 @@ pub const LAYOUT: &[u8] = b"m/layout";
 pub const MATERIAL_EXPIRY_QUEUE: &[u8] = b"sx/";
 /// Prefix of the import-token purge queue.
 pub const TOKEN_PURGE_QUEUE: &[u8] = b"sp/";
+/// Prefix of audit-log checkpoints.
+pub const AUDIT_CHECKPOINT_PREFIX: &[u8] = b"ac/";
 
 fn n20(n: u64) -> String {
     format!("{n:020}")
@@ -355,6 +358,21 @@ pub fn marker() -> Vec<u8> {
 /// Encodes a tag value as an index value.
 pub fn encode_text(text: &str) -> Vec<u8> {
     encode_record(FORMAT, text.as_bytes())
+}
+
+/// Store key of the latest checkpoint of `plane`'s audit log.
+pub fn audit_checkpoint(plane: kms_runtime::audit::Plane) -> Vec<u8> {
+    format!("ac/{plane}").into_bytes()
+}
+
+/// Encodes an audit-log checkpoint.
+pub fn encode_checkpoint(cp: &kms_runtime::audit::Checkpoint) -> Result<Vec<u8>, DomainError> {
+    encode_json("audit checkpoint", cp)
+}
+
+/// Decodes an audit-log checkpoint.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<kms_runtime::audit::Checkpoint, DomainError> {
+    decode_json("audit checkpoint", bytes)
 }
 
 /// Encodes an instance record.

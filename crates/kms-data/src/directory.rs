@@ -1,8 +1,11 @@
-//! The control plane's `KeyDirectory`, as the data plane calls it.
+//! The control plane's `KeyDirectory`, as the data plane calls it: keys, their changes, usage
+//! reports and the data plane's audit checkpoints.
 
 use kms_proto::convert::usage_record;
 use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
-use kms_proto::kms::internal::v1::{GetKeyRequest, ReportUsageRequest};
+use kms_proto::kms::internal::v1::{
+    GetKeyRequest, ReportAuditCheckpointRequest, ReportUsageRequest,
+};
 use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -132,6 +135,28 @@ impl DirectoryClient {
         self.inner
             .clone()
             .report_usage(req)
+            .await
+            .map_err(directory_error)?;
+        Ok(())
+    }
+
+    /// Records a checkpoint of the data plane's audit log with
+    /// `KeyDirectory.ReportAuditCheckpoint`.
+    pub async fn report_audit_checkpoint(
+        &self,
+        checkpoint: &kms_runtime::audit::Checkpoint,
+    ) -> Result<(), DomainError> {
+        let req = ReportAuditCheckpointRequest {
+            checkpoint: Some(kms_runtime::audit_wire::checkpoint_to_wire(checkpoint)),
+        };
+        let mut req = kms_runtime::identity::with_principal(
+            tonic::Request::new(req),
+            &self.service_principal,
+        )?;
+        req.set_timeout(std::time::Duration::from_secs(5));
+        self.inner
+            .clone()
+            .report_audit_checkpoint(req)
             .await
             .map_err(directory_error)?;
         Ok(())

@@ -119,6 +119,18 @@ impl KeyVault {
         }
     }
 
+    /// The audit-chain key of `plane`, derived in the HSM from the root key under the plane's
+    /// own label ([`kms_runtime::audit::Plane::key_label`]); the same on every replica sharing
+    /// the root key. Blocks on the HSM.
+    pub fn derive_audit_key(
+        &self,
+        plane: kms_runtime::audit::Plane,
+    ) -> Result<SecretBytes, DomainError> {
+        self.hsm
+            .derive_secret(plane.key_label())
+            .map_err(backend_error)
+    }
+
     /// `n` random bytes from the HSM's generator.
     pub fn random(&self, n: usize) -> Result<SecretBytes, DomainError> {
         let mut out = SecretBytes::new(vec![0u8; n]);

@@ -1,41 +1,79 @@
-//! The audit log: one JSON line per call, hash-chained so that editing, deleting, inserting or
-//! reordering lines is detectable.
+//! The audit log: one JSON line per call, chained with a MAC under a key only the service holds,
+//! so that editing, deleting, inserting, reordering or re-chaining lines is detectable, plus
+//! signed checkpoints (line count and head MAC) that show lines cut off the end.
 //!
-//! Each line holds `time` (RFC 3339 UTC, ms), `request_id`, `principal` (empty when the caller
-//! could not be identified), `action` (`kms.v1.CryptoService/Encrypt`), `key_id` and
-//! `key_version_id` (as the handler noted them with [`note_key`]; empty otherwise), `outcome`
-//! (`allowed`, `denied`, `error`), `status_code` (the gRPC code name), `prev_hash` and `hash`.
-//! Never plaintext, ciphertext or key material.
+//! Each line holds `format` (2), `seq` (its 1-based line number), `time` (RFC 3339 UTC, ms),
+//! `request_id`, `principal` (empty when the caller could not be identified), `action`
+//! (`kms.v1.CryptoService/Encrypt`), `key_id` and `key_version_id` (as the handler noted them
+//! with [`note_key`]; empty otherwise), `outcome` (`allowed`, `denied`, `error`), `status_code`
+//! (the gRPC code name), `prev_mac` and `mac`. Never plaintext, ciphertext or key material.
 //!
-//! `hash` is the lowercase hex SHA-256 of the line's *canonical content*: the line's JSON object
-//! without its `hash` member, members in the order above, as `serde_json` writes it. Since that
-//! content includes `prev_hash`, each line commits to the one before it; the first line's
-//! `prev_hash` is [`GENESIS_HASH`]. On start the chain resumes from the last line's hash.
+//! `mac` is the lowercase hex HMAC-SHA-256, under the plane's [`AuditKey`], of the SHA-256 of
+//! [`LINE_DOMAIN`] followed by the line's *canonical content*: its JSON object without `mac`,
+//! members in the order above, as `serde_json` writes it. The content includes `prev_mac`, so
+//! each line commits to the one before it; the first line's `prev_mac` is [`GENESIS_HASH`]. The
+//! key is derived from the HSM root key (one per plane, [`Plane::key_label`]), so nobody
+//! without it can extend or re-chain the log. On start the chain resumes from the last line,
+//! whose MAC must verify under the key.
+//!
+//! Format 1 (before the chain was keyed) had no `format`, `seq` or MAC: `prev_hash` and `hash`,
+//! the plain SHA-256 of the content. A log that began in format 1 keeps those lines; the first
+//! format-2 line chains onto the last format-1 line's `hash` (its `prev_mac` is that hash), so
+//! the keyed chain commits to the unkeyed prefix from then on. Verification checks format-1
+//! lines by hash only, and refuses a format-1 line after a format-2 line.
+//!
+//! Checkpoints ([`Checkpoint`]): the plane, the number of lines, the head MAC and the time,
+//! MACed under the same key (domain [`CHECKPOINT_DOMAIN`]). [`AuditLog::checkpoint`] makes one
+//! after every line queued before it is written; [`keep_checkpoints`] hands one to a sink
+//! (the control-plane store) every `checkpoint_interval_ms` while lines were added, and once
+//! more at shutdown. [`Scan::against`] then names a log shorter than its latest checkpoint
+//! (truncation) or one whose line at the checkpoint differs from the recorded head (rewrite).
+//!
+//! Verification: [`scan`] checks everything that needs no key (canonical form, format-1
+//! hashes, `seq`, the links between lines) and yields one [`MacCheck`] per keyed line; whoever
+//! holds the key answers them ([`AuditKey::first_mismatch`]). [`verify_keyed`] does all of it
+//! in one place.
 //!
 //! Durability: lines are written by one writer thread to a file opened with `O_APPEND`, in
 //! small batches (every line waiting when the thread wakes, at most [`MAX_BATCH`]): one
 //! `write` and one `fdatasync` per batch. [`AuditLog::append`] returns only after its line's
 //! batch is on disk, so a call's line is durable before its response is sent. A failed write
 //! does not advance the chain; the caller decides (fail closed or log and continue).
-//!
-//! What the chain cannot show by itself: lines cut off the end of the file. Ship the last
-//! hash elsewhere (a log pipeline, a periodic note) to detect truncation.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-/// `prev_hash` of the first line.
+/// `prev_mac` of the first line.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Most lines written and synced together.
 pub const MAX_BATCH: usize = 256;
+
+/// Format of the lines written now.
+pub const LINE_FORMAT: u8 = 2;
+
+/// Prefix of the hashed content of a line, before its MAC.
+pub const LINE_DOMAIN: &[u8] = b"kms-audit-line-v2\0";
+
+/// Prefix of the hashed content of a checkpoint, before its MAC.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"kms-audit-checkpoint-v1\0";
+
+/// Length of an audit key and of a MAC, in bytes.
+pub const MAC_LEN: usize = 32;
+
+/// Longest checkpoint interval, and the default.
+pub const MAX_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
+
+/// Shortest checkpoint interval.
+pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 100;
 
 /// Longest key id or version id recorded; longer ones are cut.
 const MAX_FIELD: usize = 512;
@@ -51,20 +89,164 @@ pub struct AuditConfig {
     /// and answer anyway (false). Default true.
     #[serde(default = "yes")]
     pub fail_closed: bool,
+    /// How often a checkpoint (line count and head MAC) is recorded in the control plane's
+    /// store while lines are being added, 100 to 60000 ms. Default 60000; one is also recorded
+    /// at shutdown.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
 }
 
 fn yes() -> bool {
     true
 }
 
+fn default_checkpoint_interval() -> u64 {
+    MAX_CHECKPOINT_INTERVAL_MS
+}
+
 impl AuditConfig {
+    /// A config for `path` with the defaults.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            fail_closed: true,
+            checkpoint_interval_ms: MAX_CHECKPOINT_INTERVAL_MS,
+        }
+    }
+
     /// Checks the values; called once at start.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.as_os_str().is_empty() {
             return Err("audit.path is required".into());
         }
+        if !(MIN_CHECKPOINT_INTERVAL_MS..=MAX_CHECKPOINT_INTERVAL_MS)
+            .contains(&self.checkpoint_interval_ms)
+        {
+            return Err(format!(
+                "audit.checkpoint_interval_ms must be {MIN_CHECKPOINT_INTERVAL_MS} to {MAX_CHECKPOINT_INTERVAL_MS}, got {}",
+                self.checkpoint_interval_ms
+            ));
+        }
         Ok(())
     }
+
+    /// The checkpoint interval.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+}
+
+/// Which plane writes a log; each has its own key and its own checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plane {
+    /// `kms-control`.
+    Control,
+    /// `kms-data`.
+    Data,
+}
+
+impl Plane {
+    /// `control` or `data`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plane::Control => "control",
+            Plane::Data => "data",
+        }
+    }
+
+    /// The plane named `name` (`control` or `data`).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "control" => Ok(Plane::Control),
+            "data" => Ok(Plane::Data),
+            other => Err(format!("plane must be control or data, got {other:?}")),
+        }
+    }
+
+    /// The label the plane's audit key is derived under from the HSM root key.
+    pub fn key_label(self) -> &'static [u8] {
+        match self {
+            Plane::Control => b"audit-chain-control-v1",
+            Plane::Data => b"audit-chain-data-v1",
+        }
+    }
+}
+
+impl std::fmt::Display for Plane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+
+/// The secret a plane's chain is keyed with: derived from the HSM root key, held only as a
+/// keyed HMAC state (zeroized on drop), never written or logged (`Debug` prints
+/// `[redacted]`). Clones share one copy.
+#[derive(Clone)]
+pub struct AuditKey(Arc<HmacSha256>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey([redacted])")
+    }
+}
+
+/// One keyed item to check: the hashed content and the MAC it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacCheck {
+    /// SHA-256 of the domain and the canonical content.
+    pub digest: [u8; MAC_LEN],
+    /// The MAC the item carries.
+    pub mac: [u8; MAC_LEN],
+}
+
+impl AuditKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AuditError> {
+        if bytes.len() != MAC_LEN {
+            return Err(AuditError::Key {
+                reason: format!("an audit key has {MAC_LEN} bytes, got {}", bytes.len()),
+            });
+        }
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(bytes).map_err(|_| AuditError::Key {
+            reason: "hmac refused the key".into(),
+        })?;
+        Ok(Self(Arc::new(mac)))
+    }
+
+    fn hmac(&self) -> HmacSha256 {
+        HmacSha256::clone(&self.0)
+    }
+
+    /// The MAC of `digest`.
+    pub fn mac(&self, digest: &[u8; MAC_LEN]) -> [u8; MAC_LEN] {
+        let mut mac = self.hmac();
+        mac.update(digest);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `check.mac` is the MAC of `check.digest`, compared in constant time.
+    pub fn check(&self, check: &MacCheck) -> bool {
+        let mut mac = self.hmac();
+        mac.update(&check.digest);
+        mac.verify_slice(&check.mac).is_ok()
+    }
+
+    /// The index of the first check whose MAC does not match, if any.
+    pub fn first_mismatch(&self, checks: &[MacCheck]) -> Option<usize> {
+        checks.iter().position(|c| !self.check(c))
+    }
+}
+
+/// What a log is keyed with: the plane that writes it and its key.
+#[derive(Debug, Clone)]
+pub struct AuditChain {
+    /// The plane.
+    pub plane: Plane,
+    /// The plane's key.
+    pub key: AuditKey,
 }
 
 /// What became of a call.
@@ -111,10 +293,106 @@ pub struct AuditEvent {
     pub status: tonic::Code,
 }
 
-/// One line of the log, members in canonical order.
+/// One line of the log in the current format, members in canonical order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct Line {
+    format: u8,
+    seq: u64,
+    time: String,
+    request_id: String,
+    principal: String,
+    action: String,
+    key_id: String,
+    key_version_id: String,
+    outcome: Outcome,
+    status_code: String,
+    prev_mac: String,
+    mac: String,
+}
+
+/// The canonical content of a line: everything but `mac`.
+#[derive(Serialize)]
+struct Content<'a> {
+    format: u8,
+    seq: u64,
+    time: &'a str,
+    request_id: &'a str,
+    principal: &'a str,
+    action: &'a str,
+    key_id: &'a str,
+    key_version_id: &'a str,
+    outcome: Outcome,
+    status_code: &'a str,
+    prev_mac: &'a str,
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn parse_mac(text: &str) -> Option<[u8; MAC_LEN]> {
+    if text.len() != 2 * MAC_LEN || text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let bytes = hex::decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+impl Line {
+    fn digest(&self) -> [u8; MAC_LEN] {
+        let content = Content {
+            format: self.format,
+            seq: self.seq,
+            time: &self.time,
+            request_id: &self.request_id,
+            principal: &self.principal,
+            action: &self.action,
+            key_id: &self.key_id,
+            key_version_id: &self.key_version_id,
+            outcome: self.outcome,
+            status_code: &self.status_code,
+            prev_mac: &self.prev_mac,
+        };
+        // Serializing plain strings and numbers into JSON cannot fail.
+        let text = serde_json::to_string(&content).unwrap_or_default();
+        sha256(&[LINE_DOMAIN, text.as_bytes()])
+    }
+
+    fn seal(event: &AuditEvent, seq: u64, prev_mac: &str, key: &AuditKey) -> Self {
+        let mut line = Line {
+            format: LINE_FORMAT,
+            seq,
+            time: humantime::format_rfc3339_millis(event.time).to_string(),
+            request_id: event.request_id.clone(),
+            principal: event.principal.clone(),
+            action: event.action.clone(),
+            key_id: event.key_id.clone(),
+            key_version_id: event.key_version_id.clone(),
+            outcome: event.outcome,
+            status_code: code_name(event.status).to_string(),
+            prev_mac: prev_mac.to_string(),
+            mac: String::new(),
+        };
+        line.mac = hex::encode(key.mac(&line.digest()));
+        line
+    }
+
+    fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A line of format 1 (unkeyed), read only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct LineV1 {
     time: String,
     request_id: String,
     principal: String,
@@ -127,9 +405,9 @@ struct Line {
     hash: String,
 }
 
-/// The canonical content of a line: everything but `hash`.
+/// The canonical content of a format-1 line: everything but `hash`.
 #[derive(Serialize)]
-struct Content<'a> {
+struct ContentV1<'a> {
     time: &'a str,
     request_id: &'a str,
     principal: &'a str,
@@ -141,9 +419,9 @@ struct Content<'a> {
     prev_hash: &'a str,
 }
 
-impl Line {
+impl LineV1 {
     fn content_hash(&self) -> String {
-        let content = Content {
+        let content = ContentV1 {
             time: &self.time,
             request_id: &self.request_id,
             principal: &self.principal,
@@ -154,30 +432,73 @@ impl Line {
             status_code: &self.status_code,
             prev_hash: &self.prev_hash,
         };
-        // Serializing plain strings into JSON cannot fail.
         let text = serde_json::to_string(&content).unwrap_or_default();
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
-    }
-
-    fn seal(event: &AuditEvent, prev_hash: &str) -> Self {
-        let mut line = Line {
-            time: humantime::format_rfc3339_millis(event.time).to_string(),
-            request_id: event.request_id.clone(),
-            principal: event.principal.clone(),
-            action: event.action.clone(),
-            key_id: event.key_id.clone(),
-            key_version_id: event.key_version_id.clone(),
-            outcome: event.outcome,
-            status_code: code_name(event.status).to_string(),
-            prev_hash: prev_hash.to_string(),
-            hash: String::new(),
-        };
-        line.hash = line.content_hash();
-        line
+        hex::encode(sha256(&[text.as_bytes()]))
     }
 
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A checkpoint: the log of `plane` had `seq` lines, the last with MAC `head`, at `time`;
+/// `mac` is the HMAC of the whole under the plane's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// The plane whose log it is.
+    pub plane: Plane,
+    /// Lines in the log.
+    pub seq: u64,
+    /// `mac` of line `seq` (`hash` if it is a format-1 line).
+    pub head: String,
+    /// When it was made (RFC 3339 UTC, ms).
+    pub time: String,
+    /// Lowercase hex HMAC-SHA-256 of the checkpoint's digest.
+    pub mac: String,
+}
+
+/// The canonical content of a checkpoint.
+#[derive(Serialize)]
+struct CheckpointContent<'a> {
+    plane: Plane,
+    seq: u64,
+    head: &'a str,
+    time: &'a str,
+}
+
+impl Checkpoint {
+    /// A checkpoint MACed under `key`.
+    pub fn sign(key: &AuditKey, plane: Plane, seq: u64, head: &str, time: SystemTime) -> Self {
+        let mut cp = Checkpoint {
+            plane,
+            seq,
+            head: head.to_string(),
+            time: humantime::format_rfc3339_millis(time).to_string(),
+            mac: String::new(),
+        };
+        cp.mac = hex::encode(key.mac(&cp.digest()));
+        cp
+    }
+
+    /// SHA-256 of [`CHECKPOINT_DOMAIN`] and the canonical content.
+    pub fn digest(&self) -> [u8; MAC_LEN] {
+        let content = CheckpointContent {
+            plane: self.plane,
+            seq: self.seq,
+            head: &self.head,
+            time: &self.time,
+        };
+        let text = serde_json::to_string(&content).unwrap_or_default();
+        sha256(&[CHECKPOINT_DOMAIN, text.as_bytes()])
+    }
+
+    /// The MAC check of the checkpoint itself; `None` when `mac` is not a MAC at all.
+    pub fn mac_check(&self) -> Option<MacCheck> {
+        Some(MacCheck {
+            digest: self.digest(),
+            mac: parse_mac(&self.mac)?,
+        })
     }
 }
 
@@ -234,6 +555,12 @@ pub enum AuditError {
         /// The file.
         path: String,
         /// The cause.
+        reason: String,
+    },
+    /// The audit key is unusable.
+    #[error("unusable audit key: {reason}")]
+    Key {
+        /// What is wrong.
         reason: String,
     },
     /// The writer thread is gone.
@@ -304,16 +631,21 @@ pub fn note_key<T>(request: &tonic::Request<T>, key_id: &str, key_version_id: &s
     AuditNote::of(request).set_key(key_id, key_version_id);
 }
 
-struct Job {
-    event: AuditEvent,
-    done: Option<oneshot::Sender<Result<(), AuditError>>>,
+enum Job {
+    Line {
+        event: AuditEvent,
+        done: Option<oneshot::Sender<Result<(), AuditError>>>,
+    },
+    Checkpoint(oneshot::Sender<Checkpoint>),
 }
 
 #[derive(Debug)]
 struct Shared {
     tx: mpsc::UnboundedSender<Job>,
     fail_closed: bool,
+    checkpoint_interval: Duration,
     path: PathBuf,
+    plane: Plane,
 }
 
 /// The open audit log; clones share one file and one writer thread, which stops when the last
@@ -323,10 +655,17 @@ pub struct AuditLog {
     shared: Arc<Shared>,
 }
 
+/// Where the chain stands: lines written and the last line's MAC (or hash).
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    mac: String,
+}
+
 impl AuditLog {
-    /// Opens (or creates, mode 0600) the log, resumes the chain from its last line and starts
-    /// the writer thread.
-    pub fn open(config: &AuditConfig) -> Result<Self, AuditError> {
+    /// Opens (or creates, mode 0600) the log, resumes the chain from its last line (which must
+    /// verify under `chain.key` when it is keyed) and starts the writer thread.
+    pub fn open(config: &AuditConfig, chain: AuditChain) -> Result<Self, AuditError> {
         let path = config.path.clone();
         let open_err = |e: std::io::Error| AuditError::Open {
             path: path.display().to_string(),
@@ -338,18 +677,21 @@ impl AuditLog {
             .mode(0o600)
             .open(&path)
             .map_err(open_err)?;
-        let prev = last_hash(&path)?;
+        let head = last_head(&path, &chain.key)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_path = path.clone();
+        let plane = chain.plane;
         std::thread::Builder::new()
             .name("kms-audit".into())
-            .spawn(move || write_loop(file, writer_path, prev, rx))
+            .spawn(move || write_loop(file, writer_path, chain, head, rx))
             .map_err(open_err)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 tx,
                 fail_closed: config.fail_closed,
+                checkpoint_interval: config.checkpoint_interval(),
                 path,
+                plane,
             }),
         })
     }
@@ -364,12 +706,22 @@ impl AuditLog {
         &self.shared.path
     }
 
+    /// The plane writing the log.
+    pub fn plane(&self) -> Plane {
+        self.shared.plane
+    }
+
+    /// How often [`keep_checkpoints`] records a checkpoint.
+    pub fn checkpoint_interval(&self) -> Duration {
+        self.shared.checkpoint_interval
+    }
+
     /// Appends a line and waits until it is on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         self.shared
             .tx
-            .send(Job {
+            .send(Job::Line {
                 event,
                 done: Some(done),
             })
@@ -380,16 +732,33 @@ impl AuditLog {
     /// Queues a line without waiting (for calls abandoned mid-way, where nobody is left to
     /// wait); write errors are logged.
     pub fn append_detached(&self, event: AuditEvent) {
-        if self.shared.tx.send(Job { event, done: None }).is_err() {
+        if self
+            .shared
+            .tx
+            .send(Job::Line { event, done: None })
+            .is_err()
+        {
             tracing::error!(path = %self.shared.path.display(), "audit log writer has stopped; a line is lost");
         }
+    }
+
+    /// A signed checkpoint of the log as it stands once every line queued before this call is
+    /// written.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Job::Checkpoint(done))
+            .map_err(|_| AuditError::Stopped)?;
+        wait.await.map_err(|_| AuditError::Stopped)
     }
 }
 
 fn write_loop(
     mut file: File,
     path: PathBuf,
-    mut prev: String,
+    chain: AuditChain,
+    mut head: Head,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -400,36 +769,105 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let mut buf = String::new();
-        let mut next = prev.clone();
-        for job in &batch {
-            let line = Line::seal(&job.event, &next);
-            buf.push_str(&line.text());
-            buf.push('\n');
-            next = line.hash;
-        }
-        let result = file
-            .write_all(buf.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| AuditError::Write {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            });
-        match &result {
-            Ok(()) => prev = next,
-            Err(e) => tracing::error!(error = %e, lines = batch.len(), "audit write failed"),
-        }
-        for job in batch {
-            if let Some(done) = job.done {
-                // The caller may have gone; its line is written either way.
-                let _ = done.send(result.clone());
+        // Lines up to the first checkpoint request go out together; the checkpoint then sees
+        // them written. Later jobs wait for the next round.
+        let mut jobs = batch.into_iter().peekable();
+        while jobs.peek().is_some() {
+            let mut lines = Vec::new();
+            let mut buf = String::new();
+            let mut next = head.clone();
+            while let Some(Job::Line { .. }) = jobs.peek() {
+                let Some(Job::Line { event, done }) = jobs.next() else {
+                    break;
+                };
+                next.seq += 1;
+                let line = Line::seal(&event, next.seq, &next.mac, &chain.key);
+                buf.push_str(&line.text());
+                buf.push('\n');
+                next.mac = line.mac;
+                lines.push(done);
+            }
+            if !lines.is_empty() {
+                let result = file
+                    .write_all(buf.as_bytes())
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| AuditError::Write {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                match &result {
+                    Ok(()) => head = next,
+                    Err(e) => {
+                        tracing::error!(error = %e, lines = lines.len(), "audit write failed");
+                    }
+                }
+                for done in lines.into_iter().flatten() {
+                    // The caller may have gone; its line is written either way.
+                    let _ = done.send(result.clone());
+                }
+            }
+            if let Some(Job::Checkpoint(done)) = jobs.next_if(|j| matches!(j, Job::Checkpoint(_))) {
+                let cp = Checkpoint::sign(
+                    &chain.key,
+                    chain.plane,
+                    head.seq,
+                    &head.mac,
+                    SystemTime::now(),
+                );
+                let _ = done.send(cp);
             }
         }
     }
 }
 
-/// The hash of the last line of `path`, or [`GENESIS_HASH`] for an empty file.
-fn last_hash(path: &Path) -> Result<String, AuditError> {
+/// Records a checkpoint of `log` with `deliver` every [`AuditLog::checkpoint_interval`] while
+/// lines were added since the last one delivered, until `stop` resolves; then once more, so
+/// the last checkpoint covers every line. Call it after the server has drained. A failed
+/// delivery is logged and tried again at the next tick.
+pub async fn keep_checkpoints<F, Fut>(log: AuditLog, stop: impl Future<Output = ()>, mut deliver: F)
+where
+    F: FnMut(Checkpoint) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    // The first tick comes one interval after start: what the log held at start is what the
+    // last run's final checkpoint recorded.
+    let every = log.checkpoint_interval();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut delivered: Option<u64> = None;
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = &mut stop, if !stopping => stopping = true,
+            _ = ticks.tick(), if !stopping => {}
+        }
+        let cp = match log.checkpoint().await {
+            Ok(cp) => cp,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make an audit checkpoint");
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+        };
+        if cp.seq > 0 && delivered != Some(cp.seq) {
+            let seq = cp.seq;
+            match deliver(cp).await {
+                Ok(()) => delivered = Some(seq),
+                Err(e) => tracing::warn!(error = %e, lines = seq, "audit checkpoint not recorded"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Where the chain of `path` stands: its line count and last MAC (or hash, for a format-1
+/// line), or the genesis for an empty file.
+fn last_head(path: &Path, key: &AuditKey) -> Result<Head, AuditError> {
     let io_err = |e: std::io::Error| AuditError::Open {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -437,7 +875,10 @@ fn last_hash(path: &Path) -> Result<String, AuditError> {
     let mut file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     if len == 0 {
-        return Ok(GENESIS_HASH.to_string());
+        return Ok(Head {
+            seq: 0,
+            mac: GENESIS_HASH.to_string(),
+        });
     }
     // Read backwards until the start of the last line is in the buffer.
     const CHUNK: u64 = 8192;
@@ -472,8 +913,26 @@ fn last_hash(path: &Path) -> Result<String, AuditError> {
         Some(i) => &body[i + 1..],
         None => body,
     };
-    let line = check_line(last).map_err(|reason| damaged(&reason))?;
-    Ok(line.hash)
+    match check_line(last).map_err(|reason| damaged(&reason))? {
+        Parsed::Keyed(line, check) => {
+            if !key.check(&check) {
+                return Err(damaged(
+                    "the last line's mac does not verify under this plane's audit key (forged, or written under another root key)",
+                ));
+            }
+            Ok(Head {
+                seq: line.seq,
+                mac: line.mac,
+            })
+        }
+        Parsed::Unkeyed(line) => {
+            let seq = count_lines(path).map_err(io_err)?;
+            Ok(Head {
+                seq: u64::try_from(seq).unwrap_or(u64::MAX),
+                mac: line.hash,
+            })
+        }
+    }
 }
 
 fn count_lines(path: &Path) -> std::io::Result<usize> {
@@ -487,17 +946,40 @@ fn count_lines(path: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Parses one line (without its newline) and checks it against its own hash.
-fn check_line(raw: &[u8]) -> Result<Line, String> {
+enum Parsed {
+    Keyed(Line, MacCheck),
+    Unkeyed(LineV1),
+}
+
+/// Parses one line (without its newline): a keyed line into its MAC check, a format-1 line
+/// checked against its own hash.
+fn check_line(raw: &[u8]) -> Result<Parsed, String> {
     let text = std::str::from_utf8(raw).map_err(|_| "the line is not UTF-8".to_string())?;
-    let line: Line = serde_json::from_str(text).map_err(|e| format!("not an audit record: {e}"))?;
+    if text.starts_with("{\"format\":") {
+        let line: Line =
+            serde_json::from_str(text).map_err(|e| format!("not an audit record: {e}"))?;
+        if line.format != LINE_FORMAT {
+            return Err(format!("unknown line format {}", line.format));
+        }
+        if line.text() != text {
+            return Err("the line is not in canonical form (edited)".into());
+        }
+        let mac = parse_mac(&line.mac).ok_or("mac is not 64 lowercase hex digits (edited)")?;
+        let check = MacCheck {
+            digest: line.digest(),
+            mac,
+        };
+        return Ok(Parsed::Keyed(line, check));
+    }
+    let line: LineV1 =
+        serde_json::from_str(text).map_err(|e| format!("not an audit record: {e}"))?;
     if line.text() != text {
         return Err("the line is not in canonical form (edited)".into());
     }
     if line.content_hash() != line.hash {
         return Err("hash does not match the line's content (edited)".into());
     }
-    Ok(line)
+    Ok(Parsed::Unkeyed(line))
 }
 
 /// The first broken link of a log: its 1-based line number and what is wrong.
@@ -510,9 +992,76 @@ pub struct VerifyError {
     pub reason: String,
 }
 
-/// Checks every line of the log at `path` and the chain between them; answers the number of
-/// lines verified, or the first broken link.
-pub fn verify(path: &Path) -> Result<usize, VerifyError> {
+/// What [`scan`] found in a log whose links are sound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Lines in the log.
+    pub lines: usize,
+    /// Leading format-1 lines, checked by hash only.
+    pub unkeyed: usize,
+    /// The MAC (or hash) of each line, in order.
+    heads: Vec<String>,
+    /// One check per keyed line, in order; keyed line `i` is line `unkeyed + i + 1`.
+    pub checks: Vec<MacCheck>,
+}
+
+impl Scan {
+    /// The error for the keyed line whose check is `checks[index]`.
+    pub fn mac_failure(&self, index: usize) -> VerifyError {
+        VerifyError {
+            line: self.unkeyed + index + 1,
+            reason: "mac does not match the line's content under the service's audit key: \
+                     the line was edited, or the chain was rewritten without the key"
+                .into(),
+        }
+    }
+
+    /// Checks the log against a checkpoint whose own MAC was verified: it must have at least
+    /// the recorded number of lines, and its line at the checkpoint must carry the recorded
+    /// head.
+    pub fn against(&self, cp: &Checkpoint) -> Result<(), VerifyError> {
+        let recorded = usize::try_from(cp.seq).unwrap_or(usize::MAX);
+        if self.lines < recorded {
+            return Err(VerifyError {
+                line: self.lines + 1,
+                reason: format!(
+                    "truncated: log has {} lines, checkpoint at {} recorded {}",
+                    self.lines, cp.time, cp.seq
+                ),
+            });
+        }
+        if recorded > 0 && self.heads[recorded - 1] != cp.head {
+            return Err(VerifyError {
+                line: recorded,
+                reason: format!(
+                    "rewritten: line {recorded} is not the line the checkpoint at {} recorded as the head",
+                    cp.time
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks everything in the log at `path` that needs no key: each line's form, format-1
+/// hashes, `seq`, and the links between lines; answers what the keyed checks need, or the
+/// first broken link. Holds each line's MAC in memory (about 130 bytes a line).
+pub fn scan(path: &Path) -> Result<Scan, VerifyError> {
+    match scan_partial(path) {
+        (scan, None) => Ok(scan),
+        (_, Some(err)) => Err(err),
+    }
+}
+
+/// Like [`scan`], but also answers what was read before the first broken link, so that a
+/// line before it whose MAC fails can be named first.
+pub fn scan_partial(path: &Path) -> (Scan, Option<VerifyError>) {
+    let mut scan = Scan::default();
+    let err = scan_into(path, &mut scan).err();
+    (scan, err)
+}
+
+fn scan_into(path: &Path, scan: &mut Scan) -> Result<(), VerifyError> {
     let file = File::open(path).map_err(|e| VerifyError {
         line: 0,
         reason: format!("cannot read {}: {e}", path.display()),
@@ -520,36 +1069,93 @@ pub fn verify(path: &Path) -> Result<usize, VerifyError> {
     let mut reader = BufReader::new(file);
     let mut prev = GENESIS_HASH.to_string();
     let mut buf = Vec::new();
-    let mut n = 0;
     loop {
         buf.clear();
+        let n = scan.lines + 1;
         let read = reader
             .read_until(b'\n', &mut buf)
             .map_err(|e| VerifyError {
-                line: n + 1,
+                line: n,
                 reason: format!("cannot read {}: {e}", path.display()),
             })?;
         if read == 0 {
-            return Ok(n);
+            return Ok(());
         }
-        n += 1;
         let fail = |reason: String| VerifyError { line: n, reason };
         let Some(raw) = buf.strip_suffix(b"\n") else {
             return Err(fail("the line is incomplete (no newline)".into()));
         };
-        let line = check_line(raw).map_err(fail)?;
-        if line.prev_hash != prev {
+        let (line_prev, mac) = match check_line(raw).map_err(fail)? {
+            Parsed::Keyed(line, check) => {
+                if usize::try_from(line.seq).ok() != Some(n) {
+                    return Err(fail(format!(
+                        "seq is {}: lines were deleted, inserted or moved before this one",
+                        line.seq
+                    )));
+                }
+                scan.checks.push(check);
+                (line.prev_mac, line.mac)
+            }
+            Parsed::Unkeyed(line) => {
+                if !scan.checks.is_empty() {
+                    return Err(fail(
+                        "an unkeyed (format 1) line after keyed lines: written without the service's audit key".into(),
+                    ));
+                }
+                scan.unkeyed += 1;
+                (line.prev_hash, line.hash)
+            }
+        };
+        if line_prev != prev {
             return Err(fail(if n == 1 {
-                "prev_hash is not the genesis hash: the log does not start here (lines deleted at the start?)".into()
+                "the previous mac is not the genesis value: the log does not start here (lines deleted at the start?)".into()
             } else {
                 format!(
-                    "prev_hash does not match the hash of line {}: a line was deleted, inserted or moved here",
+                    "the previous mac does not match line {}: a line was deleted, inserted or moved here",
                     n - 1
                 )
             }));
         }
-        prev = line.hash;
+        scan.lines = n;
+        scan.heads.push(mac.clone());
+        prev = mac;
     }
+}
+
+/// Checks the links of the log at `path` without the key (see [`scan`]); answers the number of
+/// lines, or the first broken link. MACs and truncation need [`verify_keyed`].
+pub fn verify(path: &Path) -> Result<usize, VerifyError> {
+    scan(path).map(|s| s.lines)
+}
+
+/// Checks the log at `path` completely where its plane's key is: links, every MAC, and, when
+/// given, the latest checkpoint (its own MAC, then truncation and rewrite); answers the number
+/// of lines, or the first problem.
+pub fn verify_keyed(
+    path: &Path,
+    key: &AuditKey,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<usize, VerifyError> {
+    let (scan, broken) = scan_partial(path);
+    if let Some(i) = key.first_mismatch(&scan.checks) {
+        return Err(scan.mac_failure(i));
+    }
+    if let Some(err) = broken {
+        return Err(err);
+    }
+    if let Some(cp) = checkpoint {
+        if !cp.mac_check().is_some_and(|c| key.check(&c)) {
+            return Err(VerifyError {
+                line: 0,
+                reason: format!(
+                    "the checkpoint at {} does not verify under the {} plane's audit key (forged)",
+                    cp.time, cp.plane
+                ),
+            });
+        }
+        scan.against(cp)?;
+    }
+    Ok(scan.lines)
 }
 
 #[cfg(test)]
@@ -578,11 +1184,23 @@ mod tests {
         }
     }
 
-    fn config(dir: &tempfile::TempDir) -> AuditConfig {
-        AuditConfig {
-            path: dir.path().join("audit.log"),
-            fail_closed: true,
+    fn key() -> AuditKey {
+        AuditKey::from_bytes(&[7u8; MAC_LEN]).unwrap()
+    }
+
+    fn chain() -> AuditChain {
+        AuditChain {
+            plane: Plane::Data,
+            key: key(),
         }
+    }
+
+    fn config(dir: &tempfile::TempDir) -> AuditConfig {
+        AuditConfig::new(dir.path().join("audit.log"))
+    }
+
+    fn open(cfg: &AuditConfig) -> AuditLog {
+        AuditLog::open(cfg, chain()).unwrap()
     }
 
     async fn write_n(log: &AuditLog, range: std::ops::Range<usize>) {
@@ -605,33 +1223,84 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Re-chains `lines` from the genesis as an attacker would, numbering them anew and making
+    /// each MAC with `mac`.
+    fn rechain(lines: &[String], mac: impl Fn(&Line) -> String) -> Vec<String> {
+        let mut prev = GENESIS_HASH.to_string();
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut line: Line = serde_json::from_str(text).unwrap();
+                line.seq = i as u64 + 1;
+                line.prev_mac = prev.clone();
+                line.mac = mac(&line);
+                prev = line.mac.clone();
+                line.text()
+            })
+            .collect()
+    }
+
+    /// Re-chains `lines` from the genesis in the old unkeyed format, with plain SHA-256.
+    fn rechain_unkeyed(lines: &[String]) -> Vec<String> {
+        let mut prev = GENESIS_HASH.to_string();
+        lines
+            .iter()
+            .map(|text| {
+                let line: Line = serde_json::from_str(text).unwrap();
+                let mut old = LineV1 {
+                    time: line.time,
+                    request_id: line.request_id,
+                    principal: line.principal,
+                    action: line.action,
+                    key_id: line.key_id,
+                    key_version_id: line.key_version_id,
+                    outcome: line.outcome,
+                    status_code: line.status_code,
+                    prev_hash: prev.clone(),
+                    hash: String::new(),
+                };
+                old.hash = old.content_hash();
+                prev = old.hash.clone();
+                old.text()
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn append_resume_and_verify() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(&dir);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         write_n(&log, 0..3).await;
         drop(log);
         assert_eq!(verify(&cfg.path), Ok(3));
         // A restart resumes the chain from the last line.
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         write_n(&log, 3..5).await;
         drop(log);
         assert_eq!(verify(&cfg.path), Ok(5));
+        assert_eq!(verify_keyed(&cfg.path, &key(), None), Ok(5));
 
         let all = lines(&cfg.path);
         let first: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
+        assert_eq!(first["format"], 2);
+        assert_eq!(first["seq"], 1);
         assert_eq!(first["time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(first["outcome"], "denied");
         assert_eq!(first["status_code"], "PERMISSION_DENIED");
-        assert_eq!(first["prev_hash"], GENESIS_HASH);
+        assert_eq!(first["prev_mac"], GENESIS_HASH);
         assert_eq!(first["key_id"], "key-0");
         let second: serde_json::Value = serde_json::from_str(&all[1]).unwrap();
-        assert_eq!(second["prev_hash"], first["hash"]);
+        assert_eq!(second["prev_mac"], first["mac"]);
         assert_eq!(second["outcome"], "allowed");
         let fourth: serde_json::Value = serde_json::from_str(&all[3]).unwrap();
         let third: serde_json::Value = serde_json::from_str(&all[2]).unwrap();
-        assert_eq!(fourth["prev_hash"], third["hash"]);
+        assert_eq!(fourth["prev_mac"], third["mac"]);
+        assert_eq!(fourth["seq"], 4);
+        // The MAC is keyed: the plain hash of the content is not it.
+        let line: Line = serde_json::from_str(&all[0]).unwrap();
+        assert_ne!(line.mac, hex::encode(line.digest()));
 
         #[cfg(unix)]
         {
@@ -645,35 +1314,38 @@ mod tests {
     async fn verify_finds_the_first_broken_link() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(&dir);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         write_n(&log, 0..6).await;
         drop(log);
         let good = lines(&cfg.path);
         let path = &cfg.path;
         let check = |lines: Vec<String>, line: usize, why: &str| {
             rewrite(path, &lines);
-            let err = verify(path).unwrap_err();
+            let err = verify_keyed(path, &key(), None).unwrap_err();
             assert_eq!(err.line, line, "{why}: {err}");
             err
         };
 
-        // Edited line 3: its own hash no longer matches.
+        // Edited line 3: its MAC no longer matches (the key is needed to see it).
         let mut edited = good.clone();
         edited[2] = edited[2].replace("user/alice", "user/mallory");
+        rewrite(path, &edited);
+        assert_eq!(verify(path), Ok(6), "links alone cannot see an edit");
         let err = check(edited, 3, "edited");
-        assert!(err.reason.contains("hash does not match"), "{err}");
-        // Edited and re-hashed: line 3 is self-consistent, line 4 no longer follows it.
+        assert!(err.reason.contains("mac does not match"), "{err}");
+        // Edited and re-MACed under another key: line 3 fails its MAC.
+        let other = AuditKey::from_bytes(&[8u8; MAC_LEN]).unwrap();
         let mut line: Line = serde_json::from_str(&good[2]).unwrap();
         line.principal = "acs:ram::42:user/mallory".into();
-        line.hash = line.content_hash();
-        let mut rehashed = good.clone();
-        rehashed[2] = line.text();
-        check(rehashed, 4, "edited and re-hashed");
-        // Deleted line 4: line 4 is now the old line 5, whose prev_hash names the old line 4.
+        line.mac = hex::encode(other.mac(&line.digest()));
+        let mut remaced = good.clone();
+        remaced[2] = line.text();
+        check(remaced, 3, "edited and re-maced");
+        // Deleted line 4: line 4 is now the old line 5, numbered 5.
         let mut deleted = good.clone();
         deleted.remove(3);
         let err = check(deleted, 4, "deleted");
-        assert!(err.reason.contains("deleted, inserted or moved"), "{err}");
+        assert!(err.reason.contains("seq is 5"), "{err}");
         // Swapped lines 2 and 3.
         let mut swapped = good.clone();
         swapped.swap(1, 2);
@@ -700,25 +1372,180 @@ mod tests {
         assert_eq!(verify(path).unwrap_err().line, 7);
 
         rewrite(path, &good);
-        assert_eq!(verify(path), Ok(6));
+        assert_eq!(verify_keyed(path, &key(), None), Ok(6));
         std::fs::write(path, "").unwrap();
         assert_eq!(verify(path), Ok(0));
         assert_eq!(verify(&dir.path().join("missing")).unwrap_err().line, 0);
     }
 
     #[tokio::test]
+    async fn truncation_and_rewrites_are_caught_by_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir);
+        let log = open(&cfg);
+        write_n(&log, 0..6).await;
+        let cp = log.checkpoint().await.unwrap();
+        assert_eq!((cp.plane, cp.seq), (Plane::Data, 6));
+        // Lines after the checkpoint are fine.
+        write_n(&log, 6..8).await;
+        drop(log);
+        let good = lines(&cfg.path);
+        assert_eq!(cp.head, serde_json::from_str::<Line>(&good[5]).unwrap().mac);
+        let path = &cfg.path;
+        let keyed = |lines: &[String]| {
+            rewrite(path, lines);
+            verify_keyed(path, &key(), Some(&cp))
+        };
+
+        // Intact.
+        assert_eq!(keyed(&good), Ok(8));
+
+        // The last lines cut off, past the checkpoint: every link holds, so only the checkpoint
+        // can tell.
+        let cut = &good[..4];
+        rewrite(path, cut);
+        assert_eq!(verify(path), Ok(4));
+        assert_eq!(verify_keyed(path, &key(), None), Ok(4));
+        let err = keyed(cut).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(
+            err.reason.contains(&format!(
+                "log has 4 lines, checkpoint at {} recorded 6",
+                cp.time
+            )),
+            "{err}"
+        );
+        // Cut back to exactly the checkpoint: what was written after it cannot be shown.
+        assert_eq!(keyed(&good[..6]), Ok(6));
+
+        // One line removed and the rest re-chained.
+        let mut removed = good.clone();
+        removed.remove(2);
+        type Case<'a> = (&'a str, Vec<String>, usize, &'a str);
+        let other = AuditKey::from_bytes(&[8u8; MAC_LEN]).unwrap();
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "plain sha-256 in place of the mac",
+                rechain(&removed, |l| hex::encode(l.digest())),
+                1,
+                "mac does not match",
+            ),
+            (
+                "another key",
+                rechain(&removed, |l| hex::encode(other.mac(&l.digest()))),
+                1,
+                "mac does not match",
+            ),
+            (
+                "the old unkeyed format",
+                rechain_unkeyed(&removed[..5]),
+                6,
+                "truncated: log has 5 lines",
+            ),
+            (
+                "the old unkeyed format, padded to the checkpoint's length",
+                rechain_unkeyed(&removed),
+                6,
+                "rewritten: line 6",
+            ),
+            (
+                "the key's own lines, one dropped, the rest re-chained with the key",
+                rechain(&removed, |l| hex::encode(key().mac(&l.digest()))),
+                6,
+                "rewritten: line 6",
+            ),
+        ];
+        for (why, lines, line, reason) in cases {
+            rewrite(path, &lines);
+            assert_eq!(verify(path), Ok(lines.len()), "{why}: links hold");
+            let err = keyed(&lines).unwrap_err();
+            assert_eq!(err.line, line, "{why}: {err}");
+            assert!(err.reason.contains(reason), "{why}: {err}");
+        }
+
+        // A checkpoint forged to match a rewrite does not verify.
+        let forged = Checkpoint::sign(&other, Plane::Data, 4, &cp.head, SystemTime::now());
+        rewrite(path, cut);
+        let err = verify_keyed(path, &key(), Some(&forged)).unwrap_err();
+        assert!(err.reason.contains("forged"), "{err}");
+        // Nor does one of the other plane's log.
+        let control = Checkpoint {
+            plane: Plane::Control,
+            ..cp.clone()
+        };
+        assert!(verify_keyed(path, &key(), Some(&control)).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unkeyed_log_is_continued_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir);
+        let log = open(&cfg);
+        write_n(&log, 0..3).await;
+        drop(log);
+        let old = rechain_unkeyed(&lines(&cfg.path));
+        rewrite(&cfg.path, &old);
+        assert_eq!(verify(&cfg.path), Ok(3));
+
+        let log = open(&cfg);
+        write_n(&log, 3..5).await;
+        let cp = log.checkpoint().await.unwrap();
+        drop(log);
+        assert_eq!(cp.seq, 5);
+        let all = lines(&cfg.path);
+        let first_keyed: Line = serde_json::from_str(&all[3]).unwrap();
+        let last_unkeyed: LineV1 = serde_json::from_str(&all[2]).unwrap();
+        assert_eq!(first_keyed.seq, 4);
+        assert_eq!(first_keyed.prev_mac, last_unkeyed.hash);
+        assert_eq!(verify_keyed(&cfg.path, &key(), Some(&cp)), Ok(5));
+        let scanned = scan(&cfg.path).unwrap();
+        assert_eq!((scanned.lines, scanned.unkeyed), (5, 3));
+
+        // Re-hashing the unkeyed prefix breaks the first keyed line's link.
+        let mut edited = all.clone();
+        let mut line: LineV1 = serde_json::from_str(&all[2]).unwrap();
+        line.principal = "acs:ram::42:user/mallory".into();
+        line.hash = line.content_hash();
+        edited[2] = line.text();
+        rewrite(&cfg.path, &edited);
+        assert_eq!(verify(&cfg.path).unwrap_err().line, 4);
+        // An unkeyed line after keyed lines is refused.
+        let mut late = all.clone();
+        late.push(old[0].clone());
+        rewrite(&cfg.path, &late);
+        let err = verify(&cfg.path).unwrap_err();
+        assert_eq!(err.line, 6);
+        assert!(err.reason.contains("unkeyed"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_damaged_tail_stops_the_resume() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(&dir);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         write_n(&log, 0..2).await;
         drop(log);
-        let mut text = std::fs::read_to_string(&cfg.path).unwrap();
+        let good = std::fs::read_to_string(&cfg.path).unwrap();
+        let mut text = good.clone();
         text.push_str("{\"time\":");
         std::fs::write(&cfg.path, &text).unwrap();
-        let err = AuditLog::open(&cfg).unwrap_err();
+        let err = AuditLog::open(&cfg, chain()).unwrap_err();
         assert!(matches!(err, AuditError::Damaged { line: 3, .. }), "{err}");
         assert!(err.to_string().contains("kmsctl audit verify"), "{err}");
+
+        // A last line forged without the key, or a log written under another key.
+        let forged = rechain(&lines(&cfg.path)[..2], |l| hex::encode(l.digest()));
+        rewrite(&cfg.path, &forged);
+        let err = AuditLog::open(&cfg, chain()).unwrap_err();
+        assert!(matches!(err, AuditError::Damaged { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("audit key"), "{err}");
+        std::fs::write(&cfg.path, &good).unwrap();
+        let other = AuditChain {
+            plane: Plane::Data,
+            key: AuditKey::from_bytes(&[9u8; MAC_LEN]).unwrap(),
+        };
+        assert!(AuditLog::open(&cfg, other).is_err());
+        assert!(AuditLog::open(&cfg, chain()).is_ok());
     }
 
     #[tokio::test]
@@ -726,22 +1553,22 @@ mod tests {
         // A last line longer than one read chunk.
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(&dir);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         let mut e = event(1);
         e.action = "x".repeat(20_000);
         log.append(e).await.unwrap();
         drop(log);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         write_n(&log, 2..3).await;
         drop(log);
-        assert_eq!(verify(&cfg.path), Ok(2));
+        assert_eq!(verify_keyed(&cfg.path, &key(), None), Ok(2));
     }
 
     #[tokio::test]
     async fn concurrent_appends_form_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(&dir);
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = open(&cfg);
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let log = log.clone();
@@ -752,19 +1579,58 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         drop(log);
-        assert_eq!(verify(&cfg.path), Ok(50));
+        assert_eq!(verify_keyed(&cfg.path, &key(), None), Ok(50));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_cover_every_line_queued_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir);
+        let log = open(&cfg);
+        for i in 0..5 {
+            log.append_detached(event(i));
+        }
+        let cp = log.checkpoint().await.unwrap();
+        assert_eq!(cp.seq, 5);
+        assert!(key().check(&cp.mac_check().unwrap()));
+
+        // The keeper delivers one per interval while lines are added, and a last one at stop.
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let keeper = {
+            let (log, delivered) = (log.clone(), Arc::clone(&delivered));
+            tokio::spawn(keep_checkpoints(
+                log,
+                async {
+                    let _ = stopped.await;
+                },
+                move |cp| {
+                    let delivered = Arc::clone(&delivered);
+                    async move {
+                        delivered.lock().unwrap().push(cp.seq);
+                        Ok(())
+                    }
+                },
+            ))
+        };
+        write_n(&log, 5..7).await;
+        stop.send(()).unwrap();
+        keeper.await.unwrap();
+        let seen = delivered.lock().unwrap().clone();
+        assert_eq!(seen.last(), Some(&7), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        drop(log);
+        assert_eq!(verify_keyed(&cfg.path, &key(), Some(&cp)), Ok(7));
     }
 
     #[tokio::test]
     async fn write_failures_are_reported() {
         // /dev/full accepts the open and fails every write with ENOSPC.
-        let cfg = AuditConfig {
-            path: "/dev/full".into(),
-            fail_closed: true,
-        };
-        let log = AuditLog::open(&cfg).unwrap();
+        let log = AuditLog::open(&AuditConfig::new("/dev/full"), chain()).unwrap();
         let err = log.append(event(1)).await.unwrap_err();
         assert!(matches!(err, AuditError::Write { .. }), "{err}");
+        // A failed write does not advance the chain.
+        assert_eq!(log.checkpoint().await.unwrap().seq, 0);
     }
 
     #[test]
@@ -783,13 +1649,52 @@ mod tests {
     }
 
     #[test]
+    fn keys_and_planes() {
+        assert!(AuditKey::from_bytes(&[1u8; 31]).is_err());
+        assert_eq!(format!("{:?}", key()), "AuditKey([redacted])");
+        assert_ne!(Plane::Control.key_label(), Plane::Data.key_label());
+        for plane in [Plane::Control, Plane::Data] {
+            assert_eq!(Plane::parse(plane.as_str()), Ok(plane));
+        }
+        assert!(Plane::parse("Data").is_err());
+        let digest = [3u8; MAC_LEN];
+        let check = MacCheck {
+            digest,
+            mac: key().mac(&digest),
+        };
+        let mut bad = check;
+        bad.mac[0] ^= 1;
+        assert_eq!(key().first_mismatch(&[check, check]), None);
+        assert_eq!(key().first_mismatch(&[check, bad, check]), Some(1));
+    }
+
+    #[test]
     fn config_validation() {
-        let c: AuditConfig = toml::from_str("path = \"/var/log/kms/audit.log\"").unwrap();
+        let check = |text: &str, want: Result<(), &str>| {
+            let got = toml::from_str::<AuditConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate());
+            match (got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(part)) => assert!(e.contains(part), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        };
+        check("path = \"/var/log/kms/audit.log\"", Ok(()));
+        check("path = \"\"", Err("audit.path"));
+        check("fail_closed = false", Err("path"));
+        check("path = \"a\"\nfailclosed = true", Err("failclosed"));
+        check("path = \"a\"\ncheckpoint_interval_ms = 100", Ok(()));
+        check(
+            "path = \"a\"\ncheckpoint_interval_ms = 60001",
+            Err("checkpoint_interval_ms"),
+        );
+        check(
+            "path = \"a\"\ncheckpoint_interval_ms = 99",
+            Err("checkpoint_interval_ms"),
+        );
+        let c: AuditConfig = toml::from_str("path = \"a\"").unwrap();
         assert!(c.fail_closed);
-        assert!(c.validate().is_ok());
-        let c: AuditConfig = toml::from_str("path = \"\"").unwrap();
-        assert!(c.validate().unwrap_err().contains("audit.path"));
-        assert!(toml::from_str::<AuditConfig>("fail_closed = false").is_err());
-        assert!(toml::from_str::<AuditConfig>("path = \"a\"\nfailclosed = true").is_err());
+        assert_eq!(c.checkpoint_interval(), Duration::from_secs(60));
     }
 }

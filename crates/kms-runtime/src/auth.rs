@@ -36,7 +36,9 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::audit::{AuditConfig, AuditError, AuditEvent, AuditLog, AuditNote, Outcome, code_name};
+use crate::audit::{
+    AuditChain, AuditConfig, AuditError, AuditEvent, AuditLog, AuditNote, Outcome, code_name,
+};
 use crate::identity::{Credentials, Identifier, IdentityConfig};
 use crate::limits::{LimitsConfig, RateLimiter, classify};
 use crate::status::{reason_of, to_status};
@@ -106,17 +108,18 @@ impl AuthLayer {
         }
     }
 
-    /// Validates the three sections, opens the audit log (starting its writer thread) and
-    /// builds the layer.
+    /// Validates the three sections, opens the audit log keyed with `chain` (starting its
+    /// writer thread) and builds the layer.
     pub fn from_config(
         identity: &IdentityConfig,
         audit: &AuditConfig,
+        chain: AuditChain,
         limits: &LimitsConfig,
     ) -> Result<Self, EdgeError> {
         let identifier = Identifier::new(identity).map_err(EdgeError::Config)?;
         audit.validate().map_err(EdgeError::Config)?;
         limits.validate().map_err(EdgeError::Config)?;
-        let log = AuditLog::open(audit)?;
+        let log = AuditLog::open(audit, chain)?;
         Ok(Self::new(
             identifier,
             log,
@@ -411,6 +414,13 @@ mod tests {
         Routes(seen)
     }
 
+    fn test_chain() -> AuditChain {
+        AuditChain {
+            plane: crate::audit::Plane::Data,
+            key: crate::audit::AuditKey::from_bytes(&[5u8; 32]).unwrap(),
+        }
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         audit_path: std::path::PathBuf,
@@ -437,11 +447,7 @@ mod tests {
             ..LimitsConfig::default()
         };
         let clock = Arc::new(ManualClock::new());
-        let audit = AuditLog::open(&AuditConfig {
-            path: audit_path.clone(),
-            fail_closed: true,
-        })
-        .unwrap();
+        let audit = AuditLog::open(&AuditConfig::new(&audit_path), test_chain()).unwrap();
         let layer = AuthLayer::new(
             Identifier::new(&identity).unwrap(),
             audit,
@@ -757,9 +763,10 @@ mod tests {
             let layer = AuthLayer::from_config(
                 &identity,
                 &AuditConfig {
-                    path: "/dev/full".into(),
                     fail_closed,
+                    ..AuditConfig::new("/dev/full")
                 },
+                test_chain(),
                 &LimitsConfig::default(),
             )
             .unwrap();
@@ -793,21 +800,17 @@ mod tests {
             tls: None,
             trusted_sidecar: None,
         };
-        let audit = AuditConfig {
-            path: dir.path().join("a.log"),
-            fail_closed: true,
-        };
-        let err = AuthLayer::from_config(&identity, &audit, &LimitsConfig::default()).unwrap_err();
+        let audit = AuditConfig::new(dir.path().join("a.log"));
+        let err = AuthLayer::from_config(&identity, &audit, test_chain(), &LimitsConfig::default())
+            .unwrap_err();
         assert!(err.to_string().contains("no authentication mode"), "{err}");
-        let audit = AuditConfig {
-            path: dir.path().join("missing-dir").join("a.log"),
-            fail_closed: true,
-        };
+        let audit = AuditConfig::new(dir.path().join("missing-dir").join("a.log"));
         let identity = IdentityConfig {
             dev_header: true,
             ..identity
         };
-        let err = AuthLayer::from_config(&identity, &audit, &LimitsConfig::default()).unwrap_err();
+        let err = AuthLayer::from_config(&identity, &audit, test_chain(), &LimitsConfig::default())
+            .unwrap_err();
         assert!(err.to_string().contains("cannot open audit log"), "{err}");
     }
 

@@ -3,6 +3,7 @@
 //! to gRPC statuses, logging, health, reflection and shutdown.
 
 pub mod audit;
+pub mod audit_wire;
 pub mod auth;
 pub mod config;
 pub mod identity;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use kms_runtime::audit::{AuditConfig, AuditLog, note_key, verify};
+use kms_runtime::audit::{AuditChain, AuditConfig, AuditKey, AuditLog, Plane, note_key, verify};
 use kms_runtime::auth::AuthLayer;
 use kms_runtime::identity::{Identifier, IdentityConfig};
 use kms_runtime::limits::{LimitsConfig, ManualClock, RateConfig, RateLimiter};
@@ -185,10 +185,13 @@ async fn start(burst: u32) -> Stack {
     let clock = Arc::new(ManualClock::new());
     let layer = AuthLayer::new(
         Identifier::new(&identity).unwrap(),
-        AuditLog::open(&AuditConfig {
-            path: audit.clone(),
-            fail_closed: true,
-        })
+        AuditLog::open(
+            &AuditConfig::new(&audit),
+            AuditChain {
+                plane: Plane::Data,
+                key: AuditKey::from_bytes(&[5u8; 32]).unwrap(),
+            },
+        )
         .unwrap(),
         RateLimiter::with_clock(&limits, clock.clone()),
         limits.default_deadline(),

@@ -64,8 +64,9 @@ pub struct Rule {
 }
 
 macro_rules! rpcs {
-    ($( $service:literal => { $( $rpc:ident : $callers:ident [ $( $touch:ident $action:literal ),* ] ),* $(,)? } )*) => {
-        /// Every RPC of every service.
+    ($( $service:literal => { $( $rpc:ident $(= $method:literal)? : $callers:ident [ $( $touch:ident $action:literal ),* ] ),* $(,)? } )*) => {
+        /// Every RPC of every service. A variant is named after its method, unless another
+        /// service has a method of that name (then the row names the method).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Rpc { $( $( $rpc, )* )* }
 
@@ -86,11 +87,13 @@ macro_rules! rpcs {
             /// The gRPC method path, `/package.Service/Method`.
             pub fn path(self) -> &'static str {
                 match self {
-                    $( $( Rpc::$rpc => concat!("/", $service, "/", stringify!($rpc)), )* )*
+                    $( $( Rpc::$rpc => rpcs!(@path $service, $rpc $(, $method)?), )* )*
                 }
             }
         }
     };
+    (@path $service:literal, $rpc:ident) => { concat!("/", $service, "/", stringify!($rpc)) };
+    (@path $service:literal, $rpc:ident, $method:literal) => { concat!("/", $service, "/", $method) };
 }
 
 rpcs! {
@@ -146,15 +149,22 @@ rpcs! {
         GenerateRandom: OwnAccount [],
         GetRandomPassword: OwnAccount [],
     }
+    "kms.v1.AuditService" => {
+        GetAuditCheckpoint: OperatorsOnly [],
+        VerifyAuditMacs: OperatorsOnly [],
+    }
     "kms.internal.v1.KeyDirectory" => {
         GetKey: PeerPlane [],
         WatchKeys: PeerPlane [],
         ReportUsage: PeerPlane [],
+        ReportAuditCheckpoint: PeerPlane [],
     }
     "kms.internal.v1.KeyMaterial" => {
         Generate: PeerPlane [],
         CreateImportKey: PeerPlane [],
         ImportMaterial: PeerPlane [],
+        GetAuditKey: PeerPlane [],
+        VerifyPlaneAuditMacs = "VerifyAuditMacs": PeerPlane [],
     }
 }
 

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
-use kms_control::grpc::{DirectoryService, InstanceService, KeyService};
+use kms_control::grpc::{AuditApi, DirectoryService, InstanceService, KeyService};
 use kms_control::material::MaterialClient;
 use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
+use kms_proto::kms::v1::audit_service_server::AuditServiceServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
+use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
 use kms_runtime::{serve, telemetry};
 use kms_store::SledStore;
@@ -29,6 +31,7 @@ struct Args {
 const SERVICES: &[&str] = &[
     "kms.v1.KeyManagementService",
     "kms.v1.KmsInstanceService",
+    "kms.v1.AuditService",
     "kms.internal.v1.KeyDirectory",
 ];
 
@@ -83,7 +86,7 @@ async fn main() -> Result<()> {
         None => Arc::new(SystemClock),
     };
     let registry = Arc::new(
-        Registry::new(store, params.region.clone(), clock, material)
+        Registry::new(store, params.region.clone(), clock, material.clone())
             .with_operators(params.operators.clone()),
     );
     let scheduler = tokio::spawn(scheduler::run(
@@ -93,8 +96,51 @@ async fn main() -> Result<()> {
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let edge = AuthLayer::from_config(&params.identity, &params.audit, &params.limits)
-        .context("cannot set up identity, audit and limits")?;
+    // No call is served before the audit log can be keyed: the key is derived from the HSM
+    // root key, which only the data plane reaches.
+    let audit_key = tokio::select! {
+        key = fetch_audit_key(&material) => key,
+        () = serve::shutdown_signal() => {
+            tracing::info!("stopped while waiting for the audit key");
+            return Ok(());
+        }
+    };
+    let edge = AuthLayer::from_config(
+        &params.identity,
+        &params.audit,
+        AuditChain {
+            plane: Plane::Control,
+            key: audit_key.clone(),
+        },
+        &params.limits,
+    )
+    .context("cannot set up identity, audit and limits")?;
+    // Checkpoints of the audit log go to the store, and a last one after the server has
+    // drained.
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::oneshot::channel::<()>();
+    let checkpoints = {
+        let log = edge.audit_log().clone();
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            kms_runtime::audit::keep_checkpoints(
+                log,
+                async {
+                    let _ = checkpoints_stopped.await;
+                },
+                |cp| {
+                    let registry = Arc::clone(&registry);
+                    async move {
+                        registry
+                            .record_audit_checkpoint(cp)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+            .await;
+        })
+    };
     let max_request = params.limits.max_decoding_message_size();
     let (listener, local) = serve::bind(&params.listen_addr)
         .await
@@ -133,11 +179,37 @@ async fn main() -> Result<()> {
             KeyDirectoryServer::new(DirectoryService::new(Arc::clone(&registry), peer))
                 .max_decoding_message_size(max_request),
         )
+        .add_service(
+            AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
         .await
         .context("server failed")?;
+    // The last checkpoint covers every line the drained calls wrote.
+    let _ = stop_checkpoints.send(());
+    let _ = checkpoints.await;
     registry.close();
     let _ = scheduler.await;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// The control plane's audit key from the data plane, asked again (with a growing pause, at
+/// most 5 s) until it answers.
+async fn fetch_audit_key(material: &MaterialClient) -> AuditKey {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match material.audit_key().await {
+            Ok(key) => {
+                tracing::info!("audit key received from the data plane");
+                return key;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot get the audit key from the data plane yet; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
 }

@@ -1,5 +1,5 @@
-//! `kms.internal.v1.KeyDirectory`: what the data plane asks about keys. Only the data plane's
-//! own principal may call it.
+//! `kms.internal.v1.KeyDirectory`: what the data plane asks about keys, and where it reports
+//! usage and its audit checkpoints. Only the data plane's own principal may call it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,5 +96,26 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(ReportUsageResponse {}))
+    }
+
+    async fn report_audit_checkpoint(
+        &self,
+        request: Request<ReportAuditCheckpointRequest>,
+    ) -> Result<Response<ReportAuditCheckpointResponse>, Status> {
+        self.check_peer(&request)?;
+        let cp =
+            kms_runtime::audit_wire::checkpoint_from_wire(request.get_ref().checkpoint.as_ref())
+                .map_err(status)?;
+        if cp.plane != kms_runtime::audit::Plane::Data {
+            return Err(status(DomainError::invalid(
+                "Plane",
+                "the data plane reports only its own audit log",
+            )));
+        }
+        self.registry
+            .record_audit_checkpoint(cp)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReportAuditCheckpointResponse {}))
     }
 }

@@ -1,9 +1,11 @@
 //! The control plane's gRPC services: convert the request, call the registry, convert back.
 
+mod audit;
 mod directory;
 mod instances;
 mod keys;
 
+pub use audit::AuditApi;
 pub use directory::DirectoryService;
 pub use instances::InstanceService;
 pub use keys::KeyService;

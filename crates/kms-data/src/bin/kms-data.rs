@@ -15,6 +15,7 @@ use kms_data::usage::UsageRecorder;
 use kms_data::vault::KeyVault;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
+use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
 use kms_runtime::{serve, telemetry};
 use kms_types::Principal;
@@ -57,6 +58,15 @@ async fn main() -> Result<()> {
         "HSM ready; root key loaded"
     );
     let vault = Arc::new(KeyVault::new(Arc::new(hsm)));
+    // The data plane keys its own audit log with a key derived from the root key.
+    let audit_key = {
+        let vault = Arc::clone(&vault);
+        let secret = tokio::task::spawn_blocking(move || vault.derive_audit_key(Plane::Data))
+            .await
+            .context("audit key task failed")?
+            .map_err(|e| anyhow::anyhow!("cannot derive the audit key: {e}"))?;
+        AuditKey::from_bytes(secret.expose()).context("cannot derive the audit key")?
+    };
     let peer_tls = match &params.identity.tls {
         Some(t) => Some(
             t.peer_client_config()
@@ -84,14 +94,48 @@ async fn main() -> Result<()> {
                 .await;
         })
     };
+    let checkpoint_directory = directory.clone();
     let cache = Arc::new(KeyCache::new(directory, params.cache));
     tokio::spawn(kms_data::watch::follow(Arc::clone(&cache)));
     let engine = Arc::new(CryptoEngine::new(cache, Arc::clone(&vault)));
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let edge = AuthLayer::from_config(&params.identity, &params.audit, &params.limits)
-        .context("cannot set up identity, audit and limits")?;
+    let edge = AuthLayer::from_config(
+        &params.identity,
+        &params.audit,
+        AuditChain {
+            plane: Plane::Data,
+            key: audit_key.clone(),
+        },
+        &params.limits,
+    )
+    .context("cannot set up identity, audit and limits")?;
+    // Checkpoints of the audit log go to the control plane's store, and a last one after the
+    // server has drained.
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::oneshot::channel::<()>();
+    let checkpoints = {
+        let log = edge.audit_log().clone();
+        let directory = checkpoint_directory;
+        tokio::spawn(async move {
+            kms_runtime::audit::keep_checkpoints(
+                log,
+                async {
+                    let _ = checkpoints_stopped.await;
+                },
+                |cp| {
+                    let directory = directory.clone();
+                    async move {
+                        directory
+                            .report_audit_checkpoint(&cp)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+            .await;
+        })
+    };
     let max_request = params.limits.max_decoding_message_size();
     let (listener, local) = serve::bind(&params.listen_addr)
         .await
@@ -120,7 +164,7 @@ async fn main() -> Result<()> {
                 .max_decoding_message_size(max_request),
         )
         .add_service(
-            KeyMaterialServer::new(MaterialService::new(vault, peer))
+            KeyMaterialServer::new(MaterialService::new(vault, peer, audit_key))
                 .max_decoding_message_size(max_request),
         )
         .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
@@ -129,6 +173,9 @@ async fn main() -> Result<()> {
     // Report what the drained calls used before leaving.
     let _ = stop_usage.send(());
     let _ = reporter.await;
+    // The last checkpoint covers every line the drained calls wrote.
+    let _ = stop_checkpoints.send(());
+    let _ = checkpoints.await;
     tracing::info!("data plane stopped");
     Ok(())
 }

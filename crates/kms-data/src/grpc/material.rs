@@ -1,12 +1,14 @@
 //! `kms.internal.v1.KeyMaterial`: new and imported key material for the control plane, sealed
-//! under the root key, and one-time import keys. Only the control plane's own principal may
-//! call it.
+//! under the root key, one-time import keys, the control plane's audit-chain key and MAC
+//! checks under the data plane's own. Only the control plane's own principal may call it.
 
 use std::sync::Arc;
 
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterial;
 use kms_proto::kms::internal::v1::*;
+use kms_proto::kms::v1::{VerifyAuditMacsRequest, VerifyAuditMacsResponse};
+use kms_runtime::audit::{AuditKey, Plane};
 use kms_runtime::caller;
 use kms_types::{
     Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, Principal, ProtectionLevel,
@@ -22,12 +24,18 @@ use crate::vault::KeyVault;
 pub struct MaterialService {
     vault: Arc<KeyVault>,
     peer: Principal,
+    audit_key: AuditKey,
 }
 
 impl MaterialService {
-    /// A service over `vault` answering only `peer`.
-    pub fn new(vault: Arc<KeyVault>, peer: Principal) -> Self {
-        Self { vault, peer }
+    /// A service over `vault` answering only `peer`; `audit_key` is the data plane's own
+    /// audit-chain key, for `VerifyAuditMacs`.
+    pub fn new(vault: Arc<KeyVault>, peer: Principal, audit_key: AuditKey) -> Self {
+        Self {
+            vault,
+            peer,
+            audit_key,
+        }
     }
 
     fn check_peer<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -115,5 +123,38 @@ impl KeyMaterial for MaterialService {
             public_key_der: imported.public_key_der,
             material_digest: imported.digest.to_vec(),
         }))
+    }
+
+    async fn get_audit_key(
+        &self,
+        request: Request<GetAuditKeyRequest>,
+    ) -> Result<Response<GetAuditKeyResponse>, Status> {
+        self.check_peer(&request)?;
+        let vault = Arc::clone(&self.vault);
+        let key = tokio::task::spawn_blocking(move || vault.derive_audit_key(Plane::Control))
+            .await
+            .map_err(|e| status(DomainError::Internal(format!("audit key task failed: {e}"))))?
+            .map_err(status)?;
+        Ok(Response::new(GetAuditKeyResponse {
+            key: key.expose().to_vec(),
+        }))
+    }
+
+    async fn verify_audit_macs(
+        &self,
+        request: Request<VerifyAuditMacsRequest>,
+    ) -> Result<Response<VerifyAuditMacsResponse>, Status> {
+        self.check_peer(&request)?;
+        let req = request.into_inner();
+        if kms_runtime::audit_wire::plane(&req.plane).map_err(status)? != Plane::Data {
+            return Err(status(DomainError::invalid(
+                "Plane",
+                "the data plane checks only its own audit log",
+            )));
+        }
+        let checks = kms_runtime::audit_wire::checks_from_wire(&req.checks).map_err(status)?;
+        Ok(Response::new(kms_runtime::audit_wire::answer(
+            self.audit_key.first_mismatch(&checks),
+        )))
     }
 }
