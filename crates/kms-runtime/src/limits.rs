@@ -865,6 +865,18 @@ mod tests {
     }
 
     #[test]
+    fn reference_configs_document_the_defaults() {
+        for text in [
+            include_str!("../../../deploy/config/control.toml"),
+            include_str!("../../../deploy/config/data.toml"),
+        ] {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let limits: LimitsConfig = table["limits"].clone().try_into().unwrap();
+            assert_eq!(limits, LimitsConfig::default());
+        }
+    }
+
+    #[test]
     fn connection_and_deadline_defaults() {
         let c = LimitsConfig::default();
         assert_eq!(c.max_deadline(), Duration::from_secs(60));
