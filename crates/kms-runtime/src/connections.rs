@@ -50,6 +50,10 @@ pub const RESERVED_FILES: u64 = 256;
 /// not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A connection that received bytes this recently is not closed as idle: they may be a call
+/// not yet counted as in flight.
+const READ_GRACE: Duration = Duration::from_secs(1);
+
 /// Least time between two warnings that the connection cap refused a connection.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -260,26 +264,41 @@ pub struct EdgeIo {
     registry: Arc<Registry>,
     evicted: oneshot::Receiver<()>,
     idle: Pin<Box<Sleep>>,
+    /// When bytes last arrived: a call whose first bytes are being read is not yet counted.
+    last_read: Option<Instant>,
     closed: bool,
 }
 
 impl EdgeIo {
-    /// Whether the connection must close now: evicted, or without a call for the idle time.
-    /// Arms the timers' wake-ups otherwise.
-    fn must_close(&mut self, cx: &mut Context<'_>) -> bool {
-        if Pin::new(&mut self.evicted).poll(cx).is_ready() {
+    /// Whether the connection was evicted to make room for another.
+    fn evicted(&mut self, cx: &mut Context<'_>) -> bool {
+        let evicted = Pin::new(&mut self.evicted).poll(cx).is_ready();
+        if evicted {
             tracing::debug!(peer = ?self.info.remote_addr(), "connection evicted");
-            return true;
         }
+        evicted
+    }
+
+    /// Whether the connection has gone without a call for the idle time (and without bytes
+    /// for [`READ_GRACE`], so a call arriving at the deadline is not cut off). Arms the
+    /// timer's wake-up otherwise.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timeout = self.registry.idle_timeout;
         while self.idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
             match self.info.activity.idle_deadline(timeout) {
-                Some(deadline) if deadline <= Instant::now() => {
-                    tracing::debug!(peer = ?self.info.remote_addr(), "idle connection closed");
-                    return true;
+                Some(deadline) => {
+                    let deadline = match self.last_read {
+                        Some(read) => deadline.max(read + READ_GRACE),
+                        None => deadline,
+                    };
+                    if deadline <= now {
+                        tracing::debug!(peer = ?self.info.remote_addr(), "idle connection closed");
+                        return true;
+                    }
+                    self.idle.as_mut().reset(deadline);
                 }
-                Some(deadline) => self.idle.as_mut().reset(deadline),
-                None => self.idle.as_mut().reset(Instant::now() + timeout),
+                None => self.idle.as_mut().reset(now + timeout),
             }
         }
         false
@@ -307,12 +326,25 @@ impl AsyncRead for EdgeIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closed || this.must_close(cx) {
+        if this.closed || this.evicted(cx) {
             this.closed = true;
             // End of stream: the server drops the connection.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.last_read = Some(Instant::now());
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if this.idle_expired(cx) => {
+                this.closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -404,6 +436,7 @@ impl tokio_stream::Stream for Incoming {
                 registry: Arc::clone(&this.registry),
                 evicted,
                 idle,
+                last_read: None,
                 closed: false,
             })));
         }
@@ -751,6 +784,27 @@ mod tests {
                 .unwrap_or(0);
             assert_eq!(n, 0);
         }
+    }
+
+    #[tokio::test]
+    async fn bytes_just_read_put_off_the_idle_close() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = LimitsConfig {
+            idle_timeout_ms: 50,
+            ..LimitsConfig::default()
+        };
+        let mut incoming = incoming(listener, &limits);
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut io = incoming.next().await.unwrap().unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        // Idle past 50 ms, but a byte came in: the close waits for the read grace.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(started.elapsed() >= READ_GRACE - Duration::from_millis(50));
     }
 
     /// A request body that never arrives.
