@@ -58,6 +58,8 @@ pub struct Options {
     pub sidecar_peers: Vec<String>,
     /// Per-principal rate of symmetric crypto calls (burst equal), instead of 1,000,000/s.
     pub symmetric_rate: Option<u32>,
+    /// Extra TOML lines under `[limits]` on both planes (`max_connections = 100`, ...).
+    pub limits: String,
 }
 
 /// The operator the control plane's config names: creates and shares KMS instances.
@@ -215,6 +217,7 @@ impl Stack {
         let control_identity = identity("control", CONTROL_PRINCIPAL, DATA_PRINCIPAL);
         let data_identity = identity("data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
         let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
+        let extra_limits = &options.limits;
         std::fs::write(
             root.join("control.toml"),
             format!(
@@ -225,6 +228,8 @@ data_plane_url = "{scheme}://{data_addr}"
 operators = ["{OPERATOR}"]
 {control_identity}[audit]
 path = "{}"
+[limits]
+{extra_limits}
 [limits.read]
 per_second = 1000000
 [limits.write]
@@ -258,6 +263,8 @@ unwatched_ttl_ms = 200
 max_staleness_ms = 3000
 [audit]
 path = "{}"
+[limits]
+{extra_limits}
 [limits.symmetric]
 per_second = {symmetric_rate}
 [limits.asymmetric]
@@ -494,6 +501,12 @@ level = "info"
             ));
         }
         Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+    }
+
+    /// A channel to `addr` as [`Stack::keys`] and the others use: over mTLS with
+    /// `principal`'s client certificate (none for `None`) when the stack serves mTLS.
+    pub fn channel(&self, addr: &str, principal: Option<&str>) -> Result<Channel> {
+        self.channel_as(addr, principal)
     }
 
     /// A channel presenting the client certificate and key in the given files (mTLS stacks).

@@ -88,6 +88,7 @@ async fn roles_accounts_certificates_sidecars_audit_and_limits() {
         mtls: true,
         sidecar_peers: vec!["127.0.0.2".into()],
         symmetric_rate: Some(20),
+        ..Options::default()
     })
     .await
     .unwrap();

@@ -9,23 +9,38 @@
 //! 2. identifies the caller ([`Identifier`]: client certificate, trusted sidecar header,
 //!    development header) and puts the [`Principal`] in the request's extensions, so handlers'
 //!    [`crate::caller`] works; no identity answers `UNAUTHENTICATED` `Forbidden.NoIdentity`
-//!    without calling the service;
-//! 3. charges the principal's rate budget for the method's class ([`crate::limits`]); past it,
+//!    without calling the service, or `RESOURCE_EXHAUSTED` `Rejected.Throttling` once the
+//!    peer address has spent its budget of such calls (`limits.unauthenticated`);
+//! 3. refuses a call to an internal service (`kms.internal.*`) whose identity is not a client
+//!    certificate with `PERMISSION_DENIED` `Forbidden.NoPermission`, unless the development
+//!    header is on: a sidecar's header never names the other plane;
+//! 4. charges the principal's rate budget for the method's class ([`crate::limits`]); past it,
 //!    answers `RESOURCE_EXHAUSTED` `Rejected.Throttling` without calling the service;
-//! 4. calls the service, bounded by the default deadline when the caller sent no
-//!    `grpc-timeout` (past it: `DEADLINE_EXCEEDED`);
-//! 5. appends the call's audit line ([`crate::audit`]), with the key the handler noted in the
+//! 5. calls the service within its deadline: the caller's `grpc-timeout`, cut to
+//!    `limits.max_deadline_ms`, or the default deadline when it sent none (past it:
+//!    `DEADLINE_EXCEEDED` `Rejected.DeadlineExceeded`);
+//! 6. appends the call's audit line ([`crate::audit`]), with the key the handler noted in the
 //!    request's [`AuditNote`], and waits until it is on disk; if that fails and the log fails
 //!    closed, answers `UNAVAILABLE` instead of the service's answer.
+//!
+//! Refusals of calls without identity are audited per peer address and interval
+//! (`limits.refusal_summary_interval_ms`): the first in full, the others only counted, into one
+//! summary line when the interval ends, so a flood of them cannot fill the disk. A summary
+//! line has an empty principal, outcome `denied`, status `RESOURCE_EXHAUSTED` when any was
+//! throttled (else `UNAUTHENTICATED`), and the action
+//! `edge/RefusedWithoutIdentity?peer=<address>&unauthenticated=<n>&throttled=<n>&interval_ms=<ms>`.
 //!
 //! Statuses the layer makes are trailers-only gRPC responses. The status of an answer is read
 //! from its headers, where tonic puts every error of a unary call; a streaming call is recorded
 //! as it opens. A call abandoned before it finishes (the client went away, tonic's own
 //! `grpc-timeout` fired) is recorded as `CANCELLED`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -39,9 +54,10 @@ use tracing::Instrument;
 use crate::audit::{
     AuditChain, AuditConfig, AuditError, AuditEvent, AuditLog, AuditNote, Outcome, code_name,
 };
+use crate::connections::ConnInfo;
 use crate::identity::{Credentials, Identifier, IdentityConfig};
-use crate::limits::{LimitsConfig, RateLimiter, classify};
-use crate::status::{reason_of, to_status};
+use crate::limits::{Clock, LimitsConfig, RateLimiter, classify, peer_key};
+use crate::status::{edge_status, reason_of, to_status};
 
 /// The request-id header, read from requests and set on responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -50,6 +66,13 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REQUEST_ID: usize = 128;
 /// Longest action recorded; longer method paths are cut.
 const MAX_ACTION: usize = 256;
+/// Method paths of the internal plane-to-plane services.
+const INTERNAL_PREFIX: &str = "/kms.internal.";
+/// Peers whose refusals are counted separately; refusals from further peers in the same
+/// interval are counted together under the unspecified address `::`.
+const MAX_REFUSAL_PEERS: usize = 10_000;
+/// The gRPC deadline header.
+const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
 
 /// The id of a call, in its request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +105,175 @@ struct Edge {
     audit: AuditLog,
     limiter: RateLimiter,
     default_deadline: Duration,
+    max_deadline: Duration,
+    refusals: Refusals,
+    flusher_started: AtomicBool,
+}
+
+impl Edge {
+    /// The deadline of a call: the caller's `grpc-timeout` cut to the maximum, or the default
+    /// when it sent none (or one that does not parse, which tonic ignores too).
+    fn deadline(&self, headers: &http::HeaderMap) -> Duration {
+        match headers
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        {
+            Some(asked) => asked.min(self.max_deadline),
+            None => self.default_deadline,
+        }
+    }
+
+    /// Starts the task that writes refusal summaries when their interval ends, once, on the
+    /// runtime of the first refusal.
+    fn start_flusher(self: &Arc<Self>) {
+        if self.flusher_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.flusher_started.store(false, Ordering::SeqCst);
+            return;
+        };
+        let edge = Arc::downgrade(self);
+        let period = self.refusals.interval;
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(edge) = edge.upgrade() else {
+                    break;
+                };
+                for event in edge.refusals.ended() {
+                    edge.audit.append_detached(event);
+                }
+            }
+        });
+    }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Refusals of calls without identity from one peer in the current interval.
+#[derive(Debug, Clone, Copy)]
+struct RefusalWindow {
+    start: Duration,
+    unauthenticated: u64,
+    throttled: u64,
+}
+
+/// Counts refusals of calls without identity per peer, so each peer costs the audit log at
+/// most two lines per interval.
+#[derive(Debug)]
+struct Refusals {
+    interval: Duration,
+    clock: Arc<dyn Clock>,
+    peers: Mutex<HashMap<IpAddr, RefusalWindow>>,
+}
+
+impl Refusals {
+    fn new(interval: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            interval,
+            clock,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes a refusal from `peer`: whether it gets its own audit line (the first of its
+    /// interval), and the summary of the peer's previous interval when that just ended.
+    fn note(&self, peer: IpAddr, throttled: bool) -> (bool, Option<AuditEvent>) {
+        let now = self.clock.now();
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let peer = if peers.len() >= MAX_REFUSAL_PEERS && !peers.contains_key(&peer) {
+            peer_key(None)
+        } else {
+            peer
+        };
+        let fresh = RefusalWindow {
+            start: now,
+            unauthenticated: 0,
+            throttled: 0,
+        };
+        match peers.get_mut(&peer) {
+            Some(window) if now.saturating_sub(window.start) < self.interval => {
+                if throttled {
+                    window.throttled += 1;
+                } else {
+                    window.unauthenticated += 1;
+                }
+                (false, None)
+            }
+            Some(window) => {
+                let summary = self.summary(peer, *window);
+                *window = fresh;
+                (true, summary)
+            }
+            None => {
+                peers.insert(peer, fresh);
+                (true, None)
+            }
+        }
+    }
+
+    /// The summary lines of intervals that have ended; their peers are forgotten.
+    fn ended(&self) -> Vec<AuditEvent> {
+        let now = self.clock.now();
+        let mut lines = Vec::new();
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|peer, window| {
+                if now.saturating_sub(window.start) < self.interval {
+                    return true;
+                }
+                lines.extend(self.summary(*peer, *window));
+                false
+            });
+        lines
+    }
+
+    /// The summary line of a peer's interval, if anything was counted in it.
+    fn summary(&self, peer: IpAddr, window: RefusalWindow) -> Option<AuditEvent> {
+        if window.unauthenticated == 0 && window.throttled == 0 {
+            return None;
+        }
+        Some(AuditEvent {
+            time: SystemTime::now(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            principal: String::new(),
+            action: format!(
+                "edge/RefusedWithoutIdentity?peer={peer}&unauthenticated={}&throttled={}&interval_ms={}",
+                window.unauthenticated,
+                window.throttled,
+                self.interval.as_millis()
+            ),
+            key_id: String::new(),
+            key_version_id: String::new(),
+            outcome: Outcome::Denied,
+            status: if window.throttled > 0 {
+                Code::ResourceExhausted
+            } else {
+                Code::Unauthenticated
+            },
+        })
+    }
 }
 
 /// The tower layer that authenticates, limits and audits every call of a server.
@@ -91,19 +283,43 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    /// A layer from its parts.
+    /// A layer from its parts, with the default deadline given and the other limits at their
+    /// defaults (the longest deadline at least the default one).
     pub fn new(
         identifier: Identifier,
         audit: AuditLog,
         limiter: RateLimiter,
         default_deadline: Duration,
     ) -> Self {
+        let defaults = LimitsConfig::default();
+        let limits = LimitsConfig {
+            default_deadline_ms: u64::try_from(default_deadline.as_millis()).unwrap_or(u64::MAX),
+            max_deadline_ms: defaults
+                .max_deadline_ms
+                .max(u64::try_from(default_deadline.as_millis()).unwrap_or(u64::MAX)),
+            ..defaults
+        };
+        Self::with_limits(identifier, audit, limiter, &limits)
+    }
+
+    /// A layer from its parts, with the deadlines and the refusal interval of `limits` (the
+    /// rates are the limiter's).
+    pub fn with_limits(
+        identifier: Identifier,
+        audit: AuditLog,
+        limiter: RateLimiter,
+        limits: &LimitsConfig,
+    ) -> Self {
+        let refusals = Refusals::new(limits.refusal_summary_interval(), limiter.clock());
         Self {
             edge: Arc::new(Edge {
                 identifier,
                 audit,
                 limiter,
-                default_deadline,
+                default_deadline: limits.default_deadline(),
+                max_deadline: limits.max_deadline(),
+                refusals,
+                flusher_started: AtomicBool::new(false),
             }),
         }
     }
@@ -120,17 +336,25 @@ impl AuthLayer {
         audit.validate().map_err(EdgeError::Config)?;
         limits.validate().map_err(EdgeError::Config)?;
         let log = AuditLog::open(audit, chain)?;
-        Ok(Self::new(
+        Ok(Self::with_limits(
             identifier,
             log,
             RateLimiter::new(limits),
-            limits.default_deadline(),
+            limits,
         ))
     }
 
     /// The audit log the layer writes.
     pub fn audit_log(&self) -> &AuditLog {
         &self.edge.audit
+    }
+
+    /// Writes the summary lines of refusal intervals that have ended; a task started with the
+    /// first refusal does so every interval.
+    pub fn flush_refusals(&self) {
+        for event in self.edge.refusals.ended() {
+            self.edge.audit.append_detached(event);
+        }
     }
 }
 
@@ -231,24 +455,14 @@ where
         let action = action[..action.len().min(MAX_ACTION)].to_string();
         let class = classify(path);
         let request_id = request_id(req.headers());
-        let identified = {
-            let tls_certs = req
-                .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(TlsConnectInfo::peer_certs);
-            let peer_ip = req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-                .map(|a| a.ip());
-            edge.identifier.identify(&Credentials {
-                peer_certs: tls_certs.as_deref().map(Vec::as_slice),
-                peer_ip,
-                headers: Some(req.headers()),
-            })
-        };
-        let deadline =
-            (!req.headers().contains_key("grpc-timeout")).then_some(edge.default_deadline);
+        let internal = path.starts_with(INTERNAL_PREFIX);
+        let (tls_certs, peer_ip) = peer_of(req.extensions());
+        let identified = edge.identifier.identify(&Credentials {
+            peer_certs: tls_certs.as_deref().map(Vec::as_slice),
+            peer_ip,
+            headers: Some(req.headers()),
+        });
+        let deadline = edge.deadline(req.headers());
         let note = AuditNote::new();
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -276,7 +490,45 @@ where
 
         let fut = async move {
             let (mut response, outcome) = match identified {
-                Err(err) => (to_status(err).into_http(), Some(Outcome::Denied)),
+                Err(err) => {
+                    let throttled = edge.limiter.check_peer(peer_ip).is_err();
+                    let status = if throttled {
+                        to_status(DomainError::Throttling)
+                    } else {
+                        to_status(err)
+                    };
+                    let (own_line, summary) = edge.refusals.note(peer_key(peer_ip), throttled);
+                    if let Some(summary) = summary {
+                        edge.audit.append_detached(summary);
+                    }
+                    edge.start_flusher();
+                    if !own_line {
+                        // Counted into the peer's summary line instead of a line of its own.
+                        pending.event.take();
+                        let mut response = status.into_http();
+                        if let Ok(value) = HeaderValue::from_str(&request_id) {
+                            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                        }
+                        return Ok(response);
+                    }
+                    (status.into_http(), Some(Outcome::Denied))
+                }
+                Ok((principal, source))
+                    if internal && !edge.identifier.accepts_internal(source) =>
+                {
+                    tracing::warn!(
+                        principal = %principal.arn(),
+                        ?source,
+                        "internal service called without a client certificate; refused"
+                    );
+                    if let Some(event) = pending.event.as_mut() {
+                        event.principal = principal.arn().to_string();
+                    }
+                    (
+                        to_status(DomainError::NoPermission).into_http(),
+                        Some(Outcome::Denied),
+                    )
+                }
                 Ok((principal, source)) => {
                     tracing::Span::current().record("principal", principal.arn());
                     tracing::trace!(?source, "caller identified");
@@ -332,29 +584,54 @@ where
     }
 }
 
-/// Calls the service as `principal`, within `deadline` if one applies.
+/// The peer's certificate chain (TLS) and address, from tonic's connect info: ours when the
+/// connection came through [`crate::connections::incoming`], tonic's own otherwise.
+fn peer_of(
+    extensions: &http::Extensions,
+) -> (
+    Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    Option<IpAddr>,
+) {
+    let certs = extensions
+        .get::<TlsConnectInfo<ConnInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
+        });
+    let addr = match ConnInfo::of(extensions) {
+        Some(conn) => conn.remote_addr(),
+        None => extensions
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr),
+    };
+    (certs, addr.map(|a| a.ip()))
+}
+
+/// Calls the service as `principal`, within `deadline`.
 async fn call_inner<S, ReqB, ResB>(
     inner: &mut S,
     mut req: http::Request<ReqB>,
     principal: Principal,
-    deadline: Option<Duration>,
+    deadline: Duration,
 ) -> Result<http::Response<ResB>, S::Error>
 where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     ResB: Default,
 {
     req.extensions_mut().insert(principal);
-    let call = inner.call(req);
-    match deadline {
-        None => call.await,
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
-            Err(_) => Ok(Status::deadline_exceeded(format!(
-                "the call took longer than {} ms, the deadline of calls that send no grpc-timeout",
-                limit.as_millis()
-            ))
-            .into_http()),
-        },
+    match tokio::time::timeout(deadline, inner.call(req)).await {
+        Ok(result) => result,
+        Err(_) => Ok(edge_status(
+            Code::DeadlineExceeded,
+            "Rejected.DeadlineExceeded",
+            &format!(
+                "the call did not finish within its deadline of {} ms",
+                deadline.as_millis()
+            ),
+        )
+        .into_http()),
     }
 }
 
@@ -429,30 +706,52 @@ mod tests {
     }
 
     fn fixture(dev_header: bool, sidecar: Option<SidecarConfig>, deadline_ms: u64) -> Fixture {
+        fixture_with(
+            dev_header,
+            sidecar,
+            LimitsConfig {
+                symmetric: RateConfig {
+                    per_second: 1,
+                    burst: Some(2),
+                },
+                default_deadline_ms: deadline_ms,
+                max_deadline_ms: deadline_ms.max(60_000),
+                ..LimitsConfig::default()
+            },
+        )
+    }
+
+    fn fixture_with(
+        dev_header: bool,
+        sidecar: Option<SidecarConfig>,
+        limits: LimitsConfig,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.log");
+        // A sidecar needs TLS beside it; validation does not read these files.
+        let tls = sidecar.as_ref().map(|_| crate::tls::TlsConfig {
+            cert_file: "server.pem".into(),
+            key_file: "server-key.pem".into(),
+            client_ca_file: "ca.pem".into(),
+            require_client_cert: false,
+            client_cert_file: None,
+            client_key_file: None,
+            server_ca_file: None,
+        });
         let identity = IdentityConfig {
             dev_header,
             service_principal: "acs:ram::1:role/a".into(),
             peer_principal: "acs:ram::1:role/b".into(),
-            tls: None,
+            tls,
             trusted_sidecar: sidecar,
-        };
-        let limits = LimitsConfig {
-            symmetric: RateConfig {
-                per_second: 1,
-                burst: Some(2),
-            },
-            default_deadline_ms: deadline_ms,
-            ..LimitsConfig::default()
         };
         let clock = Arc::new(ManualClock::new());
         let audit = AuditLog::open(&AuditConfig::new(&audit_path), test_chain()).unwrap();
-        let layer = AuthLayer::new(
+        let layer = AuthLayer::with_limits(
             Identifier::new(&identity).unwrap(),
             audit,
             RateLimiter::with_clock(&limits, clock.clone()),
-            limits.default_deadline(),
+            &limits,
         );
         Fixture {
             _dir: dir,
@@ -689,7 +988,223 @@ mod tests {
         )
         .await;
         assert_eq!(code(&resp), Code::Unauthenticated);
+        // A sidecar naming the other plane does not reach an internal service: only a client
+        // certificate does, outside development. Public services still take the sidecar.
+        for path in [
+            "/kms.internal.v1.KeyDirectory/GetKey",
+            "/kms.internal.v1.KeyMaterial/Generate",
+        ] {
+            let resp = call(
+                &mut svc,
+                request(
+                    path,
+                    "10.0.0.7",
+                    &[(DEFAULT_SIDECAR_HEADER, "acs:ram::1:role/b")],
+                ),
+            )
+            .await;
+            let status = Status::from_header_map(resp.headers()).unwrap();
+            assert_eq!(status.code(), Code::PermissionDenied, "{path}");
+            assert_eq!(
+                reason_of(&status).as_deref(),
+                Some("Forbidden.NoPermission"),
+                "{path}"
+            );
+        }
         assert_eq!(seen.lock().unwrap().as_slice(), [Some(ALICE.to_string())]);
+        let lines = audit_lines(&f.audit_path);
+        let last = lines.last().unwrap();
+        assert_eq!(last["principal"], "acs:ram::1:role/b");
+        assert_eq!(last["outcome"], "denied");
+        assert_eq!(last["status_code"], "PERMISSION_DENIED");
+    }
+
+    #[tokio::test]
+    async fn development_header_keeps_internal_services_open() {
+        let f = fixture(true, None, 10_000);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let resp = call(
+            &mut svc,
+            request(
+                "/kms.internal.v1.KeyDirectory/GetKey",
+                "127.0.0.1",
+                &[(DEV_PRINCIPAL_HEADER, "acs:ram::1:role/b")],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let cases = [
+            ("1S", Some(Duration::from_secs(1))),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("2H", Some(Duration::from_secs(7200))),
+            ("3M", Some(Duration::from_secs(180))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("10", None),
+            ("10s", None),
+            ("-1S", None),
+            ("1.5S", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_deadline_is_capped() {
+        let f = fixture_with(
+            true,
+            None,
+            LimitsConfig {
+                default_deadline_ms: 10,
+                max_deadline_ms: 30,
+                ..LimitsConfig::default()
+            },
+        );
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        // (grpc-timeout sent, the deadline the call ends at)
+        let cases = [
+            (Some("99999999S"), 30),
+            (Some("2H"), 30),
+            (Some("5m"), 5),
+            (Some("bogus"), 10),
+            (None, 10),
+        ];
+        for (timeout, want_ms) in cases {
+            let mut hdr = vec![(DEV_PRINCIPAL_HEADER, ALICE)];
+            if let Some(t) = timeout {
+                hdr.push(("grpc-timeout", t));
+            }
+            let started = std::time::Instant::now();
+            let resp = call(
+                &mut svc,
+                request("/kms.v1.KeyManagementService/Hang", "127.0.0.1", &hdr),
+            )
+            .await;
+            let took = started.elapsed();
+            let status = Status::from_header_map(resp.headers()).unwrap();
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{timeout:?}");
+            assert_eq!(
+                reason_of(&status).as_deref(),
+                Some("Rejected.DeadlineExceeded"),
+                "{timeout:?}"
+            );
+            assert!(
+                status.message().contains(&format!("{want_ms} ms")),
+                "{timeout:?}: {}",
+                status.message()
+            );
+            assert!(took < Duration::from_secs(5), "{timeout:?}: {took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_without_identity_are_throttled_per_peer_and_summarized() {
+        let f = fixture_with(
+            true,
+            None,
+            LimitsConfig {
+                unauthenticated: RateConfig {
+                    per_second: 1,
+                    burst: Some(2),
+                },
+                refusal_summary_interval_ms: 1000,
+                ..LimitsConfig::default()
+            },
+        );
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let path = "/kms.v1.CryptoService/Encrypt";
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let resp = call(&mut svc, request(path, "10.0.0.1", &[])).await;
+            let status = Status::from_header_map(resp.headers()).unwrap();
+            assert!(resp.headers().contains_key(REQUEST_ID_HEADER));
+            got.push((status.code(), reason_of(&status).unwrap_or_default()));
+        }
+        let unauth = (Code::Unauthenticated, "Forbidden.NoIdentity".to_string());
+        let throttled = (Code::ResourceExhausted, "Rejected.Throttling".to_string());
+        assert_eq!(
+            got,
+            [
+                unauth.clone(),
+                unauth.clone(),
+                throttled.clone(),
+                throttled.clone(),
+                throttled
+            ]
+        );
+        // Another peer has its own budget and its own first line.
+        let resp = call(&mut svc, request(path, "10.0.0.2", &[])).await;
+        assert_eq!(code(&resp), Code::Unauthenticated);
+        // Identified callers from the throttled address are not affected.
+        let resp = call(
+            &mut svc,
+            request(path, "10.0.0.1", &[(DEV_PRINCIPAL_HEADER, ALICE)]),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
+        assert!(seen.lock().unwrap().len() == 1);
+        // Before the interval ends nothing more is written; after it, one summary line.
+        layer_flush_then_call(&f, &mut svc).await;
+        assert_eq!(audit_lines(&f.audit_path).len(), 4);
+        f.clock.advance(Duration::from_millis(1000));
+        layer_flush_then_call(&f, &mut svc).await;
+        let lines = audit_lines(&f.audit_path);
+        let actions: Vec<&str> = lines
+            .iter()
+            .map(|l| l["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                &path[1..],
+                &path[1..],
+                &path[1..],
+                "kms.v1.KeyManagementService/ListKeys",
+                "edge/RefusedWithoutIdentity?peer=10.0.0.1&unauthenticated=1&throttled=3&interval_ms=1000",
+                "kms.v1.KeyManagementService/ListKeys",
+            ]
+        );
+        let summary = &lines[4];
+        assert_eq!(summary["principal"], "");
+        assert_eq!(summary["outcome"], "denied");
+        assert_eq!(summary["status_code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(verify(&f.audit_path), Ok(6));
+        // A new interval starts with a line of its own again.
+        f.clock.advance(Duration::from_secs(5));
+        let resp = call(&mut svc, request(path, "10.0.0.1", &[])).await;
+        assert_eq!(code(&resp), Code::Unauthenticated);
+        assert_eq!(audit_lines(&f.audit_path).len(), 7);
+    }
+
+    /// Writes the refusal summaries due, then makes an identified call, whose awaited line
+    /// comes after them.
+    async fn layer_flush_then_call<S>(f: &Fixture, svc: &mut S)
+    where
+        S: Service<http::Request<()>, Response = http::Response<String>, Error = Infallible>,
+    {
+        f.layer.flush_refusals();
+        let resp = call(
+            svc,
+            request(
+                "/kms.v1.KeyManagementService/ListKeys",
+                "127.0.0.1",
+                &[(DEV_PRINCIPAL_HEADER, ALICE)],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::Ok);
     }
 
     #[tokio::test]
@@ -723,8 +1238,8 @@ mod tests {
         let f = fixture(true, None, 10_000);
         let seen: Seen = Arc::default();
         let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
-        // The caller sets its own deadline, so the layer waits; the call is then dropped.
-        let hdr = [(DEV_PRINCIPAL_HEADER, ALICE), ("grpc-timeout", "1m")];
+        // The caller sets a deadline of a minute, so the layer waits; the call is then dropped.
+        let hdr = [(DEV_PRINCIPAL_HEADER, ALICE), ("grpc-timeout", "1M")];
         let fut = svc.ready().await.unwrap().call(request(
             "/kms.v1.KeyManagementService/Hang",
             "127.0.0.1",

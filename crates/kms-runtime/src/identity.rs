@@ -17,6 +17,11 @@
 //! sidecar header from an untrusted peer count as absent. A call with no identity fails with
 //! `UNAUTHENTICATED` before any handler runs.
 //!
+//! The internal services (`kms.internal.*`) answer only the other plane, and outside
+//! development only on its client certificate ([`Identifier::accepts_internal`]): a sidecar
+//! forwards whatever principal its caller chose, so a sidecar header never reaches them. A
+//! trusted sidecar therefore needs `[identity.tls]` beside it, for plane-to-plane calls.
+//!
 //! [`crate::auth::AuthLayer`] applies [`Identifier`] to every call; [`Authenticator`] is the
 //! older per-service interceptor for the development header alone.
 
@@ -95,6 +100,14 @@ impl IdentityConfig {
             return Err(
                 "identity: no authentication mode is enabled; configure [identity.tls] (mTLS) or \
                  [identity.trusted_sidecar], or set identity.dev_header = true for local use"
+                    .into(),
+            );
+        }
+        if !self.dev_header && self.tls.is_none() {
+            return Err(
+                "identity.trusted_sidecar needs [identity.tls] as well: the internal services \
+                 accept only client-certificate identities outside development, so the planes \
+                 could not call each other"
                     .into(),
             );
         }
@@ -254,6 +267,12 @@ impl Identifier {
                 .transpose()?,
             dev_header: config.dev_header,
         })
+    }
+
+    /// Whether a call to an internal service may be identified by `source`: only by a client
+    /// certificate, unless the development header is on.
+    pub fn accepts_internal(&self, source: IdentitySource) -> bool {
+        self.dev_header || source == IdentitySource::Certificate
     }
 
     /// The caller's principal and where it came from, or `NoIdentity`.
@@ -428,6 +447,19 @@ mod tests {
         }
     }
 
+    /// TLS settings of the right shape (validation does not read the files).
+    fn some_tls() -> TlsConfig {
+        TlsConfig {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            client_ca_file: "ca".into(),
+            require_client_cert: false,
+            client_cert_file: None,
+            client_key_file: None,
+            server_ca_file: None,
+        }
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -453,6 +485,7 @@ mod tests {
     #[test]
     fn sidecar_header_only_from_trusted_peers() {
         let mut cfg = config(false);
+        cfg.tls = Some(some_tls());
         cfg.trusted_sidecar = Some(sidecar(&["10.1.0.0/16", "::1"]));
         let id = Identifier::new(&cfg).unwrap();
         let alice = [(DEFAULT_SIDECAR_HEADER, "acs:ram::42:user/alice")];
@@ -524,6 +557,26 @@ mod tests {
     }
 
     #[test]
+    fn internal_services_take_certificates_outside_development() {
+        use IdentitySource::*;
+        // (dev_header, source, accepted)
+        let cases = [
+            (false, Certificate, true),
+            (false, Sidecar, false),
+            (true, Certificate, true),
+            (true, Sidecar, true),
+            (true, DevHeader, true),
+        ];
+        for (dev, source, want) in cases {
+            let mut cfg = config(dev);
+            cfg.tls = Some(some_tls());
+            cfg.trusted_sidecar = Some(sidecar(&["10.0.0.1"]));
+            let id = Identifier::new(&cfg).unwrap();
+            assert_eq!(id.accepts_internal(source), want, "dev {dev} {source:?}");
+        }
+    }
+
+    #[test]
     fn networks() {
         let cases = [
             ("10.0.0.0/8", "10.255.1.2", true),
@@ -565,7 +618,25 @@ mod tests {
             }
         };
         check(&|_| {}, Some("no authentication mode"));
-        check(&|c| c.trusted_sidecar = Some(sidecar(&["10.0.0.1"])), None);
+        // A sidecar alone: the planes could not call each other's internal services.
+        check(
+            &|c| c.trusted_sidecar = Some(sidecar(&["10.0.0.1"])),
+            Some("needs [identity.tls]"),
+        );
+        check(
+            &|c| {
+                c.tls = Some(some_tls());
+                c.trusted_sidecar = Some(sidecar(&["10.0.0.1"]));
+            },
+            None,
+        );
+        check(
+            &|c| {
+                c.dev_header = true;
+                c.trusted_sidecar = Some(sidecar(&["10.0.0.1"]));
+            },
+            None,
+        );
         check(
             &|c| c.trusted_sidecar = Some(sidecar(&[])),
             Some("trusted_peers is empty"),

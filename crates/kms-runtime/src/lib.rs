@@ -1,11 +1,12 @@
-//! What both planes share at the edge: configuration loading, TLS and caller identity, the edge
-//! layer that authenticates, rate-limits and audits every call, the mapping from domain errors
-//! to gRPC statuses, logging, health, reflection and shutdown.
+//! What both planes share at the edge: configuration loading, TLS and caller identity, the
+//! bounds on connections, the edge layer that authenticates, rate-limits and audits every call,
+//! the mapping from domain errors to gRPC statuses, logging, health, reflection and shutdown.
 
 pub mod audit;
 pub mod audit_wire;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod identity;
 pub mod limits;
 pub mod serve;

@@ -1,12 +1,16 @@
-//! Limits at the edge: per-principal request rates per operation class, the largest request
-//! accepted, and the deadline of calls that name none.
+//! Limits at the edge: per-principal request rates per operation class, the rate of calls
+//! that carry no identity per peer address, the largest request accepted, call deadlines, and
+//! the connection limits and timeouts of a plane's listener ([`crate::connections`]).
 //!
 //! Rates are token buckets keyed by the authenticated principal and the operation class of the
 //! method (see [`classify`]); a call past its budget is refused with `RESOURCE_EXHAUSTED`
-//! `Rejected.Throttling`. The internal plane-to-plane services are not limited.
+//! `Rejected.Throttling`. The internal plane-to-plane services are not limited. Calls that
+//! carry no identity are charged to their peer's address instead (an IPv6 peer by its /64),
+//! with the same answer past the budget.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +22,17 @@ use serde::Deserialize;
 pub const MAX_REQUEST_BYTES_CEILING: usize = 4 * 1024 * 1024;
 /// Smallest `max_request_bytes` accepted; below it ordinary calls would not fit.
 pub const MAX_REQUEST_BYTES_FLOOR: usize = 16 * 1024;
-/// Longest `default_deadline_ms` accepted (10 minutes).
+/// Longest `default_deadline_ms` and `max_deadline_ms` accepted (10 minutes).
 pub const MAX_DEADLINE_MS: u64 = 600_000;
+/// Most connections per plane accepted in `max_connections`.
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+/// Most concurrent streams per connection accepted in `max_concurrent_streams`.
+pub const MAX_STREAMS_CEILING: u32 = 10_000;
+/// Longest `tls_handshake_timeout_ms` accepted (1 minute).
+pub const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+/// Longest `idle_timeout_ms`, `keepalive_interval_ms` and `keepalive_timeout_ms` accepted
+/// (1 hour).
+pub const MAX_CONNECTION_TIMER_MS: u64 = 3_600_000;
 
 /// `[limits]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -33,6 +46,48 @@ pub struct LimitsConfig {
     /// answered `DEADLINE_EXCEEDED`. Default 30000.
     #[serde(default = "default_deadline_ms")]
     pub default_deadline_ms: u64,
+    /// Longest deadline of any call, in ms: a caller's longer `grpc-timeout` is cut to it.
+    /// At least `default_deadline_ms`. Default 60000.
+    #[serde(default = "default_max_deadline_ms")]
+    pub max_deadline_ms: u64,
+    /// Longest time a request's body may take to arrive whole, in ms, counted from its
+    /// headers; a body still incomplete then fails the call with `DEADLINE_EXCEEDED`
+    /// `Rejected.RequestBodyTimeout`. Applies to every call, health and reflection included.
+    /// Default 10000.
+    #[serde(default = "default_request_body_timeout_ms")]
+    pub request_body_timeout_ms: u64,
+    /// Most connections the plane holds open at once. A connection past it evicts the oldest
+    /// one that has never carried a call (then the oldest without a call in flight), or is
+    /// closed at once when every connection is busy. Lowered at start to what the process's
+    /// open-file limit allows. Default 4096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection. Default 128.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Longest TLS handshake, in ms, from accept; a client that has not finished it (or never
+    /// sent a ClientHello) is disconnected. Default 5000.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub tls_handshake_timeout_ms: u64,
+    /// A connection without a call in flight for this long, in ms, is closed (connections
+    /// that never send anything included). Default 60000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Interval of HTTP/2 keepalive pings to the client, in ms. Default 30000.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    /// A connection whose client does not answer a keepalive ping within this long, in ms, is
+    /// closed. Default 10000.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// Budget of calls that carry no identity, per peer address (an IPv6 peer by its /64).
+    /// Default 10 per second, burst 20.
+    #[serde(default = "RateConfig::unauthenticated")]
+    pub unauthenticated: RateConfig,
+    /// Refusals of calls without identity are audited one line per peer per interval, in ms:
+    /// the first refusal in full, the rest counted into one summary line. Default 60000.
+    #[serde(default = "default_refusal_summary_interval_ms")]
+    pub refusal_summary_interval_ms: u64,
     /// Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateAndExportDataKey, ExportDataKey,
     /// GenerateRandom, GetRandomPassword.
     #[serde(default = "RateConfig::symmetric")]
@@ -56,6 +111,16 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: default_max_request_bytes(),
             default_deadline_ms: default_deadline_ms(),
+            max_deadline_ms: default_max_deadline_ms(),
+            request_body_timeout_ms: default_request_body_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            tls_handshake_timeout_ms: default_tls_handshake_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            unauthenticated: RateConfig::unauthenticated(),
+            refusal_summary_interval_ms: default_refusal_summary_interval_ms(),
             symmetric: RateConfig::symmetric(),
             asymmetric: RateConfig::asymmetric(),
             read: RateConfig::read(),
@@ -71,6 +136,42 @@ fn default_max_request_bytes() -> usize {
 
 fn default_deadline_ms() -> u64 {
     30_000
+}
+
+fn default_max_deadline_ms() -> u64 {
+    60_000
+}
+
+fn default_request_body_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    128
+}
+
+fn default_tls_handshake_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_keepalive_interval_ms() -> u64 {
+    30_000
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_refusal_summary_interval_ms() -> u64 {
+    60_000
 }
 
 /// One class's budget per principal: a sustained rate and a burst.
@@ -117,6 +218,13 @@ impl RateConfig {
     fn create_key() -> Self {
         Self::new(10)
     }
+
+    fn unauthenticated() -> Self {
+        Self {
+            per_second: 10,
+            burst: Some(20),
+        }
+    }
 }
 
 impl LimitsConfig {
@@ -135,19 +243,71 @@ impl LimitsConfig {
                 self.default_deadline_ms
             ));
         }
-        for class in OpClass::ALL {
-            let rate = self.rate(class);
+        if !(self.default_deadline_ms..=MAX_DEADLINE_MS).contains(&self.max_deadline_ms) {
+            return Err(format!(
+                "limits.max_deadline_ms must be limits.default_deadline_ms ({}) to {MAX_DEADLINE_MS}, got {}",
+                self.default_deadline_ms, self.max_deadline_ms
+            ));
+        }
+        let ms_ranges = [
+            (
+                "request_body_timeout_ms",
+                self.request_body_timeout_ms,
+                MAX_DEADLINE_MS,
+            ),
+            (
+                "tls_handshake_timeout_ms",
+                self.tls_handshake_timeout_ms,
+                MAX_HANDSHAKE_TIMEOUT_MS,
+            ),
+            (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                MAX_CONNECTION_TIMER_MS,
+            ),
+            (
+                "keepalive_interval_ms",
+                self.keepalive_interval_ms,
+                MAX_CONNECTION_TIMER_MS,
+            ),
+            (
+                "keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                MAX_CONNECTION_TIMER_MS,
+            ),
+            (
+                "refusal_summary_interval_ms",
+                self.refusal_summary_interval_ms,
+                MAX_CONNECTION_TIMER_MS,
+            ),
+        ];
+        for (name, value, max) in ms_ranges {
+            if !(1..=max).contains(&value) {
+                return Err(format!("limits.{name} must be 1 to {max}, got {value}"));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&self.max_connections) {
+            return Err(format!(
+                "limits.max_connections must be 1 to {MAX_CONNECTIONS_CEILING}, got {}",
+                self.max_connections
+            ));
+        }
+        if !(1..=MAX_STREAMS_CEILING).contains(&self.max_concurrent_streams) {
+            return Err(format!(
+                "limits.max_concurrent_streams must be 1 to {MAX_STREAMS_CEILING}, got {}",
+                self.max_concurrent_streams
+            ));
+        }
+        let rates = OpClass::ALL
+            .map(|class| (class.config_name(), self.rate(class)))
+            .into_iter()
+            .chain([("unauthenticated", self.unauthenticated)]);
+        for (name, rate) in rates {
             if rate.per_second == 0 {
-                return Err(format!(
-                    "limits.{}.per_second must be at least 1",
-                    class.config_name()
-                ));
+                return Err(format!("limits.{name}.per_second must be at least 1"));
             }
             if rate.burst == Some(0) {
-                return Err(format!(
-                    "limits.{}.burst must be at least 1",
-                    class.config_name()
-                ));
+                return Err(format!("limits.{name}.burst must be at least 1"));
             }
         }
         Ok(())
@@ -172,6 +332,41 @@ impl LimitsConfig {
     /// The deadline applied to calls without `grpc-timeout`.
     pub fn default_deadline(&self) -> Duration {
         Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// The longest deadline of any call.
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_millis(self.max_deadline_ms)
+    }
+
+    /// The longest a request body may take to arrive.
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_body_timeout_ms)
+    }
+
+    /// The longest TLS handshake.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+
+    /// How long a connection without a call in flight stays open.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The interval of HTTP/2 keepalive pings.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+
+    /// How long a keepalive ping may go unanswered.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+
+    /// The interval of refusal summary lines in the audit log.
+    pub fn refusal_summary_interval(&self) -> Duration {
+        Duration::from_millis(self.refusal_summary_interval_ms)
     }
 }
 
@@ -330,12 +525,54 @@ struct Budget {
     burst: f64,
 }
 
-/// Per-principal token buckets, one per operation class.
+impl Budget {
+    fn of(rate: RateConfig) -> Self {
+        Self {
+            per_second: f64::from(rate.per_second.max(1)),
+            burst: f64::from(rate.burst().max(1)),
+        }
+    }
+
+    /// Refills `bucket` up to `now` and takes one call from it, if there is one.
+    fn take(self, bucket: &mut Bucket, now: Duration) -> bool {
+        let elapsed = now.saturating_sub(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `bucket` would be full by `now`, so forgetting it changes nothing.
+    fn refilled(self, bucket: &Bucket, now: Duration) -> bool {
+        let elapsed = now.saturating_sub(bucket.last).as_secs_f64();
+        bucket.tokens + elapsed * self.per_second >= self.burst
+    }
+}
+
+/// The key a peer's calls without identity are charged to: its IPv4 address, or the /64 of
+/// its IPv6 address (one host commonly holds a whole /64). IPv4-mapped IPv6 counts as IPv4.
+/// Calls from an unknown address share one key.
+pub fn peer_key(ip: Option<IpAddr>) -> IpAddr {
+    match ip.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => IpAddr::V4(v4),
+        Some(IpAddr::V6(v6)) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        None => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Per-principal token buckets, one per operation class; and per-peer buckets for calls that
+/// carry no identity.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     budgets: [Budget; 5],
+    peer_budget: Budget,
     clock: Arc<dyn Clock>,
     buckets: Arc<Mutex<HashMap<String, [Option<Bucket>; 5]>>>,
+    peers: Arc<Mutex<HashMap<IpAddr, Bucket>>>,
 }
 
 impl RateLimiter {
@@ -346,18 +583,50 @@ impl RateLimiter {
 
     /// A limiter for `config` on `clock`.
     pub fn with_clock(config: &LimitsConfig, clock: Arc<dyn Clock>) -> Self {
-        let budget = |class: OpClass| {
-            let rate = config.rate(class);
-            Budget {
-                per_second: f64::from(rate.per_second.max(1)),
-                burst: f64::from(rate.burst().max(1)),
-            }
-        };
         Self {
-            budgets: OpClass::ALL.map(budget),
+            budgets: OpClass::ALL.map(|class| Budget::of(config.rate(class))),
+            peer_budget: Budget::of(config.unauthenticated),
             clock,
             buckets: Arc::new(Mutex::new(HashMap::new())),
+            peers: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The limiter's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
+    /// Takes one call without identity from the budget of the peer at `ip` (see
+    /// [`peer_key`]), or answers `Throttling`.
+    pub fn check_peer(&self, ip: Option<IpAddr>) -> Result<(), DomainError> {
+        let now = self.clock.now();
+        let key = peer_key(ip);
+        let budget = self.peer_budget;
+        let mut map = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= SWEEP_THRESHOLD && !map.contains_key(&key) {
+            map.retain(|_, bucket| !budget.refilled(bucket, now));
+        }
+        let bucket = map.entry(key).or_insert(Bucket {
+            tokens: budget.burst,
+            last: now,
+        });
+        if budget.take(bucket, now) {
+            Ok(())
+        } else {
+            Err(DomainError::Throttling)
+        }
+    }
+
+    /// How many peers are tracked.
+    pub fn tracked_peers(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Takes one call of `class` from `principal`'s budget, or answers `Throttling`.
@@ -379,11 +648,7 @@ impl RateLimiter {
             tokens: budget.burst,
             last: now,
         });
-        let elapsed = now.saturating_sub(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * budget.per_second).min(budget.burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if budget.take(bucket, now) {
             Ok(())
         } else {
             Err(DomainError::Throttling)
@@ -393,12 +658,10 @@ impl RateLimiter {
     /// Drops principals whose every bucket has refilled: forgetting them changes nothing.
     fn sweep(&self, map: &mut HashMap<String, [Option<Bucket>; 5]>, now: Duration) {
         map.retain(|_, slots| {
-            slots.iter().zip(self.budgets).any(|(slot, budget)| {
-                slot.is_some_and(|b| {
-                    let elapsed = now.saturating_sub(b.last).as_secs_f64();
-                    b.tokens + elapsed * budget.per_second < budget.burst
-                })
-            })
+            slots
+                .iter()
+                .zip(self.budgets)
+                .any(|(slot, budget)| slot.is_some_and(|b| !budget.refilled(&b, now)))
         });
     }
 
@@ -599,5 +862,174 @@ mod tests {
         check("[write]\nper_second = 1\nburst = 0", "limits.write.burst");
         check("[write]\nrate = 1", "unknown field");
         check("[writes]\nper_second = 1", "unknown field");
+    }
+
+    #[test]
+    fn reference_configs_document_the_defaults() {
+        for text in [
+            include_str!("../../../deploy/config/control.toml"),
+            include_str!("../../../deploy/config/data.toml"),
+        ] {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let limits: LimitsConfig = table["limits"].clone().try_into().unwrap();
+            assert_eq!(limits, LimitsConfig::default());
+        }
+    }
+
+    #[test]
+    fn connection_and_deadline_defaults() {
+        let c = LimitsConfig::default();
+        assert_eq!(c.max_deadline(), Duration::from_secs(60));
+        assert_eq!(c.request_body_timeout(), Duration::from_secs(10));
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_concurrent_streams, 128);
+        assert_eq!(c.tls_handshake_timeout(), Duration::from_secs(5));
+        assert_eq!(c.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(c.keepalive_interval(), Duration::from_secs(30));
+        assert_eq!(c.keepalive_timeout(), Duration::from_secs(10));
+        assert_eq!(c.unauthenticated.per_second, 10);
+        assert_eq!(c.unauthenticated.burst(), 20);
+        assert_eq!(c.refusal_summary_interval(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connection_and_deadline_validation() {
+        // (TOML under [limits], the error it must name; "" when valid)
+        let cases = [
+            ("max_deadline_ms = 600000", ""),
+            ("max_deadline_ms = 600001", "limits.max_deadline_ms"),
+            ("max_deadline_ms = 0", "limits.max_deadline_ms"),
+            // Shorter than the default deadline: a call without grpc-timeout would get more.
+            (
+                "default_deadline_ms = 5000\nmax_deadline_ms = 4999",
+                "limits.max_deadline_ms",
+            ),
+            ("default_deadline_ms = 5000\nmax_deadline_ms = 5000", ""),
+            ("request_body_timeout_ms = 1", ""),
+            (
+                "request_body_timeout_ms = 0",
+                "limits.request_body_timeout_ms",
+            ),
+            (
+                "request_body_timeout_ms = 600001",
+                "limits.request_body_timeout_ms",
+            ),
+            ("max_connections = 1", ""),
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_connections = 1000001", "limits.max_connections"),
+            (
+                "max_concurrent_streams = 0",
+                "limits.max_concurrent_streams",
+            ),
+            (
+                "max_concurrent_streams = 10001",
+                "limits.max_concurrent_streams",
+            ),
+            ("tls_handshake_timeout_ms = 60000", ""),
+            (
+                "tls_handshake_timeout_ms = 0",
+                "limits.tls_handshake_timeout_ms",
+            ),
+            (
+                "tls_handshake_timeout_ms = 60001",
+                "limits.tls_handshake_timeout_ms",
+            ),
+            ("idle_timeout_ms = 0", "limits.idle_timeout_ms"),
+            ("idle_timeout_ms = 3600001", "limits.idle_timeout_ms"),
+            ("keepalive_interval_ms = 0", "limits.keepalive_interval_ms"),
+            ("keepalive_timeout_ms = 0", "limits.keepalive_timeout_ms"),
+            (
+                "refusal_summary_interval_ms = 0",
+                "limits.refusal_summary_interval_ms",
+            ),
+            ("[unauthenticated]\nper_second = 1\nburst = 1", ""),
+            (
+                "[unauthenticated]\nper_second = 0",
+                "limits.unauthenticated.per_second",
+            ),
+            (
+                "[unauthenticated]\nper_second = 1\nburst = 0",
+                "limits.unauthenticated.burst",
+            ),
+            ("max_conections = 1", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let got = match toml::from_str::<LimitsConfig>(text) {
+                Ok(c) => c.validate().err().unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            if want.is_empty() {
+                assert_eq!(got, "", "{text}");
+            } else {
+                assert!(got.contains(want), "{text}: {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn peer_keys() {
+        let cases = [
+            (Some("10.1.2.3"), "10.1.2.3"),
+            (Some("::ffff:10.1.2.3"), "10.1.2.3"),
+            (Some("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::"),
+            (Some("2001:db8:1:2:ffff::1"), "2001:db8:1:2::"),
+            (Some("2001:db8:1:3::1"), "2001:db8:1:3::"),
+            (None, "::"),
+        ];
+        for (ip, want) in cases {
+            let ip = ip.map(|i| i.parse::<IpAddr>().unwrap());
+            assert_eq!(peer_key(ip), want.parse::<IpAddr>().unwrap(), "{ip:?}");
+        }
+    }
+
+    #[test]
+    fn calls_without_identity_are_limited_per_peer() {
+        let cfg = LimitsConfig {
+            unauthenticated: RateConfig {
+                per_second: 2,
+                burst: Some(3),
+            },
+            ..LimitsConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new());
+        let lim = RateLimiter::with_clock(&cfg, clock.clone());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        for _ in 0..3 {
+            lim.check_peer(ip("10.0.0.1")).unwrap();
+        }
+        assert_eq!(lim.check_peer(ip("10.0.0.1")), Err(DomainError::Throttling));
+        // Another address has its own budget; addresses in one IPv6 /64 share theirs.
+        lim.check_peer(ip("10.0.0.2")).unwrap();
+        for _ in 0..3 {
+            lim.check_peer(ip("2001:db8::1")).unwrap();
+        }
+        assert_eq!(
+            lim.check_peer(ip("2001:db8::2")),
+            Err(DomainError::Throttling)
+        );
+        lim.check_peer(ip("2001:db8:0:1::1")).unwrap();
+        // The principals' budgets are separate.
+        let p = Principal::parse("acs:ram::1:root").unwrap();
+        lim.check(&p, OpClass::ManagementRead).unwrap();
+        // 2/s: one call after 500 ms.
+        clock.advance(Duration::from_millis(499));
+        assert!(lim.check_peer(ip("10.0.0.1")).is_err());
+        clock.advance(Duration::from_millis(2));
+        lim.check_peer(ip("10.0.0.1")).unwrap();
+        assert!(lim.check_peer(ip("10.0.0.1")).is_err());
+        assert_eq!(lim.tracked_peers(), 4);
+    }
+
+    #[test]
+    fn idle_peers_are_swept() {
+        let (lim, clock) = limiter(RateConfig::new(1000));
+        for i in 0..SWEEP_THRESHOLD {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+            lim.check_peer(Some(ip)).unwrap();
+        }
+        assert_eq!(lim.tracked_peers(), SWEEP_THRESHOLD);
+        clock.advance(Duration::from_secs(60));
+        lim.check_peer(Some("192.0.2.1".parse().unwrap())).unwrap();
+        assert_eq!(lim.tracked_peers(), 1);
     }
 }

@@ -17,12 +17,6 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), String> {
     Ok((listener, local))
 }
 
-/// The accepted connections of `listener`, with Nagle's algorithm off: a request or answer
-/// larger than one segment would otherwise wait for the peer's delayed ACK (tens of ms).
-pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// The `grpc.health.v1` service, with `services` (and the whole server, `""`) serving.
 pub async fn health(
     services: &[&str],

@@ -45,7 +45,15 @@ pub fn to_status(err: DomainError) -> Status {
     Status::with_error_details(code, message, details)
 }
 
-/// The reason code a status carries, if it came from [`to_status`].
+/// A status the edge makes itself, for conditions that are not domain errors (a deadline, a
+/// request body that does not arrive), with its reason code in front of the message and in an
+/// `ErrorInfo` detail, as [`to_status`] does.
+pub fn edge_status(code: Code, reason: &str, message: &str) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, format!("{reason}: {message}"), details)
+}
+
+/// The reason code a status carries, if it came from [`to_status`] or [`edge_status`].
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }

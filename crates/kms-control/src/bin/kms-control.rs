@@ -15,7 +15,7 @@ use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServe
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
-use kms_runtime::{serve, telemetry};
+use kms_runtime::{connections, serve, telemetry};
 use kms_store::SledStore;
 use kms_types::Principal;
 
@@ -157,13 +157,14 @@ async fn main() -> Result<()> {
         // End WatchKeys streams and the scheduler, so draining does not wait on them.
         closing.close();
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &params.identity.tls {
-        builder = builder
-            .tls_config(kms_runtime::tls::server_config(tls).context("cannot set up TLS")?)
-            .context("cannot set up TLS")?;
-    }
-    builder
+    let incoming = connections::incoming(listener, &params.limits);
+    tracing::info!(
+        max_connections = incoming.max_connections(),
+        "connection cap in force"
+    );
+    connections::server(&params.limits, params.identity.tls.as_ref())
+        .context("cannot set up the server")?
+        .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
         .add_service(reflection)
@@ -183,7 +184,7 @@ async fn main() -> Result<()> {
             AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("server failed")?;
     // The last checkpoint covers every line the drained calls wrote.

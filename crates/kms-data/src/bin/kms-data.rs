@@ -17,7 +17,7 @@ use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
-use kms_runtime::{serve, telemetry};
+use kms_runtime::{connections, serve, telemetry};
 use kms_types::Principal;
 
 /// The KMS data plane: cryptographic operations against the HSM and in-process software keys.
@@ -149,13 +149,14 @@ async fn main() -> Result<()> {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &params.identity.tls {
-        builder = builder
-            .tls_config(kms_runtime::tls::server_config(tls).context("cannot set up TLS")?)
-            .context("cannot set up TLS")?;
-    }
-    builder
+    let incoming = connections::incoming(listener, &params.limits);
+    tracing::info!(
+        max_connections = incoming.max_connections(),
+        "connection cap in force"
+    );
+    connections::server(&params.limits, params.identity.tls.as_ref())
+        .context("cannot set up the server")?
+        .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
         .add_service(reflection)
@@ -167,7 +168,7 @@ async fn main() -> Result<()> {
             KeyMaterialServer::new(MaterialService::new(vault, peer, audit_key))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(serve::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("server failed")?;
     // Report what the drained calls used before leaving.
