@@ -195,7 +195,7 @@ async fn aliases_follow_the_policy_of_the_key_they_name() {
         .await
         .unwrap();
 
-    // The alias lines of the audit log name the key ids, not only the alias.
+    // The alias lines of the audit log name the key ids involved, not only the alias.
     let audit = std::fs::read_to_string(stack.dir().join("logs/control-audit.log")).unwrap();
     let alias_lines: Vec<serde_json::Value> = audit
         .lines()
@@ -208,7 +208,10 @@ async fn aliases_follow_the_policy_of_the_key_they_name() {
         })
         .collect();
     assert_eq!(alias_lines.len(), 2, "{alias_lines:?}");
+    // UpdateAlias names the key the alias left and the one it now names.
     assert_eq!(alias_lines[0]["key_id"], k2.as_str());
+    assert_eq!(alias_lines[0]["previous_key_id"], k1.as_str());
+    // DeleteAlias names the key the alias named.
     assert_eq!(alias_lines[1]["key_id"], k2.as_str());
 }
 

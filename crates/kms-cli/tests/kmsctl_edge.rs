@@ -42,6 +42,7 @@ async fn write_log(path: &Path, n: usize) {
             action: "kms.v1.CryptoService/Decrypt".into(),
             key_id: "key-1".into(),
             key_version_id: "v1".into(),
+            previous_key_id: String::new(),
             outcome: Outcome::Allowed,
             status: tonic::Code::Ok,
         })

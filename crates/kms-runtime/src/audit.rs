@@ -287,6 +287,9 @@ pub struct AuditEvent {
     pub key_id: String,
     /// The key version, if the handler noted one.
     pub key_version_id: String,
+    /// The key an alias named before the call changed it (`UpdateAlias`), if any: with
+    /// `key_id` (the key it names after), the line names both keys involved.
+    pub previous_key_id: String,
     /// Allowed, denied or error.
     pub outcome: Outcome,
     /// The gRPC status code of the answer.
@@ -305,6 +308,8 @@ struct Line {
     action: String,
     key_id: String,
     key_version_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    previous_key_id: String,
     outcome: Outcome,
     status_code: String,
     prev_mac: String,
@@ -322,6 +327,8 @@ struct Content<'a> {
     action: &'a str,
     key_id: &'a str,
     key_version_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    previous_key_id: &'a str,
     outcome: Outcome,
     status_code: &'a str,
     prev_mac: &'a str,
@@ -356,6 +363,7 @@ impl Line {
             action: &self.action,
             key_id: &self.key_id,
             key_version_id: &self.key_version_id,
+            previous_key_id: &self.previous_key_id,
             outcome: self.outcome,
             status_code: &self.status_code,
             prev_mac: &self.prev_mac,
@@ -375,6 +383,7 @@ impl Line {
             action: event.action.clone(),
             key_id: event.key_id.clone(),
             key_version_id: event.key_version_id.clone(),
+            previous_key_id: event.previous_key_id.clone(),
             outcome: event.outcome,
             status_code: code_name(event.status).to_string(),
             prev_mac: prev_mac.to_string(),
@@ -581,6 +590,7 @@ pub struct AuditNote(Arc<Mutex<NoteSlot>>);
 struct NoteSlot {
     key_id: String,
     key_version_id: String,
+    previous_key_id: String,
 }
 
 impl AuditNote {
@@ -607,10 +617,22 @@ impl AuditNote {
         slot.key_version_id = truncate(key_version_id);
     }
 
+    /// Records the key an alias named before the call changed it.
+    pub fn set_previous_key(&self, key_id: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.previous_key_id = truncate(key_id);
+    }
+
     /// The key and version noted so far.
     pub fn key(&self) -> (String, String) {
         let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (slot.key_id.clone(), slot.key_version_id.clone())
+    }
+
+    /// The previous key noted so far; empty when none.
+    pub fn previous_key(&self) -> String {
+        let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.previous_key_id.clone()
     }
 }
 
@@ -1171,6 +1193,11 @@ mod tests {
             action: "kms.v1.CryptoService/Encrypt".into(),
             key_id: format!("key-{i}"),
             key_version_id: "v1".into(),
+            previous_key_id: if i == 4 {
+                "key-0".into()
+            } else {
+                String::new()
+            },
             outcome: if i.is_multiple_of(3) {
                 Outcome::Denied
             } else {

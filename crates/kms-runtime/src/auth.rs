@@ -266,6 +266,7 @@ impl Refusals {
             ),
             key_id: String::new(),
             key_version_id: String::new(),
+            previous_key_id: String::new(),
             outcome: Outcome::Denied,
             status: if window.throttled > 0 {
                 Code::ResourceExhausted
@@ -410,6 +411,7 @@ impl Pending {
         event.time = SystemTime::now();
         event.key_id = key_id;
         event.key_version_id = key_version_id;
+        event.previous_key_id = self.note.previous_key();
         event.status = status;
         event.outcome = outcome;
         Some(event)
@@ -483,6 +485,7 @@ where
                 action,
                 key_id: String::new(),
                 key_version_id: String::new(),
+                previous_key_id: String::new(),
                 outcome: Outcome::Error,
                 status: Code::Unknown,
             }),

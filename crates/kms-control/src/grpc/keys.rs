@@ -326,12 +326,15 @@ impl<S: Store> KeyManagementService for KeyService<S> {
         note.set_key(&request.get_ref().key_id, "");
         let req = request.into_inner();
         let key_ref = key_ref(&req.key_id)?;
-        let (record, _previous) = self
+        let (record, previous) = self
             .registry
             .update_alias(&principal, req.alias_name, key_ref)
             .await
             .map_err(status)?;
         note.set_key(record.id.as_str(), "");
+        if let Some(previous) = previous {
+            note.set_previous_key(previous.as_str());
+        }
         Ok(Response::new(UpdateAliasResponse {}))
     }
 
