@@ -591,9 +591,11 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
         Rpc::GetAuditKey => classify(material.get_audit_key(ipb::GetAuditKeyRequest {}).await),
         Rpc::VerifyPlaneAuditMacs => classify(
             material
-                .verify_audit_macs(VerifyAuditMacsRequest {
-                    plane: "data".into(),
-                    checks: Vec::new(),
+                .verify_plane_audit_macs(ipb::VerifyPlaneAuditMacsRequest {
+                    checks: Some(VerifyAuditMacsRequest {
+                        plane: "data".into(),
+                        checks: Vec::new(),
+                    }),
                 })
                 .await,
         ),

@@ -159,18 +159,24 @@ impl MaterialClient {
         &self,
         checks: &[kms_runtime::audit::MacCheck],
     ) -> Result<Option<usize>, DomainError> {
-        let req = tonic::Request::new(kms_proto::kms::v1::VerifyAuditMacsRequest {
-            plane: kms_runtime::audit::Plane::Data.as_str().to_string(),
-            checks: kms_runtime::audit_wire::checks_to_wire(checks),
+        let req = tonic::Request::new(kms_proto::kms::internal::v1::VerifyPlaneAuditMacsRequest {
+            checks: Some(kms_proto::kms::v1::VerifyAuditMacsRequest {
+                plane: kms_runtime::audit::Plane::Data.as_str().to_string(),
+                checks: kms_runtime::audit_wire::checks_to_wire(checks),
+            }),
         });
         let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
         let resp = self
             .inner
             .clone()
-            .verify_audit_macs(req)
+            .verify_plane_audit_macs(req)
             .await
-            .map_err(|s| data_plane_error("VerifyAuditMacs", &s))?;
-        Ok(kms_runtime::audit_wire::first_mismatch(resp.get_ref()))
+            .map_err(|s| data_plane_error("VerifyPlaneAuditMacs", &s))?
+            .into_inner();
+        let result = resp.result.ok_or_else(|| {
+            DomainError::Internal("data plane VerifyPlaneAuditMacs: no result".into())
+        })?;
+        Ok(kms_runtime::audit_wire::first_mismatch(&result))
     }
 
     /// Asks the data plane for new material of `spec` at `protection`.

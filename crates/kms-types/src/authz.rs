@@ -64,9 +64,9 @@ pub struct Rule {
 }
 
 macro_rules! rpcs {
-    ($( $service:literal => { $( $rpc:ident $(= $method:literal)? : $callers:ident [ $( $touch:ident $action:literal ),* ] ),* $(,)? } )*) => {
-        /// Every RPC of every service. A variant is named after its method, unless another
-        /// service has a method of that name (then the row names the method).
+    ($( $service:literal => { $( $rpc:ident : $callers:ident [ $( $touch:ident $action:literal ),* ] ),* $(,)? } )*) => {
+        /// Every RPC of every service, named after its method (method names are unique across
+        /// services).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Rpc { $( $( $rpc, )* )* }
 
@@ -87,13 +87,11 @@ macro_rules! rpcs {
             /// The gRPC method path, `/package.Service/Method`.
             pub fn path(self) -> &'static str {
                 match self {
-                    $( $( Rpc::$rpc => rpcs!(@path $service, $rpc $(, $method)?), )* )*
+                    $( $( Rpc::$rpc => concat!("/", $service, "/", stringify!($rpc)), )* )*
                 }
             }
         }
     };
-    (@path $service:literal, $rpc:ident) => { concat!("/", $service, "/", stringify!($rpc)) };
-    (@path $service:literal, $rpc:ident, $method:literal) => { concat!("/", $service, "/", $method) };
 }
 
 rpcs! {
@@ -164,7 +162,7 @@ rpcs! {
         CreateImportKey: PeerPlane [],
         ImportMaterial: PeerPlane [],
         GetAuditKey: PeerPlane [],
-        VerifyPlaneAuditMacs = "VerifyAuditMacs": PeerPlane [],
+        VerifyPlaneAuditMacs: PeerPlane [],
     }
 }
 

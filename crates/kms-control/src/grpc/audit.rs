@@ -1,6 +1,6 @@
 //! `kms.v1.AuditService`: operators read the latest checkpoint of a plane's audit log and have
 //! MACs checked where the plane's key is (the control plane's here, the data plane's by
-//! `KeyMaterial.VerifyAuditMacs`). No key leaves the service.
+//! `KeyMaterial.VerifyPlaneAuditMacs`). No key leaves the service.
 
 use std::sync::Arc;
 

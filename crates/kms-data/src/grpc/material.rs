@@ -7,7 +7,6 @@ use std::sync::Arc;
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterial;
 use kms_proto::kms::internal::v1::*;
-use kms_proto::kms::v1::{VerifyAuditMacsRequest, VerifyAuditMacsResponse};
 use kms_runtime::audit::{AuditKey, Plane};
 use kms_runtime::caller;
 use kms_types::{
@@ -29,7 +28,7 @@ pub struct MaterialService {
 
 impl MaterialService {
     /// A service over `vault` answering only `peer`; `audit_key` is the data plane's own
-    /// audit-chain key, for `VerifyAuditMacs`.
+    /// audit-chain key, for `VerifyPlaneAuditMacs`.
     pub fn new(vault: Arc<KeyVault>, peer: Principal, audit_key: AuditKey) -> Self {
         Self {
             vault,
@@ -140,12 +139,12 @@ impl KeyMaterial for MaterialService {
         }))
     }
 
-    async fn verify_audit_macs(
+    async fn verify_plane_audit_macs(
         &self,
-        request: Request<VerifyAuditMacsRequest>,
-    ) -> Result<Response<VerifyAuditMacsResponse>, Status> {
+        request: Request<VerifyPlaneAuditMacsRequest>,
+    ) -> Result<Response<VerifyPlaneAuditMacsResponse>, Status> {
         self.check_peer(&request)?;
-        let req = request.into_inner();
+        let req = request.into_inner().checks.unwrap_or_default();
         if kms_runtime::audit_wire::plane(&req.plane).map_err(status)? != Plane::Data {
             return Err(status(DomainError::invalid(
                 "Plane",
@@ -153,8 +152,10 @@ impl KeyMaterial for MaterialService {
             )));
         }
         let checks = kms_runtime::audit_wire::checks_from_wire(&req.checks).map_err(status)?;
-        Ok(Response::new(kms_runtime::audit_wire::answer(
-            self.audit_key.first_mismatch(&checks),
-        )))
+        Ok(Response::new(VerifyPlaneAuditMacsResponse {
+            result: Some(kms_runtime::audit_wire::answer(
+                self.audit_key.first_mismatch(&checks),
+            )),
+        }))
     }
 }
