@@ -571,6 +571,33 @@ level = "info"
         ))
     }
 
+    /// A software instance owned by `owner`, made by the operator (quotas: 50 keys, 5
+    /// accounts), shared with `share_with` when given; its id.
+    pub async fn software_instance(&self, owner: &str, share_with: Option<&str>) -> Result<String> {
+        use kms_proto::kms::v1::{CreateKmsInstanceRequest, InstanceType, ShareKmsInstanceRequest};
+        let mut ops = self.instances(Some(OPERATOR))?;
+        let id = ops
+            .create_kms_instance(CreateKmsInstanceRequest {
+                instance_type: InstanceType::Software as i32,
+                owner_account_id: owner.into(),
+                key_quota: 50,
+                access_management_quota: 5,
+            })
+            .await?
+            .into_inner()
+            .kms_instance
+            .context("CreateKmsInstance answered no instance")?
+            .kms_instance_id;
+        if let Some(account) = share_with {
+            ops.share_kms_instance(ShareKmsInstanceRequest {
+                kms_instance_id: id.clone(),
+                account_id: account.into(),
+            })
+            .await?;
+        }
+        Ok(id)
+    }
+
     /// An `AuditService` client to the control plane, calling as `principal`.
     pub fn audit(
         &self,

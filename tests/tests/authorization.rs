@@ -39,29 +39,7 @@ fn denied() -> (Code, String) {
 }
 
 async fn instance(stack: &Stack, owner: &str, share_with: Option<&str>) -> String {
-    let mut ops = stack.instances(Some(OPERATOR)).unwrap();
-    let id = ops
-        .create_kms_instance(CreateKmsInstanceRequest {
-            instance_type: InstanceType::Software as i32,
-            owner_account_id: owner.into(),
-            key_quota: 20,
-            access_management_quota: 5,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .kms_instance
-        .unwrap()
-        .kms_instance_id;
-    if let Some(account) = share_with {
-        ops.share_kms_instance(ShareKmsInstanceRequest {
-            kms_instance_id: id.clone(),
-            account_id: account.into(),
-        })
-        .await
-        .unwrap();
-    }
-    id
+    stack.software_instance(owner, share_with).await.unwrap()
 }
 
 async fn create_key(stack: &Stack, who: &str, req: CreateKeyRequest) -> String {

@@ -799,26 +799,10 @@ async fn every_rpc_by_every_role_under_every_policy() {
         .unwrap()
         .stdout;
 
-    let mut ops = stack.instances(Some(OPERATOR)).unwrap();
-    let instance = ops
-        .create_kms_instance(CreateKmsInstanceRequest {
-            instance_type: InstanceType::Software as i32,
-            owner_account_id: SHARER.into(),
-            key_quota: 50,
-            access_management_quota: 5,
-        })
+    let instance = stack
+        .software_instance(SHARER, Some(ACCOUNT))
         .await
-        .unwrap()
-        .into_inner()
-        .kms_instance
-        .unwrap()
-        .kms_instance_id;
-    ops.share_kms_instance(ShareKmsInstanceRequest {
-        kms_instance_id: instance.clone(),
-        account_id: ACCOUNT.into(),
-    })
-    .await
-    .unwrap();
+        .unwrap();
 
     let mut mismatches = Vec::new();
     let mut calls = 0;
