@@ -104,6 +104,8 @@ pub enum Event {
 #[derive(Debug)]
 struct Slot {
     fetched: Instant,
+    /// The directory revision the entry was read at: it reflects every change up to it.
+    revision: u64,
     key: Arc<CachedKey>,
 }
 
@@ -136,6 +138,22 @@ impl State {
     fn drop_key(&mut self, key_id: &KeyId) {
         self.entries.retain(|_, slot| slot.key.entry.id != *key_id);
         self.latest.remove(key_id);
+    }
+
+    /// A change to `key_id` at `revision`: drops the entries read before it. An entry read at
+    /// or after it already shows the change (a watch resumed from an older revision replays
+    /// such events, which must not empty the cache the stale window relies on). A deletion
+    /// drops every entry of the key.
+    fn changed(&mut self, key_id: &KeyId, revision: u64, deleted: bool) {
+        if deleted {
+            self.drop_key(key_id);
+            return;
+        }
+        self.entries
+            .retain(|_, slot| slot.key.entry.id != *key_id || slot.revision >= revision);
+        if !self.entries.values().any(|s| s.key.entry.id == *key_id) {
+            self.latest.remove(key_id);
+        }
     }
 }
 
@@ -214,6 +232,7 @@ impl KeyCache {
                 slot,
                 Slot {
                     fetched: Instant::now(),
+                    revision,
                     key: Arc::clone(&key),
                 },
             );
@@ -254,7 +273,7 @@ impl KeyCache {
                 deleted,
             } => {
                 state.revision = state.revision.max(revision);
-                state.drop_key(&key_id);
+                state.changed(&key_id, revision, deleted);
                 if deleted {
                     tracing::debug!(key_id = %key_id, "key deleted; cache entries and material dropped");
                 }
@@ -312,4 +331,76 @@ fn carry_over(state: &mut State, entry: KeyEntry) -> Arc<CachedKey> {
     });
     state.latest.insert(key.entry.id.clone(), Arc::clone(&key));
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kms_types::{
+        AccountId, KeyOrigin, KeySpec, KeyState, KeyUsage, ProtectionLevel, UnixMillis,
+    };
+
+    fn cached(id: &KeyId) -> Arc<CachedKey> {
+        Arc::new(CachedKey {
+            entry: KeyEntry {
+                id: id.clone(),
+                arn: String::new(),
+                account: AccountId::parse("42").unwrap_or_else(|e| panic!("{e}")),
+                instance: None,
+                instance_owner: None,
+                spec: KeySpec::AliyunAes256,
+                usage: KeyUsage::EncryptDecrypt,
+                state: KeyState::Enabled,
+                protection: ProtectionLevel::Software,
+                origin: KeyOrigin::Kms,
+                primary_version: KeyVersionId::generate(),
+                versions: Vec::new(),
+                policy: None,
+                material_expire: None::<UnixMillis>,
+                aliases: Vec::new(),
+                creator: String::new(),
+            },
+            materials: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn with_entry(id: &KeyId, read_at: u64) -> State {
+        let key = cached(id);
+        let mut state = State::default();
+        state.entries.insert(
+            format!("k:{id}"),
+            Slot {
+                fetched: Instant::now(),
+                revision: read_at,
+                key: Arc::clone(&key),
+            },
+        );
+        state.latest.insert(id.clone(), key);
+        state
+    }
+
+    /// A change the entry already shows (a replayed event) keeps it; a later change, or a
+    /// deletion, drops it.
+    #[test]
+    fn changes_drop_only_entries_read_before_them() {
+        let id = KeyId::generate();
+        for (event_revision, deleted, kept) in [
+            (3, false, true),
+            (5, false, true),
+            (6, false, false),
+            (3, true, false),
+        ] {
+            let mut state = with_entry(&id, 5);
+            state.changed(&id, event_revision, deleted);
+            assert_eq!(
+                (state.entries.len() == 1, state.latest.contains_key(&id)),
+                (kept, kept),
+                "event at {event_revision}, deleted {deleted}"
+            );
+        }
+        // Other keys' entries are untouched.
+        let mut state = with_entry(&id, 5);
+        state.changed(&KeyId::generate(), 9, true);
+        assert_eq!(state.entries.len(), 1);
+    }
 }
