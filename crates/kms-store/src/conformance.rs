@@ -5,8 +5,13 @@
 //! Failures panic with a message naming the property.
 
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use crate::{Abort, Entry, Store, StoreError, TxError, abort};
+
+/// How long a notification may take to arrive; a replicated engine's feed is asynchronous.
+const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Runs every property, each on a fresh store from `make`.
 pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
@@ -21,6 +26,8 @@ pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
     abort_value_comes_back(&make());
     concurrent_transactions_are_serializable(&make());
     flush_succeeds(&make());
+    subscribe_notifies_commits_under_its_prefix(&make());
+    lead_claims_and_fences(&make());
 }
 
 /// Unwraps `result`, panicking with `what` and the error (the suite is a test harness).
@@ -350,4 +357,54 @@ pub fn flush_succeeds<S: Store>(store: &S) {
     ok(store.flush(), "flush");
     assert_eq!(ok(store.get(b"a"), "get"), Some(b"1".to_vec()));
     assert_eq!(ok(store.get(b"b"), "get"), Some(b"2".to_vec()));
+}
+
+/// A commit that writes under a subscribed prefix notifies, and a read after the notification
+/// sees it; a later commit notifies again.
+pub fn subscribe_notifies_commits_under_its_prefix<S: Store>(store: &S) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    ok(
+        store.subscribe(
+            b"feed/",
+            Arc::new(move || {
+                let _ = tx.lock().map(|tx| tx.send(()));
+            }),
+        ),
+        "subscribe",
+    );
+    for round in 1..=2u8 {
+        put_all(store, &[(b"other", &[round]), (b"feed/n", &[round])]);
+        let mut seen = None;
+        while seen != Some(vec![round]) {
+            if rx.recv_timeout(NOTIFY_WITHIN).is_err() {
+                panic!("no notification within {NOTIFY_WITHIN:?} of commit {round}");
+            }
+            seen = ok(store.get(b"feed/n"), "read after notification");
+        }
+    }
+}
+
+/// A claim succeeds, shows as the key's value, is renewed, and fences a transaction that
+/// reads it.
+pub fn lead_claims_and_fences<S: Store>(store: &S) {
+    let ttl = Duration::from_secs(10);
+    assert!(
+        ok(store.lead(b"lead/s", b"me", ttl), "claim"),
+        "first claim"
+    );
+    assert_eq!(ok(store.get(b"lead/s"), "read claim"), Some(b"me".to_vec()));
+    assert!(ok(store.lead(b"lead/s", b"me", ttl), "renew"), "renewal");
+    let fenced = store.transaction::<_, &str>(|txn| {
+        if txn.get(b"lead/s")?.as_deref() != Some(&b"me"[..]) {
+            return abort("not the leader");
+        }
+        txn.put(b"fenced", b"done")?;
+        Ok(())
+    });
+    ok(fenced, "fenced transaction");
+    assert_eq!(
+        ok(store.get(b"fenced"), "read fenced"),
+        Some(b"done".to_vec())
+    );
 }

@@ -39,18 +39,26 @@
 //! ```
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub mod conformance;
 mod memory;
 mod record;
 mod sled_engine;
+mod subscribers;
 
 pub use memory::MemoryStore;
 pub use record::{RECORD_HEADER_LEN, RECORD_MAGIC, decode_record, encode_record};
 pub use sled_engine::SledStore;
+pub use subscribers::Subscribers;
 
 /// A stored key and its value, as returned by [`Store::scan_prefix`].
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// What [`Store::subscribe`] calls when something under its prefix changed. It runs on an
+/// engine's thread: it must return quickly (wake a task, set a flag) and never call the store.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
 
 /// A synchronous, ordered key-value store with serializable transactions.
 ///
@@ -98,8 +106,30 @@ pub trait Store: Send + Sync + 'static {
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
     ) -> Result<T, TxError<E>>;
 
-    /// Makes every write committed so far durable (fsync) before returning.
+    /// Makes every write committed so far durable (fsync) before returning. An engine whose
+    /// commits are durable when they return (a replicated one) does nothing here.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Calls `notify` after each commit that wrote a key starting with `prefix`, whichever
+    /// process made it (for an engine several processes share), for as long as the store
+    /// lives.
+    ///
+    /// A notification carries no data: it may be spurious, or stand for several commits, and
+    /// reads made after it see the commits it stands for. An engine that loses its change feed
+    /// for a while (a broken connection) notifies once it has it back, so a subscriber reads
+    /// again whatever it may have missed. Commits are not necessarily flushed when notified.
+    fn subscribe(&self, prefix: &[u8], notify: Notify) -> Result<(), StoreError>;
+
+    /// Claims `key` for `holder`, or renews the claim, for `ttl`: `Ok(true)` while `holder`
+    /// holds it, `Ok(false)` while another holder does.
+    ///
+    /// The claim is `key`'s value (`holder`), so a transaction fences on it by reading `key`
+    /// and aborting unless it holds `holder`: a transaction that read it conflicts with a
+    /// claim that lapsed or moved before it committed. In an engine several processes share,
+    /// the key vanishes when its holder has not renewed it for `ttl`, and only then can
+    /// another holder claim it; call this every `ttl / 3` or so to keep it. In an engine only
+    /// one process can open (sled, memory) every claim succeeds and replaces the last.
+    fn lead(&self, key: &[u8], holder: &[u8], ttl: Duration) -> Result<bool, StoreError>;
 
     /// Sets `key` to `value` in a transaction of its own.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

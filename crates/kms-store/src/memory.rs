@@ -10,7 +10,9 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{Abort, Entry, Store, StoreError, TxError, TxStoreError, Txn};
+use std::time::Duration;
+
+use crate::{Abort, Entry, Notify, Store, StoreError, Subscribers, TxError, TxStoreError, Txn};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -18,6 +20,7 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Default)]
 pub struct MemoryStore {
     map: Mutex<Map>,
+    subscribers: Subscribers,
 }
 
 impl MemoryStore {
@@ -76,12 +79,16 @@ impl Store for MemoryStore {
         match f(&mut txn) {
             Ok(out) => {
                 let writes = txn.writes;
+                let written: Vec<Vec<u8>> = writes.keys().cloned().collect();
                 for (key, value) in writes {
                     match value {
                         Some(value) => map.insert(key, value),
                         None => map.remove(&key),
                     };
                 }
+                drop(map);
+                self.subscribers
+                    .committed(written.iter().map(Vec::as_slice));
                 Ok(out)
             }
             Err(Abort::User(e)) => Err(TxError::Aborted(e)),
@@ -91,6 +98,19 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn subscribe(&self, prefix: &[u8], notify: Notify) -> Result<(), StoreError> {
+        self.subscribers.add(prefix, notify);
+        Ok(())
+    }
+
+    fn lead(&self, key: &[u8], holder: &[u8], _ttl: Duration) -> Result<bool, StoreError> {
+        // One process owns this store: its claims always succeed.
+        if self.get(key)?.as_deref() != Some(holder) {
+            self.put(key, holder)?;
+        }
+        Ok(true)
     }
 }
 

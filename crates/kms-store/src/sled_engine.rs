@@ -2,15 +2,17 @@
 //!
 //! sled errors are converted in one place, [`to_store_error`].
 
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
+use std::time::Duration;
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use crate::{Abort, Entry, Store, StoreError, TxError, TxStoreError, Txn};
+use crate::{Abort, Entry, Notify, Store, StoreError, Subscribers, TxError, TxStoreError, Txn};
 
 /// A [`Store`] on a sled database directory.
 ///
@@ -18,6 +20,7 @@ use crate::{Abort, Entry, Store, StoreError, TxError, TxStoreError, Txn};
 /// fails with [`StoreError::Io`] until the first store is dropped.
 pub struct SledStore {
     db: sled::Db,
+    subscribers: Subscribers,
 }
 
 impl SledStore {
@@ -27,7 +30,10 @@ impl SledStore {
             .path(path)
             .open()
             .map_err(to_store_error)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            subscribers: Subscribers::default(),
+        })
     }
 }
 
@@ -98,9 +104,16 @@ impl Store for SledStore {
         &self,
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
     ) -> Result<T, TxError<E>> {
+        // The keys the attempt that committed wrote, for the subscribers.
+        let written = RefCell::new(Vec::new());
         let result = self.db.transaction(|tree| {
-            let mut txn = SledTxn { tree, failed: None };
+            let mut txn = SledTxn {
+                tree,
+                failed: None,
+                written: Vec::new(),
+            };
             let out = f(&mut txn);
+            written.replace(std::mem::take(&mut txn.written));
             // A failed operation decides the outcome even if the body swallowed its error.
             if let Some(failure) = txn.failed {
                 return Err(ConflictableTransactionError::from(failure));
@@ -116,16 +129,33 @@ impl Store for SledStore {
                 ))),
             }
         });
-        result.map_err(|e| match e {
+        let out = result.map_err(|e| match e {
             TransactionError::Abort(Exit::User(e)) => TxError::Aborted(e),
             TransactionError::Abort(Exit::Store(e)) => TxError::Store(e),
             TransactionError::Storage(e) => TxError::Store(to_store_error(e)),
-        })
+        })?;
+        self.subscribers
+            .committed(written.borrow().iter().map(Vec::as_slice));
+        Ok(out)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(to_store_error)?;
         Ok(())
+    }
+
+    fn subscribe(&self, prefix: &[u8], notify: Notify) -> Result<(), StoreError> {
+        // The directory lock keeps other processes out: every commit is made here.
+        self.subscribers.add(prefix, notify);
+        Ok(())
+    }
+
+    fn lead(&self, key: &[u8], holder: &[u8], _ttl: Duration) -> Result<bool, StoreError> {
+        // One process holds the directory lock: its claims always succeed.
+        if self.get(key)?.as_deref() != Some(holder) {
+            self.put(key, holder)?;
+        }
+        Ok(true)
     }
 }
 
@@ -133,6 +163,8 @@ struct SledTxn<'a> {
     tree: &'a TransactionalTree,
     /// The first failed operation; the transaction must not commit once one failed.
     failed: Option<UnabortableTransactionError>,
+    /// Keys put or deleted.
+    written: Vec<Vec<u8>>,
 }
 
 impl SledTxn<'_> {
@@ -160,10 +192,12 @@ impl Txn for SledTxn<'_> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError> {
+        self.written.push(key.to_vec());
         self.check(self.tree.insert(key, value)).map(drop)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError> {
+        self.written.push(key.to_vec());
         self.check(self.tree.remove(key)).map(drop)
     }
 }

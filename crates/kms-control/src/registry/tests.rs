@@ -669,6 +669,23 @@ impl Store for Interleaving {
     fn flush(&self) -> Result<(), kms_store::StoreError> {
         self.inner.flush()
     }
+
+    fn subscribe(
+        &self,
+        prefix: &[u8],
+        notify: kms_store::Notify,
+    ) -> Result<(), kms_store::StoreError> {
+        self.inner.subscribe(prefix, notify)
+    }
+
+    fn lead(
+        &self,
+        key: &[u8],
+        holder: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<bool, kms_store::StoreError> {
+        self.inner.lead(key, holder, ttl)
+    }
 }
 
 /// A write decides again inside its transaction: a policy that changes between a caller's
