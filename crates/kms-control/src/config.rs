@@ -20,9 +20,13 @@ pub struct ControlConfig {
     /// Region named in ARNs.
     #[serde(default = "default_region")]
     pub region: String,
-    /// Directory of the sled database.
-    pub data_dir: PathBuf,
-    /// URL of the data plane's gRPC endpoint.
+    /// Directory of the sled database (engine `sled`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Where records are kept: sled in `data_dir`, or etcd.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// URL of the data plane's gRPC endpoint, or of each replica, separated by commas.
     pub data_plane_url: String,
     /// Principals allowed to manage KMS instances.
     #[serde(default)]
@@ -62,18 +66,114 @@ pub struct SchedulerConfig {
     /// Milliseconds between runs of the rotation scheduler and the reaper; at least 10.
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
+    /// Milliseconds a replica keeps the scheduler lease without renewing it; another replica
+    /// takes over this long after the holder stops. 2000 to 600000.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             interval_ms: default_interval_ms(),
+            lease_ms: default_lease_ms(),
         }
     }
 }
 
 fn default_interval_ms() -> u64 {
     60_000
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
+}
+
+/// The storage engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// sled in `data_dir`: one machine, one control-plane process.
+    #[default]
+    Sled,
+    /// An etcd cluster: several control-plane replicas on several machines.
+    Etcd,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The engine.
+    #[serde(default)]
+    pub engine: Engine,
+    /// Settings of the etcd engine.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `[store.etcd]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members.
+    pub endpoints: Vec<String>,
+    /// Prefix of every key this deployment writes, so several share a cluster.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// CA bundle (PEM) the members' certificates must chain to; turns TLS on.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client certificate's private key (PEM), with `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// User for etcd's password authentication, with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Most operations (compares and writes) one transaction may send; etcd's
+    /// `--max-txn-ops`.
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+    /// Deadline of each etcd request, in milliseconds.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_etcd_prefix() -> String {
+    "kms/".into()
+}
+
+fn default_max_txn_ops() -> usize {
+    128
+}
+
+fn default_etcd_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Validated storage settings.
+#[derive(Debug, Clone)]
+pub enum StoreParams {
+    /// sled in this directory.
+    Sled(PathBuf),
+    /// etcd with these settings (the password file is read when connecting).
+    Etcd(EtcdConfig),
+}
+
+impl StoreParams {
+    /// Where records are, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreParams::Sled(dir) => format!("sled in {}", dir.display()),
+            StoreParams::Etcd(c) => format!("etcd at {} under {:?}", c.endpoints.join(","), c.prefix),
+        }
+    }
 }
 
 /// Shortest scheduler interval accepted, in milliseconds.
@@ -94,10 +194,10 @@ pub struct ControlParams {
     pub listen_addr: String,
     /// Region named in ARNs.
     pub region: String,
-    /// sled directory.
-    pub data_dir: PathBuf,
-    /// Data-plane URL.
-    pub data_plane_url: String,
+    /// Where records are kept.
+    pub store: StoreParams,
+    /// Data-plane replica URLs, at least one.
+    pub data_plane_urls: Vec<String>,
     /// Instance operators.
     pub operators: Vec<Principal>,
     /// Identity settings.
@@ -112,6 +212,8 @@ pub struct ControlParams {
     pub clock_offset_file: Option<PathBuf>,
     /// Time between scheduler runs.
     pub scheduler_interval: Duration,
+    /// How long the scheduler lease lasts without renewal.
+    pub scheduler_lease: Duration,
 }
 
 impl ControlConfig {
@@ -128,17 +230,21 @@ impl ControlConfig {
                 self.region
             ));
         }
-        if !(self.data_plane_url.starts_with("http://")
-            || self.data_plane_url.starts_with("https://"))
-        {
-            return Err(format!(
-                "data_plane_url {:?} must start with http:// or https://",
-                self.data_plane_url
-            ));
-        }
-        if self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir is required".into());
-        }
+        let data_plane_urls =
+            kms_runtime::replicas::parse_urls("data_plane_url", &self.data_plane_url)?;
+        let store = match (self.store.engine, self.data_dir, self.store.etcd) {
+            (Engine::Sled, Some(dir), _) if !dir.as_os_str().is_empty() => StoreParams::Sled(dir),
+            (Engine::Sled, _, _) => {
+                return Err("data_dir is required with store.engine = \"sled\"".into());
+            }
+            (Engine::Etcd, _, None) => {
+                return Err("store.etcd is required with store.engine = \"etcd\"".into());
+            }
+            (Engine::Etcd, _, Some(etcd)) => {
+                validate_etcd(&etcd)?;
+                StoreParams::Etcd(etcd)
+            }
+        };
         let operators = self
             .operators
             .iter()
@@ -151,13 +257,19 @@ impl ControlConfig {
         self.audit.validate()?;
         self.limits.validate()?;
         self.log.validate()?;
-        if self.identity.tls.is_some() && !self.data_plane_url.starts_with("https://") {
+        if self.identity.tls.is_some() && !data_plane_urls[0].starts_with("https://") {
             return Err("data_plane_url must be https:// when identity.tls is set".into());
         }
         if self.scheduler.interval_ms < MIN_SCHEDULER_INTERVAL_MS {
             return Err(format!(
                 "scheduler.interval_ms must be at least {MIN_SCHEDULER_INTERVAL_MS}, got {}",
                 self.scheduler.interval_ms
+            ));
+        }
+        if !(2_000..=600_000).contains(&self.scheduler.lease_ms) {
+            return Err(format!(
+                "scheduler.lease_ms must be 2000 to 600000, got {}",
+                self.scheduler.lease_ms
             ));
         }
         if self
@@ -171,8 +283,8 @@ impl ControlConfig {
         Ok(ControlParams {
             listen_addr: self.listen_addr,
             region: self.region,
-            data_dir: self.data_dir,
-            data_plane_url: self.data_plane_url,
+            store,
+            data_plane_urls,
             operators,
             identity: self.identity,
             audit: self.audit,
@@ -180,8 +292,52 @@ impl ControlConfig {
             log: self.log,
             clock_offset_file: self.clock.offset_file,
             scheduler_interval: Duration::from_millis(self.scheduler.interval_ms),
+            scheduler_lease: Duration::from_millis(self.scheduler.lease_ms),
         })
     }
+}
+
+fn validate_etcd(c: &EtcdConfig) -> Result<(), String> {
+    if c.endpoints.is_empty() {
+        return Err("store.etcd.endpoints needs at least one URL".into());
+    }
+    for url in &c.endpoints {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "store.etcd.endpoints: {url:?} must start with http:// or https://"
+            ));
+        }
+        if url.starts_with("https://") && c.ca_file.is_none() {
+            return Err(format!(
+                "store.etcd.endpoints: {url:?} is https:// but store.etcd.ca_file is not set"
+            ));
+        }
+    }
+    if c.prefix.is_empty() {
+        return Err("store.etcd.prefix must not be empty: it keeps deployments apart".into());
+    }
+    if c.cert_file.is_some() != c.key_file.is_some() {
+        return Err("store.etcd: cert_file and key_file go together".into());
+    }
+    if c.cert_file.is_some() && c.ca_file.is_none() {
+        return Err("store.etcd: cert_file needs ca_file (TLS)".into());
+    }
+    if c.username.is_some() != c.password_file.is_some() {
+        return Err("store.etcd: username and password_file go together".into());
+    }
+    if !(1..=10_000).contains(&c.max_txn_ops) {
+        return Err(format!(
+            "store.etcd.max_txn_ops must be 1 to 10000, got {}",
+            c.max_txn_ops
+        ));
+    }
+    if !(100..=600_000).contains(&c.request_timeout_ms) {
+        return Err(format!(
+            "store.etcd.request_timeout_ms must be 100 to 600000, got {}",
+            c.request_timeout_ms
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +378,25 @@ path = "/tmp/kms-control-audit.log"
         assert_eq!(p.operators.len(), 1);
         assert_eq!(p.scheduler_interval, Duration::from_secs(60));
         assert_eq!(p.clock_offset_file, None);
+        assert!(matches!(&p.store, StoreParams::Sled(d) if d == &PathBuf::from("/tmp/x")));
+        assert_eq!(p.data_plane_urls, vec!["http://127.0.0.1:7701".to_owned()]);
+        assert_eq!(p.scheduler_lease, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn etcd_store_and_replicas() {
+        let p = parse(&format!(
+            "{}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\n",
+            GOOD.replace("\"http://127.0.0.1:7701\"", "\"http://d1:7701, http://d2:7701\"")
+        ))
+        .unwrap();
+        assert_eq!(p.data_plane_urls.len(), 2);
+        let StoreParams::Etcd(etcd) = &p.store else {
+            panic!("etcd expected");
+        };
+        assert_eq!(etcd.endpoints.len(), 2);
+        assert_eq!(etcd.prefix, "kms/");
+        assert_eq!(etcd.max_txn_ops, 128);
     }
 
     #[test]
@@ -255,6 +430,26 @@ path = "/tmp/kms-control-audit.log"
                 "clock.offset_file",
             ),
             (format!("{GOOD}[clock]\nspeed = 2\n"), "speed"),
+            (format!("{GOOD}[scheduler]\nlease_ms = 1000\n"), "scheduler.lease_ms"),
+            (GOOD.replace("data_dir = \"/tmp/x\"", ""), "data_dir is required"),
+            (format!("{GOOD}[store]\nengine = \"etcd\"\n"), "store.etcd is required"),
+            (format!("{GOOD}[store]\nengine = \"raft\"\n"), "unknown variant"),
+            (
+                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = []\n"),
+                "at least one URL",
+            ),
+            (
+                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"https://e:2379\"]\n"),
+                "ca_file is not set",
+            ),
+            (
+                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nusername = \"kms\"\n"),
+                "username and password_file",
+            ),
+            (
+                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nprefix = \"\"\n"),
+                "prefix must not be empty",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err();

@@ -321,6 +321,20 @@ pub(crate) fn load_instance<S: Store>(
         .transpose()
 }
 
+/// Aborts unless `replica` holds the scheduler claim ([`Registry::lead`]). Reading the claim
+/// makes the transaction conflict with a claim that lapses or moves before it commits.
+///
+/// [`Registry::lead`]: crate::Registry::lead
+pub(crate) fn fence(tx: &mut dyn Txn, replica: &[u8]) -> TxResult<()> {
+    if tx.get(schema::SCHEDULER_LEADER)?.as_deref() == Some(replica) {
+        Ok(())
+    } else {
+        Err(Abort::User(DomainError::Unavailable(
+            "this replica no longer holds the scheduler claim".into(),
+        )))
+    }
+}
+
 /// The current directory revision (0 before the first key event).
 pub(crate) fn revision<S: Store>(store: &S) -> Result<u64, DomainError> {
     Ok(store

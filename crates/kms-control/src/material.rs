@@ -12,6 +12,7 @@ use kms_proto::kms::internal::v1::{
 use kms_types::{
     Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, ProtectionLevel,
 };
+use kms_runtime::replicas::Replicas;
 use tonic::transport::Channel;
 
 /// Wrapped material and public key of a new key version.
@@ -104,49 +105,77 @@ pub struct ImportedMaterial {
 }
 
 /// A client of the data plane's `KeyMaterial` service that identifies as the control plane.
+/// With several data-plane replicas it calls one at a time and moves to the next when one is
+/// unavailable: every `KeyMaterial` call only computes, so sending one twice changes nothing.
 #[derive(Debug, Clone)]
 pub struct MaterialClient {
-    inner: KeyMaterialClient<Channel>,
+    replicas: Replicas,
     service_principal: String,
 }
 
 impl MaterialClient {
-    /// A lazily connecting client for `url`.
+    /// A lazily connecting client for the data-plane replicas at `urls`.
     pub fn new(
-        url: &str,
+        urls: &[String],
         service_principal: String,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, String> {
-        let mut endpoint = Channel::from_shared(url.to_string())
-            .map_err(|e| format!("data_plane_url {url:?}: {e}"))?;
-        if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("data_plane_url {url:?}: {e}"))?;
-        }
-        let channel = endpoint
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60))
-            .connect_lazy();
+        let replicas = Replicas::new("data_plane_url", urls, tls.as_ref(), |endpoint| {
+            endpoint
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(60))
+        })?;
         Ok(Self {
-            inner: KeyMaterialClient::new(channel),
+            replicas,
             service_principal,
         })
+    }
+
+    /// Sends `message` as this plane, with `timeout` when given, through `rpc` on the current
+    /// replica (and the next ones while it is unavailable).
+    async fn call<M, R, F, Fut>(
+        &self,
+        message: M,
+        timeout: Option<std::time::Duration>,
+        rpc: F,
+    ) -> Result<R, tonic::Status>
+    where
+        M: Clone,
+        F: Fn(KeyMaterialClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        self.replicas
+            .call(|channel| {
+                let req = kms_runtime::identity::with_principal(
+                    tonic::Request::new(message.clone()),
+                    &self.service_principal,
+                )
+                .map(|mut req| {
+                    if let Some(t) = timeout {
+                        req.set_timeout(t);
+                    }
+                    req
+                })
+                .map_err(|e| tonic::Status::internal(e.to_string()));
+                let client = KeyMaterialClient::new(channel);
+                let sent = req.map(|req| rpc(client, req));
+                async move { sent?.await.map(tonic::Response::into_inner) }
+            })
+            .await
     }
 
     /// The control plane's audit-chain key, derived by the data plane from the HSM root key.
     /// The received bytes are wiped once the key is built.
     pub async fn audit_key(&self) -> Result<kms_runtime::audit::AuditKey, DomainError> {
-        let req = tonic::Request::new(kms_proto::kms::internal::v1::GetAuditKeyRequest {});
-        let mut req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
-        req.set_timeout(std::time::Duration::from_secs(10));
         let resp = self
-            .inner
-            .clone()
-            .get_audit_key(req)
+            .call(
+                kms_proto::kms::internal::v1::GetAuditKeyRequest {},
+                Some(std::time::Duration::from_secs(10)),
+                |mut c, req| async move { c.get_audit_key(req).await },
+            )
             .await
             .map_err(|s| data_plane_error("GetAuditKey", &s))?;
-        let mut bytes = zeroize::Zeroizing::new(resp.into_inner().key);
+        let mut bytes = zeroize::Zeroizing::new(resp.key);
         let key = kms_runtime::audit::AuditKey::from_bytes(&bytes)
             .map_err(|e| DomainError::Internal(format!("data plane GetAuditKey: {e}")));
         zeroize::Zeroize::zeroize(&mut *bytes);
@@ -159,20 +188,18 @@ impl MaterialClient {
         &self,
         checks: &[kms_runtime::audit::MacCheck],
     ) -> Result<Option<usize>, DomainError> {
-        let req = tonic::Request::new(kms_proto::kms::internal::v1::VerifyPlaneAuditMacsRequest {
+        let message = kms_proto::kms::internal::v1::VerifyPlaneAuditMacsRequest {
             checks: Some(kms_proto::kms::v1::VerifyAuditMacsRequest {
                 plane: kms_runtime::audit::Plane::Data.as_str().to_string(),
                 checks: kms_runtime::audit_wire::checks_to_wire(checks),
             }),
-        });
-        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        };
         let resp = self
-            .inner
-            .clone()
-            .verify_plane_audit_macs(req)
+            .call(message, None, |mut c, req| async move {
+                c.verify_plane_audit_macs(req).await
+            })
             .await
-            .map_err(|s| data_plane_error("VerifyPlaneAuditMacs", &s))?
-            .into_inner();
+            .map_err(|s| data_plane_error("VerifyPlaneAuditMacs", &s))?;
         let result = resp.result.ok_or_else(|| {
             DomainError::Internal("data plane VerifyPlaneAuditMacs: no result".into())
         })?;
@@ -187,17 +214,14 @@ impl MaterialClient {
         spec: KeySpec,
         protection: ProtectionLevel,
     ) -> Result<NewMaterial, DomainError> {
-        let req = tonic::Request::new(GenerateKeyMaterialRequest {
+        let message = GenerateKeyMaterialRequest {
             key_id: key_id.to_string(),
             key_version_id: version.to_string(),
             key_spec: spec.to_wire(),
             protection_level: protection.to_wire(),
-        });
-        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        };
         let resp = self
-            .inner
-            .clone()
-            .generate(req)
+            .call(message, None, |mut c, req| async move { c.generate(req).await })
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable
@@ -210,8 +234,7 @@ impl MaterialClient {
                     s.code(),
                     s.message()
                 )),
-            })?
-            .into_inner();
+            })?;
         if resp.wrapped_material.is_empty() {
             return Err(DomainError::Internal(
                 "data plane returned no material".into(),
@@ -309,20 +332,18 @@ impl MaterialClient {
         algorithm: Algorithm,
         wrapping_key_spec: KeySpec,
     ) -> Result<NewImportKey, DomainError> {
-        let req = tonic::Request::new(CreateImportKeyRequest {
+        let message = CreateImportKeyRequest {
             key_id: key_id.to_string(),
             import_key_id: token.to_string(),
             wrapping_algorithm: algorithm.to_wire(),
             wrapping_key_spec: wrapping_key_spec.to_wire(),
-        });
-        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        };
         let resp = self
-            .inner
-            .clone()
-            .create_import_key(req)
+            .call(message, None, |mut c, req| async move {
+                c.create_import_key(req).await
+            })
             .await
-            .map_err(|s| import_error("CreateImportKey", s))?
-            .into_inner();
+            .map_err(|s| import_error("CreateImportKey", s))?;
         if resp.public_key_der.is_empty() || resp.wrapped_private_key.is_empty() {
             return Err(DomainError::Internal(
                 "data plane returned no import key".into(),
@@ -336,7 +357,7 @@ impl MaterialClient {
 
     /// Asks the data plane to import material.
     pub async fn import(&self, import: MaterialImport) -> Result<ImportedMaterial, DomainError> {
-        let req = tonic::Request::new(ImportMaterialRequest {
+        let message = ImportMaterialRequest {
             key_id: import.key_id.to_string(),
             key_version_id: import.version.to_string(),
             key_spec: import.spec.to_wire(),
@@ -345,15 +366,13 @@ impl MaterialClient {
             wrapped_private_key: import.sealed_import_key,
             encrypted_key_material: import.encrypted_material,
             import_key_id: import.token.to_string(),
-        });
-        let req = kms_runtime::identity::with_principal(req, &self.service_principal)?;
+        };
         let resp = self
-            .inner
-            .clone()
-            .import_material(req)
+            .call(message, None, |mut c, req| async move {
+                c.import_material(req).await
+            })
             .await
-            .map_err(|s| import_error("ImportMaterial", s))?
-            .into_inner();
+            .map_err(|s| import_error("ImportMaterial", s))?;
         if resp.wrapped_material.is_empty() || resp.material_digest.is_empty() {
             return Err(DomainError::Internal(
                 "data plane returned no imported material".into(),

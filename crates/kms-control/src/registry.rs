@@ -3,7 +3,12 @@
 //!
 //! Every mutation goes through [`Registry::commit`]: one store transaction on a blocking thread
 //! (records and indexes change together through [`crate::index`]), a flush before anything is
-//! acknowledged, then the transaction's key events go out to `WatchKeys` streams.
+//! acknowledged. Key events reach `WatchKeys` streams from the store itself: every stream
+//! reads them back after the store's change feed says the directory revision moved, whichever
+//! replica wrote it, so every replica serves the same events under the same revisions.
+//!
+//! Scheduled work runs on one replica at a time: the one holding the scheduler claim
+//! ([`Registry::lead`]); each of its writes checks the claim in its own transaction.
 //!
 //! The methods are split by subject: keys and their lifecycle (`registry/keys.rs`), versions
 //! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, imported
@@ -23,12 +28,13 @@ mod usage;
 mod versions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kms_store::{Abort, Store, TxError, Txn};
 use kms_types::{
     AccountId, DomainError, KeyEvent, KeyId, KeyRecord, KeyRef, Principal, UnixMillis, policy,
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::index::{self, TxResult};
@@ -41,9 +47,9 @@ pub use schedule::SweepReport;
 /// Default rotation interval, in days.
 pub const DEFAULT_ROTATION_DAYS: i64 = kms_types::lifecycle::DEFAULT_ROTATION_DAYS;
 
-/// How many committed key events a slow `WatchKeys` stream may fall behind before it reads
-/// them back from the store instead.
-const LIVE_EVENT_BUFFER: usize = 1024;
+/// How long the scheduler claim lasts without renewal, unless set with
+/// [`Registry::with_replica`].
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Control-plane state and rules.
 pub struct Registry<S: Store> {
@@ -52,8 +58,14 @@ pub struct Registry<S: Store> {
     clock: Arc<dyn Clock>,
     material: Arc<dyn MaterialSource>,
     operators: Vec<Principal>,
-    events: broadcast::Sender<KeyEvent>,
+    /// Bumped whenever the directory revision may have moved (the store's change feed, and
+    /// this replica's own commits); `WatchKeys` streams then read the new events.
+    changes: Arc<watch::Sender<u64>>,
     closing: watch::Sender<bool>,
+    /// This replica's name in the scheduler claim.
+    replica: String,
+    /// How long the scheduler claim lasts without renewal.
+    lease: Duration,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -84,7 +96,15 @@ impl<S: Store> Registry<S> {
         clock: Arc<dyn Clock>,
         material: impl MaterialSource,
     ) -> Self {
-        let (events, _) = broadcast::channel(LIVE_EVENT_BUFFER);
+        let changes = Arc::new(watch::channel(0u64).0);
+        let feed = Arc::clone(&changes);
+        let notify: kms_store::Notify = Arc::new(move || {
+            feed.send_modify(|n| *n = n.wrapping_add(1));
+        });
+        if let Err(e) = store.subscribe(schema::REVISION, notify) {
+            // Streams still poll the revision (see `registry/directory.rs`).
+            tracing::error!(error = %e, "cannot follow the store's changes; key watches fall back to polling");
+        }
         let (closing, _) = watch::channel(false);
         Self {
             store,
@@ -92,9 +112,41 @@ impl<S: Store> Registry<S> {
             clock,
             material: Arc::new(material),
             operators: Vec::new(),
-            events,
+            changes,
             closing,
+            replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
+            lease: DEFAULT_LEASE,
         }
+    }
+
+    /// The same registry naming itself `replica` in the scheduler claim, which lasts `lease`
+    /// without renewal.
+    pub fn with_replica(mut self, replica: String, lease: Duration) -> Self {
+        self.replica = replica;
+        self.lease = lease;
+        self
+    }
+
+    /// This replica's name in the scheduler claim.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// How long the scheduler claim lasts without renewal.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Claims or renews the scheduler claim for this replica: true while it holds it.
+    pub async fn lead(&self) -> Result<bool, DomainError> {
+        let replica = self.replica.clone();
+        let lease = self.lease;
+        self.read(move |store| {
+            store
+                .lead(schema::SCHEDULER_LEADER, replica.as_bytes(), lease)
+                .map_err(store_error)
+        })
+        .await
     }
 
     /// The same registry with `operators` allowed to manage instances.
@@ -126,7 +178,8 @@ impl<S: Store> Registry<S> {
     }
 
     /// Runs a blocking store operation off the async workers and flushes before returning, so
-    /// nothing is acknowledged before it is on disk; then publishes its key events.
+    /// nothing is acknowledged before it is on disk; then wakes the `WatchKeys` streams if it
+    /// appended key events (they read them from the store).
     async fn write<T: Send + 'static>(
         &self,
         op: impl FnOnce(&S) -> Result<(T, Vec<KeyEvent>), DomainError> + Send + 'static,
@@ -139,9 +192,8 @@ impl<S: Store> Registry<S> {
         })
         .await
         .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))??;
-        for event in events {
-            // No receiver is fine: nobody is watching.
-            let _ = self.events.send(event);
+        if !events.is_empty() {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(out)
     }
@@ -154,6 +206,21 @@ impl<S: Store> Registry<S> {
     ) -> Result<T, DomainError> {
         self.write(move |store| store.transaction(|tx| body(tx)).map_err(tx_error))
             .await
+    }
+
+    /// [`Registry::commit`] for scheduled work: the transaction commits only while this
+    /// replica holds the scheduler claim, so a replica that lost it (paused, cut off) cannot
+    /// act on what it decided as leader.
+    async fn commit_fenced<T: Send + 'static>(
+        &self,
+        body: impl Fn(&mut dyn Txn) -> TxResult<(T, Vec<KeyEvent>)> + Send + 'static,
+    ) -> Result<T, DomainError> {
+        let replica = self.replica.clone();
+        self.commit(move |tx| {
+            index::fence(tx, replica.as_bytes())?;
+            body(tx)
+        })
+        .await
     }
 
     /// Runs a blocking store read off the async workers.

@@ -27,6 +27,7 @@
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
 //! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
+//! | `m/scheduler` | replica name (UTF-8) | the scheduler claim; with etcd it vanishes when its lease lapses |
 //! | `ac/<plane>` | JSON of [`kms_runtime::audit::Checkpoint`] | latest checkpoint of a plane's audit log (`control`, `data`) |
 //!
 //! Every index entry of a key is derived from its record and written in the same transaction
@@ -65,6 +66,9 @@ pub const ROTATION_QUEUE: &[u8] = b"sr/";
 pub const REVISION: &[u8] = b"m/revision";
 /// The layout version.
 pub const LAYOUT: &[u8] = b"m/layout";
+/// The scheduler claim: the name of the replica that runs scheduled work
+/// ([`kms_store::Store::lead`]).
+pub const SCHEDULER_LEADER: &[u8] = b"m/scheduler";
 /// Prefix of the material-expiry queue.
 pub const MATERIAL_EXPIRY_QUEUE: &[u8] = b"sx/";
 /// Prefix of the import-token purge queue.

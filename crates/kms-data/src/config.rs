@@ -20,7 +20,7 @@ pub struct DataConfig {
     /// Address to serve gRPC on.
     #[serde(default = "default_listen")]
     pub listen_addr: String,
-    /// URL of the control plane's gRPC endpoint.
+    /// URL of the control plane's gRPC endpoint, or of each replica, separated by commas.
     pub control_plane_url: String,
     /// The HSM holding the root key.
     pub hsm: HsmConfig,
@@ -117,8 +117,8 @@ fn default_staleness() -> u64 {
 pub struct DataParams {
     /// Address to serve on.
     pub listen_addr: String,
-    /// Control-plane URL.
-    pub control_plane_url: String,
+    /// Control-plane replica URLs, at least one.
+    pub control_plane_urls: Vec<String>,
     /// HSM settings, PIN resolved.
     pub hsm: HsmParams,
     /// Cache lifetimes.
@@ -136,14 +136,8 @@ pub struct DataParams {
 impl DataConfig {
     /// Checks every rule, reads the PIN file, and produces the settings the server runs with.
     pub fn validate(self) -> Result<DataParams, String> {
-        if !(self.control_plane_url.starts_with("http://")
-            || self.control_plane_url.starts_with("https://"))
-        {
-            return Err(format!(
-                "control_plane_url {:?} must start with http:// or https://",
-                self.control_plane_url
-            ));
-        }
+        let control_plane_urls =
+            kms_runtime::replicas::parse_urls("control_plane_url", &self.control_plane_url)?;
         let pin = match (self.hsm.user_pin, &self.hsm.user_pin_file) {
             (Some(_), Some(_)) => return Err("hsm: set user_pin or user_pin_file, not both".into()),
             (Some(pin), None) => pin,
@@ -189,12 +183,12 @@ impl DataConfig {
         self.audit.validate()?;
         self.limits.validate()?;
         self.log.validate()?;
-        if self.identity.tls.is_some() && !self.control_plane_url.starts_with("https://") {
+        if self.identity.tls.is_some() && !control_plane_urls[0].starts_with("https://") {
             return Err("control_plane_url must be https:// when identity.tls is set".into());
         }
         Ok(DataParams {
             listen_addr: self.listen_addr,
-            control_plane_url: self.control_plane_url,
+            control_plane_urls,
             hsm: HsmParams {
                 module_path: self.hsm.module_path,
                 token_label: self.hsm.token_label,

@@ -7,13 +7,14 @@ use kms_proto::kms::internal::v1::{
     GetKeyRequest, ReportAuditCheckpointRequest, ReportUsageRequest,
 };
 use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
-use tonic::transport::Channel;
+use kms_runtime::replicas::Replicas;
 use tonic_types::StatusExt;
 
-/// A client of `KeyDirectory` that identifies as the data plane.
+/// A client of `KeyDirectory` that identifies as the data plane. With several control-plane
+/// replicas it calls one at a time and moves to the next when one is unavailable.
 #[derive(Debug, Clone)]
 pub struct DirectoryClient {
-    inner: KeyDirectoryClient<Channel>,
+    replicas: Replicas,
     service_principal: String,
 }
 
@@ -45,46 +46,55 @@ fn directory_error(s: tonic::Status) -> DomainError {
 }
 
 impl DirectoryClient {
-    /// A lazily connecting client for `url`.
+    /// A lazily connecting client for the control-plane replicas at `urls`.
     pub fn new(
-        url: &str,
+        urls: &[String],
         service_principal: String,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, String> {
-        let mut endpoint = Channel::from_shared(url.to_string())
-            .map_err(|e| format!("control_plane_url {url:?}: {e}"))?;
-        if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("control_plane_url {url:?}: {e}"))?;
-        }
-        let channel = endpoint
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
-            .keep_alive_timeout(std::time::Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let replicas = Replicas::new("control_plane_url", urls, tls.as_ref(), |endpoint| {
+            endpoint
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+                .keep_alive_timeout(std::time::Duration::from_secs(2))
+                .keep_alive_while_idle(true)
+        })?;
         Ok(Self {
-            inner: KeyDirectoryClient::new(channel),
+            replicas,
             service_principal,
         })
     }
 
-    /// Opens the stream of key changes after `from_revision`.
+    /// Opens the stream of key changes after `from_revision` on the current replica. A
+    /// stream that cannot be opened, or that breaks, moves the next attempt to the next
+    /// replica ([`DirectoryClient::watch_failed`]); revisions are the same on every replica.
     pub async fn watch(
         &self,
         from_revision: u64,
-    ) -> Result<tonic::Streaming<kms_proto::kms::internal::v1::KeyEvent>, DomainError> {
+    ) -> Result<(usize, tonic::Streaming<kms_proto::kms::internal::v1::KeyEvent>), DomainError>
+    {
         let req = kms_runtime::identity::with_principal(
             tonic::Request::new(kms_proto::kms::internal::v1::WatchKeysRequest { from_revision }),
             &self.service_principal,
         )?;
-        self.inner
-            .clone()
-            .watch_keys(req)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(directory_error)
+        let (index, channel) = self.replicas.current();
+        match KeyDirectoryClient::new(channel).watch_keys(req).await {
+            Ok(stream) => Ok((index, stream.into_inner())),
+            Err(status) => {
+                self.replicas.failed(index);
+                Err(directory_error(status))
+            }
+        }
+    }
+
+    /// Moves on from replica `index` after its watch stream broke.
+    pub fn watch_failed(&self, index: usize) {
+        self.replicas.failed(index);
+    }
+
+    /// The URL of replica `index`, for logs.
+    pub fn replica_url(&self, index: usize) -> &str {
+        self.replicas.url(index)
     }
 
     /// Fetches a key's entry and the directory revision it was read at.
@@ -101,15 +111,12 @@ impl DirectoryClient {
                 principal: String::new(),
             },
         };
-        let mut req = kms_runtime::identity::with_principal(
-            tonic::Request::new(req),
-            &self.service_principal,
-        )?;
-        req.set_timeout(std::time::Duration::from_secs(5));
         let resp = self
-            .inner
-            .clone()
-            .get_key(req)
+            .replicas
+            .call(|channel| {
+                let req = self.request(req.clone(), 5);
+                async move { KeyDirectoryClient::new(channel).get_key(req?).await }
+            })
             .await
             .map_err(directory_error)?
             .into_inner();
@@ -127,14 +134,11 @@ impl DirectoryClient {
         let req = ReportUsageRequest {
             records: events.iter().map(usage_record).collect(),
         };
-        let mut req = kms_runtime::identity::with_principal(
-            tonic::Request::new(req),
-            &self.service_principal,
-        )?;
-        req.set_timeout(std::time::Duration::from_secs(10));
-        self.inner
-            .clone()
-            .report_usage(req)
+        self.replicas
+            .call(|channel| {
+                let req = self.request(req.clone(), 10);
+                async move { KeyDirectoryClient::new(channel).report_usage(req?).await }
+            })
             .await
             .map_err(directory_error)?;
         Ok(())
@@ -149,16 +153,26 @@ impl DirectoryClient {
         let req = ReportAuditCheckpointRequest {
             checkpoint: Some(kms_runtime::audit_wire::checkpoint_to_wire(checkpoint)),
         };
-        let mut req = kms_runtime::identity::with_principal(
-            tonic::Request::new(req),
-            &self.service_principal,
-        )?;
-        req.set_timeout(std::time::Duration::from_secs(5));
-        self.inner
-            .clone()
-            .report_audit_checkpoint(req)
+        self.replicas
+            .call(|channel| {
+                let req = self.request(req.clone(), 5);
+                async move {
+                    KeyDirectoryClient::new(channel)
+                        .report_audit_checkpoint(req?)
+                        .await
+                }
+            })
             .await
             .map_err(directory_error)?;
         Ok(())
+    }
+
+    /// `message` as a request from this plane, with a deadline of `timeout_s` seconds.
+    fn request<M>(&self, message: M, timeout_s: u64) -> Result<tonic::Request<M>, tonic::Status> {
+        let mut req =
+            kms_runtime::identity::with_principal(tonic::Request::new(message), &self.service_principal)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        req.set_timeout(std::time::Duration::from_secs(timeout_s));
+        Ok(req)
     }
 }

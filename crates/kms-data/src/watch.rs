@@ -1,5 +1,7 @@
 //! Follows the control plane's `WatchKeys` stream and invalidates the key cache. Reconnects
-//! from the last revision seen, backing off up to two seconds between attempts.
+//! from the last revision seen, backing off up to two seconds between attempts; a stream that
+//! broke, or could not be opened, reconnects to the next control-plane replica, where the same
+//! revisions name the same events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +16,10 @@ pub async fn follow(cache: Arc<KeyCache>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match cache.directory().watch(cache.revision()).await {
-            Ok(mut stream) => {
+            Ok((replica, mut stream)) => {
                 cache.set_watch_up(true);
-                tracing::info!(revision = cache.revision(), "watching key changes");
+                let url = cache.directory().replica_url(replica).to_owned();
+                tracing::info!(revision = cache.revision(), control_plane = %url, "watching key changes");
                 backoff = Duration::from_millis(100);
                 loop {
                     match stream.message().await {
@@ -30,11 +33,12 @@ pub async fn follow(cache: Arc<KeyCache>) {
                             break;
                         }
                         Err(status) => {
-                            tracing::warn!(code = ?status.code(), "key watch stream broke");
+                            tracing::warn!(code = ?status.code(), control_plane = %url, "key watch stream broke");
                             break;
                         }
                     }
                 }
+                cache.directory().watch_failed(replica);
             }
             Err(e) => tracing::debug!(error = %e, "cannot watch key changes yet"),
         }

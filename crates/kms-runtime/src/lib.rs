@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod identity;
 pub mod limits;
+pub mod replicas;
 pub mod serve;
 pub mod status;
 pub mod telemetry;

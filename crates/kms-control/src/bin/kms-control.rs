@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
 use kms_control::grpc::{AuditApi, DirectoryService, InstanceService, KeyService};
 use kms_control::material::MaterialClient;
+use kms_control::config::{ControlParams, EtcdConfig, StoreParams};
 use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
 use kms_proto::kms::v1::audit_service_server::AuditServiceServer;
@@ -16,10 +18,11 @@ use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
 use kms_runtime::{connections, serve, telemetry};
-use kms_store::SledStore;
+use kms_store::{EtcdOptions, EtcdStore, EtcdTls, SledStore, Store};
 use kms_types::Principal;
 
-/// The KMS control plane: key metadata, lifecycle, aliases, tags and policies, kept in sled.
+/// The KMS control plane: key metadata, lifecycle, aliases, tags and policies, kept in sled
+/// or etcd.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -51,12 +54,48 @@ async fn main() -> Result<()> {
         );
     }
 
-    std::fs::create_dir_all(&params.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", params.data_dir.display()))?;
-    let store = Arc::new(
-        SledStore::open(&params.data_dir)
-            .with_context(|| format!("cannot open store in {}", params.data_dir.display()))?,
-    );
+    match &params.store {
+        StoreParams::Sled(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+            let store = SledStore::open(dir)
+                .with_context(|| format!("cannot open store in {}", dir.display()))?;
+            run(Arc::new(store), params).await
+        }
+        StoreParams::Etcd(etcd) => {
+            let options = etcd_options(etcd)?;
+            let store = tokio::task::spawn_blocking(move || EtcdStore::connect(options))
+                .await
+                .context("etcd connection task failed")?
+                .context("cannot connect to etcd")?;
+            run(Arc::new(store), params).await
+        }
+    }
+}
+
+/// `[store.etcd]` as the engine takes it; the password is read from its file here.
+fn etcd_options(c: &EtcdConfig) -> Result<EtcdOptions> {
+    let mut options = EtcdOptions::new(c.endpoints.clone(), c.prefix.as_bytes().to_vec());
+    options.max_txn_ops = c.max_txn_ops;
+    options.request_timeout = Duration::from_millis(c.request_timeout_ms);
+    if let Some(ca_file) = &c.ca_file {
+        options.tls = Some(EtcdTls {
+            ca_file: ca_file.clone(),
+            cert_file: c.cert_file.clone(),
+            key_file: c.key_file.clone(),
+        });
+    }
+    if let (Some(user), Some(path)) = (&c.username, &c.password_file) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("store.etcd.password_file {}", path.display()))?;
+        let password = text.lines().next().unwrap_or_default().trim().to_owned();
+        options.user = Some((user.clone(), password));
+    }
+    Ok(options)
+}
+
+/// Serves the control plane on `store` until a shutdown signal.
+async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
     let peer_tls = match &params.identity.tls {
         Some(t) => Some(
             t.peer_client_config()
@@ -65,7 +104,7 @@ async fn main() -> Result<()> {
         None => None,
     };
     let material = MaterialClient::new(
-        &params.data_plane_url,
+        &params.data_plane_urls,
         params.identity.service_principal.clone(),
         peer_tls,
     )
@@ -85,9 +124,16 @@ async fn main() -> Result<()> {
         }
         None => Arc::new(SystemClock),
     };
+    let replica = format!(
+        "{}/{}/{}",
+        params.listen_addr,
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let registry = Arc::new(
         Registry::new(store, params.region.clone(), clock, material.clone())
-            .with_operators(params.operators.clone()),
+            .with_operators(params.operators.clone())
+            .with_replica(replica, params.scheduler_lease),
     );
     let scheduler = tokio::spawn(scheduler::run(
         Arc::clone(&registry),
@@ -149,7 +195,7 @@ async fn main() -> Result<()> {
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
 
-    tracing::info!(addr = %local, region = %params.region, data_dir = %params.data_dir.display(), "control plane listening");
+    tracing::info!(addr = %local, region = %params.region, store = %params.store.describe(), replica = registry.replica(), "control plane listening");
     let closing = Arc::clone(&registry);
     let shutdown = async move {
         serve::shutdown_signal().await;

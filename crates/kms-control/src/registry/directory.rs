@@ -1,19 +1,21 @@
 //! The data plane's view: `KeyDirectory.GetKey` with the directory revision, and the
 //! `WatchKeys` stream of key events.
 //!
-//! A watch first replays the retained events after the client's revision from the store, then
-//! forwards live events as transactions commit. A client at revision 0, ahead of the store, or
-//! behind the retained window first gets one resync event with the current revision. A stream
-//! that falls behind the live buffer reads the missed events back from the store, or resyncs
-//! if they are gone too. Gaps are impossible: revisions are assigned inside the transactions,
-//! one per event, so event `n + 1` is committed only after event `n`.
+//! A watch reads every event from the store: first the retained events after the client's
+//! revision, then, each time the store's change feed (or a commit of this replica) says the
+//! revision moved, the events after the last one it sent. So a stream on any replica sends the
+//! same events under the same revisions, whichever replica committed them, and a client that
+//! moves to another replica resumes where it was. A client at revision 0, ahead of the store,
+//! or behind the retained window first gets one resync event with the current revision. Gaps
+//! are impossible: revisions are assigned inside the transactions, one per event, so event
+//! `n + 1` is committed only after event `n`. Events go out only once flushed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kms_store::Store;
 use kms_types::{AccountId, DomainError, KeyEntry, KeyEvent, KeyRef, KeyVersionId};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Registry, load_ref};
@@ -24,6 +26,9 @@ use crate::schema;
 const CATCH_UP_BATCH: usize = 500;
 /// Events a stream holds for a client that reads slowly.
 const STREAM_BUFFER: usize = 256;
+/// How often a stream reads the revision even without a change notification: a safety net
+/// for a change feed that is down.
+const POLL: Duration = Duration::from_secs(1);
 
 /// What a stream at some revision must hear next.
 enum CatchUp {
@@ -84,9 +89,9 @@ impl<S: Store> Registry<S> {
     pub fn watch(self: &Arc<Self>, from_revision: u64) -> ReceiverStream<KeyEvent> {
         let (out, stream) = mpsc::channel(STREAM_BUFFER);
         // Subscribe before reading the store, so nothing committed in between is missed.
-        let live = self.events.subscribe();
+        let changes = self.changes.subscribe();
         let closing = self.closing.subscribe();
-        tokio::spawn(pump(Arc::clone(self), from_revision, out, live, closing));
+        tokio::spawn(pump(Arc::clone(self), from_revision, out, changes, closing));
         ReceiverStream::new(stream)
     }
 
@@ -101,7 +106,13 @@ impl<S: Store> Registry<S> {
             }
             let events = index::events_after(store, last, CATCH_UP_BATCH)?;
             match events.first() {
-                Some(first) if first.revision == last + 1 => Ok(CatchUp::Events(events)),
+                Some(first) if first.revision == last + 1 => {
+                    // What was read may not be on disk yet if its writer has not flushed.
+                    store
+                        .flush()
+                        .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                    Ok(CatchUp::Events(events))
+                }
                 _ => Ok(CatchUp::Resync(current)),
             }
         })
@@ -119,9 +130,11 @@ async fn pump<S: Store>(
     registry: Arc<Registry<S>>,
     from_revision: u64,
     out: mpsc::Sender<KeyEvent>,
-    mut live: broadcast::Receiver<KeyEvent>,
+    mut changes: watch::Receiver<u64>,
     mut closing: watch::Receiver<bool>,
 ) {
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = from_revision;
     if from_revision == 0 {
         match registry.revision().await {
@@ -170,23 +183,13 @@ async fn pump<S: Store>(
                 }
             }
         }
-        loop {
-            tokio::select! {
-                _ = closed(&mut closing) => return,
-                _ = out.closed() => return,
-                received = live.recv() => match received {
-                    Ok(event) if event.revision <= last => {}
-                    Ok(event) if event.revision == last + 1 => {
-                        last = event.revision;
-                        if out.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    // Out of order or missed: read them back from the store.
-                    Ok(_) | Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
-                },
-            }
+        tokio::select! {
+            _ = closed(&mut closing) => return,
+            _ = out.closed() => return,
+            changed = changes.changed() => if changed.is_err() {
+                return;
+            },
+            _ = poll.tick() => {}
         }
     }
 }

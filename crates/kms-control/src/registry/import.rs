@@ -178,7 +178,7 @@ impl<S: Store> Registry<S> {
         for id in self.due(schema::MATERIAL_EXPIRY_QUEUE, now).await? {
             let key_id = id.clone();
             let changed = self
-                .commit(move |tx| {
+                .commit_fenced(move |tx| {
                     let Some(old) = index::get_key(tx, &id)? else {
                         return Ok((false, Vec::new()));
                     };

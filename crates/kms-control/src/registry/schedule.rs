@@ -64,7 +64,7 @@ impl<S: Store> Registry<S> {
         for id in self.due(schema::DELETION_QUEUE, now).await? {
             let key_id = id.clone();
             let deleted = self
-                .commit(move |tx| {
+                .commit_fenced(move |tx| {
                     let Some(record) = index::get_key(tx, &id)? else {
                         return Ok((false, Vec::new()));
                     };
@@ -131,7 +131,7 @@ impl<S: Store> Registry<S> {
             return Ok(false);
         }
         let version = self.new_version(&record).await?;
-        self.commit(move |tx| {
+        self.commit_fenced(move |tx| {
             let Some(old) = index::get_key(tx, &id)? else {
                 return Ok((false, Vec::new()));
             };
@@ -157,10 +157,21 @@ impl<S: Store> Registry<S> {
         })
     }
 
-    /// One scheduler run: deletions first, then material expiry, then rotations; and old
-    /// import tokens are forgotten.
+    /// One scheduler run, if this replica holds the scheduler claim (it claims or renews it
+    /// first): deletions first, then material expiry, then rotations; and old import tokens
+    /// are forgotten. Each deletion, expiry and rotation commits only while the claim is
+    /// still this replica's.
     pub async fn run_scheduled(&self) -> SweepReport {
         let mut total = SweepReport::default();
+        match self.lead().await {
+            Ok(true) => {}
+            Ok(false) => return total,
+            Err(e) => {
+                total.failed += 1;
+                tracing::warn!(error = %e, "cannot claim the scheduler; skipping this run");
+                return total;
+            }
+        }
         for (what, result) in [
             ("deletion", self.reap_due().await),
             ("material expiry", self.expire_due().await),

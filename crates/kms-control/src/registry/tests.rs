@@ -82,6 +82,14 @@ fn world() -> World {
         )
         .with_operators(vec![operator()]),
     );
+    // This registry runs the schedulers, as the only replica does.
+    store
+        .lead(
+            schema::SCHEDULER_LEADER,
+            registry.replica().as_bytes(),
+            registry.lease(),
+        )
+        .unwrap();
     World {
         registry,
         store,
@@ -629,6 +637,42 @@ async fn migration_rewrites_layout_one_indexes() {
         index::migrate(&*w.store).is_err(),
         "a newer layout is refused"
     );
+}
+
+/// A replica whose scheduler claim moved to another writes nothing scheduled: the deletion
+/// it decided as leader is refused in its transaction, and the key stays.
+#[tokio::test]
+async fn a_replica_that_lost_the_scheduler_claim_writes_nothing() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 10).await;
+    let key = w.key(in_instance(&inst)).await;
+    w.registry
+        .schedule_key_deletion(&alice(), id_ref(&key), 7)
+        .await
+        .unwrap();
+    w.advance_days(8);
+
+    // Another replica takes the claim (in one process's store every claim succeeds).
+    let other = Registry::new(
+        Arc::clone(&w.store),
+        "local".into(),
+        Arc::clone(&w.clock) as Arc<dyn crate::clock::Clock>,
+        Arc::clone(&w.material),
+    );
+    assert!(other.lead().await.unwrap());
+
+    let report = w.registry.reap_due().await.unwrap();
+    assert_eq!((report.deleted, report.failed), (0, 1));
+    assert!(
+        w.registry
+            .describe_key(&alice(), id_ref(&key))
+            .await
+            .is_ok(),
+        "the key outlives a deletion decided without the claim"
+    );
+
+    let report = other.run_scheduled().await;
+    assert_eq!((report.deleted, report.failed), (1, 0));
 }
 
 /// A write of someone else's, run on the store a test wraps.

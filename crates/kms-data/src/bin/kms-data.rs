@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
         None => None,
     };
     let directory = DirectoryClient::new(
-        &params.control_plane_url,
+        &params.control_plane_urls,
         params.identity.service_principal.clone(),
         peer_tls,
     )
@@ -144,7 +144,7 @@ async fn main() -> Result<()> {
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
 
-    tracing::info!(addr = %local, control_plane = %params.control_plane_url, "data plane listening");
+    tracing::info!(addr = %local, control_plane = %params.control_plane_urls.join(","), "data plane listening");
     let shutdown = async move {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
