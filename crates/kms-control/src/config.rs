@@ -171,7 +171,9 @@ impl StoreParams {
     pub fn describe(&self) -> String {
         match self {
             StoreParams::Sled(dir) => format!("sled in {}", dir.display()),
-            StoreParams::Etcd(c) => format!("etcd at {} under {:?}", c.endpoints.join(","), c.prefix),
+            StoreParams::Etcd(c) => {
+                format!("etcd at {} under {:?}", c.endpoints.join(","), c.prefix)
+            }
         }
     }
 }
@@ -430,24 +432,42 @@ path = "/tmp/kms-control-audit.log"
                 "clock.offset_file",
             ),
             (format!("{GOOD}[clock]\nspeed = 2\n"), "speed"),
-            (format!("{GOOD}[scheduler]\nlease_ms = 1000\n"), "scheduler.lease_ms"),
-            (GOOD.replace("data_dir = \"/tmp/x\"", ""), "data_dir is required"),
-            (format!("{GOOD}[store]\nengine = \"etcd\"\n"), "store.etcd is required"),
-            (format!("{GOOD}[store]\nengine = \"raft\"\n"), "unknown variant"),
+            (
+                format!("{GOOD}[scheduler]\nlease_ms = 1000\n"),
+                "scheduler.lease_ms",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/x\"", ""),
+                "data_dir is required",
+            ),
+            (
+                format!("{GOOD}[store]\nengine = \"etcd\"\n"),
+                "store.etcd is required",
+            ),
+            (
+                format!("{GOOD}[store]\nengine = \"raft\"\n"),
+                "unknown variant",
+            ),
             (
                 format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = []\n"),
                 "at least one URL",
             ),
             (
-                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"https://e:2379\"]\n"),
+                format!(
+                    "{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"https://e:2379\"]\n"
+                ),
                 "ca_file is not set",
             ),
             (
-                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nusername = \"kms\"\n"),
+                format!(
+                    "{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nusername = \"kms\"\n"
+                ),
                 "username and password_file",
             ),
             (
-                format!("{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nprefix = \"\"\n"),
+                format!(
+                    "{GOOD}[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [\"http://e:2379\"]\nprefix = \"\"\n"
+                ),
                 "prefix must not be empty",
             ),
         ];

@@ -9,10 +9,10 @@ use kms_proto::kms::internal::v1::key_material_client::KeyMaterialClient;
 use kms_proto::kms::internal::v1::{
     CreateImportKeyRequest, GenerateKeyMaterialRequest, ImportMaterialRequest,
 };
+use kms_runtime::replicas::Replicas;
 use kms_types::{
     Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, ProtectionLevel,
 };
-use kms_runtime::replicas::Replicas;
 use tonic::transport::Channel;
 
 /// Wrapped material and public key of a new key version.
@@ -221,7 +221,11 @@ impl MaterialClient {
             protection_level: protection.to_wire(),
         };
         let resp = self
-            .call(message, None, |mut c, req| async move { c.generate(req).await })
+            .call(
+                message,
+                None,
+                |mut c, req| async move { c.generate(req).await },
+            )
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable

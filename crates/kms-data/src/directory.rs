@@ -6,8 +6,8 @@ use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
 use kms_proto::kms::internal::v1::{
     GetKeyRequest, ReportAuditCheckpointRequest, ReportUsageRequest,
 };
-use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
 use kms_runtime::replicas::Replicas;
+use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
 use tonic_types::StatusExt;
 
 /// A client of `KeyDirectory` that identifies as the data plane. With several control-plane
@@ -71,8 +71,13 @@ impl DirectoryClient {
     pub async fn watch(
         &self,
         from_revision: u64,
-    ) -> Result<(usize, tonic::Streaming<kms_proto::kms::internal::v1::KeyEvent>), DomainError>
-    {
+    ) -> Result<
+        (
+            usize,
+            tonic::Streaming<kms_proto::kms::internal::v1::KeyEvent>,
+        ),
+        DomainError,
+    > {
         let req = kms_runtime::identity::with_principal(
             tonic::Request::new(kms_proto::kms::internal::v1::WatchKeysRequest { from_revision }),
             &self.service_principal,
@@ -169,9 +174,11 @@ impl DirectoryClient {
 
     /// `message` as a request from this plane, with a deadline of `timeout_s` seconds.
     fn request<M>(&self, message: M, timeout_s: u64) -> Result<tonic::Request<M>, tonic::Status> {
-        let mut req =
-            kms_runtime::identity::with_principal(tonic::Request::new(message), &self.service_principal)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let mut req = kms_runtime::identity::with_principal(
+            tonic::Request::new(message),
+            &self.service_principal,
+        )
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
         req.set_timeout(std::time::Duration::from_secs(timeout_s));
         Ok(req)
     }

@@ -28,10 +28,14 @@ pub fn parse_urls(setting: &str, urls: &str) -> Result<Vec<String>, String> {
     }
     for url in &list {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("{setting}: {url:?} must start with http:// or https://"));
+            return Err(format!(
+                "{setting}: {url:?} must start with http:// or https://"
+            ));
         }
     }
-    if list.iter().any(|u| u.starts_with("https://")) && list.iter().any(|u| u.starts_with("http://")) {
+    if list.iter().any(|u| u.starts_with("https://"))
+        && list.iter().any(|u| u.starts_with("http://"))
+    {
         return Err(format!("{setting}: every URL must use the same scheme"));
     }
     Ok(list)
@@ -167,7 +171,11 @@ mod tests {
             vec!["http://a:1".to_owned(), "http://b:2".to_owned()]
         );
         assert_eq!(parse_urls("u", " ").unwrap_err(), "u is required");
-        assert!(parse_urls("u", "a:1").unwrap_err().contains("must start with http"));
+        assert!(
+            parse_urls("u", "a:1")
+                .unwrap_err()
+                .contains("must start with http")
+        );
         assert!(
             parse_urls("u", "http://a:1,https://b:2")
                 .unwrap_err()
@@ -177,7 +185,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unavailable_replica_moves_calls_to_the_next() {
-        let urls = vec!["http://127.0.0.1:1".to_owned(), "http://127.0.0.1:2".to_owned()];
+        let urls = vec![
+            "http://127.0.0.1:1".to_owned(),
+            "http://127.0.0.1:2".to_owned(),
+        ];
         let replicas = Replicas::new("u", &urls, None, |e| e).unwrap();
         let mut seen = Vec::new();
         let answer = replicas
@@ -196,7 +207,11 @@ mod tests {
             .unwrap();
         assert_eq!(answer, 1);
         assert_eq!(seen, vec![0, 1]);
-        assert_eq!(replicas.current().0, 1, "later calls stay on the replica that answered");
+        assert_eq!(
+            replicas.current().0,
+            1,
+            "later calls stay on the replica that answered"
+        );
 
         let refused = replicas
             .call(|_| async { Err::<(), _>(tonic::Status::unavailable("all down")) })
@@ -208,6 +223,10 @@ mod tests {
             .call(|_| async { Err::<(), _>(tonic::Status::not_found("no")) })
             .await
             .unwrap_err();
-        assert_eq!(other.code(), tonic::Code::NotFound, "only UNAVAILABLE moves a call");
+        assert_eq!(
+            other.code(),
+            tonic::Code::NotFound,
+            "only UNAVAILABLE moves a call"
+        );
     }
 }

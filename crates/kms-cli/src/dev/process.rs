@@ -1,0 +1,271 @@
+//! The processes `kmsctl dev up` runs: starting one with its log, waiting for its health
+//! check, and stopping them all in order.
+
+use super::*;
+
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const LOG_TAIL_LINES: usize = 20;
+
+/// Environment variables of kmsctl itself; the servers would read them as `KMS_*` config
+/// overrides, so children do not inherit them.
+pub(super) const CLIENT_ENV: &[&str] = &[
+    "KMS_PRINCIPAL",
+    "KMS_CONTROL_ADDR",
+    "KMS_DATA_ADDR",
+    "KMS_CA",
+    "KMS_CERT",
+    "KMS_KEY",
+];
+
+/// The `kms-control` and `kms-data` binaries.
+pub(super) fn find_binaries(bin_dir: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = match bin_dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let exe = std::env::current_exe().context("cannot locate the kmsctl executable")?;
+            exe.parent()
+                .map(Path::to_path_buf)
+                .context("the kmsctl executable has no parent directory")?
+        }
+    };
+    let control = dir.join("kms-control");
+    let data = dir.join("kms-data");
+    let missing: Vec<&str> = [("kms-control", &control), ("kms-data", &data)]
+        .into_iter()
+        .filter(|(_, p)| !p.is_file())
+        .map(|(n, _)| n)
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} not found in {}: build them with `cargo build --bins`{}",
+            missing.join(" and "),
+            dir.display(),
+            if bin_dir.is_none() {
+                " or pass --bin-dir"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok((control, data))
+}
+
+/// Refuses to start when something already listens on `addr` (a health check would then
+/// answer for the wrong server).
+pub(super) fn check_port_free(name: &str, addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "cannot use {addr} for {name}: {e}; is another `kmsctl dev up` running? Choose \
+             another address with {flag}"
+        ),
+    }
+}
+
+/// A started plane.
+#[derive(Debug)]
+pub(super) struct Plane {
+    pub(super) name: &'static str,
+    pub(super) addr: SocketAddr,
+    pub(super) log: PathBuf,
+    /// Where this run's output starts in the log.
+    pub(super) log_start: u64,
+    pub(super) child: Child,
+}
+
+impl Plane {
+    pub(super) async fn start(
+        name: &'static str,
+        bin: &Path,
+        config: &Path,
+        addr: SocketAddr,
+        layout: &Layout,
+        softhsm_conf: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let log = layout.logs.join(format!("{name}.log"));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        writeln!(
+            file,
+            "=== kmsctl dev up: starting {name} at {} ===",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        )
+        .with_context(|| format!("cannot write {}", log.display()))?;
+        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let stderr = file
+            .try_clone()
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(config)
+            .current_dir(&layout.dir)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(stderr)
+            // Own process group: a terminal's Ctrl-C reaches kmsctl, which stops the planes in
+            // order, instead of reaching all three at once.
+            .process_group(0)
+            .kill_on_drop(true);
+        for var in CLIENT_ENV {
+            cmd.env_remove(var);
+        }
+        // Plain text in the log files (tracing-subscriber honours NO_COLOR).
+        cmd.env("NO_COLOR", "1");
+        if let Some(conf) = softhsm_conf {
+            cmd.env("SOFTHSM2_CONF", conf);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Self {
+            name,
+            addr,
+            log,
+            log_start,
+            child,
+        })
+    }
+
+    /// The last lines this run wrote to the log.
+    pub(super) fn log_tail(&self) -> String {
+        match read_tail(&self.log, self.log_start, LOG_TAIL_LINES) {
+            Ok(t) if t.trim().is_empty() => format!("({} is empty)\n", self.log.display()),
+            Ok(t) => t,
+            Err(e) => format!("(cannot read {}: {e})\n", self.log.display()),
+        }
+    }
+
+    pub(super) fn print_failure(&self, what: &str) {
+        eprintln!("error: {} {what}", self.name);
+        eprintln!("--- last lines of {} ---", self.log.display());
+        eprint!("{}", self.log_tail());
+        eprintln!("---");
+    }
+
+    /// Whether the process has exited; its status if so.
+    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub(super) fn terminate(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // ESRCH means it is already gone, which is what we want.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+}
+
+/// The last `n` lines of `path` from byte `start` on.
+pub(super) fn read_tail(path: &Path, start: u64, n: usize) -> std::io::Result<String> {
+    const WINDOW: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let from = start.max(len.saturating_sub(WINDOW));
+    f.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+    out.push('\n');
+    Ok(out)
+}
+
+/// The endpoint health checks of the plane on `addr` use: over mTLS, with the operator's
+/// certificate, when `tls` is given.
+pub(super) fn health_endpoint(
+    addr: SocketAddr,
+    tls: Option<&DevTls>,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    let url = plane_url(addr, tls.is_some());
+    let endpoint = match tls {
+        None => crate::client::endpoint(&url)?,
+        Some(tls) => crate::client::tls_endpoint(&url, &tls.files(&tls.operator))?.1,
+    };
+    Ok(endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2)))
+}
+
+/// One health check: `Ok` when the server answers SERVING for `""`.
+pub(super) async fn health_check(endpoint: tonic::transport::Endpoint) -> Result<(), String> {
+    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| RpcError(s).to_string())?
+        .into_inner();
+    match ServingStatus::try_from(response.status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(format!("health status {}", other.as_str_name())),
+        Err(_) => Err(format!("health status {}", response.status)),
+    }
+}
+
+/// Why startup failed.
+#[derive(Debug)]
+pub(super) enum StartFailure {
+    /// The named plane exited.
+    Exited(usize, ExitStatus),
+    /// The named plane did not become ready; the last health-check answer.
+    Timeout(usize, String),
+}
+
+/// Polls `planes[target]` through `health` until it is healthy, failing when any plane exits
+/// or at `deadline`.
+pub(super) async fn wait_ready(
+    planes: &mut [Plane],
+    target: usize,
+    health: &tonic::transport::Endpoint,
+    deadline: Instant,
+) -> Result<(), StartFailure> {
+    let mut last = String::from("no answer yet");
+    loop {
+        for (i, p) in planes.iter_mut().enumerate() {
+            if let Some(status) = p.exited() {
+                return Err(StartFailure::Exited(i, status));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StartFailure::Timeout(target, last));
+        }
+        match tokio::time::timeout_at(deadline, health_check(health.clone())).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e,
+            Err(_) => {}
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Sends SIGTERM to every plane still running, one at a time, waiting up to 10 s in all, then
+/// kills what is left.
+pub(super) async fn stop_all(planes: &mut [Plane]) {
+    // One after the other in start order (the data plane first), so the data plane's last
+    // audit checkpoint still reaches the control plane.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for p in planes.iter_mut() {
+        p.terminate();
+        if tokio::time::timeout_at(deadline, p.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} did not stop within {} s; killing it",
+                p.name,
+                STOP_TIMEOUT.as_secs()
+            );
+            let _ = p.child.kill().await;
+        }
+    }
+}
