@@ -14,9 +14,11 @@ pub(crate) struct Layout {
     pub(crate) softhsm_conf: PathBuf,
     pub(crate) tokens: PathBuf,
     pub(crate) control_data: PathBuf,
+    pub(crate) etcd_data: PathBuf,
     pub(crate) logs: PathBuf,
     pub(crate) user_pin: PathBuf,
     pub(crate) so_pin: PathBuf,
+    /// The first control-plane replica's config; see [`Layout::control_toml_of`].
     pub(crate) control_toml: PathBuf,
     pub(crate) data_toml: PathBuf,
     pub(crate) dev_json: PathBuf,
@@ -33,6 +35,7 @@ impl Layout {
             tokens: softhsm_dir.join("tokens"),
             softhsm_dir,
             control_data: dir.join("control"),
+            etcd_data: dir.join("etcd"),
             logs: dir.join("logs"),
             user_pin: dir.join("hsm.pin"),
             so_pin: dir.join("hsm-so.pin"),
@@ -40,6 +43,14 @@ impl Layout {
             data_toml: dir.join("data.toml"),
             dev_json: dir.join("dev.json"),
             certs: dir.join("certs"),
+        }
+    }
+
+    /// The config of control-plane replica `replica` (`control.toml` for the first).
+    pub(super) fn control_toml_of(&self, replica: usize) -> PathBuf {
+        match replica {
+            0 => self.control_toml.clone(),
+            n => self.dir.join(format!("control-{n}.toml")),
         }
     }
 
@@ -211,21 +222,67 @@ pub(crate) fn render_softhsm_conf(layout: &Layout) -> String {
     )
 }
 
-/// `control.toml`; over mTLS with `tls`.
+/// Where the dev control plane keeps its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DevStore {
+    /// sled under `DIR/control`.
+    Sled,
+    /// The dev etcd member at this URL.
+    Etcd(String),
+}
+
+/// The name of control-plane replica `replica` (its log and audit log are named after it).
+pub(super) fn control_name(replica: usize) -> String {
+    match replica {
+        0 => "kms-control".into(),
+        n => format!("kms-control-{n}"),
+    }
+}
+
+/// The config of control-plane replica `replica`, listening on `control`, calling the data
+/// plane on `data`, keeping records in `store`; over mTLS with `tls`.
 pub(crate) fn render_control_toml(
     layout: &Layout,
+    replica: usize,
     control: SocketAddr,
     data: SocketAddr,
+    store: &DevStore,
     tls: Option<&DevTls>,
 ) -> String {
+    // sled is a top-level setting; etcd a table, which must follow every top-level one.
+    let (top, tables) = match store {
+        DevStore::Sled => (
+            format!("data_dir = {}\n", path_str(&layout.control_data)),
+            String::new(),
+        ),
+        DevStore::Etcd(url) => (
+            String::new(),
+            format!(
+                "[store]\n\
+                 engine = \"etcd\"\n\
+                 \n\
+                 [store.etcd]\n\
+                 endpoints = [{url}]\n\
+                 prefix = {prefix}\n\
+                 \n",
+                url = toml_str(url),
+                prefix = toml_str(super::etcd::PREFIX),
+            ),
+        ),
+    };
+    let audit_log = format!(
+        "{}-audit.log",
+        control_name(replica).trim_start_matches("kms-")
+    );
     format!(
         "{GENERATED_HEADER}\
          listen_addr = {listen}\n\
          region = \"local\"\n\
-         data_dir = {data_dir}\n\
+         {top}\
          data_plane_url = {data_url}\n\
          operators = [{operator}]\n\
          \n\
+         {tables}\
          {identity}\
          [audit]\n\
          path = {audit}\n\
@@ -234,9 +291,8 @@ pub(crate) fn render_control_toml(
          [log]\n\
          level = \"info\"\n\
          format = \"text\"\n",
-        audit = path_str(&layout.logs.join("control-audit.log")),
+        audit = path_str(&layout.logs.join(audit_log)),
         listen = toml_str(&control.to_string()),
-        data_dir = path_str(&layout.control_data),
         data_url = toml_str(&plane_url(data, tls.is_some())),
         operator = toml_str(OPERATOR_PRINCIPAL),
         identity = render_identity(
@@ -255,10 +311,10 @@ pub(super) const DEV_LIMITS: &str = "[limits.symmetric]\nper_second = 1000000\n\
     [limits.write]\nper_second = 1000000\n\n\
     [limits.create_key]\nper_second = 1000000\n\n";
 
-/// `data.toml`; over mTLS with `tls`.
+/// `data.toml`, calling the control-plane replicas on `controls`; over mTLS with `tls`.
 pub(crate) fn render_data_toml(
     layout: &Layout,
-    control: SocketAddr,
+    controls: &[SocketAddr],
     data: SocketAddr,
     module_path: &Path,
     tls: Option<&DevTls>,
@@ -288,7 +344,13 @@ pub(crate) fn render_data_toml(
          format = \"text\"\n",
         audit = path_str(&layout.logs.join("data-audit.log")),
         listen = toml_str(&data.to_string()),
-        control_url = toml_str(&plane_url(control, tls.is_some())),
+        control_url = toml_str(
+            &controls
+                .iter()
+                .map(|c| plane_url(*c, tls.is_some()))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         module = path_str(module_path),
         label = toml_str(TOKEN_LABEL),
         pin = path_str(&layout.user_pin),

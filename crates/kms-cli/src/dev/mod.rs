@@ -1,6 +1,12 @@
-//! `kmsctl dev up`: runs both planes locally in the foreground against a SoftHSM token kept in
-//! a directory, so keys survive restarts. Generates the configs, starts `kms-data` and
-//! `kms-control`, waits for their health checks, and stops them on SIGINT or SIGTERM.
+//! `kmsctl dev up`: runs the whole service locally in the foreground against a SoftHSM token
+//! kept in a directory, so keys survive restarts. Generates the configs, starts `kms-data` and
+//! `kms-control` (on sled, or with `--store etcd` on a local etcd member it starts first, with
+//! `--replicas N` control-plane replicas), waits for their health checks, restarts one that
+//! exits on its own, and stops them all on SIGINT or SIGTERM.
+//!
+//! Each part is a file: the layout and configs (`configs.rs`), the SoftHSM token (`hsm.rs`),
+//! etcd (`etcd.rs`), and running processes (`process.rs`); a component is a
+//! [`process::Launch`] in [`plan`].
 //!
 //! Callers are identified by the development header, or with `--mtls` by client certificates
 //! from a dev CA kept under `DIR/certs`, plane to plane too.
@@ -28,6 +34,7 @@ use crate::certs::{CertFiles, DevCerts, existing_dev_certs, generate_dev_certs};
 use crate::client::{RpcError, TlsFiles, error_chain};
 
 mod configs;
+mod etcd;
 mod hsm;
 mod process;
 
@@ -65,6 +72,37 @@ pub(crate) struct UpArgs {
     /// are made under DIR/certs on first use
     #[arg(long)]
     mtls: bool,
+    /// Where the control plane keeps its records: sled under DIR/control, or a local
+    /// single-member etcd (from PATH; data under DIR/etcd)
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
+    store: StoreKind,
+    /// Control-plane replicas to run, all active; replica N (from 0) listens on the
+    /// --control-addr port + 100 × N. More than one needs --store etcd
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    replicas: u16,
+    /// Client address of the local etcd member (--store etcd); its peer port is the next one
+    #[arg(long, value_name = "IP:PORT", default_value_t = etcd::DEFAULT_ETCD_ADDR, value_parser = parse_listen_addr)]
+    etcd_addr: SocketAddr,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StoreKind {
+    Sled,
+    Etcd,
+}
+
+/// The addresses of `replicas` control-plane replicas, the first on `first`.
+fn replica_addrs(first: SocketAddr, replicas: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    (0..replicas)
+        .map(|n| {
+            let port = first
+                .port()
+                .checked_add(100 * n)
+                .with_context(|| format!("replica {n} would need a port above 65535"))?;
+            Ok(SocketAddr::new(first.ip(), port))
+        })
+        .collect()
 }
 
 /// Parses a listen address; a leading `http://` is tolerated, port 0 is refused.
@@ -86,8 +124,14 @@ fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 /// `dev.json`: where things are, for scripts and tests.
 #[derive(Debug, Serialize)]
 pub(crate) struct DevInfo {
+    /// The first control-plane replica.
     control_addr: String,
+    /// Every control-plane replica.
+    control_addrs: Vec<String>,
     data_addr: String,
+    /// With `--store etcd` only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    etcd_endpoints: Vec<String>,
     operator_principal: String,
     account_principal: String,
     software_instance_id: String,
@@ -117,10 +161,16 @@ impl DevInfo {
         self
     }
 
-    fn new(control: SocketAddr, data: SocketAddr, tls: Option<&DevTls>) -> Self {
+    fn new(controls: &[SocketAddr], data: SocketAddr, tls: Option<&DevTls>) -> Self {
+        let control_addrs: Vec<String> = controls
+            .iter()
+            .map(|c| plane_url(*c, tls.is_some()))
+            .collect();
         Self {
-            control_addr: plane_url(control, tls.is_some()),
+            control_addr: control_addrs.first().cloned().unwrap_or_default(),
+            control_addrs,
             data_addr: plane_url(data, tls.is_some()),
+            etcd_endpoints: Vec::new(),
             operator_principal: OPERATOR_PRINCIPAL.into(),
             account_principal: ACCOUNT_PRINCIPAL.into(),
             software_instance_id: String::new(),
@@ -311,22 +361,183 @@ const DEFAULT_DATA_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 
 enum Outcome {
     Signal(&'static str),
-    Exited(usize, std::io::Result<ExitStatus>),
+    /// A component exited and could not be restarted.
+    GaveUp,
+}
+
+/// What `dev up` runs: the data plane and the control-plane replicas, in stop order, and etcd
+/// with `--store etcd` (started first, stopped last).
+fn plan(
+    args: &UpArgs,
+    layout: &Layout,
+    controls: &[SocketAddr],
+    tls: Option<&DevTls>,
+) -> anyhow::Result<(Vec<Launch>, Option<Launch>)> {
+    let (control_bin, data_bin) = find_binaries(args.bin_dir.as_deref())?;
+    let mut launches = vec![Launch {
+        name: "kms-data".into(),
+        program: data_bin,
+        args: vec!["--config".into(), layout.data_toml.clone().into()],
+        addr: args.data_addr,
+        env: vec![("SOFTHSM2_CONF", layout.softhsm_conf.clone().into())],
+        health: health_endpoint(args.data_addr, tls)?,
+    }];
+    for (replica, addr) in controls.iter().enumerate() {
+        launches.push(Launch {
+            name: control_name(replica),
+            program: control_bin.clone(),
+            args: vec!["--config".into(), layout.control_toml_of(replica).into()],
+            addr: *addr,
+            env: Vec::new(),
+            health: health_endpoint(*addr, tls)?,
+        });
+    }
+    let etcd = match args.store {
+        StoreKind::Sled => None,
+        StoreKind::Etcd => Some(etcd::launch(layout, etcd::find_etcd()?, args.etcd_addr)?),
+    };
+    Ok((launches, etcd))
+}
+
+/// Waits for `planes[target]`, or a signal: `Ok(false)` on a signal, an error message when it
+/// exits or does not become ready.
+async fn await_ready(
+    planes: &mut [Plane],
+    target: usize,
+    deadline: Instant,
+    signals: &mut Signals,
+) -> Result<bool, ()> {
+    print!(
+        "waiting for {} on {} ... ",
+        planes[target].name(),
+        planes[target].addr()
+    );
+    let _ = std::io::stdout().flush();
+    let result = tokio::select! {
+        biased;
+        _ = signals.interrupt.recv() => return Ok(false),
+        _ = signals.terminate.recv() => return Ok(false),
+        r = wait_ready(planes, target, deadline) => r,
+    };
+    match result {
+        Ok(()) => {
+            println!("ready");
+            Ok(true)
+        }
+        Err(failure) => {
+            println!("failed");
+            match failure {
+                StartFailure::Exited(i, status) => {
+                    planes[i].print_failure(&format!("exited during startup ({status})"));
+                }
+                StartFailure::Timeout(i, last) => planes[i].print_failure(&format!(
+                    "did not become ready on {} within {} s (last health check: {last})",
+                    planes[i].addr(),
+                    READY_TIMEOUT.as_secs()
+                )),
+            }
+            Err(())
+        }
+    }
+}
+
+/// [`await_ready`], stopping everything when it fails or a signal comes: the exit code then.
+async fn ready_or_stop(
+    planes: &mut [Plane],
+    target: usize,
+    deadline: Instant,
+    signals: &mut Signals,
+) -> Option<ExitCode> {
+    let code = match await_ready(planes, target, deadline, signals).await {
+        Ok(true) => return None,
+        Ok(false) => {
+            println!("interrupted");
+            ExitCode::SUCCESS
+        }
+        Err(()) => ExitCode::FAILURE,
+    };
+    stop_all(planes).await;
+    println!("stopped");
+    Some(code)
+}
+
+/// The signals that stop `dev up`.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+/// Keeps the components running until a signal: one that exits on its own is restarted
+/// (at most [`MAX_RESTARTS`] times a minute).
+async fn supervise(planes: &mut [Plane], layout: &Layout, signals: &mut Signals) -> Outcome {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            biased;
+            _ = signals.interrupt.recv() => return Outcome::Signal("SIGINT"),
+            _ = signals.terminate.recv() => return Outcome::Signal("SIGTERM"),
+            _ = check.tick() => {}
+        }
+        for p in planes.iter_mut() {
+            let Some(status) = p.exited() else { continue };
+            p.print_failure(&format!("exited unexpectedly ({status})"));
+            match p.restart(layout) {
+                Ok(true) => eprintln!("restarted {} (log: {})", p.name(), p.log.display()),
+                Ok(false) => {
+                    eprintln!(
+                        "{} exited {MAX_RESTARTS} times within {} s; not restarting it",
+                        p.name(),
+                        RESTART_WINDOW.as_secs()
+                    );
+                    return Outcome::GaveUp;
+                }
+                Err(e) => {
+                    eprintln!("cannot restart {}: {e:#}", p.name());
+                    return Outcome::GaveUp;
+                }
+            }
+        }
+    }
 }
 
 /// `kmsctl dev up`.
 pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    if args.control_addr == args.data_addr {
-        anyhow::bail!("--control-addr and --data-addr must differ");
+    if args.replicas > 1 && args.store == StoreKind::Sled {
+        anyhow::bail!(
+            "--replicas {} needs --store etcd: a sled directory belongs to one process",
+            args.replicas
+        );
+    }
+    let controls = replica_addrs(args.control_addr, args.replicas)?;
+    let mut ports: Vec<(String, SocketAddr, &str)> = controls
+        .iter()
+        .enumerate()
+        .map(|(n, a)| (control_name(n), *a, "--control-addr"))
+        .collect();
+    ports.push(("kms-data".into(), args.data_addr, "--data-addr"));
+    if args.store == StoreKind::Etcd {
+        ports.push(("etcd".into(), args.etcd_addr, "--etcd-addr"));
+        ports.push((
+            "etcd peers".into(),
+            etcd::peer_addr(args.etcd_addr),
+            "--etcd-addr",
+        ));
+    }
+    for (i, (name, addr, _)) in ports.iter().enumerate() {
+        if let Some((other, _, _)) = ports[..i].iter().find(|(_, a, _)| a == addr) {
+            anyhow::bail!("{name} and {other} would both listen on {addr}: choose other addresses");
+        }
     }
     if args.mtls {
-        check_tls_addr(args.control_addr, "--control-addr")?;
+        for (n, addr) in controls.iter().enumerate() {
+            check_tls_addr(*addr, &format!("--control-addr (replica {n})"))?;
+        }
         check_tls_addr(args.data_addr, "--data-addr")?;
     }
-    let (control_bin, data_bin) = find_binaries(args.bin_dir.as_deref())?;
     let module = find_module()?;
-    check_port_free("kms-control", args.control_addr, "--control-addr")?;
-    check_port_free("kms-data", args.data_addr, "--data-addr")?;
+    for (name, addr, flag) in &ports {
+        check_port_free(name, *addr, flag)?;
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)
@@ -343,95 +554,60 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let tls = tls.as_ref();
-    write_file(
-        &layout.control_toml,
-        &render_control_toml(&layout, args.control_addr, args.data_addr, tls),
-    )?;
+    let store = match args.store {
+        StoreKind::Sled => DevStore::Sled,
+        StoreKind::Etcd => DevStore::Etcd(etcd::client_url(args.etcd_addr)),
+    };
+    for (replica, addr) in controls.iter().enumerate() {
+        write_file(
+            &layout.control_toml_of(replica),
+            &render_control_toml(&layout, replica, *addr, args.data_addr, &store, tls),
+        )?;
+    }
     write_file(
         &layout.data_toml,
-        &render_data_toml(&layout, args.control_addr, args.data_addr, &module, tls),
+        &render_data_toml(&layout, &controls, args.data_addr, &module, tls),
     )?;
+    let (launches, etcd) = plan(&args, &layout, &controls, tls)?;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut signals = Signals {
+        interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
 
-    let mut planes = Vec::with_capacity(2);
-    planes.push(
-        Plane::start(
-            "kms-data",
-            &data_bin,
-            &layout.data_toml,
-            args.data_addr,
-            &layout,
-            Some(&layout.softhsm_conf),
-        )
-        .await?,
-    );
-    let control = Plane::start(
-        "kms-control",
-        &control_bin,
-        &layout.control_toml,
-        args.control_addr,
-        &layout,
-        None,
-    )
-    .await;
-    match control {
-        Ok(p) => planes.push(p),
-        Err(e) => {
-            stop_all(&mut planes).await;
-            return Err(e);
+    // etcd first and alone: no control-plane replica starts without its store.
+    let mut planes: Vec<Plane> = Vec::with_capacity(launches.len() + 1);
+    if let Some(launch) = etcd {
+        planes.push(Plane::start(launch, &layout).await?);
+        if let Some(code) = ready_or_stop(&mut planes, 0, deadline, &mut signals).await {
+            return Ok(code);
         }
     }
-
-    let deadline = Instant::now() + READY_TIMEOUT;
-    for target in 0..planes.len() {
-        let health = match health_endpoint(planes[target].addr, tls) {
-            Ok(h) => h,
+    // In stop order from here on: the data plane first, etcd last.
+    let etcd = planes.pop();
+    let waiting = launches.len();
+    for launch in launches {
+        match Plane::start(launch, &layout).await {
+            Ok(p) => planes.push(p),
             Err(e) => {
+                planes.extend(etcd);
                 stop_all(&mut planes).await;
                 return Err(e);
             }
-        };
-        print!(
-            "waiting for {} on {} ... ",
-            planes[target].name, planes[target].addr
-        );
-        let _ = std::io::stdout().flush();
-        let result = tokio::select! {
-            biased;
-            _ = sigint.recv() => Err(None),
-            _ = sigterm.recv() => Err(None),
-            r = wait_ready(&mut planes, target, &health, deadline) => r.map_err(Some),
-        };
-        match result {
-            Ok(()) => println!("ready"),
-            Err(None) => {
-                println!("interrupted");
-                stop_all(&mut planes).await;
-                println!("stopped");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(Some(failure)) => {
-                println!("failed");
-                match failure {
-                    StartFailure::Exited(i, status) => {
-                        planes[i].print_failure(&format!("exited during startup ({status})"));
-                    }
-                    StartFailure::Timeout(i, last) => planes[i].print_failure(&format!(
-                        "did not become ready on {} within {} s (last health check: {last})",
-                        planes[i].addr,
-                        READY_TIMEOUT.as_secs()
-                    )),
-                }
-                stop_all(&mut planes).await;
-                println!("stopped");
-                return Ok(ExitCode::FAILURE);
-            }
+        }
+    }
+    planes.extend(etcd);
+    for target in 0..waiting {
+        if let Some(code) = ready_or_stop(&mut planes, target, deadline, &mut signals).await {
+            return Ok(code);
         }
     }
 
-    let mut info = DevInfo::new(args.control_addr, args.data_addr, tls);
+    let mut info = DevInfo::new(&controls, args.data_addr, tls);
+    if args.store == StoreKind::Etcd {
+        info.etcd_endpoints = vec![etcd::client_url(args.etcd_addr)];
+    }
     match ensure_instances(args.control_addr, tls).await {
         Ok(instances) => {
             println!(
@@ -449,16 +625,18 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         &format!("{}\n", serde_json::to_string_pretty(&info)?),
     )?;
     println!();
-    println!(
-        "kms-control: {}  (log: {})",
-        plane_url(args.control_addr, args.mtls),
-        planes[1].log.display()
-    );
-    println!(
-        "kms-data:    {}  (log: {})",
-        plane_url(args.data_addr, args.mtls),
-        planes[0].log.display()
-    );
+    for p in &planes {
+        let url = if p.name() == "etcd" {
+            etcd::client_url(p.addr())
+        } else {
+            plane_url(p.addr(), args.mtls)
+        };
+        println!(
+            "{:<14} {url}  (log: {})",
+            format!("{}:", p.name()),
+            p.log.display()
+        );
+    }
     println!();
     print!(
         "{}",
@@ -468,31 +646,12 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 
-    let outcome = {
-        let [data, control] = planes.as_mut_slice() else {
-            anyhow::bail!("internal error: expected two planes");
-        };
-        tokio::select! {
-            biased;
-            _ = sigint.recv() => Outcome::Signal("SIGINT"),
-            _ = sigterm.recv() => Outcome::Signal("SIGTERM"),
-            s = data.child.wait() => Outcome::Exited(0, s),
-            s = control.child.wait() => Outcome::Exited(1, s),
-        }
-    };
-    let code = match outcome {
+    let code = match supervise(&mut planes, &layout, &mut signals).await {
         Outcome::Signal(name) => {
             println!("{name} received, stopping");
             ExitCode::SUCCESS
         }
-        Outcome::Exited(i, status) => {
-            let status = match status {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("status unknown: {e}"),
-            };
-            planes[i].print_failure(&format!("exited unexpectedly ({status})"));
-            ExitCode::FAILURE
-        }
+        Outcome::GaveUp => ExitCode::FAILURE,
     };
     stop_all(&mut planes).await;
     println!("stopped");
@@ -520,7 +679,7 @@ mod tests {
     fn control_toml_parses_and_has_the_addresses() {
         let layout = Layout::new(Path::new("/tmp/kms dev/\"quoted\""));
         let (c, d) = addrs();
-        let text = render_control_toml(&layout, c, d, None);
+        let text = render_control_toml(&layout, 0, c, d, &DevStore::Sled, None);
         assert!(text.starts_with("# Generated"));
         let t: toml::Table = text.parse().unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("127.0.0.1:8700"));
@@ -549,7 +708,7 @@ mod tests {
         let (c, d) = addrs();
         let text = render_data_toml(
             &layout,
-            c,
+            &[c],
             d,
             Path::new("/usr/lib/softhsm/libsofthsm2.so"),
             None,
@@ -580,11 +739,61 @@ mod tests {
     }
 
     #[test]
+    fn etcd_replicas_get_their_own_addresses_and_audit_logs() {
+        let layout = Layout::new(Path::new("/srv/kms"));
+        let controls = replica_addrs("127.0.0.1:7700".parse().unwrap(), 3).unwrap();
+        assert_eq!(
+            controls.iter().map(|a| a.port()).collect::<Vec<_>>(),
+            vec![7700, 7800, 7900]
+        );
+        assert!(replica_addrs("127.0.0.1:65500".parse().unwrap(), 2).is_err());
+        let d: SocketAddr = "127.0.0.1:7701".parse().unwrap();
+        let store = DevStore::Etcd("http://127.0.0.1:2379".into());
+        let t: toml::Table = render_control_toml(&layout, 1, controls[1], d, &store, None)
+            .parse()
+            .unwrap();
+        assert_eq!(t["listen_addr"].as_str(), Some("127.0.0.1:7800"));
+        assert!(!t.contains_key("data_dir"), "etcd needs no sled directory");
+        assert_eq!(t["store"]["engine"].as_str(), Some("etcd"));
+        assert_eq!(
+            t["store"]["etcd"]["endpoints"][0].as_str(),
+            Some("http://127.0.0.1:2379")
+        );
+        assert_eq!(t["store"]["etcd"]["prefix"].as_str(), Some("kms/"));
+        assert_eq!(
+            t["audit"]["path"].as_str(),
+            Some("/srv/kms/logs/control-1-audit.log")
+        );
+        assert_eq!(
+            layout.control_toml_of(1),
+            Path::new("/srv/kms/control-1.toml")
+        );
+        assert_eq!(layout.control_toml_of(0), layout.control_toml);
+
+        let data: toml::Table = render_data_toml(&layout, &controls, d, Path::new("/m.so"), None)
+            .parse()
+            .unwrap();
+        assert_eq!(
+            data["control_plane_url"].as_str(),
+            Some("http://127.0.0.1:7700,http://127.0.0.1:7800,http://127.0.0.1:7900")
+        );
+
+        let mut info = DevInfo::new(&controls, d, None);
+        info.etcd_endpoints = vec!["http://127.0.0.1:2379".into()];
+        let v = serde_json::to_value(info).unwrap();
+        assert_eq!(v["control_addr"], "http://127.0.0.1:7700");
+        assert_eq!(v["control_addrs"][2], "http://127.0.0.1:7900");
+        assert_eq!(v["etcd_endpoints"][0], "http://127.0.0.1:2379");
+    }
+
+    #[test]
     fn ipv6_addresses_render_as_urls() {
         let layout = Layout::new(Path::new("/srv/kms"));
         let c: SocketAddr = "[::1]:7700".parse().unwrap();
         let d: SocketAddr = "[::1]:7701".parse().unwrap();
-        let t: toml::Table = render_control_toml(&layout, c, d, None).parse().unwrap();
+        let t: toml::Table = render_control_toml(&layout, 0, c, d, &DevStore::Sled, None)
+            .parse()
+            .unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("[::1]:7700"));
         assert_eq!(t["data_plane_url"].as_str(), Some("http://[::1]:7701"));
     }
@@ -604,12 +813,12 @@ mod tests {
     #[test]
     fn dev_json_shape() {
         let (c, d) = addrs();
-        let v = serde_json::to_value(DevInfo::new(c, d, None)).unwrap();
+        let v = serde_json::to_value(DevInfo::new(&[c], d, None)).unwrap();
         assert_eq!(v["control_addr"], "http://127.0.0.1:8700");
         assert_eq!(v["data_addr"], "http://127.0.0.1:8701");
         assert_eq!(v["account_principal"], ACCOUNT_PRINCIPAL);
         assert_eq!(v["software_instance_id"], "");
-        let v = serde_json::to_value(DevInfo::new(c, d, None).with_instances(DevInstances {
+        let v = serde_json::to_value(DevInfo::new(&[c], d, None).with_instances(DevInstances {
             software: "kst-s".into(),
             hardware: "kst-h".into(),
         }))
@@ -618,6 +827,8 @@ mod tests {
         assert_eq!(v["hardware_instance_id"], "kst-h");
         assert_eq!(dev_account(), "1234567890123456");
         assert!(v.get("mtls").is_none() && v.get("ca_file").is_none(), "{v}");
+        assert_eq!(v["control_addrs"][0], "http://127.0.0.1:8700");
+        assert!(v.get("etcd_endpoints").is_none(), "sled needs no etcd: {v}");
     }
 
     /// A dev directory with certificates made by `dev up --mtls`.
@@ -651,7 +862,7 @@ mod tests {
         let certs = &layout.certs;
         let (c, d) = addrs();
 
-        let t: toml::Table = render_control_toml(&layout, c, d, Some(&tls))
+        let t: toml::Table = render_control_toml(&layout, 0, c, d, &DevStore::Sled, Some(&tls))
             .parse()
             .unwrap();
         assert_eq!(t["data_plane_url"].as_str(), Some("https://127.0.0.1:8701"));
@@ -676,7 +887,7 @@ mod tests {
             Some(true)
         );
 
-        let t: toml::Table = render_data_toml(&layout, c, d, Path::new("/m.so"), Some(&tls))
+        let t: toml::Table = render_data_toml(&layout, &[c], d, Path::new("/m.so"), Some(&tls))
             .parse()
             .unwrap();
         assert_eq!(
@@ -695,7 +906,7 @@ mod tests {
         assert_eq!(t["hsm"]["module_path"].as_str(), Some("/m.so"));
 
         // Without --mtls the same configs keep the dev header and plain URLs.
-        let t: toml::Table = render_data_toml(&layout, c, d, Path::new("/m.so"), None)
+        let t: toml::Table = render_data_toml(&layout, &[c], d, Path::new("/m.so"), None)
             .parse()
             .unwrap();
         assert_eq!(t["identity"]["dev_header"].as_bool(), Some(true));
@@ -776,7 +987,7 @@ mod tests {
     fn dev_json_with_mtls_names_the_files() {
         let (_tmp, layout, tls) = mtls_layout();
         let (c, d) = addrs();
-        let v = serde_json::to_value(DevInfo::new(c, d, Some(&tls))).unwrap();
+        let v = serde_json::to_value(DevInfo::new(&[c], d, Some(&tls))).unwrap();
         assert_eq!(v["mtls"], true);
         assert_eq!(v["control_addr"], "https://127.0.0.1:8700");
         assert_eq!(v["data_addr"], "https://127.0.0.1:8701");

@@ -64,71 +64,74 @@ pub(super) fn check_port_free(name: &str, addr: SocketAddr, flag: &str) -> anyho
     }
 }
 
-/// A started plane.
+/// How to start one component of the local stack and tell when it is ready.
+#[derive(Debug, Clone)]
+pub(super) struct Launch {
+    /// Its name in messages, and its log's (`logs/<name>.log`).
+    pub(super) name: String,
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<std::ffi::OsString>,
+    /// Where it listens.
+    pub(super) addr: SocketAddr,
+    /// Variables set for it (the rest of the environment is inherited, less kmsctl's own).
+    pub(super) env: Vec<(&'static str, std::ffi::OsString)>,
+    /// Where its `grpc.health.v1` check answers.
+    pub(super) health: tonic::transport::Endpoint,
+}
+
+/// A started component.
 #[derive(Debug)]
 pub(super) struct Plane {
-    pub(super) name: &'static str,
-    pub(super) addr: SocketAddr,
+    pub(super) launch: Launch,
     pub(super) log: PathBuf,
     /// Where this run's output starts in the log.
     pub(super) log_start: u64,
     pub(super) child: Child,
+    /// When it was restarted after exiting on its own, most recent last.
+    restarts: Vec<Instant>,
 }
 
+/// At most this many restarts of one component within [`RESTART_WINDOW`]; past that it is
+/// left stopped and `dev up` stops.
+pub(super) const MAX_RESTARTS: usize = 5;
+pub(super) const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 impl Plane {
-    pub(super) async fn start(
-        name: &'static str,
-        bin: &Path,
-        config: &Path,
-        addr: SocketAddr,
-        layout: &Layout,
-        softhsm_conf: Option<&Path>,
-    ) -> anyhow::Result<Self> {
-        let log = layout.logs.join(format!("{name}.log"));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        writeln!(
-            file,
-            "=== kmsctl dev up: starting {name} at {} ===",
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        )
-        .with_context(|| format!("cannot write {}", log.display()))?;
-        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let stderr = file
-            .try_clone()
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(config)
-            .current_dir(&layout.dir)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(stderr)
-            // Own process group: a terminal's Ctrl-C reaches kmsctl, which stops the planes in
-            // order, instead of reaching all three at once.
-            .process_group(0)
-            .kill_on_drop(true);
-        for var in CLIENT_ENV {
-            cmd.env_remove(var);
-        }
-        // Plain text in the log files (tracing-subscriber honours NO_COLOR).
-        cmd.env("NO_COLOR", "1");
-        if let Some(conf) = softhsm_conf {
-            cmd.env("SOFTHSM2_CONF", conf);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+    /// Starts `launch`, its output appended to `logs/<name>.log` under `layout`.
+    pub(super) async fn start(launch: Launch, layout: &Layout) -> anyhow::Result<Self> {
+        let (child, log, log_start) = spawn(&launch, layout)?;
         Ok(Self {
-            name,
-            addr,
+            launch,
             log,
             log_start,
             child,
+            restarts: Vec::new(),
         })
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.launch.name
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.launch.addr
+    }
+
+    /// Starts it again after it exited, unless it already restarted [`MAX_RESTARTS`] times
+    /// within [`RESTART_WINDOW`]: `Ok(false)` then.
+    pub(super) fn restart(&mut self, layout: &Layout) -> anyhow::Result<bool> {
+        let now = Instant::now();
+        self.restarts
+            .retain(|at| now.duration_since(*at) < RESTART_WINDOW);
+        if self.restarts.len() >= MAX_RESTARTS {
+            return Ok(false);
+        }
+        self.restarts.push(now);
+        let (child, log, log_start) = spawn(&self.launch, layout)?;
+        self.child = child;
+        self.log = log;
+        self.log_start = log_start;
+        Ok(true)
     }
 
     /// The last lines this run wrote to the log.
@@ -141,7 +144,7 @@ impl Plane {
     }
 
     pub(super) fn print_failure(&self, what: &str) {
-        eprintln!("error: {} {what}", self.name);
+        eprintln!("error: {} {what}", self.name());
         eprintln!("--- last lines of {} ---", self.log.display());
         eprint!("{}", self.log_tail());
         eprintln!("---");
@@ -221,14 +224,14 @@ pub(super) enum StartFailure {
     Timeout(usize, String),
 }
 
-/// Polls `planes[target]` through `health` until it is healthy, failing when any plane exits
-/// or at `deadline`.
+/// Polls `planes[target]`'s health check until it is healthy, failing when any plane exits or
+/// at `deadline`.
 pub(super) async fn wait_ready(
     planes: &mut [Plane],
     target: usize,
-    health: &tonic::transport::Endpoint,
     deadline: Instant,
 ) -> Result<(), StartFailure> {
+    let health = planes[target].launch.health.clone();
     let mut last = String::from("no answer yet");
     loop {
         for (i, p) in planes.iter_mut().enumerate() {
@@ -251,8 +254,9 @@ pub(super) async fn wait_ready(
 /// Sends SIGTERM to every plane still running, one at a time, waiting up to 10 s in all, then
 /// kills what is left.
 pub(super) async fn stop_all(planes: &mut [Plane]) {
-    // One after the other in start order (the data plane first), so the data plane's last
-    // audit checkpoint still reaches the control plane.
+    // One after the other in their order (the data plane first, etcd last), so the data
+    // plane's last audit checkpoint still reaches the control plane, and the control plane's
+    // its store.
     let deadline = Instant::now() + STOP_TIMEOUT;
     for p in planes.iter_mut() {
         p.terminate();
@@ -262,10 +266,54 @@ pub(super) async fn stop_all(planes: &mut [Plane]) {
         {
             eprintln!(
                 "{} did not stop within {} s; killing it",
-                p.name,
+                p.name(),
                 STOP_TIMEOUT.as_secs()
             );
             let _ = p.child.kill().await;
         }
     }
+}
+
+/// Runs `launch` with its output appended to its log; the child, the log and where this
+/// run's output starts in it.
+fn spawn(launch: &Launch, layout: &Layout) -> anyhow::Result<(Child, PathBuf, u64)> {
+    let name = &launch.name;
+    let log = layout.logs.join(format!("{name}.log"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    writeln!(
+        file,
+        "=== kmsctl dev up: starting {name} at {} ===",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+    .with_context(|| format!("cannot write {}", log.display()))?;
+    let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let stderr = file
+        .try_clone()
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args)
+        .current_dir(&layout.dir)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(stderr)
+        // Own process group: a terminal's Ctrl-C reaches kmsctl, which stops the components
+        // in order, instead of reaching all of them at once.
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in CLIENT_ENV {
+        cmd.env_remove(var);
+    }
+    // Plain text in the log files (tracing-subscriber honours NO_COLOR).
+    cmd.env("NO_COLOR", "1");
+    for (name, value) in &launch.env {
+        cmd.env(name, value);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", launch.program.display()))?;
+    Ok((child, log, log_start))
 }
