@@ -370,6 +370,33 @@ path = "/tmp/kms-control-audit.log"
             toml::from_str(include_str!("../../../deploy/config/control.toml")).unwrap();
         assert_eq!(raw.region, "local");
         assert!(raw.identity.tls.is_some());
+        assert_eq!(raw.store.engine, Engine::Sled);
+    }
+
+    /// The commented-out `[store.etcd]` of the reference config names every option, and
+    /// uncommented it is a valid etcd store.
+    #[test]
+    fn reference_etcd_section_parses_when_uncommented() {
+        let reference = include_str!("../../../deploy/config/control.toml");
+        let start = reference.find("# [store.etcd]").unwrap();
+        let section: String = reference[start..]
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = GOOD.replace("data_dir = \"/tmp/x\"\n", "")
+            + "[store]\nengine = \"etcd\"\n"
+            + &section;
+        let p = parse(&text).unwrap();
+        let StoreParams::Etcd(etcd) = p.store else {
+            panic!("etcd expected");
+        };
+        assert_eq!(etcd.endpoints.len(), 3);
+        assert_eq!(etcd.username.as_deref(), Some("kms"));
+        assert!(etcd.ca_file.is_some() && etcd.cert_file.is_some() && etcd.key_file.is_some());
+        assert_eq!((etcd.max_txn_ops, etcd.request_timeout_ms), (128, 5000));
     }
 
     #[test]
