@@ -4,6 +4,8 @@
 //!
 //! The binaries must be built first (`cargo build --bins`); the README's test command does so.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use kms_proto::kms::internal::v1::key_material_client::KeyMaterialClient;
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
+use kms_store::etcd_testing::EtcdProcess;
 use tokio::process::{Child, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -60,12 +63,17 @@ pub struct Options {
     pub symmetric_rate: Option<u32>,
     /// Extra TOML lines under `[limits]` on both planes (`max_connections = 100`, ...).
     pub limits: String,
+    /// Where the control plane keeps its records: [`Engine::from_env`] unless set.
+    pub engine: Engine,
 }
 
 /// The operator the control plane's config names: creates and shares KMS instances.
 pub const OPERATOR: &str = "acs:ram::1000000000000000:user/operator";
 /// How often the control plane's rotation scheduler and reaper run in the stack, in ms.
 pub const SCHEDULER_INTERVAL_MS: u64 = 50;
+/// How long a control-plane replica holds the scheduler claim without renewing it, in ms:
+/// the shortest etcd lease.
+pub const SCHEDULER_LEASE_MS: u64 = 2_000;
 /// The SoftHSM2 module on Debian.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The token label the stack uses.
@@ -75,7 +83,7 @@ pub const USER_PIN: &str = "7391-user";
 
 /// Adds `x-kms-principal` to every call when a principal is set.
 #[derive(Debug, Clone)]
-pub struct As(Option<String>);
+pub struct As(pub Option<String>);
 
 impl tonic::service::Interceptor for As {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -100,9 +108,217 @@ pub struct Stack {
     data_addr: String,
     control: Option<Child>,
     data: Option<Child>,
+    /// The etcd member of a stack on [`Engine::Etcd`]; killed when the stack is dropped,
+    /// after the planes (fields drop in order).
+    etcd: Option<EtcdProcess>,
 }
 
-fn free_port() -> Result<u16> {
+/// Where the control plane of a stack keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// sled in the stack's directory.
+    Sled,
+    /// A single-member etcd the stack starts for itself.
+    Etcd,
+}
+
+impl Engine {
+    /// `KMS_TEST_STORE` (`sled` or `etcd`); sled when unset, so the whole suite runs on either
+    /// engine by setting it.
+    pub fn from_env() -> Self {
+        match std::env::var("KMS_TEST_STORE").as_deref() {
+            Ok("etcd") => Engine::Etcd,
+            Ok("sled") | Err(_) => Engine::Sled,
+            Ok(other) => panic!("KMS_TEST_STORE={other:?}: expected sled or etcd"),
+        }
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+/// The `[store]` of a control plane's config.
+#[derive(Debug)]
+pub enum StoreConfig {
+    /// sled in this directory.
+    Sled(PathBuf),
+    /// etcd with members at these client URLs.
+    Etcd(Vec<String>),
+}
+
+impl StoreConfig {
+    /// The config lines: `data_dir` at the top level, or `[store]` tables (which go last).
+    pub fn render(&self) -> (String, String) {
+        match self {
+            StoreConfig::Sled(dir) => (format!("data_dir = \"{}\"\n", dir.display()), String::new()),
+            StoreConfig::Etcd(endpoints) => {
+                let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+                (
+                    String::new(),
+                    format!(
+                        "[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"kms-e2e/\"\n",
+                        list.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// Starts a single-member etcd, off the async workers (it waits for the member).
+fn etcd_testing_start() -> Result<EtcdProcess> {
+    std::thread::spawn(EtcdProcess::start)
+        .join()
+        .map_err(|_| anyhow::anyhow!("etcd did not start: is `etcd` on PATH? scripts/ensure-deps.sh installs etcd-server"))
+}
+
+/// The `[identity]` of `plane` (`control` or `data`) calling as `me` and answering `peer`.
+pub fn identity_toml(root: &Path, options: &Options, plane: &str, me: &str, peer: &str) -> String {
+    let mut t = format!(
+        "[identity]\ndev_header = {}\nservice_principal = \"{me}\"\npeer_principal = \"{peer}\"\n",
+        !options.mtls
+    );
+    if options.mtls {
+        let certs = root.join("certs");
+        t += &format!(
+            "[identity.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nrequire_client_cert = {}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            certs.join(format!("{plane}.pem")).display(),
+            certs.join(format!("{plane}-key.pem")).display(),
+            certs.join("ca.pem").display(),
+            options.sidecar_peers.is_empty(),
+            certs.join(format!("{}.pem", cert_stem(me))).display(),
+            certs.join(format!("{}-key.pem", cert_stem(me))).display(),
+        );
+        if !options.sidecar_peers.is_empty() {
+            let peers: Vec<String> = options
+                .sidecar_peers
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect();
+            t += &format!(
+                "[identity.trusted_sidecar]\ntrusted_peers = [{}]\n",
+                peers.join(", ")
+            );
+        }
+    }
+    t
+}
+
+/// A control plane's config for a stack in `root`: listening on `listen`, calling the data
+/// plane replicas at `data_urls` (comma-separated), keeping records as `store` says
+/// (top-level lines, tables), auditing to `audit`.
+pub fn control_toml(
+    root: &Path,
+    options: &Options,
+    listen: &str,
+    data_urls: &str,
+    store: &(String, String),
+    audit: &Path,
+) -> String {
+    let identity = identity_toml(root, options, "control", CONTROL_PRINCIPAL, DATA_PRINCIPAL);
+    let extra_limits = &options.limits;
+    let (store_top, store_tables) = store;
+    format!(
+        r#"listen_addr = "{listen}"
+region = "local"
+{store_top}data_plane_url = "{data_urls}"
+operators = ["{OPERATOR}"]
+{identity}[audit]
+path = "{}"
+[limits]
+{extra_limits}
+[limits.read]
+per_second = 1000000
+[limits.write]
+per_second = 1000000
+[limits.create_key]
+per_second = 1000000
+[log]
+level = "info"
+[scheduler]
+interval_ms = {SCHEDULER_INTERVAL_MS}
+lease_ms = {SCHEDULER_LEASE_MS}
+[clock]
+offset_file = "{}"
+{store_tables}"#,
+        audit.display(),
+        root.join(CLOCK_OFFSET_FILE).display()
+    )
+}
+
+/// A data plane's config for a stack in `root`: listening on `listen`, calling the
+/// control-plane replicas at `control_urls` (comma-separated), auditing to `audit`.
+pub fn data_toml(root: &Path, options: &Options, listen: &str, control_urls: &str, audit: &Path) -> String {
+    let identity = identity_toml(root, options, "data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
+    let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
+    let extra_limits = &options.limits;
+    format!(
+        r#"listen_addr = "{listen}"
+control_plane_url = "{control_urls}"
+[hsm]
+module_path = "{SOFTHSM_MODULE}"
+token_label = "{TOKEN_LABEL}"
+user_pin_file = "{}"
+[key_cache]
+ttl_ms = 60000
+unwatched_ttl_ms = 200
+max_staleness_ms = 3000
+[audit]
+path = "{}"
+[limits]
+{extra_limits}
+[limits.symmetric]
+per_second = {symmetric_rate}
+[limits.asymmetric]
+per_second = 1000000
+{identity}[log]
+level = "info"
+"#,
+        root.join("hsm.pin").display(),
+        audit.display()
+    )
+}
+
+/// Makes a fresh SoftHSM2 token under `root/softhsm` (with its config) and writes its user PIN
+/// to `root/hsm.pin`.
+pub fn init_token(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root.join("softhsm/tokens"))?;
+    let conf = root.join("softhsm/softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            root.join("softhsm/tokens").display()
+        ),
+    )?;
+    let out = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN_LABEL,
+            "--so-pin",
+            "5511-so",
+            "--pin",
+            USER_PIN,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .context("softhsm2-util is missing: install the softhsm2 package")?;
+    if !out.status.success() {
+        bail!(
+            "softhsm2-util failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(root.join("hsm.pin"), format!("{USER_PIN}\n"))?;
+    Ok(())
+}
+
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -138,35 +354,7 @@ impl Stack {
         for sub in ["softhsm/tokens", "control", "logs"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
-        let conf = root.join("softhsm/softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                root.join("softhsm/tokens").display()
-            ),
-        )?;
-        let out = std::process::Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                TOKEN_LABEL,
-                "--so-pin",
-                "5511-so",
-                "--pin",
-                USER_PIN,
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .context("softhsm2-util is missing: install the softhsm2 package")?;
-        if !out.status.success() {
-            bail!(
-                "softhsm2-util failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::fs::write(root.join("hsm.pin"), format!("{USER_PIN}\n"))?;
+        init_token(root)?;
         let control_addr = format!("127.0.0.1:{}", free_port()?);
         let data_addr = format!("127.0.0.1:{}", free_port()?);
         let scheme = if options.mtls { "https" } else { "http" };
@@ -184,96 +372,33 @@ impl Stack {
                 );
             }
         }
-        let identity = |plane: &str, me: &str, peer: &str| -> String {
-            let mut t = format!(
-                "[identity]\ndev_header = {}\nservice_principal = \"{me}\"\npeer_principal = \"{peer}\"\n",
-                !options.mtls
-            );
-            if options.mtls {
-                let certs = root.join("certs");
-                t += &format!(
-                    "[identity.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nrequire_client_cert = {}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
-                    certs.join(format!("{plane}.pem")).display(),
-                    certs.join(format!("{plane}-key.pem")).display(),
-                    certs.join("ca.pem").display(),
-                    options.sidecar_peers.is_empty(),
-                    certs.join(format!("{}.pem", cert_stem(me))).display(),
-                    certs.join(format!("{}-key.pem", cert_stem(me))).display(),
-                );
-                if !options.sidecar_peers.is_empty() {
-                    let peers: Vec<String> = options
-                        .sidecar_peers
-                        .iter()
-                        .map(|p| format!("\"{p}\""))
-                        .collect();
-                    t += &format!(
-                        "[identity.trusted_sidecar]\ntrusted_peers = [{}]\n",
-                        peers.join(", ")
-                    );
-                }
-            }
-            t
+        let etcd = match options.engine {
+            Engine::Sled => None,
+            Engine::Etcd => Some(etcd_testing_start()?),
         };
-        let control_identity = identity("control", CONTROL_PRINCIPAL, DATA_PRINCIPAL);
-        let data_identity = identity("data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
-        let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
-        let extra_limits = &options.limits;
+        let store = match &etcd {
+            None => StoreConfig::Sled(root.join("control")),
+            Some(member) => StoreConfig::Etcd(vec![member.endpoint()]),
+        };
         std::fs::write(
             root.join("control.toml"),
-            format!(
-                r#"listen_addr = "{control_addr}"
-region = "local"
-data_dir = "{}"
-data_plane_url = "{scheme}://{data_addr}"
-operators = ["{OPERATOR}"]
-{control_identity}[audit]
-path = "{}"
-[limits]
-{extra_limits}
-[limits.read]
-per_second = 1000000
-[limits.write]
-per_second = 1000000
-[limits.create_key]
-per_second = 1000000
-[log]
-level = "info"
-[scheduler]
-interval_ms = {SCHEDULER_INTERVAL_MS}
-[clock]
-offset_file = "{}"
-"#,
-                root.join("control").display(),
-                root.join("logs/control-audit.log").display(),
-                root.join(CLOCK_OFFSET_FILE).display()
+            control_toml(
+                root,
+                &options,
+                &control_addr,
+                &format!("{scheme}://{data_addr}"),
+                &store.render(),
+                &root.join("logs/control-audit.log"),
             ),
         )?;
         std::fs::write(
             root.join("data.toml"),
-            format!(
-                r#"listen_addr = "{data_addr}"
-control_plane_url = "{scheme}://{control_addr}"
-[hsm]
-module_path = "{SOFTHSM_MODULE}"
-token_label = "{TOKEN_LABEL}"
-user_pin_file = "{}"
-[key_cache]
-ttl_ms = 60000
-unwatched_ttl_ms = 200
-max_staleness_ms = 3000
-[audit]
-path = "{}"
-[limits]
-{extra_limits}
-[limits.symmetric]
-per_second = {symmetric_rate}
-[limits.asymmetric]
-per_second = 1000000
-{data_identity}[log]
-level = "info"
-"#,
-                root.join("hsm.pin").display(),
-                root.join("logs/data-audit.log").display()
+            data_toml(
+                root,
+                &options,
+                &data_addr,
+                &format!("{scheme}://{control_addr}"),
+                &root.join("logs/data-audit.log"),
             ),
         )?;
         let mut stack = Self {
@@ -283,6 +408,7 @@ level = "info"
             data_addr,
             control: None,
             data: None,
+            etcd,
         };
         stack.boot().await?;
         Ok(stack)
@@ -624,7 +750,7 @@ pub fn cert_stem(principal: &str) -> String {
 }
 
 /// Where the stack keeps the control plane's clock offset, under its directory.
-const CLOCK_OFFSET_FILE: &str = "clock-offset-ms";
+pub(crate) const CLOCK_OFFSET_FILE: &str = "clock-offset-ms";
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`; the error names
 /// `what` was awaited. For effects that show up asynchronously (schedulers, caches), instead of

@@ -23,8 +23,16 @@ pub(crate) fn user<T>(r: Result<T, DomainError>) -> TxResult<T> {
     r.map_err(Abort::User)
 }
 
-fn store_error(e: kms_store::StoreError) -> DomainError {
-    DomainError::Internal(format!("store: {e}"))
+/// The one conversion of a store failure: a store that cannot serve now (an etcd cluster
+/// without quorum, a broken connection) makes the call `UNAVAILABLE`, which callers retry;
+/// anything else is internal.
+pub(crate) fn store_error(e: kms_store::StoreError) -> DomainError {
+    match e {
+        kms_store::StoreError::Unavailable(m) => {
+            DomainError::Unavailable(format!("the store is unavailable: {m}"))
+        }
+        other => DomainError::Internal(format!("store: {other}")),
+    }
 }
 
 /// Every index entry a key record implies, with its value.

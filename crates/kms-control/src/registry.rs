@@ -78,7 +78,7 @@ impl<S: Store> std::fmt::Debug for Registry<S> {
 }
 
 fn store_error(e: kms_store::StoreError) -> DomainError {
-    DomainError::Internal(format!("store: {e}"))
+    index::store_error(e)
 }
 
 fn tx_error(e: TxError<DomainError>) -> DomainError {

@@ -37,7 +37,7 @@ pub(crate) fn check_quota<S: Store>(
     loop {
         let page = store
             .scan_prefix(&prefix, after.as_deref(), 256)
-            .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+            .map_err(crate::index::store_error)?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (slot, _) in &page {

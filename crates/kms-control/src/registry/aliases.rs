@@ -144,7 +144,7 @@ impl<S: Store> Registry<S> {
             'scan: loop {
                 let batch = store
                     .scan_prefix(&prefix, cursor.as_deref(), SCAN_BATCH)
-                    .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                    .map_err(crate::index::store_error)?;
                 for (slot, value) in &batch {
                     let id = schema::decode_key_id(value)?;
                     let shown = match index::load_key(store, &id)? {

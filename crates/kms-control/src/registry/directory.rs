@@ -110,7 +110,7 @@ impl<S: Store> Registry<S> {
                     // What was read may not be on disk yet if its writer has not flushed.
                     store
                         .flush()
-                        .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                        .map_err(crate::index::store_error)?;
                     Ok(CatchUp::Events(events))
                 }
                 _ => Ok(CatchUp::Resync(current)),

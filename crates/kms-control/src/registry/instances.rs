@@ -60,7 +60,7 @@ impl<S: Store> Registry<S> {
             let cursor = after.map(|a| [prefix.as_slice(), a.as_str().as_bytes()].concat());
             let entries = store
                 .scan_prefix(&prefix, cursor.as_deref(), page.size + 1)
-                .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                .map_err(crate::index::store_error)?;
             let mut items = Vec::with_capacity(entries.len());
             for (slot, _) in &entries {
                 let id = InstanceId::parse(schema::suffix(slot, &prefix)?)

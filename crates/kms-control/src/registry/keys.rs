@@ -180,7 +180,7 @@ impl<S: Store> Registry<S> {
             'scan: loop {
                 let batch = store
                     .scan_prefix(&prefix, cursor.as_deref(), SCAN_BATCH)
-                    .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                    .map_err(crate::index::store_error)?;
                 for (slot, _) in &batch {
                     let id = KeyId::parse(schema::suffix(slot, &prefix)?)
                         .map_err(|_| DomainError::Internal("malformed key index entry".into()))?;

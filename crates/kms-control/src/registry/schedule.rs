@@ -39,7 +39,7 @@ impl<S: Store> Registry<S> {
             loop {
                 let batch = store
                     .scan_prefix(prefix, cursor.as_deref(), QUEUE_BATCH)
-                    .map_err(|e| DomainError::Internal(format!("store: {e}")))?;
+                    .map_err(crate::index::store_error)?;
                 for (slot, _) in &batch {
                     let (at, id) = schema::decode_queue_entry(slot)?;
                     if at > now {
