@@ -48,6 +48,8 @@ const WATCH_BACKOFF_START: Duration = Duration::from_millis(50);
 const WATCH_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Pause between the connection probes of [`EtcdStore::connect`].
 const PROBE_PAUSE: Duration = Duration::from_millis(50);
+/// Pause before a request is sent again (see [`Retry`]).
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// TLS towards etcd: the CA that signed the members' certificates, and optionally a client
 /// certificate (etcd's `--client-cert-auth`). Endpoints must then be `https://` URLs.
@@ -220,13 +222,30 @@ impl EtcdStore {
         })
     }
 
-    /// Runs `fut` on the store's runtime within the request timeout, and waits for it here.
-    fn call<T, F>(&self, fut: F) -> Result<T, CallError>
+    /// Runs the request `make` builds on the store's runtime, sending it again as `retry`
+    /// allows until the request timeout, and waits for the outcome here.
+    fn call<T, F, Fut>(&self, retry: Retry, make: F) -> Result<T, CallError>
     where
         T: Send + 'static,
-        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        F: Fn(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        wait_on(&self.handle, self.request_timeout, fut)
+        let client = self.client.clone();
+        let timeout = self.request_timeout;
+        wait_on(&self.handle, timeout, async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match make(client.clone()).await {
+                    Err(e)
+                        if retry.allows(&e)
+                            && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                    {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    outcome => return outcome,
+                }
+            }
+        })
     }
 
     /// `key` under the store's prefix.
@@ -241,10 +260,12 @@ impl EtcdStore {
         full_key: &[u8],
         revision: i64,
     ) -> Result<(Option<KeyValue>, Option<i64>), CallError> {
-        let mut kv = self.client.kv_client();
         let key = full_key.to_vec();
         let options = GetOptions::new().with_revision(revision);
-        let mut response = self.call(async move { kv.get(key, Some(options)).await })?;
+        let mut response = self.call(Retry::IfTransient, move |client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.kv_client().get(key, Some(options)).await }
+        })?;
         let seen = response.header().map(|h| h.revision());
         Ok((response.take_kvs().into_iter().next(), seen))
     }
@@ -289,18 +310,21 @@ impl EtcdStore {
             })
             .collect();
         let request = etcd_client::Txn::new().when(compares).and_then(writes);
-        let mut kv = self.client.kv_client();
-        let response = self.call(async move { kv.txn(request).await })?;
+        // Sent again only if it never left: a retried commit that had been applied would fail
+        // its compares and run the body a second time over its own writes.
+        let response = self.call(Retry::IfUnsent, move |client| {
+            let request = request.clone();
+            async move { client.kv_client().txn(request).await }
+        })?;
         Ok(response.succeeded())
     }
 
     /// Sends one keep-alive for `lease`: `Ok(false)` if etcd no longer knows it (it expired).
     fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
-        let mut client = self.client.lease_client();
         // `keep_alive` sends one request and reads one answer; dropping the returned keeper and
         // stream closes the stream.
-        let renewed = self.call(async move {
-            match client.keep_alive(lease).await {
+        let renewed = self.call(Retry::IfTransient, move |client| async move {
+            match client.lease_client().keep_alive(lease).await {
                 Ok(_) => Ok(true),
                 // What etcd-client returns when the answer's TTL is 0: the lease is gone.
                 Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
@@ -312,8 +336,9 @@ impl EtcdStore {
 
     /// Revokes `lease`, ignoring failure: an unrevoked lease lapses after its TTL anyway.
     fn revoke_quietly(&self, lease: i64) {
-        let mut client = self.client.lease_client();
-        let _ = self.call(async move { client.revoke(lease).await });
+        let _ = self.call(Retry::IfTransient, move |client| async move {
+            client.lease_client().revoke(lease).await
+        });
     }
 
     /// Puts `holder` under `key` with `lease` if `key` still satisfies `compare`; otherwise
@@ -330,8 +355,10 @@ impl EtcdStore {
             .when([compare])
             .and_then([put])
             .or_else([TxnOp::get(key, None)]);
-        let mut kv = self.client.kv_client();
-        let response = self.call(async move { kv.txn(request).await })?;
+        let response = self.call(Retry::IfUnsent, move |client| {
+            let request = request.clone();
+            async move { client.kv_client().txn(request).await }
+        })?;
         if response.succeeded() {
             return Ok(Ok(()));
         }
@@ -394,8 +421,10 @@ impl Store for EtcdStore {
         let options = GetOptions::new()
             .with_range(end)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let mut kv = self.client.kv_client();
-        let mut response = self.call(async move { kv.get(start, Some(options)).await })?;
+        let mut response = self.call(Retry::IfTransient, move |client| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { client.kv_client().get(start, Some(options)).await }
+        })?;
         // etcd returns a range in ascending key order.
         response
             .take_kvs()
@@ -498,9 +527,10 @@ impl Store for EtcdStore {
 
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let seconds = i64::try_from(seconds.max(1)).unwrap_or(i64::MAX);
-        let mut client = self.client.lease_client();
         let lease = self
-            .call(async move { client.grant(seconds, None).await })?
+            .call(Retry::IfUnsent, move |client| async move {
+                client.lease_client().grant(seconds, None).await
+            })?
             .id();
         let unclaimed = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
         let current = match self.put_if(&key, holder, lease, unclaimed)? {
@@ -704,6 +734,26 @@ impl Watch {
     }
 }
 
+/// Which failed requests [`EtcdStore::call`] sends again, while its timeout lasts.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// Only one that never left (no connection to the member it was routed to, such as a dead
+    /// member of a cluster): safe for any request.
+    IfUnsent,
+    /// Any that failed in a way that may pass (no leader yet, a broken connection): only for
+    /// requests that change nothing if applied twice (reads, lease renewals).
+    IfTransient,
+}
+
+impl Retry {
+    fn allows(self, e: &etcd_client::Error) -> bool {
+        match self {
+            Retry::IfUnsent => never_sent(e),
+            Retry::IfTransient => is_transient(e),
+        }
+    }
+}
+
 /// A failed etcd call: etcd's error, or no answer in time.
 enum CallError {
     Etcd(etcd_client::Error),
@@ -816,6 +866,22 @@ fn is_transient(e: &etcd_client::Error) -> bool {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
         _ => false,
     }
+}
+
+/// Whether `e` failed before the request left: tonic found no connection to the member the
+/// request was routed to (its status carries a `ConnectError`).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether `e` says the revision read at was compacted away.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kms_store::etcd_testing::EtcdProcess;
+use kms_store::etcd_testing::{EtcdCluster, EtcdProcess};
 use kms_store::{EtcdOptions, EtcdStore, Store, StoreError, TxError, abort, conformance};
 
 /// Bound on waiting for a notification, a lease to lapse, or etcd to come back.
@@ -47,15 +47,24 @@ fn subscribe(store: &EtcdStore, prefix: &[u8]) -> mpsc::Receiver<()> {
     rx
 }
 
-/// Waits for notifications until `store` shows `value` under `key`.
+/// Drops the notifications delivered so far.
+fn drain(rx: &mpsc::Receiver<()>) {
+    while rx.try_recv().is_ok() {}
+}
+
+/// Waits for a notification, and for more until `store` shows `value` under `key`: at least
+/// one must arrive, however soon the value shows.
 fn await_value(rx: &mpsc::Receiver<()>, store: &EtcdStore, key: &[u8], value: &[u8]) {
     let deadline = Instant::now() + WITHIN;
-    while store.get(key).unwrap().as_deref() != Some(value) {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
             rx.recv_timeout(left).is_ok(),
             "no notification showing {value:?} under {key:?} within {WITHIN:?}"
         );
+        if store.get(key).unwrap().as_deref() == Some(value) {
+            return;
+        }
     }
 }
 
@@ -113,8 +122,14 @@ fn two_stores_share_commits_claims_and_fences() {
     let ttl = Duration::from_secs(2);
     assert!(a.lead(b"leader", b"A", ttl).unwrap());
     assert!(!b.lead(b"leader", b"B", ttl).unwrap());
-    assert!(a.lead(b"leader", b"A", ttl).unwrap(), "renewal");
-    assert!(!b.lead(b"leader", b"B", ttl).unwrap());
+    // A renews for more than twice the ttl: the claim stays A's all along (B tries first after
+    // each pause, so a lapse would hand it to B).
+    let until = Instant::now() + 2 * ttl + Duration::from_secs(1);
+    while Instant::now() < until {
+        std::thread::sleep(ttl / 4);
+        assert!(!b.lead(b"leader", b"B", ttl).unwrap(), "A's claim lapsed");
+        assert!(a.lead(b"leader", b"A", ttl).unwrap(), "renewal");
+    }
     assert_eq!(b.get(b"leader").unwrap(), Some(b"A".to_vec()));
 
     // A transaction fenced on A's claim that read it before the claim moved conflicts, runs
@@ -252,6 +267,7 @@ fn the_watch_resumes_after_etcd_restarts() {
 
     etcd.kill();
     etcd.restart();
+    drain(&rx);
 
     // The first requests may fail while the client reconnects.
     let deadline = Instant::now() + WITHIN;
@@ -266,4 +282,37 @@ fn the_watch_resumes_after_etcd_restarts() {
         }
     }
     await_value(&rx, &store, b"feed/n", b"after");
+    drain(&rx);
+    store.put(b"feed/n", b"later").unwrap();
+    await_value(&rx, &store, b"feed/n", b"later");
+}
+
+#[test]
+fn a_cluster_survives_the_loss_of_its_leader() {
+    let mut cluster = EtcdCluster::start(3);
+    let store = EtcdStore::connect(EtcdOptions::new(cluster.endpoints(), fresh_prefix())).unwrap();
+    store.put(b"k", b"before").unwrap();
+
+    let leader = cluster.leader_index().expect("a leader");
+    cluster.kill(leader);
+
+    // The remaining two members elect a new leader; until then requests may fail.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match store.put(b"k", b"after") {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(e)) => {
+                assert!(Instant::now() < deadline, "no quorum again: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    let new_leader = cluster.leader_index().expect("a new leader");
+    assert_ne!(new_leader, leader);
+    // Once there is a leader, reads and writes go through although one endpoint is dead.
+    for i in 0..20u8 {
+        store.put(b"k", &[i]).unwrap();
+        assert_eq!(store.get(b"k").unwrap(), Some(vec![i]));
+    }
 }
