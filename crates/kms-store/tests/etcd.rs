@@ -316,3 +316,83 @@ fn a_cluster_survives_the_loss_of_its_leader() {
         assert_eq!(store.get(b"k").unwrap(), Some(vec![i]));
     }
 }
+
+#[test]
+fn the_store_works_and_drops_inside_an_async_runtime() {
+    let etcd = EtcdProcess::start();
+    let prefix = fresh_prefix();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Called, and dropped, on a runtime's own thread: waiting for the store's runtime must not
+    // panic, and neither may shutting it down.
+    runtime.block_on(async {
+        let store = connect(&etcd, &prefix);
+        store.put(b"k", b"v").unwrap();
+        assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+        drop(store);
+    });
+    // And from a blocking thread of a multi-thread runtime, the way servers call it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = Arc::new(connect(&etcd, &prefix));
+    let shared = store.clone();
+    let read = runtime
+        .block_on(runtime.spawn_blocking(move || shared.get(b"k")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, Some(b"v".to_vec()));
+    runtime.block_on(async move { drop(store) });
+}
+
+#[test]
+fn credentials_are_checked_and_scope_the_store() {
+    let etcd = EtcdProcess::start();
+    let prefix = fresh_prefix();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut admin = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        admin.user_add("root", "root-pw", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.user_add("kms", "kms-pw", None).await.unwrap();
+        admin.role_add("kms").await.unwrap();
+        let permission = etcd_client::Permission::read_write(prefix.as_bytes()).with_prefix();
+        admin
+            .role_grant_permission("kms", permission)
+            .await
+            .unwrap();
+        admin.user_grant_role("kms", "kms").await.unwrap();
+        admin.auth_enable().await.unwrap();
+    });
+
+    let with_user = |prefix: &str, password: &str| {
+        let mut options = EtcdOptions::new(vec![etcd.endpoint()], prefix);
+        options.user = Some(("kms".to_owned(), password.to_owned()));
+        EtcdStore::connect(options)
+    };
+    let store = with_user(&prefix, "kms-pw").unwrap();
+    store.put(b"k", b"v").unwrap();
+    assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert!(
+        store
+            .lead(b"leader", b"me", Duration::from_secs(5))
+            .unwrap()
+    );
+
+    let refused = with_user(&prefix, "wrong-pw");
+    match &refused {
+        Err(StoreError::Internal(m)) => assert!(!m.contains("wrong-pw"), "{m}"),
+        other => panic!("expected refused credentials, got {other:?}"),
+    }
+    // The user may not read outside its prefix.
+    let outside = with_user("elsewhere/", "kms-pw");
+    assert!(
+        matches!(outside, Err(StoreError::Internal(_))),
+        "{outside:?}"
+    );
+}
