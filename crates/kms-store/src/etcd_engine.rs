@@ -187,28 +187,32 @@ impl EtcdStore {
         let endpoints = options.endpoints.clone();
         let probe_key = range_start(options.prefix.clone());
         let deadline = options.connect_timeout;
-        let client = wait_on(&handle, deadline, async move {
-            let client = Client::connect(endpoints, Some(connect)).await?;
+        let connected = wait_on(&handle, deadline, async move {
             // The client connects lazily: one read proves an endpoint answers (and, with auth,
-            // that the user may read under the prefix). An endpoint that is down fails fast,
-            // so probe again until one answers or the deadline passes.
-            let mut kv = client.kv_client();
+            // that the user may read under the prefix). A request routed to an endpoint that is
+            // down fails fast, so try again until one answers or the deadline passes.
             loop {
-                let probe = GetOptions::new().with_keys_only().with_limit(1);
-                match kv.get(probe_key.clone(), Some(probe)).await {
-                    Ok(_) => return Ok(client),
+                match connect_and_probe(&endpoints, connect.clone(), &probe_key).await {
+                    Ok(client) => return Ok(client),
                     Err(e) if is_transient(&e) => tokio::time::sleep(PROBE_PAUSE).await,
                     Err(e) => return Err(e),
                 }
             }
-        })
-        .map_err(|e| match e {
-            CallError::TimedOut(_) => StoreError::Unavailable(format!(
-                "no etcd endpoint of {:?} answered within {deadline:?}",
-                options.endpoints
-            )),
-            other => other.into(),
-        })?;
+        });
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                // Not a plain drop, which panics when `connect` runs inside a runtime.
+                runtime.shutdown_background();
+                return Err(match e {
+                    CallError::TimedOut(_) => StoreError::Unavailable(format!(
+                        "no etcd endpoint of {:?} answered within {deadline:?}",
+                        options.endpoints
+                    )),
+                    other => other.into(),
+                });
+            }
+        };
 
         Ok(Self {
             client,
@@ -734,6 +738,19 @@ impl Watch {
     }
 }
 
+/// A client for `endpoints` that has read `probe_key` (authenticating first when `options`
+/// carry a user).
+async fn connect_and_probe(
+    endpoints: &[String],
+    options: ConnectOptions,
+    probe_key: &[u8],
+) -> Result<Client, etcd_client::Error> {
+    let client = Client::connect(endpoints, Some(options)).await?;
+    let probe = GetOptions::new().with_keys_only().with_limit(1);
+    client.kv_client().get(probe_key, Some(probe)).await?;
+    Ok(client)
+}
+
 /// Which failed requests [`EtcdStore::call`] sends again, while its timeout lasts.
 #[derive(Debug, Clone, Copy)]
 enum Retry {
@@ -1018,12 +1035,23 @@ mod tests {
         let mut options = EtcdOptions::new(vec![format!("http://127.0.0.1:{port}")], "kms/");
         options.connect_timeout = Duration::from_millis(500);
         let started = Instant::now();
-        let result = EtcdStore::connect(options);
+        let result = EtcdStore::connect(options.clone());
         assert!(
             matches!(result, Err(StoreError::Unavailable(_))),
             "{result:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Inside a runtime too: the failed store's runtime must not be dropped there.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(async { EtcdStore::connect(options) });
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
     }
 
     #[test]

@@ -290,7 +290,8 @@ fn the_watch_resumes_after_etcd_restarts() {
 #[test]
 fn a_cluster_survives_the_loss_of_its_leader() {
     let mut cluster = EtcdCluster::start(3);
-    let store = EtcdStore::connect(EtcdOptions::new(cluster.endpoints(), fresh_prefix())).unwrap();
+    let prefix = fresh_prefix();
+    let store = EtcdStore::connect(EtcdOptions::new(cluster.endpoints(), prefix.clone())).unwrap();
     store.put(b"k", b"before").unwrap();
 
     let leader = cluster.leader_index().expect("a leader");
@@ -310,6 +311,9 @@ fn a_cluster_survives_the_loss_of_its_leader() {
     }
     let new_leader = cluster.leader_index().expect("a new leader");
     assert_ne!(new_leader, leader);
+    // A store connects although one of its endpoints is dead.
+    let other = EtcdStore::connect(EtcdOptions::new(cluster.endpoints(), prefix.clone())).unwrap();
+    assert_eq!(other.get(b"k").unwrap(), Some(b"after".to_vec()));
     // Once there is a leader, reads and writes go through although one endpoint is dead.
     for i in 0..20u8 {
         store.put(b"k", &[i]).unwrap();
