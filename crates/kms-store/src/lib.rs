@@ -1,12 +1,13 @@
-//! The control plane's narrow key-value store: the `Store` trait, its errors, and two engines.
+//! The control plane's narrow key-value store: the `Store` trait, its errors, and three engines.
 //!
 //! Keys and values are byte strings; the domain layer chooses key prefixes (`key/<id>`,
 //! `alias/<account>/<name>`, ...) and wraps every value with [`encode_record`] so it carries a
 //! format version. Every write goes through [`Store::transaction`], so a record and its
 //! secondary indexes change together or not at all.
 //!
-//! Engines: [`SledStore`] (on disk) and [`MemoryStore`] (tests, dev). Both pass
-//! [`conformance::run_all`]; a new engine must too.
+//! Engines: [`SledStore`] (on disk, one process), [`EtcdStore`] (an etcd cluster that several
+//! processes share) and [`MemoryStore`] (tests, dev). All pass [`conformance::run_all`]; a new
+//! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
 //!
 //! ```
 //! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
@@ -43,11 +44,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod conformance;
+mod etcd_engine;
+#[cfg(feature = "testing")]
+pub mod etcd_testing;
 mod memory;
 mod record;
 mod sled_engine;
 mod subscribers;
 
+pub use etcd_engine::{EtcdOptions, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 pub use record::{RECORD_HEADER_LEN, RECORD_MAGIC, decode_record, encode_record};
 pub use sled_engine::SledStore;

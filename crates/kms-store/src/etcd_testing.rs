@@ -1,0 +1,329 @@
+//! Real etcd processes for tests (feature `testing`): one member ([`EtcdProcess`]) or a cluster
+//! ([`EtcdCluster`]), on free loopback ports with their data in a temporary directory, killed
+//! (SIGKILL) and removed on drop.
+//!
+//! They run the `etcd` binary found on `PATH` (Debian's `etcd-server`, which
+//! `scripts/ensure-deps.sh` installs). Starting waits, in a bounded loop, until every member
+//! answers `GET /health` with a leader. Failures panic with a message saying what to do: these
+//! are test helpers.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a member may take to become healthy.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// One single-member etcd cluster.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    member: Member,
+    /// Holds the data directory; removed on drop, after the member is killed.
+    _dir: TempDir,
+}
+
+impl EtcdProcess {
+    /// Starts a fresh member and waits until it serves requests.
+    pub fn start() -> Self {
+        let dir = temp_dir();
+        let ports = free_ports(2);
+        let mut member = Member::new("default", dir.path(), ports[0], ports[1]);
+        member.initial_cluster = member.peer_entry();
+        member.spawn();
+        member.wait_healthy();
+        Self { member, _dir: dir }
+    }
+
+    /// The client URL, such as `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        self.member.endpoint()
+    }
+
+    /// Kills the member with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        self.member.kill();
+    }
+
+    /// Starts the member again on the same ports and data directory, after [`Self::kill`], and
+    /// waits until it serves requests.
+    pub fn restart(&mut self) {
+        self.member.kill();
+        self.member.spawn();
+        self.member.wait_healthy();
+    }
+}
+
+/// A cluster of several members on loopback, each with its own data directory.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members as one new cluster and waits until each serves requests.
+    pub fn start(size: usize) -> Self {
+        let dir = temp_dir();
+        let ports = free_ports(2 * size);
+        let mut members: Vec<Member> = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| Member::new(&format!("m{i}"), dir.path(), pair[0], pair[1]))
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(Member::peer_entry)
+            .collect::<Vec<_>>()
+            .join(",");
+        for member in &mut members {
+            member.initial_cluster = initial_cluster.clone();
+            member.spawn();
+        }
+        for member in &mut members {
+            member.wait_healthy();
+        }
+        Self { members, _dir: dir }
+    }
+
+    /// The client URLs of every member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The index of the member that leads, as the running members' status reports say, or
+    /// `None` if none of them knows a leader.
+    pub fn leader_index(&self) -> Option<usize> {
+        let running: Vec<(usize, String)> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+            .map(|(i, m)| (i, m.endpoint()))
+            .collect();
+        // A thread of its own, so this works from inside another runtime too.
+        std::thread::spawn(move || leader_of(running))
+            .join()
+            .ok()
+            .flatten()
+    }
+
+    /// Kills member `i` with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again on its ports and data directory, and waits until it serves
+    /// requests (it needs a quorum to).
+    pub fn restart(&mut self, i: usize) {
+        let member = &mut self.members[i];
+        member.kill();
+        member.spawn();
+        member.wait_healthy();
+    }
+}
+
+/// Asks each `(index, endpoint)` for its status; the index whose member id is the leader.
+fn leader_of(members: Vec<(usize, String)>) -> Option<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async move {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for (i, endpoint) in members {
+            let options = etcd_client::ConnectOptions::new()
+                .with_timeout(Duration::from_secs(2))
+                .with_connect_timeout(Duration::from_secs(2));
+            let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(options)).await
+            else {
+                continue;
+            };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            if let Some(header) = status.header() {
+                ids.push((i, header.member_id()));
+            }
+            if status.leader() != 0 {
+                leader = Some(status.leader());
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(i, _)| i)
+    })
+}
+
+/// One etcd member: its ports, directories and process.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    /// `--initial-cluster`: every member's `name=peer-url`.
+    initial_cluster: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(name: &str, dir: &Path, client_port: u16, peer_port: u16) -> Self {
+        Self {
+            name: name.to_owned(),
+            client_port,
+            peer_port,
+            data_dir: dir.join(format!("{name}.etcd")),
+            log: dir.join(format!("{name}.log")),
+            initial_cluster: String::new(),
+            child: None,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn peer_entry(&self) -> String {
+        format!("{}={}", self.name, self.peer_url())
+    }
+
+    /// Starts the process (a restart reuses the data directory; etcd then ignores the
+    /// initial-cluster flags).
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        let endpoint = self.endpoint();
+        let peer_url = self.peer_url();
+        let spawned = Command::new("etcd")
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "kms-test"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn();
+        match spawned {
+            Ok(child) => self.child = Some(child),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`etcd` is not on PATH: run scripts/ensure-deps.sh (it installs Debian's \
+                 etcd-server)"
+            ),
+            Err(e) => panic!("cannot start etcd: {e}"),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL; an already exited child makes both calls fail harmlessly.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls `GET /health` until it reports a leader; panics (with the log) after
+    /// [`READY_WITHIN`] or if the process exits.
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "etcd member {} exited with {status} while starting; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if healthy(self.client_port) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "etcd member {} not healthy within {READY_WITHIN:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether the member on `port` answers its health check with a leader.
+fn healthy(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"health\":\"true\"")
+}
+
+/// `n` distinct free loopback ports (all bound at once, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind loopback: {e}"))
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|l| match l.local_addr() {
+            Ok(addr) => addr.port(),
+            Err(e) => panic!("cannot read a bound port: {e}"),
+        })
+        .collect()
+}
+
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("kms-etcd-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
