@@ -167,7 +167,10 @@ impl EtcdStore {
         let mut connect = ConnectOptions::new()
             .with_timeout(options.request_timeout)
             .with_connect_timeout(options.connect_timeout)
-            .with_keep_alive(KEEP_ALIVE_INTERVAL, options.request_timeout);
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, options.request_timeout)
+            // A member cut off from its leader refuses requests (reads are sent again, to any
+            // member) and ends watches (which restart) instead of serving a stale view.
+            .with_require_leader(true);
         if let Some(tls) = &options.tls {
             connect = connect.with_tls(tls_config(tls)?);
         }
@@ -716,17 +719,19 @@ impl Watch {
                     // The stream broke or the member closed it: start another.
                     Ok(None) | Err(_) => break,
                 };
+                if response.canceled() || response.compact_revision() > 0 {
+                    // The resume revision was compacted (or the member cancelled the watch, e.g.
+                    // it lost its leader): restart from the current revision, after a pause
+                    // that grows if this repeats; the subscriber re-reads once it is back.
+                    self.next_revision = None;
+                    failures = failures.saturating_add(1);
+                    break;
+                }
                 if response.created() {
                     failures = 0;
                     if std::mem::take(&mut resumed) {
                         (self.notify)();
                     }
-                }
-                if response.canceled() || response.compact_revision() > 0 {
-                    // The resume revision was compacted (or the member cancelled the watch):
-                    // restart from the current revision; the subscriber re-reads.
-                    self.next_revision = None;
-                    break;
                 }
                 if let Some(last) = response.events().last().and_then(|e| e.kv()) {
                     self.next_revision = Some(last.mod_revision() + 1);

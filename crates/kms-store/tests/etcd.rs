@@ -400,3 +400,58 @@ fn credentials_are_checked_and_scope_the_store() {
         "{outside:?}"
     );
 }
+
+#[test]
+fn the_watch_restarts_when_its_resume_revision_was_compacted() {
+    let mut cluster = EtcdCluster::start(3);
+    let endpoints = cluster.endpoints();
+    let prefix = fresh_prefix();
+    // The store talks to one follower only, so its watch breaks while the others go on.
+    let leader = cluster.leader_index().expect("a leader");
+    let follower = (leader + 1) % endpoints.len();
+    let others: Vec<String> = (0..endpoints.len())
+        .filter(|&i| i != follower)
+        .map(|i| endpoints[i].clone())
+        .collect();
+    let only_follower = vec![endpoints[follower].clone()];
+    let store = EtcdStore::connect(EtcdOptions::new(only_follower, prefix.clone())).unwrap();
+    let rx = subscribe(&store, b"feed/");
+    store.put(b"feed/n", b"before").unwrap();
+    await_value(&rx, &store, b"feed/n", b"before");
+
+    cluster.kill(follower);
+    // The other members commit under the prefix and compact past everything the watch saw.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect(&others, None).await.unwrap();
+        let key = format!("{prefix}feed/n");
+        client.put(key.as_str(), "missed", None).await.unwrap();
+        let revision = client
+            .put(key.as_str(), "missed again", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let physical = etcd_client::CompactionOptions::new().with_physical();
+        client.compact(revision, Some(physical)).await.unwrap();
+    });
+    cluster.restart(follower);
+
+    // The watch cannot resume where it stopped: it restarts from the current revision, and
+    // notifies, so the subscriber reads what it missed.
+    await_value(&rx, &store, b"feed/n", b"missed again");
+    // Once restarted the watch is quiet (one that kept resuming at the compacted revision
+    // would be cancelled and notify again, at least every 2 s), and later commits notify.
+    std::thread::sleep(Duration::from_millis(500));
+    drain(&rx);
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_err(),
+        "the watch keeps restarting"
+    );
+    store.put(b"feed/n", b"later").unwrap();
+    await_value(&rx, &store, b"feed/n", b"later");
+}
