@@ -147,8 +147,13 @@ impl Cluster {
                 child: None,
             });
         }
+        // The first data-plane replica alone: on a fresh token it creates the root key, and
+        // two replicas racing to create it would leave two (which every replica refuses).
+        cluster.start_replica(Plane::Data, 0)?;
+        cluster.wait_serving(Plane::Data, 0).await?;
         for plane in [Plane::Data, Plane::Control] {
-            for i in 0..cluster.replicas(plane).len() {
+            let first = usize::from(plane == Plane::Data);
+            for i in first..cluster.replicas(plane).len() {
                 cluster.start_replica(plane, i)?;
             }
         }
@@ -225,7 +230,10 @@ impl Cluster {
             let r = self.replica_mut(plane, i);
             if let Some(status) = r.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
                 let name = r.name.clone();
-                bail!("{name} exited early with {status}; log:\n{}", self.log(&name));
+                bail!(
+                    "{name} exited early with {status}; log:\n{}",
+                    self.log(&name)
+                );
             }
             if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?
                 .connect()
@@ -265,7 +273,10 @@ impl Cluster {
 
     /// The `host:port` of every replica of `plane`.
     pub fn addrs(&self, plane: Plane) -> Vec<String> {
-        self.replicas(plane).iter().map(|r| r.addr.clone()).collect()
+        self.replicas(plane)
+            .iter()
+            .map(|r| r.addr.clone())
+            .collect()
     }
 
     /// Moves every control-plane replica's clock by `ms` from where it is.
@@ -287,7 +298,8 @@ impl Cluster {
     pub fn scheduler_holder(&self) -> Result<Option<String>> {
         let endpoints = self.etcd.endpoints();
         std::thread::spawn(move || -> Result<Option<String>> {
-            let store = EtcdStore::connect(EtcdOptions::new(endpoints, PREFIX.as_bytes().to_vec()))?;
+            let store =
+                EtcdStore::connect(EtcdOptions::new(endpoints, PREFIX.as_bytes().to_vec()))?;
             Ok(store
                 .get(b"m/scheduler")?
                 .map(|v| String::from_utf8_lossy(&v).into_owned()))

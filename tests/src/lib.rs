@@ -110,7 +110,7 @@ pub struct Stack {
     data: Option<Child>,
     /// The etcd member of a stack on [`Engine::Etcd`]; killed when the stack is dropped,
     /// after the planes (fields drop in order).
-    etcd: Option<EtcdProcess>,
+    _etcd: Option<EtcdProcess>,
 }
 
 /// Where the control plane of a stack keeps its records.
@@ -153,7 +153,9 @@ impl StoreConfig {
     /// The config lines: `data_dir` at the top level, or `[store]` tables (which go last).
     pub fn render(&self) -> (String, String) {
         match self {
-            StoreConfig::Sled(dir) => (format!("data_dir = \"{}\"\n", dir.display()), String::new()),
+            StoreConfig::Sled(dir) => {
+                (format!("data_dir = \"{}\"\n", dir.display()), String::new())
+            }
             StoreConfig::Etcd(endpoints) => {
                 let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
                 (
@@ -170,9 +172,11 @@ impl StoreConfig {
 
 /// Starts a single-member etcd, off the async workers (it waits for the member).
 fn etcd_testing_start() -> Result<EtcdProcess> {
-    std::thread::spawn(EtcdProcess::start)
-        .join()
-        .map_err(|_| anyhow::anyhow!("etcd did not start: is `etcd` on PATH? scripts/ensure-deps.sh installs etcd-server"))
+    std::thread::spawn(EtcdProcess::start).join().map_err(|_| {
+        anyhow::anyhow!(
+            "etcd did not start: is `etcd` on PATH? scripts/ensure-deps.sh installs etcd-server"
+        )
+    })
 }
 
 /// The `[identity]` of `plane` (`control` or `data`) calling as `me` and answering `peer`.
@@ -251,7 +255,13 @@ offset_file = "{}"
 
 /// A data plane's config for a stack in `root`: listening on `listen`, calling the
 /// control-plane replicas at `control_urls` (comma-separated), auditing to `audit`.
-pub fn data_toml(root: &Path, options: &Options, listen: &str, control_urls: &str, audit: &Path) -> String {
+pub fn data_toml(
+    root: &Path,
+    options: &Options,
+    listen: &str,
+    control_urls: &str,
+    audit: &Path,
+) -> String {
     let identity = identity_toml(root, options, "data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
     let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
     let extra_limits = &options.limits;
@@ -408,7 +418,7 @@ impl Stack {
             data_addr,
             control: None,
             data: None,
-            etcd,
+            _etcd: etcd,
         };
         stack.boot().await?;
         Ok(stack)

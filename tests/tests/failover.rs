@@ -1,7 +1,7 @@
 //! Failover, by killing things: a 3-member etcd cluster, two control-plane replicas and two
 //! data-plane replicas, all real processes on loopback. Clients stream writes and Encrypts,
-//! retrying on `UNAVAILABLE` (and on a deadline, for calls safe to repeat) against the other
-//! replica, as gRPC clients do, while the test SIGKILLs the etcd leader, then a control-plane
+//! retrying on `UNAVAILABLE` (and on a call cut off mid-way) against the other replica, as
+//! gRPC clients do, while the test SIGKILLs the etcd leader, then a control-plane
 //! replica, then a data-plane replica. Afterwards every acknowledged write is there, an
 //! acknowledged CreateKey made once is there once, every ciphertext decrypts, and no key was
 //! rotated twice. The time from each kill to the first success is printed for the notes.
@@ -46,10 +46,14 @@ fn days(n: i64) -> Option<prost_types::Duration> {
     })
 }
 
-/// What an attempt's status means for the call.
-fn retryable(code: Code, repeatable: bool) -> bool {
-    code == Code::Unavailable
-        || (repeatable && matches!(code, Code::DeadlineExceeded | Code::Cancelled | Code::Unknown))
+/// Whether a call answered `code` is tried again on the next replica: `UNAVAILABLE`, and the
+/// codes of a call cut off mid-way (its outcome unknown). A CreateKey tried more than once may
+/// therefore exist twice; one made in one attempt must exist once.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
 }
 
 /// Calls the replicas of one plane in turn, as a client with several addresses does: stays
@@ -81,7 +85,7 @@ enum Outcome<T> {
 }
 
 macro_rules! call {
-    ($failover:expr, $repeatable:expr, |$client:ident| $body:expr) => {{
+    ($failover:expr, |$client:ident| $body:expr) => {{
         let f: &Failover = &$failover;
         let started = Instant::now();
         let mut attempts = 0usize;
@@ -95,7 +99,7 @@ macro_rules! call {
             };
             match tokio::time::timeout(ATTEMPT_TIMEOUT, $body).await {
                 Ok(Ok(resp)) => break Outcome::Ok(resp.into_inner(), attempts),
-                Ok(Err(status)) if !retryable(status.code(), $repeatable) => {
+                Ok(Err(status)) if !retryable(status.code()) => {
                     break Outcome::Refused(status);
                 }
                 Ok(Err(_)) | Err(_) => {
@@ -175,7 +179,7 @@ async fn client_loop(
     while !stop.load(Ordering::Acquire) {
         n += 1;
         let description = format!("failover c{id} n{n}");
-        let outcome = call!(control, false, |c| c.keys().create_key(CreateKeyRequest {
+        let outcome = call!(control, |c| c.keys().create_key(CreateKeyRequest {
             kms_instance_id: instance.clone(),
             description: description.clone(),
             enable_automatic_rotation: Some(false),
@@ -191,7 +195,11 @@ async fn client_loop(
                 key_id
             }
             Outcome::Refused(s) => {
-                ledger.lock().await.refusals.push(format!("CreateKey: {s:?}"));
+                ledger
+                    .lock()
+                    .await
+                    .refusals
+                    .push(format!("CreateKey: {s:?}"));
                 continue;
             }
             Outcome::Unknown => {
@@ -200,7 +208,7 @@ async fn client_loop(
             }
         };
         let value = format!("v{n}");
-        match call!(control, true, |c| c.keys().tag_resources(TagResourcesRequest {
+        match call!(control, |c| c.keys().tag_resources(TagResourcesRequest {
             key_ids: vec![key_id.clone()],
             tags: vec![Tag {
                 key: "n".into(),
@@ -212,11 +220,15 @@ async fn client_loop(
                 l.tagged.push((key_id.clone(), value));
                 l.write_acks.push(Instant::now());
             }
-            Outcome::Refused(s) => ledger.lock().await.refusals.push(format!("TagResources: {s:?}")),
+            Outcome::Refused(s) => ledger
+                .lock()
+                .await
+                .refusals
+                .push(format!("TagResources: {s:?}")),
             Outcome::Unknown => {}
         }
         if n % 3 == 0 {
-            match call!(control, true, |c| c.keys().disable_key(DisableKeyRequest {
+            match call!(control, |c| c.keys().disable_key(DisableKeyRequest {
                 key_id: key_id.clone(),
             })) {
                 Outcome::Ok(_, _) => {
@@ -224,12 +236,16 @@ async fn client_loop(
                     l.disabled.insert(key_id.clone());
                     l.write_acks.push(Instant::now());
                 }
-                Outcome::Refused(s) => ledger.lock().await.refusals.push(format!("DisableKey: {s:?}")),
+                Outcome::Refused(s) => ledger
+                    .lock()
+                    .await
+                    .refusals
+                    .push(format!("DisableKey: {s:?}")),
                 Outcome::Unknown => {}
             }
         }
         let plaintext = format!("secret {id}/{n}").into_bytes();
-        match call!(data, true, |c| c.crypto().encrypt(EncryptRequest {
+        match call!(data, |c| c.crypto().encrypt(EncryptRequest {
             key_id: enc_key.clone(),
             plaintext: plaintext.clone(),
             ..Default::default()
@@ -247,7 +263,12 @@ async fn client_loop(
 
 /// Waits until the clients have `more` acknowledgements beyond `from`, within the stream's
 /// budget.
-async fn wait_for_acks(ledger: &Mutex<Ledger>, from: usize, more: usize, deadline: Instant) -> Result<usize> {
+async fn wait_for_acks(
+    ledger: &Mutex<Ledger>,
+    from: usize,
+    more: usize,
+    deadline: Instant,
+) -> Result<usize> {
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     loop {
         poll.tick().await;
@@ -256,7 +277,10 @@ async fn wait_for_acks(ledger: &Mutex<Ledger>, from: usize, more: usize, deadlin
             return Ok(acks);
         }
         if Instant::now() > deadline {
-            bail!("only {} acknowledgements after {from}; wanted {more} more", acks - from);
+            bail!(
+                "only {} acknowledgements after {from}; wanted {more} more",
+                acks - from
+            );
         }
     }
 }
@@ -445,9 +469,17 @@ async fn acknowledged_work_survives_the_loss_of_each_kind_of_process() -> Result
     }
     for (description, (key_id, attempts)) in &l.created {
         let found = by_description.get(description).cloned().unwrap_or_default();
-        assert!(found.contains(key_id), "acknowledged {description} ({key_id}) is missing");
+        assert!(
+            found.contains(key_id),
+            "acknowledged {description} ({key_id}) is missing"
+        );
         if *attempts == 1 {
-            assert_eq!(found.len(), 1, "{description}, made in one attempt, exists {} times", found.len());
+            assert_eq!(
+                found.len(),
+                1,
+                "{description}, made in one attempt, exists {} times",
+                found.len()
+            );
         }
     }
     for (key_id, value) in &l.tagged {
@@ -472,7 +504,11 @@ async fn acknowledged_work_survives_the_loss_of_each_kind_of_process() -> Result
             .into_inner()
             .key_metadata
             .context("no metadata")?;
-        assert_eq!(meta.key_state, KeyState::Disabled as i32, "{key_id} is not disabled");
+        assert_eq!(
+            meta.key_state,
+            KeyState::Disabled as i32,
+            "{key_id} is not disabled"
+        );
     }
     let mut crypto = cluster.crypto(1, ALICE)?;
     for (plaintext, blob) in &l.sealed {
@@ -524,7 +560,10 @@ async fn rotation_happens_once_when_the_scheduler_replica_dies_mid_run() -> Resu
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cluster.log(&leader_name).contains("key rotated") {
         if Instant::now() > deadline {
-            bail!("the scheduler did not start rotating; log:\n{}", cluster.log(&leader_name));
+            bail!(
+                "the scheduler did not start rotating; log:\n{}",
+                cluster.log(&leader_name)
+            );
         }
         poll.tick().await;
     }

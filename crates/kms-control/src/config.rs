@@ -386,9 +386,8 @@ path = "/tmp/kms-control-audit.log"
             .filter(|l| l.starts_with('[') || l.contains(" = "))
             .map(|l| format!("{l}\n"))
             .collect();
-        let text = GOOD.replace("data_dir = \"/tmp/x\"\n", "")
-            + "[store]\nengine = \"etcd\"\n"
-            + &section;
+        let text =
+            GOOD.replace("data_dir = \"/tmp/x\"\n", "") + "[store]\nengine = \"etcd\"\n" + &section;
         let p = parse(&text).unwrap();
         let StoreParams::Etcd(etcd) = p.store else {
             panic!("etcd expected");

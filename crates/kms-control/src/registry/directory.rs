@@ -108,9 +108,7 @@ impl<S: Store> Registry<S> {
             match events.first() {
                 Some(first) if first.revision == last + 1 => {
                     // What was read may not be on disk yet if its writer has not flushed.
-                    store
-                        .flush()
-                        .map_err(crate::index::store_error)?;
+                    store.flush().map_err(crate::index::store_error)?;
                     Ok(CatchUp::Events(events))
                 }
                 _ => Ok(CatchUp::Resync(current)),
