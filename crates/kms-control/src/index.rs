@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use kms_store::{Abort, Store, Txn, abort};
 use kms_types::{
     DomainError, ImportTokenId, ImportTokenRecord, InstanceId, InstanceRecord, KeyEvent,
-    KeyEventKind, KeyId, KeyRecord, KeyState,
+    KeyEventKind, KeyId, KeyRecord, KeyState, KeyVersionId,
 };
 
 use crate::schema::{self, Access};
@@ -149,11 +149,33 @@ pub(crate) fn put_key(
     append_event(tx, &new.id, KeyEventKind::Changed)
 }
 
+/// Version entries removed per transaction: a key's deletion removes this many with the key,
+/// and each later step as many again, so no transaction comes near etcd's 128 operations
+/// however many versions a key had.
+pub(crate) const VERSIONS_PER_STEP: usize = 64;
+
 /// Removes key record `old` with every index entry, gives its place in the instance's quota
-/// back, and records its deletion.
+/// back, and records its deletion. A key with more than [`VERSIONS_PER_STEP`] versions keeps
+/// the rest of its `v/` entries under a tombstone for [`purge_step`]: they name a key that is
+/// gone, so nothing can reach it through them meanwhile.
 pub(crate) fn delete_key(tx: &mut dyn Txn, old: &KeyRecord) -> TxResult<KeyEvent> {
+    let later: Vec<KeyVersionId> = old
+        .versions
+        .iter()
+        .skip(VERSIONS_PER_STEP)
+        .map(|v| v.id.clone())
+        .collect();
+    let kept: std::collections::BTreeSet<Vec<u8>> = later.iter().map(schema::version).collect();
     for slot in key_entries(old).keys() {
-        tx.delete(slot)?;
+        if !kept.contains(slot) {
+            tx.delete(slot)?;
+        }
+    }
+    if !later.is_empty() {
+        tx.put(
+            &schema::tombstone(&old.id),
+            &user(schema::encode_tombstone(&later))?,
+        )?;
     }
     tx.delete(&schema::key(&old.id))?;
     if let Some(id) = &old.instance
@@ -166,6 +188,29 @@ pub(crate) fn delete_key(tx: &mut dyn Txn, old: &KeyRecord) -> TxResult<KeyEvent
         )?;
     }
     append_event(tx, &old.id, KeyEventKind::Deleted)
+}
+
+/// One step of a tombstone at `slot`: removes up to [`VERSIONS_PER_STEP`] of its version
+/// entries, and the tombstone with the last of them. `Ok(true)` when it is gone. Repeating a
+/// step is harmless.
+pub(crate) fn purge_step(tx: &mut dyn Txn, slot: &[u8]) -> TxResult<bool> {
+    let Some(bytes) = tx.get(slot)? else {
+        return Ok(true);
+    };
+    let mut versions = user(schema::decode_tombstone(&bytes))?;
+    let now: Vec<KeyVersionId> = versions
+        .drain(..versions.len().min(VERSIONS_PER_STEP))
+        .collect();
+    for version in &now {
+        tx.delete(&schema::version(version))?;
+    }
+    if versions.is_empty() {
+        tx.delete(slot)?;
+        Ok(true)
+    } else {
+        tx.put(slot, &user(schema::encode_tombstone(&versions))?)?;
+        Ok(false)
+    }
 }
 
 /// Takes the next directory revision and records an event with it, dropping the event that

@@ -24,6 +24,7 @@
 //! | `uv/<key-id>/<key-version-id>` | n (u64, big-endian) | latest decryption or verification per version |
 //! | `i/<instance-id>` | JSON of [`InstanceRecord`] | the instance |
 //! | `ia/<account>/<instance-id>` | `"Owner"` or `"Shared"` (JSON) | account → instances it sees |
+//! | `sg/<key-id>` | JSON list of key version ids | a deleted key's `v/` entries still to remove, in steps |
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
 //! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
@@ -73,6 +74,8 @@ pub const SCHEDULER_LEADER: &[u8] = b"m/scheduler";
 pub const MATERIAL_EXPIRY_QUEUE: &[u8] = b"sx/";
 /// Prefix of the import-token purge queue.
 pub const TOKEN_PURGE_QUEUE: &[u8] = b"sp/";
+/// Tombstones of deleted keys whose version entries are still being removed.
+pub const TOMBSTONE_PREFIX: &[u8] = b"sg/";
 /// Prefix of audit-log checkpoints.
 pub const AUDIT_CHECKPOINT_PREFIX: &[u8] = b"ac/";
 
@@ -92,6 +95,22 @@ pub fn key(id: &KeyId) -> Vec<u8> {
 /// Store key of a version → key index entry.
 pub fn version(id: &KeyVersionId) -> Vec<u8> {
     format!("v/{id}").into_bytes()
+}
+
+/// Store key of the tombstone of deleted key `id`: the version index entries left to remove
+/// after its deletion.
+pub fn tombstone(id: &KeyId) -> Vec<u8> {
+    format!("sg/{id}").into_bytes()
+}
+
+/// Encodes the version ids a tombstone has left to remove.
+pub fn encode_tombstone(versions: &[KeyVersionId]) -> Result<Vec<u8>, DomainError> {
+    encode_json("tombstone", &versions)
+}
+
+/// Decodes a tombstone.
+pub fn decode_tombstone(bytes: &[u8]) -> Result<Vec<KeyVersionId>, DomainError> {
+    decode_json("tombstone", bytes)
 }
 
 /// Store key of an alias → key index entry.

@@ -98,6 +98,37 @@ impl<S: Store> Registry<S> {
         Ok(report)
     }
 
+    /// Finishes the deletion of keys that had more versions than one transaction removes:
+    /// each tombstone's version entries go in steps (see [`index::purge_step`]).
+    pub async fn purge_tombstones(&self) -> Result<SweepReport, DomainError> {
+        let mut report = SweepReport::default();
+        let slots = self
+            .read(|store| {
+                store
+                    .scan_prefix(schema::TOMBSTONE_PREFIX, None, QUEUE_BATCH)
+                    .map_err(index::store_error)
+            })
+            .await?;
+        for (slot, _) in slots {
+            loop {
+                let step = slot.clone();
+                match self
+                    .commit_fenced(move |tx| Ok((index::purge_step(tx, &step)?, Vec::new())))
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::warn!(error = %e, "cannot finish removing a deleted key's versions");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
     /// Gives every key whose rotation is due a new primary version.
     pub async fn rotate_due(&self) -> Result<SweepReport, DomainError> {
         let now = self.clock.now();
@@ -174,6 +205,7 @@ impl<S: Store> Registry<S> {
         }
         for (what, result) in [
             ("deletion", self.reap_due().await),
+            ("tombstone", self.purge_tombstones().await),
             ("material expiry", self.expire_due().await),
             ("rotation", self.rotate_due().await),
         ] {

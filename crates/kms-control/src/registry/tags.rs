@@ -1,5 +1,9 @@
-//! Tags: `TagResources` and `UntagResources` change up to 50 keys in one transaction, so one
-//! refused key leaves every key as it was.
+//! Tags: `TagResources` and `UntagResources` change up to 50 keys. Every key is checked
+//! first (it exists, the caller may change it, the change fits), so a refused key leaves
+//! every key as it was; then each key changes in a transaction of its own (which decides
+//! again), so no transaction outgrows etcd's limits (50 keys × 20 tags would be 1,000
+//! writes). Only a key changed by someone else between the check and its own transaction
+//! can end a batch part-way; the call then fails and may be repeated: tagging is idempotent.
 
 use kms_store::{Abort, Store};
 use kms_types::{DomainError, KeyId, KeyRef, Principal, Tag, validate};
@@ -27,30 +31,34 @@ impl<S: Store> Registry<S> {
         Ok(ids)
     }
 
-    /// Applies `change` to every key in `ids`, all or nothing, deciding `action` for
-    /// `caller` again on each key inside the transaction.
+    /// Applies `change` to every key in `ids`: first checks it on every key (nothing is
+    /// written if one refuses), then changes each key in its own transaction, deciding
+    /// `action` for `caller` again on it.
     async fn change_tags(
         &self,
         caller: &Principal,
         ids: Vec<KeyId>,
         action: &'static str,
-        change: impl Fn(&mut kms_types::KeyRecord) -> Result<(), DomainError> + Send + 'static,
+        change: impl Fn(&mut kms_types::KeyRecord) -> Result<(), DomainError> + Send + Sync + 'static,
     ) -> Result<(), DomainError> {
-        let caller = caller.clone();
+        let change = std::sync::Arc::new(change);
+        let (check_caller, check_ids, check) = (caller.clone(), ids.clone(), change.clone());
+        // A transaction that writes nothing: every key read at one point in time.
         self.commit(move |tx| {
-            let mut events = Vec::new();
-            for id in &ids {
+            for id in &check_ids {
                 let old = index::get_key(tx, id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
-                super::authorize_in(tx, &caller, &old, action)?;
-                let mut new = old.clone();
-                index::user(change(&mut new))?;
-                if new != old {
-                    events.push(index::put_key(tx, Some(&old), &new)?);
-                }
+                super::authorize_in(tx, &check_caller, &old, action)?;
+                index::user(check(&mut old.clone()))?;
             }
-            Ok(((), events))
+            Ok(((), Vec::new()))
         })
-        .await
+        .await?;
+        for id in ids {
+            let change = change.clone();
+            self.mutate_id(caller, id, action, move |k| change(k))
+                .await?;
+        }
+        Ok(())
     }
 
     /// `TagResources`: adds the tags to every key, replacing values of tag keys a key has.

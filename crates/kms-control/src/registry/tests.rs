@@ -51,8 +51,8 @@ impl MaterialSource for Arc<FakeMaterial> {
 }
 
 struct World {
-    registry: Arc<Registry<MemoryStore>>,
-    store: Arc<MemoryStore>,
+    registry: Arc<Registry<Bounded>>,
+    store: Arc<Bounded>,
     clock: Arc<ManualClock>,
     material: Arc<FakeMaterial>,
 }
@@ -69,8 +69,102 @@ fn alice() -> Principal {
     p("acs:ram::42:root")
 }
 
+/// Most keys one transaction may read, and most it may write: etcd's default
+/// `--max-txn-ops`, which limits its compares and its writes.
+const MAX_TXN_OPS: usize = 128;
+
+/// A memory store that refuses any transaction reading or writing more than [`MAX_TXN_OPS`]
+/// keys, as etcd does: every registry test then checks that its writes fit in etcd.
+#[derive(Debug, Default)]
+struct Bounded {
+    inner: MemoryStore,
+}
+
+/// Counts the keys a transaction reads and writes.
+struct Counting<'a> {
+    inner: &'a mut dyn kms_store::Txn,
+    read: std::collections::BTreeSet<Vec<u8>>,
+    written: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl kms_store::Txn for Counting<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, kms_store::TxStoreError> {
+        if !self.written.contains(key) {
+            self.read.insert(key.to_vec());
+        }
+        self.inner.get(key)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), kms_store::TxStoreError> {
+        self.written.insert(key.to_vec());
+        self.inner.put(key, value)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), kms_store::TxStoreError> {
+        self.written.insert(key.to_vec());
+        self.inner.delete(key)
+    }
+}
+
+impl Store for Bounded {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kms_store::StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<kms_store::Entry>, kms_store::StoreError> {
+        self.inner.scan_prefix(prefix, after, limit)
+    }
+
+    fn transaction<T, E>(
+        &self,
+        f: impl Fn(&mut dyn kms_store::Txn) -> Result<T, kms_store::Abort<E>>,
+    ) -> Result<T, kms_store::TxError<E>> {
+        self.inner.transaction(|tx| {
+            let mut counting = Counting {
+                inner: tx,
+                read: Default::default(),
+                written: Default::default(),
+            };
+            let out = f(&mut counting);
+            let (read, written) = (counting.read.len(), counting.written.len());
+            if read > MAX_TXN_OPS || written > MAX_TXN_OPS {
+                return Err(kms_store::Abort::from(kms_store::StoreError::Internal(
+                    format!("a transaction read {read} and wrote {written} keys; etcd allows {MAX_TXN_OPS} of each"),
+                )));
+            }
+            out
+        })
+    }
+
+    fn flush(&self) -> Result<(), kms_store::StoreError> {
+        self.inner.flush()
+    }
+
+    fn subscribe(
+        &self,
+        prefix: &[u8],
+        notify: kms_store::Notify,
+    ) -> Result<(), kms_store::StoreError> {
+        self.inner.subscribe(prefix, notify)
+    }
+
+    fn lead(
+        &self,
+        key: &[u8],
+        holder: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<bool, kms_store::StoreError> {
+        self.inner.lead(key, holder, ttl)
+    }
+}
+
 fn world() -> World {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(Bounded::default());
     let clock = Arc::new(ManualClock::new(START));
     let material = Arc::new(FakeMaterial::default());
     let registry = Arc::new(
@@ -559,6 +653,97 @@ async fn tags_are_all_or_nothing() {
         .await
         .unwrap();
     assert_eq!(w.registry.revision().await.unwrap(), r0 + 1);
+}
+
+/// The largest tag call, 50 keys given 20 tags each, fits etcd's limits: each key changes in
+/// its own transaction.
+#[tokio::test]
+async fn the_largest_tag_batch_fits_in_etcd_transactions() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 100).await;
+    let mut refs = Vec::new();
+    for _ in 0..50 {
+        refs.push(id_ref(&w.key(in_instance(&inst)).await));
+    }
+    let tags: Vec<Tag> = (0..20).map(|i| tag(&format!("k{i}"), "v")).collect();
+    let r0 = w.registry.revision().await.unwrap();
+    w.registry
+        .tag_resources(&alice(), refs.clone(), tags)
+        .await
+        .unwrap();
+    assert_eq!(w.registry.revision().await.unwrap(), r0 + 50);
+    for r in &refs {
+        let k = w.registry.describe_key(&alice(), r.clone()).await.unwrap();
+        assert_eq!(k.tags.len(), 20);
+    }
+    w.registry
+        .untag_resources(
+            &alice(),
+            refs.clone(),
+            (0..20).map(|i| format!("k{i}")).collect(),
+        )
+        .await
+        .unwrap();
+    let k = w
+        .registry
+        .describe_key(&alice(), refs[49].clone())
+        .await
+        .unwrap();
+    assert!(k.tags.is_empty());
+}
+
+/// A key with hundreds of versions is deleted in one transaction that fits etcd, leaving a
+/// tombstone whose version entries go in later steps; nothing names the key meanwhile, and
+/// nothing is left at the end.
+#[tokio::test]
+async fn a_key_with_many_versions_is_reaped_in_steps() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 10).await;
+    let key = w.key(in_instance(&inst)).await;
+    for _ in 0..200 {
+        w.registry
+            .create_key_version(&alice(), id_ref(&key))
+            .await
+            .unwrap();
+    }
+    let versions = w
+        .registry
+        .describe_key(&alice(), id_ref(&key))
+        .await
+        .unwrap()
+        .versions;
+    assert_eq!(versions.len(), 201);
+    w.registry
+        .schedule_key_deletion(&alice(), id_ref(&key), 7)
+        .await
+        .unwrap();
+    w.advance_days(8);
+    let report = w.registry.reap_due().await.unwrap();
+    assert_eq!((report.deleted, report.failed), (1, 0));
+    assert_eq!(
+        w.registry.describe_key(&alice(), id_ref(&key)).await.err(),
+        Some(DomainError::KeyNotFound)
+    );
+    let last = versions.last().unwrap().id.clone();
+    assert!(
+        w.store.get(&schema::version(&last)).unwrap().is_some(),
+        "versions past the first step wait for the tombstone"
+    );
+    assert!(
+        w.registry.directory_version(last.clone()).await.err() == Some(DomainError::KeyNotFound),
+        "a version left behind names nothing"
+    );
+    let report = w.registry.run_scheduled().await;
+    assert_eq!(report.failed, 0);
+    for v in &versions {
+        assert_eq!(w.store.get(&schema::version(&v.id)).unwrap(), None);
+    }
+    assert!(
+        w.store
+            .scan_prefix(schema::TOMBSTONE_PREFIX, None, 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
