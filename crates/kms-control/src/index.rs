@@ -163,7 +163,7 @@ pub(crate) fn delete_key(tx: &mut dyn Txn, old: &KeyRecord) -> TxResult<KeyEvent
         .versions
         .iter()
         .skip(VERSIONS_PER_STEP)
-        .map(|v| v.id.clone())
+        .map(|v| v.id)
         .collect();
     let kept: std::collections::BTreeSet<Vec<u8>> = later.iter().map(schema::version).collect();
     for slot in key_entries(old).keys() {

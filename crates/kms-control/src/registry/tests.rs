@@ -724,13 +724,13 @@ async fn a_key_with_many_versions_is_reaped_in_steps() {
         w.registry.describe_key(&alice(), id_ref(&key)).await.err(),
         Some(DomainError::KeyNotFound)
     );
-    let last = versions.last().unwrap().id.clone();
+    let last = versions.last().unwrap().id;
     assert!(
         w.store.get(&schema::version(&last)).unwrap().is_some(),
         "versions past the first step wait for the tombstone"
     );
     assert!(
-        w.registry.directory_version(last.clone()).await.err() == Some(DomainError::KeyNotFound),
+        w.registry.directory_version(last).await.err() == Some(DomainError::KeyNotFound),
         "a version left behind names nothing"
     );
     let report = w.registry.run_scheduled().await;
