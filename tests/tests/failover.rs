@@ -227,7 +227,7 @@ async fn client_loop(
                 .push(format!("TagResources: {s:?}")),
             Outcome::Unknown => {}
         }
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             match call!(control, |c| c.keys().disable_key(DisableKeyRequest {
                 key_id: key_id.clone(),
             })) {
