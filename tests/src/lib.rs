@@ -107,13 +107,19 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Where cargo put the workspace's binaries: next to the test executable's `deps` directory.
+/// Where cargo put the workspace's binaries: next to the test executable's `deps` directory,
+/// or in `KMS_BIN_DIR` when set (release binaries driven by a debug test, say).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory")?;
+    let dir = match std::env::var_os("KMS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(Path::parent)
+                .context("cannot locate the target directory")?
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     if !path.exists() {
         bail!(
@@ -349,7 +355,15 @@ level = "info"
             .create(true)
             .append(true)
             .open(self.dir().join("logs").join(format!("{bin}.log")))?;
-        let child = Command::new(bin_path(bin)?)
+        let mut cmd = Command::new(bin_path(bin)?);
+        // The planes are configured by their files alone: an inherited `KMS_*` variable (the
+        // tests' own knobs included) would override a setting or be refused as unknown.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KMS_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(self.dir().join(config))
             .env("SOFTHSM2_CONF", self.softhsm_conf())
@@ -676,3 +690,4 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
