@@ -115,6 +115,8 @@ struct CreateOp {
     outcome: Outcome,
     /// Known once answered.
     key_id: Option<String>,
+    /// The key as the OK answer described it.
+    answered: Option<KeyMetadata>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +130,8 @@ struct TagOp {
 struct ScheduleOp {
     key_id: String,
     outcome: Outcome,
+    /// The deletion date the OK answer gave.
+    answered: Option<prost_types::Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -288,6 +292,7 @@ async fn create(drill: &Drill, id: u64, n: u64) -> Owned {
             alias: alias.clone(),
             outcome: Outcome::NotSent,
             key_id: None,
+            answered: None,
         });
         ledger.creates.len() - 1
     };
@@ -299,8 +304,12 @@ async fn create(drill: &Drill, id: u64, n: u64) -> Owned {
         .await;
     let key_id = match answer {
         Ok(created) => {
-            let key_id = created.key_metadata.unwrap().key_id;
-            drill.ledger.lock().unwrap().creates[op].key_id = Some(key_id.clone());
+            let created = created.key_metadata.unwrap();
+            let key_id = created.key_id.clone();
+            let mut ledger = drill.ledger.lock().unwrap();
+            ledger.creates[op].key_id = Some(key_id.clone());
+            ledger.creates[op].answered = Some(created);
+            drop(ledger);
             drill.record(Op::Create(op), Outcome::Acked);
             drop(held);
             key_id
@@ -373,6 +382,7 @@ async fn schedule(drill: &Drill, id: u64, key: &mut Owned) {
         ledger.schedules.push(ScheduleOp {
             key_id: key.key_id.clone(),
             outcome: Outcome::NotSent,
+            answered: None,
         });
         ledger.schedules.len() - 1
     };
@@ -387,7 +397,11 @@ async fn schedule(drill: &Drill, id: u64, key: &mut Owned) {
         })
         .await;
     match answer {
-        Ok(_) => drill.record(Op::Schedule(op), Outcome::Acked),
+        Ok(scheduled) => {
+            let delete_date = scheduled.key_metadata.unwrap().delete_date;
+            drill.ledger.lock().unwrap().schedules[op].answered = delete_date;
+            drill.record(Op::Schedule(op), Outcome::Acked);
+        }
         // Only this client schedules this key, once: an unanswered attempt did.
         Err(st) if retried && reason(&st) == "Rejected.PendingDeletion" => {
             drill.record(Op::Schedule(op), Outcome::Confirmed);
@@ -546,6 +560,14 @@ fn check_writes(listed: &[KeyMetadata], ledger: &Ledger, instance: &str, when: &
         if let Some(id) = &op.key_id {
             assert_eq!(&k.key_id, id, "{when}: {op:?} made another key: {k:?}");
         }
+        if let Some(m) = &op.answered {
+            assert_eq!(
+                (&k.creation_date, &k.primary_key_version_id, &k.creator),
+                (&m.creation_date, &m.primary_key_version_id, &m.creator),
+                "{when}: key {} is not the one acknowledged",
+                k.key_id
+            );
+        }
         if op.outcome == Outcome::Unanswered {
             applied_unanswered += 1;
         }
@@ -590,10 +612,10 @@ fn check_writes(listed: &[KeyMetadata], ledger: &Ledger, instance: &str, when: &
     }
 
     // A key is pending deletion exactly when a ScheduleKeyDeletion for it may have been.
-    let schedules: HashMap<&str, Outcome> = ledger
+    let schedules: HashMap<&str, &ScheduleOp> = ledger
         .schedules
         .iter()
-        .map(|op| (op.key_id.as_str(), op.outcome))
+        .map(|op| (op.key_id.as_str(), op))
         .collect();
     for op in &ledger.schedules {
         if op.outcome.done() {
@@ -607,11 +629,22 @@ fn check_writes(listed: &[KeyMetadata], ledger: &Ledger, instance: &str, when: &
         let pending = k.key_state == KeyState::PendingDeletion as i32;
         assert_eq!(pending, k.delete_date.is_some(), "{when}: {k:?}");
         match schedules.get(k.key_id.as_str()) {
-            Some(o) if o.done() => assert!(
-                pending,
-                "{when}: acknowledged ScheduleKeyDeletion lost: {k:?}"
-            ),
-            Some(Outcome::Unanswered) => applied_unanswered += usize::from(pending),
+            Some(op) if op.outcome.done() => {
+                assert!(
+                    pending,
+                    "{when}: acknowledged ScheduleKeyDeletion lost: {k:?}"
+                );
+                if let Some(date) = &op.answered {
+                    assert_eq!(
+                        k.delete_date.as_ref(),
+                        Some(date),
+                        "{when}: deletion date of {k:?}"
+                    );
+                }
+            }
+            Some(op) if op.outcome == Outcome::Unanswered => {
+                applied_unanswered += usize::from(pending);
+            }
             _ => assert_eq!(
                 k.key_state,
                 KeyState::Enabled as i32,
