@@ -333,13 +333,19 @@ pub(crate) fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Where cargo put the workspace's binaries: next to the test executable's `deps` directory.
+/// Where cargo put the workspace's binaries: next to the test executable's `deps` directory,
+/// or in `KMS_BIN_DIR` when set (release binaries driven by a debug test, say).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory")?;
+    let dir = match std::env::var_os("KMS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(Path::parent)
+                .context("cannot locate the target directory")?
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     if !path.exists() {
         bail!(
@@ -485,7 +491,15 @@ impl Stack {
             .create(true)
             .append(true)
             .open(self.dir().join("logs").join(format!("{bin}.log")))?;
-        let child = Command::new(bin_path(bin)?)
+        let mut cmd = Command::new(bin_path(bin)?);
+        // The planes are configured by their files alone: an inherited `KMS_*` variable (the
+        // tests' own knobs included) would override a setting or be refused as unknown.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KMS_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(self.dir().join(config))
             .env("SOFTHSM2_CONF", self.softhsm_conf())
@@ -811,4 +825,104 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Whether `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// Crash drills: the control plane killed without warning, then started again on the same store
+// and port.
+
+/// How many times [`Stack::restart_control`] starts the control plane when the port it must
+/// bind is taken in the meantime.
+const REBIND_ATTEMPTS: u32 = 5;
+
+impl Stack {
+    /// Kills the control plane with SIGKILL, as a crash or the OOM killer would: no drain, no
+    /// final audit checkpoint, nothing on disk but what its calls had flushed. Waits until it
+    /// is gone, and fails if it had already ended on its own.
+    pub async fn kill_control(&mut self) -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.control.take().context("kms-control is not running")?;
+        let pid = child.id().context("kms-control has already been reaped")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .context("kms-control still running 20 s after SIGKILL")??;
+        if status.signal() != Some(nix::sys::signal::Signal::SIGKILL as i32) {
+            bail!(
+                "kms-control ended with {status} before it was killed; log:\n{}",
+                self.log("kms-control")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the control plane again after [`Stack::kill_control`], on the same store and
+    /// port, and returns how long it took until it served (health polled, see
+    /// [`Stack::start_control`]).
+    ///
+    /// The killed process's connections linger in TIME_WAIT on the port; the control plane
+    /// binds with `SO_REUSEADDR` (tokio does on Unix), so they do not stand in its way. A live
+    /// socket on the port does: while the port was free, an outgoing connection may have been
+    /// given it as its local port (a client's connection to the dead port can even connect to
+    /// itself). So this waits, bounded, until the port can be bound with the same option, and
+    /// starts the control plane again if it still lost the race for the port.
+    pub async fn restart_control(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            self.wait_control_port_free().await?;
+            let log_before = self.log("kms-control").len();
+            let Err(e) = self.start_control().await else {
+                return Ok(started.elapsed());
+            };
+            let lost_port = self
+                .log("kms-control")
+                .get(log_before..)
+                .is_some_and(|new| new.contains("cannot listen on"));
+            if !lost_port || attempt == REBIND_ATTEMPTS {
+                return Err(e);
+            }
+            if let Some(mut child) = self.control.take() {
+                child.wait().await?;
+            }
+            attempt += 1;
+        }
+    }
+
+    /// A maker of `KeyManagementService` clients as `principal`, each on a connection of its
+    /// own, that does not borrow the stack: for tasks that keep calling while the control
+    /// plane is killed and started under them.
+    pub fn keys_maker(
+        &self,
+        principal: &str,
+    ) -> Result<impl Fn() -> KeyManagementServiceClient<Svc> + Clone + Send + Sync + 'static> {
+        let endpoint = self.endpoint_as(&self.control_addr, Some(principal))?;
+        let principal = principal.to_string();
+        Ok(move || {
+            KeyManagementServiceClient::with_interceptor(
+                endpoint.clone().connect_lazy(),
+                As(Some(principal.clone())),
+            )
+        })
+    }
+
+    /// Waits, at most 10 s, until the control plane's address can be bound with
+    /// `SO_REUSEADDR`, as the control plane binds it (std sets it on Unix too).
+    async fn wait_control_port_free(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            poll.tick().await;
+            match std::net::TcpListener::bind(&self.control_addr) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot bind {}", self.control_addr));
+                }
+            }
+        }
+    }
 }
