@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then checks formatting, lints and runs every
-# test. The end-to-end tests start the real binaries, so they are built first.
+# test, the end-to-end ones on sled and again (a subset) on etcd. The end-to-end tests start
+# the real binaries, so they are built first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,9 @@ echo "== cargo build --bins"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+# The same end-to-end tests against the etcd store: the control plane, the data plane and
+# identity, each stack on an etcd member of its own.
+echo "== cargo test, control plane on etcd"
+KMS_TEST_STORE=etcd cargo test --locked -p kms-e2e \
+    --test control_plane --test data_plane_symmetric --test data_plane_cache \
+    --test identity_policy --test authorization

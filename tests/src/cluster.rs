@@ -4,22 +4,21 @@
 //! HSM partition; the control-plane replicas share one clock offset file.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_store::etcd_testing::EtcdCluster;
 use kms_store::{EtcdOptions, EtcdStore, Store};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::{As, CLOCK_OFFSET_FILE, Options, StoreConfig, bin_path, control_toml, data_toml};
+use crate::{As, CLOCK_OFFSET_FILE, Options, StoreConfig, control_toml, data_toml};
 
 /// The etcd key prefix the cluster's control planes use.
-pub const PREFIX: &str = "kms-e2e/";
+pub const PREFIX: &str = crate::ETCD_PREFIX;
 
 /// A `KeyManagementService` client that calls as a principal.
 pub type KeysClient = KeyManagementServiceClient<InterceptedService<Channel, As>>;
@@ -108,7 +107,6 @@ impl Cluster {
                 .join(",")
         };
         let store = StoreConfig::Etcd(etcd.endpoints()).render();
-        let store = (store.0, store.1.replace("kms-e2e/", PREFIX));
         let mut cluster = Self {
             controls: Vec::new(),
             datas: Vec::new(),
@@ -189,21 +187,12 @@ impl Cluster {
         let softhsm = self.dir().join("softhsm/softhsm2.conf");
         let logs = self.dir().join("logs");
         let r = self.replica_mut(plane, i);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("{}.log", r.name)))?;
-        let child = Command::new(bin_path(r.bin)?)
-            .arg("--config")
-            .arg(&r.config)
-            .env("SOFTHSM2_CONF", &softhsm)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", r.name))?;
+        let child = crate::spawn_plane(
+            r.bin,
+            &r.config,
+            &softhsm,
+            &logs.join(format!("{}.log", r.name)),
+        )?;
         r.child = Some(child);
         Ok(())
     }

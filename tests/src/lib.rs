@@ -161,7 +161,7 @@ impl StoreConfig {
                 (
                     String::new(),
                     format!(
-                        "[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"kms-e2e/\"\n",
+                        "[store]\nengine = \"etcd\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"{ETCD_PREFIX}\"\n",
                         list.join(", ")
                     ),
                 )
@@ -169,6 +169,9 @@ impl StoreConfig {
         }
     }
 }
+
+/// The etcd key prefix of a stack's control plane.
+pub const ETCD_PREFIX: &str = "kms-e2e/";
 
 /// Starts a single-member etcd, off the async workers (it waits for the member).
 fn etcd_testing_start() -> Result<EtcdProcess> {
@@ -290,6 +293,33 @@ level = "info"
         root.join("hsm.pin").display(),
         audit.display()
     )
+}
+
+/// Starts binary `bin` with `config`, the SoftHSM2 config `softhsm`, its output appended to
+/// `log`; killed when the handle drops.
+pub fn spawn_plane(bin: &str, config: &Path, softhsm: &Path, log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(bin_path(bin)?);
+    // The planes are configured by their files alone: an inherited `KMS_*` variable (the
+    // tests' own knobs included) would override a setting or be refused as unknown.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KMS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .env("SOFTHSM2_CONF", softhsm)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {bin}"))
 }
 
 /// Makes a fresh SoftHSM2 token under `root/softhsm` (with its config) and writes its user PIN
@@ -455,6 +485,31 @@ impl Stack {
         self.dir().join("control")
     }
 
+    /// Every entry of the control plane's store, whichever the engine; with the control
+    /// plane stopped for sled (which locks its directory).
+    pub fn store_entries(&self) -> Result<Vec<kms_store::Entry>> {
+        use kms_store::Store;
+        match &self._etcd {
+            None => Ok(kms_store::SledStore::open(&self.sled_dir())?.scan_prefix(
+                b"",
+                None,
+                usize::MAX,
+            )?),
+            Some(member) => {
+                let endpoint = member.endpoint();
+                std::thread::spawn(move || -> Result<Vec<kms_store::Entry>> {
+                    let store = kms_store::EtcdStore::connect(kms_store::EtcdOptions::new(
+                        vec![endpoint],
+                        ETCD_PREFIX.as_bytes().to_vec(),
+                    ))?;
+                    Ok(store.scan_prefix(b"", None, usize::MAX)?)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("reading etcd panicked"))?
+            }
+        }
+    }
+
     /// The file holding the control plane's clock offset in milliseconds.
     pub fn clock_offset_file(&self) -> PathBuf {
         self.dir().join(CLOCK_OFFSET_FILE)
@@ -487,30 +542,12 @@ impl Stack {
     }
 
     fn spawn(&self, bin: &str, config: &str) -> Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir().join("logs").join(format!("{bin}.log")))?;
-        let mut cmd = Command::new(bin_path(bin)?);
-        // The planes are configured by their files alone: an inherited `KMS_*` variable (the
-        // tests' own knobs included) would override a setting or be refused as unknown.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("KMS_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(self.dir().join(config))
-            .env("SOFTHSM2_CONF", self.softhsm_conf())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {bin}"))?;
-        Ok(child)
+        spawn_plane(
+            bin,
+            &self.dir().join(config),
+            &self.softhsm_conf(),
+            &self.dir().join("logs").join(format!("{bin}.log")),
+        )
     }
 
     async fn boot(&mut self) -> Result<()> {

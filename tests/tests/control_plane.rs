@@ -2358,9 +2358,7 @@ async fn deletion_at_the_end_of_the_window_leaves_nothing_behind() {
     // With the planes stopped, nothing in the store names the key or its versions any more,
     // except the change log, whose last word on it is its deletion.
     env.stack.stop().await.unwrap();
-    let store = kms_store::SledStore::open(&env.stack.sled_dir()).unwrap();
-    use kms_store::Store;
-    let entries = store.scan_prefix(b"", None, usize::MAX).unwrap();
+    let entries = env.stack.store_entries().unwrap();
     assert!(entries.len() > 5, "the scan reads the store");
     let mentions = |needle: &str| -> Vec<String> {
         entries
