@@ -306,7 +306,7 @@ fn healthy(port: u16) -> bool {
 }
 
 /// `n` distinct free loopback ports (all bound at once, then released).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| {
             TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind loopback: {e}"))
@@ -319,6 +319,19 @@ fn free_ports(n: usize) -> Vec<u16> {
             Err(e) => panic!("cannot read a bound port: {e}"),
         })
         .collect()
+}
+
+/// A free loopback port whose next port is free too (a client port and its peer port).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = free_ports(1)[0];
+        if let Some(next) = first.checked_add(1)
+            && TcpListener::bind(("127.0.0.1", next)).is_ok()
+        {
+            return first;
+        }
+    }
+    panic!("no two consecutive free loopback ports in 100 tries")
 }
 
 fn temp_dir() -> TempDir {

@@ -1,0 +1,247 @@
+//! `kmsctl dev up`, as a newcomer runs it: the whole local service, on sled and on a local
+//! etcd with two control-plane replicas. The test waits for the "Press Ctrl-C" line, reads
+//! `dev.json`, calls the service through what it names, kills a control-plane replica to see
+//! `dev up` start it again, and stops everything with SIGINT.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_e2e::bin_path;
+use kms_proto::kms::v1::{
+    CreateKeyRequest, DecryptRequest, DescribeKeyRequest, DisableKeyRequest, EncryptRequest,
+    KeyState,
+};
+use kms_store::etcd_testing::{free_port_pair, free_ports};
+
+/// A running `kmsctl dev up`; SIGINT and a wait when dropped, so nothing outlives the test.
+struct DevUp {
+    child: Child,
+    out: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl DevUp {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2);
+        let etcd = free_port_pair();
+        let out = dir.path().join("dev-up.out");
+        let mut cmd = Command::new(bin_path("kmsctl").unwrap());
+        cmd.args(["dev", "up", "--dir"])
+            .arg(dir.path().join("dev"))
+            .args(["--control-addr", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--data-addr", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--etcd-addr", &format!("127.0.0.1:{etcd}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("dev-up.err")).unwrap());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KMS_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd.spawn().unwrap();
+        let mut up = Self { child, out, dir };
+        up.wait_for("Press Ctrl-C");
+        up
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("dev-up.err")).unwrap_or_default()
+    }
+
+    /// Polls the output, in a bounded loop, until it holds `line`.
+    fn wait_for(&mut self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.output().contains(line) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("dev up exited with {status}:\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn info(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dev_dir().join("dev.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn dev_dir(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    /// SIGINT, then the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DevUp {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+const ACCOUNT: &str = "acs:ram::1234567890123456:root";
+
+async fn round_trip(control: &str, data: &str) -> String {
+    let strip = |u: &str| u.trim_start_matches("http://").to_owned();
+    let mut keys = kms_e2e::cluster::keys_client(&strip(control), ACCOUNT).unwrap();
+    let key_id = keys
+        .create_key(CreateKeyRequest {
+            description: "dev up".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let mut crypto = kms_e2e::cluster::crypto_client(&strip(data), ACCOUNT).unwrap();
+    let blob = crypto
+        .encrypt(EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: b"hello".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let opened = crypto
+        .decrypt(DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    assert_eq!(opened, b"hello");
+    key_id
+}
+
+fn pid_of(config: &Path) -> Option<i32> {
+    // The process whose command line names this config: started by the dev up under test.
+    let needle = config.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("kms-control") && cmdline.contains(&needle)).then_some(pid)
+        })
+}
+
+#[tokio::test]
+async fn dev_up_on_sled_serves_both_planes_and_stops_cleanly() {
+    let mut up = DevUp::start(&[]);
+    let info = up.info();
+    assert_eq!(info["control_addrs"].as_array().unwrap().len(), 1);
+    assert!(info.get("etcd_endpoints").is_none(), "{info}");
+    round_trip(
+        info["control_addr"].as_str().unwrap(),
+        info["data_addr"].as_str().unwrap(),
+    )
+    .await;
+    assert!(up.stop().success(), "{}", up.output());
+    assert!(up.output().contains("stopped"));
+}
+
+#[tokio::test]
+async fn dev_up_on_etcd_runs_replicas_and_restarts_a_killed_one() {
+    let mut up = DevUp::start(&["--store", "etcd", "--replicas", "2"]);
+    let info = up.info();
+    let controls: Vec<String> = info["control_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(controls.len(), 2);
+    assert_eq!(info["control_addr"], controls[0]);
+    assert_eq!(info["etcd_endpoints"].as_array().unwrap().len(), 1);
+    let data = info["data_addr"].as_str().unwrap().to_owned();
+
+    // A key made through one replica is there through the other.
+    let key_id = round_trip(&controls[0], &data).await;
+    let mut second =
+        kms_e2e::cluster::keys_client(controls[1].trim_start_matches("http://"), ACCOUNT).unwrap();
+    second
+        .describe_key(DescribeKeyRequest {
+            key_id: key_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // A replica killed outright is started again by dev up.
+    let config = up.dev_dir().join("control.toml");
+    let pid = pid_of(&config).expect("the first replica's process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    up.wait_for("restarted kms-control ");
+    second
+        .disable_key(DisableKeyRequest {
+            key_id: key_id.clone(),
+        })
+        .await
+        .unwrap();
+    // The restarted replica answers, and sees the change made through the other.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first =
+        kms_e2e::cluster::keys_client(controls[0].trim_start_matches("http://"), ACCOUNT).unwrap();
+    loop {
+        match first
+            .describe_key(DescribeKeyRequest {
+                key_id: key_id.clone(),
+            })
+            .await
+        {
+            Ok(r) => {
+                let state = r.into_inner().key_metadata.unwrap().key_state;
+                assert_eq!(state, KeyState::Disabled as i32);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the restarted replica never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert!(up.stop().success(), "{}", up.output());
+    assert!(pid_of(&config).is_none(), "a replica outlived dev up");
+}
