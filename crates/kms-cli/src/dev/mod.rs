@@ -467,8 +467,9 @@ struct Signals {
     terminate: tokio::signal::unix::Signal,
 }
 
-/// Keeps the components running until a signal: one that exits on its own is restarted
-/// (at most [`MAX_RESTARTS`] times a minute).
+/// Keeps the components running until a signal: one that exits on its own is started again
+/// after a pause that doubles with each restart (at most [`MAX_RESTARTS`] times a minute),
+/// while the others keep running.
 async fn supervise(planes: &mut [Plane], layout: &Layout, signals: &mut Signals) -> Outcome {
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -481,16 +482,27 @@ async fn supervise(planes: &mut [Plane], layout: &Layout, signals: &mut Signals)
         for p in planes.iter_mut() {
             let Some(status) = p.exited() else { continue };
             p.print_failure(&format!("exited unexpectedly ({status})"));
+            let Some(delay) = p.backoff() else {
+                eprintln!(
+                    "{} exited {MAX_RESTARTS} times within {} s; not restarting it",
+                    p.name(),
+                    RESTART_WINDOW.as_secs()
+                );
+                return Outcome::GaveUp;
+            };
+            eprintln!(
+                "restarting {} in {} ms; the other components keep running",
+                p.name(),
+                delay.as_millis()
+            );
+            tokio::select! {
+                biased;
+                _ = signals.interrupt.recv() => return Outcome::Signal("SIGINT"),
+                _ = signals.terminate.recv() => return Outcome::Signal("SIGTERM"),
+                () = tokio::time::sleep(delay) => {}
+            }
             match p.restart(layout) {
-                Ok(true) => eprintln!("restarted {} (log: {})", p.name(), p.log.display()),
-                Ok(false) => {
-                    eprintln!(
-                        "{} exited {MAX_RESTARTS} times within {} s; not restarting it",
-                        p.name(),
-                        RESTART_WINDOW.as_secs()
-                    );
-                    return Outcome::GaveUp;
-                }
+                Ok(()) => eprintln!("restarted {} (log: {})", p.name(), p.log.display()),
                 Err(e) => {
                     eprintln!("cannot restart {}: {e:#}", p.name());
                     return Outcome::GaveUp;

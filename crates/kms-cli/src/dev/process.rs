@@ -117,21 +117,25 @@ impl Plane {
         self.launch.addr
     }
 
-    /// Starts it again after it exited, unless it already restarted [`MAX_RESTARTS`] times
-    /// within [`RESTART_WINDOW`]: `Ok(false)` then.
-    pub(super) fn restart(&mut self, layout: &Layout) -> anyhow::Result<bool> {
+    /// How long to wait before starting it again after it exited: 0.5 s, doubling with each
+    /// restart within [`RESTART_WINDOW`]; `None` once it restarted [`MAX_RESTARTS`] times in
+    /// it.
+    pub(super) fn backoff(&mut self) -> Option<Duration> {
         let now = Instant::now();
         self.restarts
             .retain(|at| now.duration_since(*at) < RESTART_WINDOW);
-        if self.restarts.len() >= MAX_RESTARTS {
-            return Ok(false);
-        }
-        self.restarts.push(now);
+        let recent = u32::try_from(self.restarts.len()).ok()?;
+        (self.restarts.len() < MAX_RESTARTS).then(|| Duration::from_millis(500) * 2u32.pow(recent))
+    }
+
+    /// Starts it again after it exited.
+    pub(super) fn restart(&mut self, layout: &Layout) -> anyhow::Result<()> {
+        self.restarts.push(Instant::now());
         let (child, log, log_start) = spawn(&self.launch, layout)?;
         self.child = child;
         self.log = log;
         self.log_start = log_start;
-        Ok(true)
+        Ok(())
     }
 
     /// The last lines this run wrote to the log.
