@@ -58,6 +58,10 @@ struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// KMS instance the keys of `--op create-key` are made in (it needs the quota for
+    /// them); its keys are durable writes through the control plane's store.
+    #[arg(long, value_name = "INSTANCE_ID")]
+    instance: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +70,7 @@ enum Op {
     Decrypt,
     GenerateDataKey,
     DescribeKey,
+    CreateKey,
 }
 
 #[derive(Debug, Clone)]
@@ -261,7 +266,10 @@ async fn main() -> Result<()> {
         .into_inner()
         .ciphertext_blob;
 
-    let plane = if args.op == Op::DescribeKey {
+    if args.op == Op::CreateKey && args.instance.is_none() {
+        bail!("--op create-key needs --instance: the KMS instance to make the keys in");
+    }
+    let plane = if matches!(args.op, Op::DescribeKey | Op::CreateKey) {
         control.clone()
     } else {
         data.clone()
@@ -351,6 +359,24 @@ async fn main() -> Result<()> {
             })
             .await;
             ("DescribeKey", phase)
+        }
+        Op::CreateKey => {
+            let (c, instance) = (keys.clone(), args.instance.clone().unwrap_or_default());
+            let phase = run_phase("CreateKey", args.requests, args.concurrency, move |i| {
+                let (mut c, instance) = (c.clone(), instance.clone());
+                async move {
+                    c.create_key(CreateKeyRequest {
+                        kms_instance_id: instance,
+                        description: format!("kms-bench {i}"),
+                        enable_automatic_rotation: Some(false),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                }
+            })
+            .await;
+            ("CreateKey", phase)
         }
     };
 

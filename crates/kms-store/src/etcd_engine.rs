@@ -144,6 +144,11 @@ pub struct EtcdStore {
     runtime: Option<Runtime>,
     /// The lease this store claimed each [`Store::lead`] key under (full key → lease id).
     leases: Mutex<HashMap<Vec<u8>, i64>>,
+    /// Held by each transaction of this process from its first read to its commit. The
+    /// control plane's writes all touch the directory revision, so concurrent ones would only
+    /// conflict and back off; in turn, each commits at the first try. Other processes' writes
+    /// still conflict and are retried.
+    writer: Mutex<()>,
 }
 
 impl EtcdStore {
@@ -226,6 +231,7 @@ impl EtcdStore {
             handle,
             runtime: Some(runtime),
             leases: Mutex::new(HashMap::new()),
+            writer: Mutex::new(()),
         })
     }
 
@@ -456,6 +462,7 @@ impl Store for EtcdStore {
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt - 1, TXN_BACKOFF_START, TXN_BACKOFF_CAP));
             }
+            let _turn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = EtcdTxn {
                 store: self,
                 revision: 0,
