@@ -42,20 +42,45 @@ pub async fn mark_not_serving(reporter: &HealthReporter, services: &[&str]) {
     }
 }
 
-/// Server reflection (v1) over an encoded `FileDescriptorSet`.
+/// Server reflection as both `grpc.reflection.v1` and `grpc.reflection.v1alpha` (several
+/// clients speak only the older one), advertising exactly `services` (the ones this plane
+/// serves), health and reflection: the descriptor set describes both planes.
 pub fn reflection(
     file_descriptor_set: &'static [u8],
+    services: &[&str],
 ) -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
     String,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(file_descriptor_set)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(file_descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for service in services {
+            b = b.with_service_name(*service);
+        }
+        b
+    };
+    let v1 = builder()
+        // The v1alpha descriptor too, so both reflection services are described.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| format!("cannot build reflection service: {e}"))
+        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+    let v1alpha = builder()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+    Ok((v1, v1alpha))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

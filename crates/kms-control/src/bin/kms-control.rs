@@ -193,7 +193,7 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
     let reflection =
-        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
     tracing::info!(addr = %local, region = %params.region, store = %params.store.describe(), replica = registry.replica(), "control plane listening");
     let closing = Arc::clone(&registry);
@@ -213,7 +213,8 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(
             KeyManagementServiceServer::new(KeyService::new(Arc::clone(&registry)))
                 .max_decoding_message_size(max_request),

@@ -142,7 +142,7 @@ async fn main() -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
     let reflection =
-        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+        serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
     tracing::info!(addr = %local, control_plane = %params.control_plane_urls.join(","), "data plane listening");
     let shutdown = async move {
@@ -159,7 +159,8 @@ async fn main() -> Result<()> {
         .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(
             CryptoServiceServer::new(CryptoApi::new(engine, usage))
                 .max_decoding_message_size(max_request),

@@ -1,0 +1,96 @@
+//! Server reflection through the real binaries: both `grpc.reflection.v1` and `v1alpha`
+//! answer on both planes, and each plane lists exactly the services it serves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kms_e2e::Stack;
+
+/// The services a plane lists through reflection `version` (`v1` or `v1alpha`).
+async fn listed(stack: &Stack, addr: &str, version: &str) -> Vec<String> {
+    let channel = stack.channel(addr, None).unwrap();
+    let mut names = match version {
+        "v1" => {
+            use tonic_reflection::pb::v1::ServerReflectionRequest;
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut answers = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner();
+            match answers.message().await.unwrap().unwrap().message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+                }
+                other => panic!("not a service list: {other:?}"),
+            }
+        }
+        _ => {
+            use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut answers = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner();
+            match answers.message().await.unwrap().unwrap().message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+                }
+                other => panic!("not a service list: {other:?}"),
+            }
+        }
+    };
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn each_plane_lists_what_it_serves_in_both_reflection_versions() {
+    let stack = Stack::start().await.unwrap();
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let mut control: Vec<String> = [
+        "kms.v1.KeyManagementService",
+        "kms.v1.KmsInstanceService",
+        "kms.v1.AuditService",
+        "kms.internal.v1.KeyDirectory",
+    ]
+    .iter()
+    .chain(common.iter())
+    .map(|s| s.to_string())
+    .collect();
+    control.sort();
+    let mut data: Vec<String> = ["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"]
+        .iter()
+        .chain(common.iter())
+        .map(|s| s.to_string())
+        .collect();
+    data.sort();
+    for version in ["v1", "v1alpha"] {
+        assert_eq!(
+            listed(&stack, stack.control_addr(), version).await,
+            control,
+            "control plane, {version}"
+        );
+        assert_eq!(
+            listed(&stack, stack.data_addr(), version).await,
+            data,
+            "data plane, {version}"
+        );
+    }
+}
