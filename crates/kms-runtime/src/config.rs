@@ -37,7 +37,7 @@ pub fn load<T: DeserializeOwned>(
     prefix: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
-    let mut table = match path {
+    let base = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.display().to_string(),
@@ -53,15 +53,38 @@ pub fn load<T: DeserializeOwned>(
         .filter(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len())
         .collect();
     overrides.sort();
-    for (name, value) in overrides {
-        let path: Vec<String> = name[prefix.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        set_path(&mut table, &path, &value)
-            .map_err(|e| ConfigError::Parse(format!("{name}: {e}")))?;
+    let with = |skip: Option<usize>| -> Result<Table, ConfigError> {
+        let mut table = base.clone();
+        for (i, (name, value)) in overrides.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let path: Vec<String> = name[prefix.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            set_path(&mut table, &path, value)
+                .map_err(|e| ConfigError::Parse(format!("environment variable {name}: {e}")))?;
+        }
+        Ok(table)
+    };
+    let error = match T::deserialize(Value::Table(with(None)?)) {
+        Ok(config) => return Ok(config),
+        Err(e) => e.to_string(),
+    };
+    // An override the config is better without is the one to name: an error that comes
+    // from it sends the reader to the variable, not to a file that does not hold it.
+    for (i, (name, _)) in overrides.iter().enumerate() {
+        let without = T::deserialize(Value::Table(with(Some(i))?)).map_err(|e| e.to_string());
+        if without.as_ref().err() != Some(&error) {
+            return Err(ConfigError::Parse(format!(
+                "environment variable {name}: {error}; a {prefix}* variable overrides the config \
+                 entry it names ({prefix}SECTION__ENTRY), so unset it or name an entry the \
+                 config has"
+            )));
+        }
     }
-    T::deserialize(Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))
+    Err(ConfigError::Parse(error))
 }
 
 fn parse_value(raw: &str) -> Value {
@@ -122,6 +145,33 @@ mod tests {
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_variable_that_names_no_setting_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "listen_addr = \"127.0.0.1:1\"\n[hsm]\npin = \"a\"\n").unwrap();
+        let err = load::<Cfg>(
+            Some(&p),
+            "KMS_",
+            vars(&[("KMS_DEV_DIR", "/tmp/x"), ("KMS_FLAG", "true")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("environment variable KMS_DEV_DIR"), "{err}");
+        assert!(err.contains("unknown field `dev_dir`"), "{err}");
+        assert!(!err.contains("KMS_FLAG"), "{err}");
+        let err = load::<Cfg>(Some(&p), "KMS_", vars(&[("KMS_HSM__SIZE", "big")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environment variable KMS_HSM__SIZE"), "{err}");
+        // A file's own mistake is not blamed on a variable.
+        std::fs::write(&p, "listen_addr = 1\n[hsm]\npin = \"a\"\n").unwrap();
+        let err = load::<Cfg>(Some(&p), "KMS_", vars(&[("KMS_FLAG", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("environment variable"), "{err}");
     }
 
     #[test]
