@@ -32,8 +32,8 @@ impl EtcdProcess {
     /// Starts a fresh member and waits until it serves requests.
     pub fn start() -> Self {
         let dir = temp_dir();
-        let ports = free_ports(2);
-        let mut member = Member::new("default", dir.path(), ports[0], ports[1]);
+        let ports = free_ports(3);
+        let mut member = Member::new("default", dir.path(), &ports);
         member.initial_cluster = member.peer_entry();
         member.spawn();
         member.wait_healthy();
@@ -43,6 +43,24 @@ impl EtcdProcess {
     /// The client URL, such as `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
         self.member.endpoint()
+    }
+
+    /// Starts a fresh member that serves clients over TLS only, with the server certificate
+    /// and key in `cert` and `key` (PEM; for 127.0.0.1), and requires client certificates
+    /// that chain to the CA in `ca`.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Self {
+        let dir = temp_dir();
+        let ports = free_ports(3);
+        let mut member = Member::new("default", dir.path(), &ports);
+        member.tls = Some(MemberTls {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        });
+        member.initial_cluster = member.peer_entry();
+        member.spawn();
+        member.wait_healthy();
+        Self { member, _dir: dir }
     }
 
     /// Kills the member with SIGKILL (no clean shutdown) and reaps it.
@@ -70,11 +88,11 @@ impl EtcdCluster {
     /// Starts `size` members as one new cluster and waits until each serves requests.
     pub fn start(size: usize) -> Self {
         let dir = temp_dir();
-        let ports = free_ports(2 * size);
+        let ports = free_ports(3 * size);
         let mut members: Vec<Member> = ports
-            .chunks(2)
+            .chunks(3)
             .enumerate()
-            .map(|(i, pair)| Member::new(&format!("m{i}"), dir.path(), pair[0], pair[1]))
+            .map(|(i, ports)| Member::new(&format!("m{i}"), dir.path(), ports))
             .collect();
         let initial_cluster = members
             .iter()
@@ -162,12 +180,23 @@ fn leader_of(members: Vec<(usize, String)>) -> Option<usize> {
     })
 }
 
+/// The files of a member that serves clients over TLS.
+#[derive(Debug)]
+struct MemberTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
 /// One etcd member: its ports, directories and process.
 #[derive(Debug)]
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (and `/metrics`), whatever the client port speaks.
+    metrics_port: u16,
+    tls: Option<MemberTls>,
     data_dir: PathBuf,
     log: PathBuf,
     /// `--initial-cluster`: every member's `name=peer-url`.
@@ -176,11 +205,14 @@ struct Member {
 }
 
 impl Member {
-    fn new(name: &str, dir: &Path, client_port: u16, peer_port: u16) -> Self {
+    /// A member on `ports`: client, peer and metrics.
+    fn new(name: &str, dir: &Path, ports: &[u16]) -> Self {
         Self {
             name: name.to_owned(),
-            client_port,
-            peer_port,
+            client_port: ports[0],
+            peer_port: ports[1],
+            metrics_port: ports[2],
+            tls: None,
             data_dir: dir.join(format!("{name}.etcd")),
             log: dir.join(format!("{name}.log")),
             initial_cluster: String::new(),
@@ -189,7 +221,8 @@ impl Member {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -213,7 +246,20 @@ impl Member {
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
         let endpoint = self.endpoint();
         let peer_url = self.peer_url();
-        let spawned = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
+        let spawned = command
+            .args(["--listen-metrics-urls", &metrics])
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -261,7 +307,7 @@ impl Member {
                     self.log_tail()
                 );
             }
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 return;
             }
             if Instant::now() >= deadline {

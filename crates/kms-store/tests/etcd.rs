@@ -455,3 +455,75 @@ fn the_watch_restarts_when_its_resume_revision_was_compacted() {
     store.put(b"feed/n", b"later").unwrap();
     await_value(&rx, &store, b"feed/n", b"later");
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`:
+/// (ca, server cert, server key, client cert, client key).
+fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |sans: Vec<SanType>| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(vec![SanType::IpAddress(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    )]);
+    let client = leaf(vec![SanType::DnsName("kms".try_into().unwrap())]);
+    let files = [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server.0),
+        ("server-key.pem", server.1),
+        ("client.pem", client.0),
+        ("client-key.pem", client.1),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+/// Over TLS with a client certificate the store works; without the certificate, or without
+/// trusting the member's CA, it cannot connect.
+#[test]
+fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key, client_cert, client_key] = tls_files(dir.path());
+    let etcd = EtcdProcess::start_tls(&ca, &cert, &key);
+    assert!(etcd.endpoint().starts_with("https://"));
+    let options = |tls: Option<kms_store::EtcdTls>| {
+        let mut o = EtcdOptions::new(vec![etcd.endpoint()], fresh_prefix());
+        o.tls = tls;
+        o.connect_timeout = Duration::from_secs(3);
+        o
+    };
+    let store = EtcdStore::connect(options(Some(kms_store::EtcdTls {
+        ca_file: ca.clone(),
+        cert_file: Some(client_cert.clone()),
+        key_file: Some(client_key.clone()),
+    })))
+    .unwrap();
+    store.put(b"k", b"over tls").unwrap();
+    assert_eq!(store.get(b"k").unwrap(), Some(b"over tls".to_vec()));
+
+    let no_client_cert = EtcdStore::connect(options(Some(kms_store::EtcdTls {
+        ca_file: ca.clone(),
+        cert_file: None,
+        key_file: None,
+    })))
+    .and_then(|s| s.get(b"k"));
+    assert!(
+        no_client_cert.is_err(),
+        "a client without a certificate was let in"
+    );
+
+    let plain = EtcdStore::connect(options(None)).and_then(|s| s.get(b"k"));
+    assert!(plain.is_err(), "a plaintext client was answered");
+}
