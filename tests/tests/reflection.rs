@@ -5,52 +5,38 @@
 
 use kms_e2e::Stack;
 
+/// The services listed by the reflection service in module `$pb` (`v1` or `v1alpha`, whose
+/// messages are the same) on `$channel`.
+macro_rules! list_services {
+    ($pb:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$pb::ServerReflectionRequest;
+        use tonic_reflection::pb::$pb::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$pb::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$pb::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("not a service list: {other:?}"),
+        }
+    }};
+}
+
 /// The services a plane lists through reflection `version` (`v1` or `v1alpha`).
 async fn listed(stack: &Stack, addr: &str, version: &str) -> Vec<String> {
     let channel = stack.channel(addr, None).unwrap();
     let mut names = match version {
-        "v1" => {
-            use tonic_reflection::pb::v1::ServerReflectionRequest;
-            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-            let request = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut answers = ServerReflectionClient::new(channel)
-                .server_reflection_info(tokio_stream::iter([request]))
-                .await
-                .unwrap()
-                .into_inner();
-            match answers.message().await.unwrap().unwrap().message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-                }
-                other => panic!("not a service list: {other:?}"),
-            }
-        }
-        _ => {
-            use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-            use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-            let request = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut answers = ServerReflectionClient::new(channel)
-                .server_reflection_info(tokio_stream::iter([request]))
-                .await
-                .unwrap()
-                .into_inner();
-            match answers.message().await.unwrap().unwrap().message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-                }
-                other => panic!("not a service list: {other:?}"),
-            }
-        }
+        "v1" => list_services!(v1, channel),
+        _ => list_services!(v1alpha, channel),
     };
     names.sort();
     names

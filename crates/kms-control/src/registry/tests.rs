@@ -73,11 +73,25 @@ fn alice() -> Principal {
 /// `--max-txn-ops`, which limits its compares and its writes.
 const MAX_TXN_OPS: usize = 128;
 
+/// A write of someone else's, run on the store a test wraps.
+type Hook = Box<dyn FnOnce(&MemoryStore) + Send>;
+
 /// A memory store that refuses any transaction reading or writing more than [`MAX_TXN_OPS`]
-/// keys, as etcd does: every registry test then checks that its writes fit in etcd.
-#[derive(Debug, Default)]
+/// keys, as etcd does: every registry test then checks that its writes fit in etcd. A test
+/// can also arm it to run one write of its own just before the next transaction: a change
+/// committed by someone else between a call's policy check and its write.
+#[derive(Default)]
 struct Bounded {
     inner: MemoryStore,
+    before_next: std::sync::Mutex<Option<Hook>>,
+}
+
+impl std::fmt::Debug for Bounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bounded")
+            .field("inner", &self.inner)
+            .finish()
+    }
 }
 
 /// Counts the keys a transaction reads and writes.
@@ -124,6 +138,10 @@ impl Store for Bounded {
         &self,
         f: impl Fn(&mut dyn kms_store::Txn) -> Result<T, kms_store::Abort<E>>,
     ) -> Result<T, kms_store::TxError<E>> {
+        let hook = self.before_next.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(&self.inner);
+        }
         self.inner.transaction(|tx| {
             let mut counting = Counting {
                 inner: tx,
@@ -860,71 +878,11 @@ async fn a_replica_that_lost_the_scheduler_claim_writes_nothing() {
     assert_eq!((report.deleted, report.failed), (1, 0));
 }
 
-/// A write of someone else's, run on the store a test wraps.
-type Hook = Box<dyn FnOnce(&MemoryStore) + Send>;
-
-/// A store that runs one write of its own just before the next transaction a test arms it
-/// for: a change committed by someone else between a call's policy check and its write.
-struct Interleaving {
-    inner: MemoryStore,
-    before_next: std::sync::Mutex<Option<Hook>>,
-}
-
-impl Store for Interleaving {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kms_store::StoreError> {
-        self.inner.get(key)
-    }
-
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<kms_store::Entry>, kms_store::StoreError> {
-        self.inner.scan_prefix(prefix, after, limit)
-    }
-
-    fn transaction<T, E>(
-        &self,
-        f: impl Fn(&mut dyn kms_store::Txn) -> Result<T, kms_store::Abort<E>>,
-    ) -> Result<T, kms_store::TxError<E>> {
-        let hook = self.before_next.lock().unwrap().take();
-        if let Some(hook) = hook {
-            hook(&self.inner);
-        }
-        self.inner.transaction(f)
-    }
-
-    fn flush(&self) -> Result<(), kms_store::StoreError> {
-        self.inner.flush()
-    }
-
-    fn subscribe(
-        &self,
-        prefix: &[u8],
-        notify: kms_store::Notify,
-    ) -> Result<(), kms_store::StoreError> {
-        self.inner.subscribe(prefix, notify)
-    }
-
-    fn lead(
-        &self,
-        key: &[u8],
-        holder: &[u8],
-        ttl: std::time::Duration,
-    ) -> Result<bool, kms_store::StoreError> {
-        self.inner.lead(key, holder, ttl)
-    }
-}
-
 /// A write decides again inside its transaction: a policy that changes between a caller's
 /// check and its write refuses the write.
 #[tokio::test]
 async fn a_policy_changed_before_the_write_commits_is_obeyed() {
-    let store = Arc::new(Interleaving {
-        inner: MemoryStore::new(),
-        before_next: std::sync::Mutex::new(None),
-    });
+    let store = Arc::new(Bounded::default());
     let clock = Arc::new(ManualClock::new(START));
     let registry = Registry::new(
         Arc::clone(&store),
