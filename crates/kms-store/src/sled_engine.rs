@@ -151,11 +151,7 @@ impl Store for SledStore {
     }
 
     fn lead(&self, key: &[u8], holder: &[u8], _ttl: Duration) -> Result<bool, StoreError> {
-        // One process holds the directory lock: its claims always succeed.
-        if self.get(key)?.as_deref() != Some(holder) {
-            self.put(key, holder)?;
-        }
-        Ok(true)
+        crate::subscribers::claim_alone(self, key, holder)
     }
 }
 

@@ -1,10 +1,23 @@
-//! The change feed of the engines that live in one process: a list of prefixes and the
-//! callbacks to run after a commit that wrote under one of them.
+//! What the engines that live in one process share: their change feed (a list of prefixes
+//! and the callbacks to run after a commit that wrote under one of them), and their claims.
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use crate::Notify;
+use crate::{Notify, Store, StoreError};
+
+/// [`Store::lead`] for an engine only one process can open: the claim always succeeds, and
+/// the key is written only when it names another holder.
+pub(crate) fn claim_alone<S: Store>(
+    store: &S,
+    key: &[u8],
+    holder: &[u8],
+) -> Result<bool, StoreError> {
+    if store.get(key)?.as_deref() != Some(holder) {
+        store.put(key, holder)?;
+    }
+    Ok(true)
+}
 
 /// Subscriptions of [`crate::Store::subscribe`] for an engine that sees every commit itself.
 #[derive(Default)]
