@@ -131,7 +131,8 @@ mod tests {
     async fn checkpoints_only_go_forward() {
         let r = registry();
         let key = AuditKey::from_bytes(&[4u8; 32]).unwrap();
-        let cp = |plane, seq: u64, head: &str| Checkpoint::sign(&key, plane, seq, head, UNIX_EPOCH);
+        let cp =
+            |plane, seq: u64, head: &str| Checkpoint::sign(&key, plane, "", seq, head, UNIX_EPOCH);
         let (a, b) = ("aa".repeat(32), "bb".repeat(32));
         let operator = Principal::parse("acs:ram::1:user/operator").unwrap();
         let user = Principal::parse("acs:ram::1:user/alice").unwrap();
