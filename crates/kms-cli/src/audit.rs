@@ -81,6 +81,7 @@ async fn keyed(
     let checkpoint = client
         .get_audit_checkpoint(GetAuditCheckpointRequest {
             plane: plane.to_string(),
+            log: String::new(),
         })
         .await
         .map_err(RpcError)?
