@@ -29,10 +29,9 @@
 //! Checkpoints ([`Checkpoint`]): the plane, the log's identity, the number of lines, the head
 //! MAC and the time, MACed under the same key (domain [`CHECKPOINT_DOMAIN`]); the identity is
 //! left out of the MACed content of checkpoints made before logs had one, so those still
-//! verify. [`AuditLog::checkpoint`] makes one
-//! after every line queued before it is written; [`keep_checkpoints`] hands one to a sink
-//! (the control-plane store) every `checkpoint_interval_ms` while lines were added, and once
-//! more at shutdown. [`Scan::against`] then names a log shorter than its latest checkpoint
+//! verify. [`AuditLog::checkpoint`] makes one after every line queued before it is written;
+//! [`keep_checkpoints`] hands one to a sink (the control-plane store) every
+//! `checkpoint_interval_ms` while lines were added, and once more at shutdown. [`Scan::against`] then names a log shorter than its latest checkpoint
 //! (truncation), one whose line at the checkpoint differs from the recorded head (rewrite), or
 //! one that is not the log the checkpoint names.
 //!
