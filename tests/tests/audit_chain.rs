@@ -1,27 +1,44 @@
 //! The keyed audit chain through the real binaries: after a graceful stop (each plane records
 //! a final checkpoint), a truncated control-plane log and a re-hashed data-plane log are named
-//! by `kmsctl audit verify --plane`, and the intact logs verify.
+//! by `kmsctl audit verify --plane`, and the intact logs verify. With two replicas of each
+//! plane on etcd, each writing its own log, every log verifies against its own checkpoint and
+//! no replica's checkpoint is refused as going back from another's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use kms_e2e::cluster::{Cluster, Plane};
 use kms_e2e::{ALICE, OPERATOR, Stack, bin_path};
 use kms_proto::kms::v1::*;
 
 fn verify(stack: &Stack, principal: &str, plane: Option<&str>, file: &Path) -> Output {
+    verify_at(
+        stack.control_addr(),
+        stack.data_addr(),
+        principal,
+        plane,
+        file,
+    )
+}
+
+/// `kmsctl audit verify [--plane PLANE] FILE` against the planes at `control` and `data`.
+fn verify_at(
+    control: &str,
+    data: &str,
+    principal: &str,
+    plane: Option<&str>,
+    file: &Path,
+) -> Output {
     let mut cmd = Command::new(bin_path("kmsctl").unwrap());
     cmd.args(["audit", "verify"]);
     if let Some(plane) = plane {
         cmd.args(["--plane", plane]);
     }
     cmd.arg(file)
-        .env(
-            "KMS_CONTROL_ADDR",
-            format!("http://{}", stack.control_addr()),
-        )
-        .env("KMS_DATA_ADDR", format!("http://{}", stack.data_addr()))
+        .env("KMS_CONTROL_ADDR", format!("http://{control}"))
+        .env("KMS_DATA_ADDR", format!("http://{data}"))
         .env("KMS_PRINCIPAL", principal)
         .env_remove("KMS_CA")
         .env_remove("KMS_CERT")
@@ -216,4 +233,136 @@ async fn truncation_and_rewrites_are_named_against_the_checkpoints() {
     assert_eq!(out.status.code(), Some(1));
     assert!(said(&out).contains("PERMISSION_DENIED"), "{}", said(&out));
     stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replicas_log_verifies_against_its_own_checkpoint() {
+    let mut cluster = Cluster::start(1, 2, 2).await.unwrap();
+    let key = cluster
+        .keys(0, ALICE)
+        .unwrap()
+        .create_key(CreateKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    // More calls through replica 0 of each plane than through replica 1, which stops after it:
+    // one checkpoint slot per plane would refuse replica 1's last checkpoint as the log going
+    // back, and check replica 1's log against replica 0's checkpoint.
+    for (replica, calls) in [(0, 6), (1, 2)] {
+        for i in 0..calls {
+            cluster
+                .keys(replica, ALICE)
+                .unwrap()
+                .describe_key(DescribeKeyRequest {
+                    key_id: key.clone(),
+                })
+                .await
+                .unwrap();
+            cluster
+                .crypto(replica, ALICE)
+                .unwrap()
+                .encrypt(EncryptRequest {
+                    key_id: key.clone(),
+                    plaintext: format!("secret {i}").into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // A graceful stop records each replica's final checkpoint: the data planes first.
+    cluster.stop().await.unwrap();
+
+    let logs = cluster.dir().join("logs");
+    let mut stopped = Vec::new();
+    for (plane, name) in [
+        ("control", "kms-control-0"),
+        ("control", "kms-control-1"),
+        ("data", "kms-data-0"),
+        ("data", "kms-data-1"),
+    ] {
+        let path = logs.join(format!("{name}-audit.log"));
+        let all = lines(&path);
+        let first: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
+        let id = first["mac"].as_str().unwrap().to_string();
+        stopped.push((plane, name, path, all.len(), id));
+    }
+    for pair in stopped.chunks(2) {
+        let ((_, a, _, more, _), (_, b, _, fewer, _)) = (&pair[0], &pair[1]);
+        assert!(
+            fewer < more,
+            "{b} has {fewer} lines, {a} {more}: no going back to refuse"
+        );
+    }
+    let ids: std::collections::BTreeSet<_> = stopped.iter().map(|s| s.4.clone()).collect();
+    assert_eq!(ids.len(), 4, "each replica writes its own log");
+
+    // Verification needs the keys, which only the running service holds.
+    for plane in [Plane::Data, Plane::Control] {
+        for i in 0..2 {
+            cluster.start_replica(plane, i).unwrap();
+        }
+    }
+    for plane in [Plane::Data, Plane::Control] {
+        for i in 0..2 {
+            cluster.wait_serving(plane, i).await.unwrap();
+        }
+    }
+    let (control, data) = (
+        cluster.controls[0].addr.clone(),
+        cluster.datas[0].addr.clone(),
+    );
+    for (plane, name, path, lines_at_stop, id) in &stopped {
+        let mut cmd = Command::new(bin_path("kmsctl").unwrap());
+        let out = cmd
+            .args(["--json", "audit", "verify", "--plane", plane])
+            .arg(path)
+            .env("KMS_CONTROL_ADDR", format!("http://{control}"))
+            .env("KMS_DATA_ADDR", format!("http://{data}"))
+            .env("KMS_PRINCIPAL", OPERATOR)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", said(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["ok"], true, "{name}: {report}");
+        assert_eq!(report["macs_checked"], true, "{name}: {report}");
+        assert_eq!(report["log"], id.as_str(), "{name}: {report}");
+        // Its own checkpoint: the one its replica recorded at the stop.
+        assert_eq!(report["checkpoint"]["log"], id.as_str(), "{name}: {report}");
+        assert_eq!(
+            report["checkpoint"]["lines"], *lines_at_stop,
+            "{name}: {report}"
+        );
+        // The human form says the same.
+        let out = verify_at(&control, &data, OPERATOR, Some(plane), path);
+        assert!(out.status.success(), "{name}: {}", said(&out));
+        assert!(
+            said(&out).contains(&format!(
+                "every MAC matches the {plane} plane's key; the checkpoint at "
+            )) && said(&out).contains(&format!("recorded {lines_at_stop} lines")),
+            "{name}: {}",
+            said(&out)
+        );
+    }
+    cluster.stop().await.unwrap();
+
+    // No checkpoint was refused, in either run; the control planes noted each new log.
+    let names = ["kms-control-0", "kms-control-1", "kms-data-0", "kms-data-1"];
+    for name in names {
+        let log = cluster.log(name);
+        assert!(!log.is_empty(), "{name} wrote no log");
+        assert!(!log.contains("was refused"), "{name}:\n{log}");
+    }
+    let controls = cluster.log("kms-control-0") + &cluster.log("kms-control-1");
+    for (_, name, _, _, id) in &stopped {
+        assert!(
+            controls
+                .lines()
+                .any(|l| l.contains("first checkpoint of an audit log") && l.contains(id)),
+            "{name}: no first checkpoint of log {id} noted"
+        );
+    }
 }

@@ -570,6 +570,7 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                 .unwrap()
                 .get_audit_checkpoint(GetAuditCheckpointRequest {
                     plane: "control".into(),
+                    log: String::new(),
                 })
                 .await,
         ),

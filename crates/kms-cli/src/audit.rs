@@ -5,15 +5,17 @@
 //! Without `--plane` it checks offline what needs no key: each line's form and number, and the
 //! links between lines. With `--plane control|data` it also has every MAC checked under that
 //! plane's key by the control plane's `AuditService` (operators only; the key never leaves the
-//! service: only digests and MACs are sent) and checks the log against the plane's latest
-//! checkpoint, naming a truncation.
+//! service: only digests and MACs are sent) and checks the log against its latest checkpoint,
+//! naming a truncation. Each replica of a plane writes its own log; the checkpoint is the one
+//! recorded for this log, named by its first line (`kms_runtime::audit::log_id`), or, when
+//! none is, the plane's checkpoint from before logs had an identity.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use kms_proto::kms::v1::{GetAuditCheckpointRequest, VerifyAuditMacsRequest};
-use kms_runtime::audit::{Checkpoint, MacCheck, Scan, VerifyError};
+use kms_runtime::audit::{self, Checkpoint, MacCheck, Scan, VerifyError};
 use kms_runtime::audit_wire;
 use serde::Serialize;
 
@@ -42,14 +44,16 @@ pub(crate) struct VerifyArgs {
     /// The audit log file
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// The plane that wrote the log: check every MAC under its key and the log against its
-    /// latest checkpoint, through the control plane (operators only)
+    /// The plane that wrote the log: check every MAC under its key and the log against the
+    /// latest checkpoint recorded for it, through the control plane (operators only)
     #[arg(long, value_name = "PLANE", value_parser = ["control", "data"])]
     plane: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct CheckpointView {
+    /// The log it is of; empty for the plane's checkpoint from before logs had an identity.
+    log: String,
     lines: u64,
     time: String,
 }
@@ -57,6 +61,9 @@ struct CheckpointView {
 #[derive(Debug, Serialize)]
 struct Report {
     file: String,
+    /// The file's log identity, from its first line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
     ok: bool,
     lines_verified: usize,
     macs_checked: bool,
@@ -68,27 +75,40 @@ struct Report {
     reason: Option<String>,
 }
 
-/// Has the control plane check `scan`'s MACs and `checkpoint`'s under `plane`'s key; then
-/// names the first problem: a MAC that fails before `broken` (the first broken link, if any),
-/// `broken`, or the log's difference from the checkpoint.
+/// Has the control plane check `scan`'s MACs and those of the checkpoint of log `log` (or, when
+/// none is recorded, of the plane's checkpoint from before logs had an identity) under
+/// `plane`'s key; then names the first problem: a MAC that fails before `broken` (the first
+/// broken link, if any), `broken`, or the log's difference from the checkpoint.
 async fn keyed(
     planes: &Planes,
     plane: &str,
+    log: &str,
     scan: &Scan,
     broken: Option<VerifyError>,
 ) -> anyhow::Result<(Option<Checkpoint>, Result<(), VerifyError>)> {
     let mut client = planes.audit().await?;
-    let checkpoint = client
-        .get_audit_checkpoint(GetAuditCheckpointRequest {
-            plane: plane.to_string(),
-        })
-        .await
-        .map_err(RpcError)?
-        .into_inner()
-        .checkpoint
-        .map(|c| audit_wire::checkpoint_from_wire(Some(&c)))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("the control plane sent an unreadable checkpoint: {e}"))?;
+    let mut checkpoint = None;
+    let mut slots = vec![log];
+    if !log.is_empty() {
+        slots.push("");
+    }
+    for slot in slots {
+        checkpoint = client
+            .get_audit_checkpoint(GetAuditCheckpointRequest {
+                plane: plane.to_string(),
+                log: slot.to_string(),
+            })
+            .await
+            .map_err(RpcError)?
+            .into_inner()
+            .checkpoint
+            .map(|c| audit_wire::checkpoint_from_wire(Some(&c)))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("the control plane sent an unreadable checkpoint: {e}"))?;
+        if checkpoint.is_some() {
+            break;
+        }
+    }
     let first_mismatch = |checks: &[MacCheck]| {
         let req = VerifyAuditMacsRequest {
             plane: plane.to_string(),
@@ -123,7 +143,15 @@ async fn keyed(
     }
     let against = match (broken, &checkpoint) {
         (Some(err), _) => Err(err),
-        (None, Some(cp)) => scan.against(cp),
+        (None, Some(cp)) => scan.against(cp).map_err(|mut err| {
+            if cp.log.is_empty() {
+                err.reason.push_str(
+                    " (against the plane's checkpoint from before logs had an identity, which \
+                     may be another replica's log)",
+                );
+            }
+            err
+        }),
         (None, None) => Ok(()),
     };
     Ok((checkpoint, against))
@@ -139,6 +167,7 @@ pub(crate) async fn run(
     let file = args.file.display().to_string();
     let mut report = Report {
         file,
+        log: None,
         ok: false,
         lines_verified: 0,
         macs_checked: false,
@@ -146,16 +175,20 @@ pub(crate) async fn run(
         broken_line: None,
         reason: None,
     };
-    let (scan, broken) = kms_runtime::audit::scan_partial(&args.file);
+    let (scan, broken) = audit::scan_partial(&args.file);
     report.lines_verified = scan.lines;
+    // A first line that names no log is reported by the scan; the plane's old slot is tried.
+    report.log = audit::log_id(&args.file).ok().flatten();
     let outcome = match (&args.plane, broken) {
         (_, Some(err)) if err.line == 0 => Err(err),
         (None, Some(err)) => Err(err),
         (None, None) => Ok(()),
         (Some(plane), broken) => {
-            let (checkpoint, outcome) = keyed(planes, plane, &scan, broken).await?;
+            let log = report.log.as_deref().unwrap_or_default();
+            let (checkpoint, outcome) = keyed(planes, plane, log, &scan, broken).await?;
             report.macs_checked = true;
             report.checkpoint = checkpoint.map(|c| CheckpointView {
+                log: c.log,
                 lines: c.seq,
                 time: c.time,
             });
@@ -193,12 +226,18 @@ pub(crate) async fn run(
                         .to_string(),
                     (Some(cp), true) => format!(
                         "every MAC matches the {plane} plane's key; the checkpoint at {} \
-                         recorded {} lines",
-                        cp.time, cp.lines
+                         recorded {} lines{}",
+                        cp.time,
+                        cp.lines,
+                        if cp.log.is_empty() {
+                            " (the plane's checkpoint from before logs had an identity)"
+                        } else {
+                            ""
+                        }
                     ),
                     (None, true) => format!(
                         "every MAC matches the {plane} plane's key; no checkpoint is recorded \
-                         yet, so truncation is not checked"
+                         for this log yet, so truncation is not checked"
                     ),
                 };
                 println!(

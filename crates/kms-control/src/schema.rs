@@ -29,7 +29,8 @@
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
 //! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
 //! | `m/scheduler` | replica name (UTF-8) | the scheduler claim; with etcd it vanishes when its lease lapses |
-//! | `ac/<plane>` | JSON of [`kms_runtime::audit::Checkpoint`] | latest checkpoint of a plane's audit log (`control`, `data`) |
+//! | `ac/<plane>/<log>` | JSON of [`kms_runtime::audit::Checkpoint`] | latest checkpoint of one audit log of a plane (`control`, `data`), by the log's identity (hex MAC of its first line); each replica writes its own log |
+//! | `ac/<plane>` | JSON of [`kms_runtime::audit::Checkpoint`] | latest checkpoint of a plane's audit log recorded before logs had an identity (read only, for verification) |
 //!
 //! Every index entry of a key is derived from its record and written in the same transaction
 //! as the record ([`crate::index`]). Layout 1 (before `m/layout` existed) stored the key id of
@@ -383,9 +384,15 @@ pub fn encode_text(text: &str) -> Vec<u8> {
     encode_record(FORMAT, text.as_bytes())
 }
 
-/// Store key of the latest checkpoint of `plane`'s audit log.
-pub fn audit_checkpoint(plane: kms_runtime::audit::Plane) -> Vec<u8> {
-    format!("ac/{plane}").into_bytes()
+/// Store key of the latest checkpoint of `plane`'s audit log `log` (its identity, 64
+/// lowercase hex digits, as [`kms_runtime::audit_wire::log_id`] admits), or of the plane's
+/// checkpoint from before logs had one when `log` is empty.
+pub fn audit_checkpoint(plane: kms_runtime::audit::Plane, log: &str) -> Vec<u8> {
+    if log.is_empty() {
+        format!("ac/{plane}").into_bytes()
+    } else {
+        format!("ac/{plane}/{log}").into_bytes()
+    }
 }
 
 /// Encodes an audit-log checkpoint.

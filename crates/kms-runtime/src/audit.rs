@@ -22,12 +22,18 @@
 //! the keyed chain commits to the unkeyed prefix from then on. Verification checks format-1
 //! lines by hash only, and refuses a format-1 line after a format-2 line.
 //!
-//! Checkpoints ([`Checkpoint`]): the plane, the number of lines, the head MAC and the time,
-//! MACed under the same key (domain [`CHECKPOINT_DOMAIN`]). [`AuditLog::checkpoint`] makes one
-//! after every line queued before it is written; [`keep_checkpoints`] hands one to a sink
-//! (the control-plane store) every `checkpoint_interval_ms` while lines were added, and once
-//! more at shutdown. [`Scan::against`] then names a log shorter than its latest checkpoint
-//! (truncation) or one whose line at the checkpoint differs from the recorded head (rewrite).
+//! Every log has an identity ([`log_id`]), fixed for the life of the file: the MAC of its first
+//! line (the hash, for a format-1 first line). Several replicas of a plane each write their own
+//! log, and checkpoints are kept per log.
+//!
+//! Checkpoints ([`Checkpoint`]): the plane, the log's identity, the number of lines, the head
+//! MAC and the time, MACed under the same key (domain [`CHECKPOINT_DOMAIN`]); the identity is
+//! left out of the MACed content of checkpoints made before logs had one, so those still
+//! verify. [`AuditLog::checkpoint`] makes one after every line queued before it is written;
+//! [`keep_checkpoints`] hands one to a sink (the control-plane store) every
+//! `checkpoint_interval_ms` while lines were added, and once more at shutdown. [`Scan::against`] then names a log shorter than its latest checkpoint
+//! (truncation), one whose line at the checkpoint differs from the recorded head (rewrite), or
+//! one that is not the log the checkpoint names.
 //!
 //! Verification: [`scan`] checks everything that needs no key (canonical form, format-1
 //! hashes, `seq`, the links between lines) and yields one [`MacCheck`] per keyed line; whoever
@@ -450,13 +456,18 @@ impl LineV1 {
     }
 }
 
-/// A checkpoint: the log of `plane` had `seq` lines, the last with MAC `head`, at `time`;
-/// `mac` is the HMAC of the whole under the plane's key.
+/// A checkpoint: the log `log` of `plane` had `seq` lines, the last with MAC `head`, at
+/// `time`; `mac` is the HMAC of the whole under the plane's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// The plane whose log it is.
     pub plane: Plane,
+    /// The log's identity ([`log_id`]): the MAC of its first line (the hash, for a format-1
+    /// line). Empty in checkpoints made before logs had one; left out of the MACed content
+    /// when empty, so those still verify.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
     /// Lines in the log.
     pub seq: u64,
     /// `mac` of line `seq` (`hash` if it is a format-1 line).
@@ -471,16 +482,26 @@ pub struct Checkpoint {
 #[derive(Serialize)]
 struct CheckpointContent<'a> {
     plane: Plane,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    log: &'a str,
     seq: u64,
     head: &'a str,
     time: &'a str,
 }
 
 impl Checkpoint {
-    /// A checkpoint MACed under `key`.
-    pub fn sign(key: &AuditKey, plane: Plane, seq: u64, head: &str, time: SystemTime) -> Self {
+    /// A checkpoint of log `log` MACed under `key`.
+    pub fn sign(
+        key: &AuditKey,
+        plane: Plane,
+        log: &str,
+        seq: u64,
+        head: &str,
+        time: SystemTime,
+    ) -> Self {
         let mut cp = Checkpoint {
             plane,
+            log: log.to_string(),
             seq,
             head: head.to_string(),
             time: humantime::format_rfc3339_millis(time).to_string(),
@@ -494,6 +515,7 @@ impl Checkpoint {
     pub fn digest(&self) -> [u8; MAC_LEN] {
         let content = CheckpointContent {
             plane: self.plane,
+            log: &self.log,
             seq: self.seq,
             head: &self.head,
             time: &self.time,
@@ -677,11 +699,13 @@ pub struct AuditLog {
     shared: Arc<Shared>,
 }
 
-/// Where the chain stands: lines written and the last line's MAC (or hash).
+/// Where the chain stands: lines written, the last line's MAC (or hash), and the log's
+/// identity (empty until the first line is written).
 #[derive(Debug, Clone)]
 struct Head {
     seq: u64,
     mac: String,
+    log: String,
 }
 
 impl AuditLog {
@@ -806,6 +830,10 @@ fn write_loop(
                 let line = Line::seal(&event, next.seq, &next.mac, &chain.key);
                 buf.push_str(&line.text());
                 buf.push('\n');
+                if next.seq == 1 {
+                    // A new file: its first line names the log.
+                    next.log = line.mac.clone();
+                }
                 next.mac = line.mac;
                 lines.push(done);
             }
@@ -832,6 +860,7 @@ fn write_loop(
                 let cp = Checkpoint::sign(
                     &chain.key,
                     chain.plane,
+                    &head.log,
                     head.seq,
                     &head.mac,
                     SystemTime::now(),
@@ -887,8 +916,8 @@ where
     }
 }
 
-/// Where the chain of `path` stands: its line count and last MAC (or hash, for a format-1
-/// line), or the genesis for an empty file.
+/// Where the chain of `path` stands: its line count, last MAC (or hash, for a format-1 line)
+/// and identity, or the genesis for an empty file.
 fn last_head(path: &Path, key: &AuditKey) -> Result<Head, AuditError> {
     let io_err = |e: std::io::Error| AuditError::Open {
         path: path.display().to_string(),
@@ -900,6 +929,7 @@ fn last_head(path: &Path, key: &AuditKey) -> Result<Head, AuditError> {
         return Ok(Head {
             seq: 0,
             mac: GENESIS_HASH.to_string(),
+            log: String::new(),
         });
     }
     // Read backwards until the start of the last line is in the buffer.
@@ -935,26 +965,84 @@ fn last_head(path: &Path, key: &AuditKey) -> Result<Head, AuditError> {
         Some(i) => &body[i + 1..],
         None => body,
     };
-    match check_line(last).map_err(|reason| damaged(&reason))? {
+    let (seq, mac) = match check_line(last).map_err(|reason| damaged(&reason))? {
         Parsed::Keyed(line, check) => {
             if !key.check(&check) {
                 return Err(damaged(
                     "the last line's mac does not verify under this plane's audit key (forged, or written under another root key)",
                 ));
             }
-            Ok(Head {
-                seq: line.seq,
-                mac: line.mac,
-            })
+            (line.seq, line.mac)
         }
         Parsed::Unkeyed(line) => {
             let seq = count_lines(path).map_err(io_err)?;
-            Ok(Head {
-                seq: u64::try_from(seq).unwrap_or(u64::MAX),
-                mac: line.hash,
-            })
+            (u64::try_from(seq).unwrap_or(u64::MAX), line.hash)
         }
+    };
+    let log = match log_id(path) {
+        Ok(Some(log)) => log,
+        Ok(None) => return Err(damaged("the file is empty")),
+        Err(e) if e.line == 0 => {
+            return Err(AuditError::Open {
+                path: path.display().to_string(),
+                reason: e.reason,
+            });
+        }
+        Err(e) => {
+            return Err(AuditError::Damaged {
+                path: path.display().to_string(),
+                line: e.line,
+                reason: e.reason,
+            });
+        }
+    };
+    Ok(Head { seq, mac, log })
+}
+
+/// The identity of the log at `path`, fixed for the life of the file: the `mac` of its first
+/// line, or its `hash` for a format-1 line, as the line states it (an edited first line keeps
+/// the identity and fails its own check); `None` for an empty file. Each log's checkpoints are
+/// kept under its identity, so logs written side by side by several replicas of a plane do
+/// not overwrite each other's.
+pub fn log_id(path: &Path) -> Result<Option<String>, VerifyError> {
+    let file = File::open(path).map_err(|e| VerifyError {
+        line: 0,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let mut first = Vec::new();
+    BufReader::new(file)
+        .read_until(b'\n', &mut first)
+        .map_err(|e| VerifyError {
+            line: 1,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+    if first.is_empty() {
+        return Ok(None);
     }
+    let raw = first.strip_suffix(b"\n").unwrap_or(&first);
+    first_line_id(raw).map(Some).ok_or_else(|| VerifyError {
+        line: 1,
+        reason: "the first line does not name the log: no mac (or hash, for an unkeyed line) of 64 lowercase hex digits".into(),
+    })
+}
+
+/// The identity a first line gives its log: `mac` for a keyed line, `hash` for a format-1
+/// line, if it is 64 lowercase hex digits.
+fn first_line_id(raw: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(default)]
+        mac: String,
+        #[serde(default)]
+        hash: String,
+    }
+    let named: Named = serde_json::from_slice(raw).ok()?;
+    let id = if raw.starts_with(b"{\"format\":") {
+        named.mac
+    } else {
+        named.hash
+    };
+    parse_mac(&id).map(|_| id)
 }
 
 fn count_lines(path: &Path) -> std::io::Result<usize> {
@@ -1038,10 +1126,22 @@ impl Scan {
         }
     }
 
-    /// Checks the log against a checkpoint whose own MAC was verified: it must have at least
-    /// the recorded number of lines, and its line at the checkpoint must carry the recorded
-    /// head.
+    /// Checks the log against a checkpoint whose own MAC was verified: a checkpoint naming a
+    /// log must name this one (its first line), the log must have at least the recorded number
+    /// of lines, and its line at the checkpoint must carry the recorded head.
     pub fn against(&self, cp: &Checkpoint) -> Result<(), VerifyError> {
+        if let Some(first) = self.heads.first()
+            && !cp.log.is_empty()
+            && *first != cp.log
+        {
+            return Err(VerifyError {
+                line: 1,
+                reason: format!(
+                    "another log: the checkpoint at {} is of log {}, whose first line this is not",
+                    cp.time, cp.log
+                ),
+            });
+        }
         let recorded = usize::try_from(cp.seq).unwrap_or(usize::MAX);
         if self.lines < recorded {
             return Err(VerifyError {
@@ -1463,17 +1563,19 @@ mod tests {
                 1,
                 "mac does not match",
             ),
+            // Re-hashed from the first line, the log names itself anew: it is not the log the
+            // checkpoint is of.
             (
                 "the old unkeyed format",
                 rechain_unkeyed(&removed[..5]),
-                6,
-                "truncated: log has 5 lines",
+                1,
+                "another log",
             ),
             (
                 "the old unkeyed format, padded to the checkpoint's length",
                 rechain_unkeyed(&removed),
-                6,
-                "rewritten: line 6",
+                1,
+                "another log",
             ),
             (
                 "the key's own lines, one dropped, the rest re-chained with the key",
@@ -1491,7 +1593,7 @@ mod tests {
         }
 
         // A checkpoint forged to match a rewrite does not verify.
-        let forged = Checkpoint::sign(&other, Plane::Data, 4, &cp.head, SystemTime::now());
+        let forged = Checkpoint::sign(&other, Plane::Data, &cp.log, 4, &cp.head, SystemTime::now());
         rewrite(path, cut);
         let err = verify_keyed(path, &key(), Some(&forged)).unwrap_err();
         assert!(err.reason.contains("forged"), "{err}");
@@ -1520,6 +1622,10 @@ mod tests {
         drop(log);
         assert_eq!(cp.seq, 5);
         let all = lines(&cfg.path);
+        // The log is named by its first line's hash.
+        let first_unkeyed: LineV1 = serde_json::from_str(&all[0]).unwrap();
+        assert_eq!(cp.log, first_unkeyed.hash);
+        assert_eq!(log_id(&cfg.path), Ok(Some(cp.log.clone())));
         let first_keyed: Line = serde_json::from_str(&all[3]).unwrap();
         let last_unkeyed: LineV1 = serde_json::from_str(&all[2]).unwrap();
         assert_eq!(first_keyed.seq, 4);
@@ -1543,6 +1649,110 @@ mod tests {
         let err = verify(&cfg.path).unwrap_err();
         assert_eq!(err.line, 6);
         assert!(err.reason.contains("unkeyed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_log_id_is_the_first_lines_mac_for_the_life_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir);
+        let log = open(&cfg);
+        assert_eq!(log_id(&cfg.path), Ok(None));
+        assert_eq!(
+            log.checkpoint().await.unwrap().log,
+            "",
+            "no line, no id yet"
+        );
+        write_n(&log, 0..3).await;
+        let first = log.checkpoint().await.unwrap();
+        drop(log);
+        let line: Line = serde_json::from_str(&lines(&cfg.path)[0]).unwrap();
+        assert_eq!(first.log, line.mac);
+        assert_eq!(log_id(&cfg.path), Ok(Some(line.mac.clone())));
+
+        // Reopened, the log keeps its id, before and after new lines.
+        let log = open(&cfg);
+        let resumed = log.checkpoint().await.unwrap();
+        assert_eq!(
+            (&resumed.log, resumed.seq, &resumed.head),
+            (&first.log, first.seq, &first.head)
+        );
+        write_n(&log, 3..5).await;
+        let later = log.checkpoint().await.unwrap();
+        drop(log);
+        assert_eq!((later.log.as_str(), later.seq), (line.mac.as_str(), 5));
+        assert_eq!(log_id(&cfg.path), Ok(Some(line.mac.clone())));
+        assert_eq!(verify_keyed(&cfg.path, &key(), Some(&later)), Ok(5));
+
+        // Another file of the same plane is another log, even with the same events; a
+        // checkpoint of one is refused for the other.
+        let other_cfg = AuditConfig::new(dir.path().join("other.log"));
+        let other = open(&other_cfg);
+        write_n(&other, 1..3).await;
+        let other_cp = other.checkpoint().await.unwrap();
+        drop(other);
+        assert_ne!(other_cp.log, later.log);
+        let err = verify_keyed(&cfg.path, &key(), Some(&other_cp)).unwrap_err();
+        assert_eq!(err.line, 1, "{err}");
+        assert!(err.reason.contains("another log"), "{err}");
+        // An empty file against a checkpoint: everything was cut.
+        std::fs::write(&other_cfg.path, "").unwrap();
+        let err = verify_keyed(&other_cfg.path, &key(), Some(&other_cp)).unwrap_err();
+        assert!(err.reason.contains("truncated: log has 0 lines"), "{err}");
+
+        // An edited first line keeps naming the log; one that names none stops the resume.
+        let mut edited = lines(&cfg.path);
+        edited[0] = edited[0].replace("user/alice", "user/mallory");
+        rewrite(&cfg.path, &edited);
+        assert_eq!(log_id(&cfg.path), Ok(Some(line.mac.clone())));
+        let mut unnamed = lines(&cfg.path);
+        unnamed[0] = "{\"hello\":1}".into();
+        rewrite(&cfg.path, &unnamed);
+        assert_eq!(log_id(&cfg.path).unwrap_err().line, 1);
+        let err = AuditLog::open(&cfg, chain()).unwrap_err();
+        assert!(matches!(err, AuditError::Damaged { line: 1, .. }), "{err}");
+        assert!(log_id(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn checkpoint_macs_with_and_without_a_log_id() {
+        let head = "ab".repeat(32);
+        let time = "2023-11-14T22:13:20.123Z";
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        // A checkpoint as stored before logs had ids: its content had no `log`.
+        let old_content = format!(r#"{{"plane":"data","seq":7,"head":"{head}","time":"{time}"}}"#);
+        let old_mac = hex::encode(key().mac(&sha256(&[CHECKPOINT_DOMAIN, old_content.as_bytes()])));
+        let stored = format!(
+            r#"{{"plane":"data","seq":7,"head":"{head}","time":"{time}","mac":"{old_mac}"}}"#
+        );
+        let old: Checkpoint = serde_json::from_str(&stored).unwrap();
+        assert_eq!(old.log, "");
+        assert!(
+            key().check(&old.mac_check().unwrap()),
+            "an old checkpoint verifies"
+        );
+        // Signed without an id, a checkpoint is what it was, byte for byte.
+        let unnamed = Checkpoint::sign(&key(), Plane::Data, "", 7, &head, at);
+        assert_eq!(unnamed, old);
+        assert_eq!(serde_json::to_string(&unnamed).unwrap(), stored);
+
+        // With an id, the id is MACed: changed or dropped, the MAC fails.
+        let log = "cd".repeat(32);
+        let named = Checkpoint::sign(&key(), Plane::Data, &log, 7, &head, at);
+        assert_ne!(named.mac, old.mac);
+        assert!(key().check(&named.mac_check().unwrap()));
+        let text = serde_json::to_string(&named).unwrap();
+        assert!(text.contains(&format!(r#""log":"{log}""#)), "{text}");
+        assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), named);
+        for changed in [String::new(), "ce".repeat(32)] {
+            let cp = Checkpoint {
+                log: changed,
+                ..named.clone()
+            };
+            assert!(!key().check(&cp.mac_check().unwrap()), "{cp:?}");
+        }
+        // An id cannot be added to an old checkpoint either.
+        let renamed = Checkpoint { log, ..old.clone() };
+        assert!(!key().check(&renamed.mac_check().unwrap()));
     }
 
     #[tokio::test]

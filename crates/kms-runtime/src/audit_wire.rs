@@ -1,5 +1,5 @@
 //! Wire forms of the audit-chain types (`kms.v1.AuditCheckpoint`, `AuditMacCheck`,
-//! `VerifyAuditMacsResponse`) for the services that pass checkpoints and MAC checks between
+//! `VerifyAuditMacsResponse`, log identities) for the services that pass checkpoints and MAC checks between
 //! the planes and to `kmsctl`. Conversions from the wire fail closed.
 
 use kms_proto::kms::v1::{AuditCheckpoint, AuditMacCheck, VerifyAuditMacsResponse};
@@ -15,6 +15,31 @@ pub fn plane(name: &str) -> Result<Plane, DomainError> {
     Plane::parse(name).map_err(|e| DomainError::invalid("Plane", e))
 }
 
+/// A log identity from a wire field: empty (the plane's checkpoint from before logs had one)
+/// or 64 lowercase hex digits, so it is safe in a store key.
+pub fn log_id(text: &str) -> Result<String, DomainError> {
+    if text.is_empty() {
+        Ok(String::new())
+    } else {
+        hex64("Log", text)
+    }
+}
+
+fn hex64(field: &'static str, text: &str) -> Result<String, DomainError> {
+    if text.len() == 2 * MAC_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(text.to_string())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            format!("{} must be 64 lowercase hex digits", field.to_lowercase()),
+        ))
+    }
+}
+
 /// A checkpoint on the wire.
 pub fn checkpoint_to_wire(cp: &Checkpoint) -> AuditCheckpoint {
     AuditCheckpoint {
@@ -23,28 +48,17 @@ pub fn checkpoint_to_wire(cp: &Checkpoint) -> AuditCheckpoint {
         head: cp.head.clone(),
         time: cp.time.clone(),
         mac: cp.mac.clone(),
+        log: cp.log.clone(),
     }
 }
 
-/// A checkpoint from the wire; a missing one or an unknown plane is refused.
+/// A checkpoint from the wire; a missing one, an unknown plane or a malformed head, MAC or
+/// log identity is refused.
 pub fn checkpoint_from_wire(cp: Option<&AuditCheckpoint>) -> Result<Checkpoint, DomainError> {
     let cp = cp.ok_or_else(|| DomainError::invalid("Checkpoint", "checkpoint is required"))?;
-    let hex64 = |field: &'static str, text: &str| {
-        if text.len() == 2 * MAC_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(text.to_string())
-        } else {
-            Err(DomainError::invalid(
-                field,
-                format!("{} must be 64 lowercase hex digits", field.to_lowercase()),
-            ))
-        }
-    };
     Ok(Checkpoint {
         plane: plane(&cp.plane)?,
+        log: log_id(&cp.log)?,
         seq: cp.seq,
         head: hex64("Head", &cp.head)?,
         time: cp.time.clone(),
@@ -115,15 +129,28 @@ mod tests {
     #[test]
     fn round_trips_and_refusals() {
         let key = AuditKey::from_bytes(&[1u8; MAC_LEN]).unwrap();
+        for log in [String::new(), "cd".repeat(32)] {
+            let cp = Checkpoint::sign(
+                &key,
+                Plane::Data,
+                &log,
+                7,
+                &"ab".repeat(32),
+                std::time::UNIX_EPOCH,
+            );
+            let wire = checkpoint_to_wire(&cp);
+            assert_eq!(wire.log, log);
+            assert_eq!(checkpoint_from_wire(Some(&wire)), Ok(cp));
+        }
         let cp = Checkpoint::sign(
             &key,
             Plane::Data,
+            &"cd".repeat(32),
             7,
             &"ab".repeat(32),
             std::time::UNIX_EPOCH,
         );
         let wire = checkpoint_to_wire(&cp);
-        assert_eq!(checkpoint_from_wire(Some(&wire)), Ok(cp));
         assert!(checkpoint_from_wire(None).is_err());
         for bad in [
             AuditCheckpoint {
@@ -136,6 +163,14 @@ mod tests {
             },
             AuditCheckpoint {
                 mac: "00".into(),
+                ..wire.clone()
+            },
+            AuditCheckpoint {
+                log: "../control".into(),
+                ..wire.clone()
+            },
+            AuditCheckpoint {
+                log: "CD".repeat(32),
                 ..wire.clone()
             },
         ] {
@@ -153,6 +188,11 @@ mod tests {
         };
         assert!(checks_from_wire(&[short]).is_err());
         assert!(checks_from_wire(&checks_to_wire(&vec![check; MAX_MAC_CHECKS + 1])).is_err());
+        assert_eq!(log_id(""), Ok(String::new()));
+        assert_eq!(log_id(&"0f".repeat(32)), Ok("0f".repeat(32)));
+        for bad in ["0f", "/", &"0g".repeat(32), &"0f".repeat(33)] {
+            assert!(log_id(bad).is_err(), "{bad}");
+        }
         for first in [None, Some(0), Some(41)] {
             assert_eq!(first_mismatch(&answer(first)), first);
         }

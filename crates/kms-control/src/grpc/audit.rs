@@ -1,4 +1,4 @@
-//! `kms.v1.AuditService`: operators read the latest checkpoint of a plane's audit log and have
+//! `kms.v1.AuditService`: operators read the latest checkpoint of one audit log and have
 //! MACs checked where the plane's key is (the control plane's here, the data plane's by
 //! `KeyMaterial.VerifyPlaneAuditMacs`). No key leaves the service.
 
@@ -43,9 +43,10 @@ impl<S: Store> AuditService for AuditApi<S> {
     ) -> Result<Response<GetAuditCheckpointResponse>, Status> {
         let who = caller(&request).map_err(status)?;
         let plane = audit_wire::plane(&request.get_ref().plane).map_err(status)?;
+        let log = audit_wire::log_id(&request.get_ref().log).map_err(status)?;
         let cp = self
             .registry
-            .audit_checkpoint(&who, plane)
+            .audit_checkpoint(&who, plane, &log)
             .await
             .map_err(status)?;
         Ok(Response::new(GetAuditCheckpointResponse {
