@@ -230,7 +230,8 @@ impl MaterialClient {
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => {
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown => {
                     DomainError::Unavailable("the data plane cannot be reached".into())
                 }
                 _ => DomainError::Internal(format!(
@@ -253,7 +254,10 @@ impl MaterialClient {
 
 fn data_plane_error(call: &str, s: &tonic::Status) -> DomainError {
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => {
             DomainError::Unavailable("the data plane cannot be reached".into())
         }
         code => DomainError::Internal(format!(
@@ -317,9 +321,13 @@ fn import_error(call: &str, s: tonic::Status) -> DomainError {
                 .to_string();
             DomainError::invalid(field, text)
         }
-        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled, _) => {
-            DomainError::Unavailable("the data plane cannot be reached".into())
-        }
+        (
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown,
+            _,
+        ) => DomainError::Unavailable("the data plane cannot be reached".into()),
         (code, _) => DomainError::Internal(format!(
             "data plane {call} failed: {code:?}: {}",
             s.message()

@@ -35,9 +35,13 @@ fn directory_error(s: tonic::Status) -> DomainError {
         (tonic::Code::InvalidArgument, Some(r)) if r.starts_with("InvalidParameter.") => {
             DomainError::invalid("KeyId", s.message().to_string())
         }
-        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled, _) => {
-            DomainError::Unavailable("the control plane cannot be reached".into())
-        }
+        (
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown,
+            _,
+        ) => DomainError::Unavailable("the control plane cannot be reached".into()),
         (code, _) => DomainError::Internal(format!(
             "KeyDirectory call failed: {code:?}: {}",
             s.message()

@@ -3,10 +3,11 @@
 //! to the next one and is tried there, once per replica, and later calls stay on the replica
 //! that answered.
 //!
-//! Only `UNAVAILABLE` moves a call: gRPC uses it for "not reached, or not able to serve now,
-//! try again", which a replica's death or restart produces. Every call that goes through
-//! [`Replicas::call`] must therefore be safe to send twice (reads, idempotent reports, or
-//! material generation, which changes nothing).
+//! `UNAVAILABLE` moves a call: gRPC uses it for "not reached, or not able to serve now, try
+//! again", which a replica's death or restart produces. So do `UNKNOWN` and `CANCELLED`, which
+//! tonic answers when the connection breaks while the call is under way (a replica killed
+//! mid-call). Every call that goes through [`Replicas::call`] must therefore be safe to send
+//! twice (reads, idempotent reports, or material generation, which changes nothing).
 
 use std::fmt;
 use std::future::Future;
@@ -135,7 +136,7 @@ impl Replicas {
     }
 
     /// Runs `call` on the current replica's channel, moving to the next replica and trying
-    /// again while the answer is `UNAVAILABLE`, at most once per replica.
+    /// again while the replica is unavailable or the call broke off, at most once per replica.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
     where
         F: FnMut(Channel) -> Fut,
@@ -145,7 +146,12 @@ impl Replicas {
         loop {
             let (index, channel) = self.current();
             match call(channel).await {
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
                     self.failed(index);
                     attempts -= 1;
                     if attempts == 0 {
