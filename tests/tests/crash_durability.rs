@@ -827,6 +827,7 @@ fn check_store(dir: &Path) -> usize {
         for v in &r.versions {
             want.insert(schema::version(&v.id), id.clone());
         }
+        want.insert(schema::version(&r.primary_version), id.clone());
         for a in &r.aliases {
             want.insert(schema::alias(&r.account, a), id.clone());
         }

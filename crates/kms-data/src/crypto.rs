@@ -184,7 +184,9 @@ impl CryptoEngine {
         })
     }
 
-    /// Resolves and authorizes the key that sealed `ciphertext_blob`.
+    /// Resolves and authorizes the key that sealed `ciphertext_blob`. The key's state is
+    /// checked before the version: a key without material (deleted or expired) still owns its
+    /// version and answers `Rejected.<State>`; only a version no key owns is an invalid blob.
     async fn key_of_blob(
         &self,
         caller: &Principal,
