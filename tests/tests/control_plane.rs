@@ -526,7 +526,7 @@ async fn create_key_with_every_field_and_the_default_key() {
     assert_eq!(no_rotation.rotation_status, RotationStatus::Disabled as i32);
     assert_eq!(no_rotation.next_rotation_date, None);
 
-    // The default key: External origin waits for material; rotation is suspended meanwhile.
+    // The default key: External origin waits for material; it never rotates automatically.
     let default = env
         .create(CreateKeyRequest {
             origin: KeyOrigin::External as i32,
@@ -541,8 +541,8 @@ async fn create_key_with_every_field_and_the_default_key() {
     assert_eq!(default.key_spec, KeySpec::AliyunAes256 as i32);
     assert_eq!(default.key_state, KeyState::PendingImport as i32);
     assert_eq!(default.origin, KeyOrigin::External as i32);
-    assert_eq!(default.rotation_status, RotationStatus::Suspended as i32);
-    assert_eq!(default.rotation_interval, days(365));
+    assert_eq!(default.rotation_status, RotationStatus::Disabled as i32);
+    assert_eq!(default.rotation_interval, None);
     let versions = keys
         .list_key_versions(ListKeyVersionsRequest {
             key_id: default.key_id.clone(),
@@ -1382,11 +1382,13 @@ impl Env {
                 keys.cancel_key_deletion(CancelKeyDeletionRequest { key_id: id })
                     .await,
             ),
+            // Turning rotation off is a request every key of the matrix may make: the
+            // PendingImport key has imported material, which never rotates automatically.
             Op::UpdateRotationPolicy => unit(
                 keys.update_rotation_policy(UpdateRotationPolicyRequest {
                     key_id: id,
-                    enable_automatic_rotation: Some(true),
-                    rotation_interval: days(30),
+                    enable_automatic_rotation: Some(false),
+                    rotation_interval: None,
                 })
                 .await,
             ),
@@ -1612,13 +1614,14 @@ async fn state_matrix_of_the_api_contract() {
         env.run(ProtectionOff, &key, None, "").await.unwrap();
         env.run(ScheduleKeyDeletion, &key, None, "").await.unwrap();
     }
-    // Rotation is suspended while a key is Disabled or pending.
+    // Rotation is suspended while a key is Disabled or pending deletion; the PendingImport
+    // key has imported material, which never rotates automatically.
     for state in states {
         let (key, _) = env.key_in(state).await;
-        let want = if state == St::Enabled {
-            RotationStatus::Enabled
-        } else {
-            RotationStatus::Suspended
+        let want = match state {
+            St::Enabled => RotationStatus::Enabled,
+            St::PendingImport => RotationStatus::Disabled,
+            St::Disabled | St::PendingDeletion => RotationStatus::Suspended,
         };
         assert_eq!(key.rotation_status, want as i32, "{state:?}");
     }

@@ -1190,6 +1190,146 @@ async fn blobs_of_an_unusable_key_answer_its_state() {
     assert_eq!(stranger.code(), Code::NotFound, "{stranger:?}");
 }
 
+/// A key with imported material gets new versions only by import: automatic rotation is
+/// refused at CreateKey and UpdateRotationPolicy with the reason, is not on by default in a
+/// software instance, shows as Disabled without interval or date, and never happens.
+#[tokio::test]
+async fn keys_with_imported_material_do_not_rotate_automatically() {
+    let stack = Stack::start().await.unwrap();
+    let files = Files::new();
+    let software = instance(&stack, InstanceType::Software).await;
+    let mut keys = stack.keys(Some(ALICE)).unwrap();
+    for (enable, interval, want) in [
+        (Some(true), None, "InvalidParameter.EnableAutomaticRotation"),
+        (
+            None,
+            Some(prost_types::Duration {
+                seconds: 30 * 86_400,
+                nanos: 0,
+            }),
+            "InvalidParameter.RotationInterval",
+        ),
+    ] {
+        let refused = keys
+            .create_key(CreateKeyRequest {
+                kms_instance_id: software.clone(),
+                origin: KeyOrigin::External as i32,
+                enable_automatic_rotation: enable,
+                rotation_interval: interval,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::InvalidArgument, want),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains("only comes by importing material"),
+            "{}",
+            refused.message()
+        );
+    }
+
+    let key = external_key(
+        &stack,
+        &software,
+        KeySpec::AliyunAes256,
+        KeyUsage::EncryptDecrypt,
+    )
+    .await;
+    let not_rotating = |m: &KeyMetadata| {
+        (
+            m.rotation_status,
+            m.rotation_interval.is_none(),
+            m.next_rotation_date.is_none(),
+        ) == (RotationStatus::Disabled as i32, true, true)
+    };
+    assert!(not_rotating(&key), "{key:?}");
+    let aes = files.random("aes.bin", 32);
+    let p = params(&stack, &key.key_id, Algorithm::RsaesOaepSha256)
+        .await
+        .unwrap();
+    import(
+        &stack,
+        &key.key_id,
+        &p.import_token,
+        files.rsa_encrypt(&p.public_key, "sha256", &aes),
+        None,
+    )
+    .await
+    .unwrap();
+    let imported = describe(&stack, &key.key_id).await;
+    assert!(not_rotating(&imported), "{imported:?}");
+    let refused = keys
+        .update_rotation_policy(UpdateRotationPolicyRequest {
+            key_id: key.key_id.clone(),
+            enable_automatic_rotation: Some(true),
+            rotation_interval: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&refused),
+        "InvalidParameter.EnableAutomaticRotation",
+        "{refused:?}"
+    );
+    let off = keys
+        .update_rotation_policy(UpdateRotationPolicyRequest {
+            key_id: key.key_id.clone(),
+            enable_automatic_rotation: Some(false),
+            rotation_interval: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert!(not_rotating(&off), "{off:?}");
+
+    // A year and more later a generated key beside it has rotated; it still has the one
+    // imported version.
+    let generated = keys
+        .create_key(CreateKeyRequest {
+            kms_instance_id: software.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let versions = |key_id: String| {
+        let mut keys = stack.keys(Some(ALICE)).unwrap();
+        async move {
+            keys.list_key_versions(ListKeyVersionsRequest {
+                key_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key_versions
+            .len()
+        }
+    };
+    stack
+        .advance_clock(Duration::from_secs(400 * 86_400))
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the generated key rotated",
+        || async { (versions(generated.clone()).await > 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(versions(key.key_id.clone()).await, 1);
+}
+
 #[tokio::test]
 async fn material_expires_on_the_control_plane_clock() {
     let stack = Stack::start().await.unwrap();

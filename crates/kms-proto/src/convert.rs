@@ -149,7 +149,7 @@ pub fn key_metadata(r: &KeyRecord, region: &str) -> pb::KeyMetadata {
         deletion_protection: r.deletion_protection,
         deletion_protection_description: r.deletion_protection_description.clone(),
         rotation_status: r.rotation_status().to_wire(),
-        rotation_interval: r.rotation.map(|p| prost_types::Duration {
+        rotation_interval: r.rotation_settings().map(|p| prost_types::Duration {
             seconds: p.interval_days * 86_400,
             nanos: 0,
         }),
