@@ -126,10 +126,16 @@ impl CryptoEngine {
     ) -> Result<Sealed, DomainError> {
         let plaintext = SecretBytes::new(plaintext);
         if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+            let hint = if plaintext.is_empty() {
+                ""
+            } else {
+                "; for larger data use envelope encryption: GenerateDataKey returns a data key \
+                 to encrypt the data with locally and the data key's ciphertext to keep beside it"
+            };
             return Err(DomainError::invalid(
                 "Plaintext",
                 format!(
-                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes, got {}",
+                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes, got {}{hint}",
                     plaintext.len()
                 ),
             ));
