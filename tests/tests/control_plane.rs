@@ -2678,6 +2678,34 @@ async fn software_instance_keys_of_every_offered_spec() {
             (Code::InvalidArgument, "InvalidParameter.RotationInterval")
         );
     }
+    // The other three specs are for hardware instances; the refusal says what this one offers.
+    for spec in [
+        KeySpec::AliyunAes192,
+        KeySpec::AliyunAes128,
+        KeySpec::Rsa4096,
+    ] {
+        let err = keys
+            .create_key(CreateKeyRequest {
+                kms_instance_id: sw.clone(),
+                key_spec: spec as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::InvalidArgument, "InvalidParameter.KeySpec"),
+            "{spec:?}"
+        );
+        assert!(
+            err.message().ends_with(
+                "it offers Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K \
+                 (a HARDWARE instance offers all eight)"
+            ),
+            "{}",
+            err.message()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

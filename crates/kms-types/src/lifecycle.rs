@@ -123,9 +123,15 @@ impl NewKey {
             }
             KeyHome::Instance(kind) => {
                 if !kind.offers(spec) {
+                    let offered: Vec<String> =
+                        kind.offered().iter().map(ToString::to_string).collect();
                     return Err(DomainError::invalid(
                         "KeySpec",
-                        format!("a {kind} instance does not offer key spec {spec}"),
+                        format!(
+                            "a {kind} instance does not offer key spec {spec}; it offers {} \
+                             (a HARDWARE instance offers all eight)",
+                            offered.join(", ")
+                        ),
                     ));
                 }
                 (kind.protection_level(), kind == InstanceType::Software)
@@ -481,10 +487,24 @@ mod tests {
         );
         let soft = KeyHome::Instance(InstanceType::Software);
         let hard = KeyHome::Instance(InstanceType::Hardware);
-        assert_eq!(
-            reason(req(Some(Rsa4096)).plan(soft)).as_deref(),
-            Some("InvalidParameter.KeySpec")
-        );
+        for spec in [AliyunAes192, AliyunAes128, Rsa4096] {
+            let refused = req(Some(spec)).plan(soft).err();
+            assert_eq!(
+                refused.as_ref().map(DomainError::reason_code).as_deref(),
+                Some("InvalidParameter.KeySpec")
+            );
+            assert_eq!(
+                refused.map(|e| e.to_string()).unwrap_or_default(),
+                format!(
+                    "a SOFTWARE instance does not offer key spec {spec}; it offers \
+                     Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K (a HARDWARE instance \
+                     offers all eight)"
+                )
+            );
+        }
+        for spec in KeySpec::ALL {
+            assert!(req(Some(*spec)).plan(hard).is_ok(), "{spec} in hardware");
+        }
         let ec = req(Some(EcP256))
             .plan(hard)
             .unwrap_or_else(|e| panic!("{e}"));
