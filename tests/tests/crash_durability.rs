@@ -973,7 +973,7 @@ async fn acknowledged_writes_survive_sigkill_and_no_key_is_half_written() {
             instance_type: InstanceType::Software as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: kms_types::instance::MAX_KEY_QUOTA,
-            access_management_quota: 0,
+            access_management_quota: Some(0),
         })
         .await
         .unwrap()

@@ -835,6 +835,10 @@ mod tests {
                 "/kms.v1.KmsInstanceService/ShareKmsInstance",
                 Some(ManagementWrite),
             ),
+            (
+                "/kms.v1.KmsInstanceService/UpdateKmsInstance",
+                Some(ManagementWrite),
+            ),
             ("/kms.internal.v1.KeyDirectory/GetKey", None),
             ("/kms.internal.v1.KeyMaterial/Generate", None),
             ("/grpc.health.v1.Health/Check", None),

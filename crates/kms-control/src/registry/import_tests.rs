@@ -127,7 +127,7 @@ impl World {
                     instance_type: InstanceType::Software,
                     owner: alice().account().clone(),
                     key_quota: 10,
-                    access_management_quota: 1,
+                    access_management_quota: Some(1),
                 },
             )
             .await
