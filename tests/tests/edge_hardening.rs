@@ -218,6 +218,26 @@ async fn silent_tls_clients_forged_internal_calls_and_endless_deadlines() {
         })
         .await
         .unwrap();
+    // A malformed one is refused saying what is wrong and what is expected.
+    let err = KeyManagementServiceClient::with_interceptor(control.clone(), sidecar_as("root"))
+        .describe_key(DescribeKeyRequest {
+            key_id: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unauthenticated, "Forbidden.NoIdentity")
+    );
+    assert!(
+        err.message().contains(
+            "the x-forwarded-principal header is not a principal ARN: \"root\": it does not \
+             start with `acs:ram::`; expected acs:ram::<16-digit account>:root|user/<name>|\
+             role/<name>, e.g. acs:ram::1234567890123456:root"
+        ),
+        "{}",
+        err.message()
+    );
     // ... but naming the other plane, it does not reach the internal services.
     let err = KeyDirectoryClient::with_interceptor(control, sidecar_as(DATA_PRINCIPAL))
         .get_key(GetKeyRequest {
