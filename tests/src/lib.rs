@@ -768,7 +768,7 @@ impl Stack {
                 instance_type: InstanceType::Software as i32,
                 owner_account_id: owner.into(),
                 key_quota: 50,
-                access_management_quota: 5,
+                access_management_quota: Some(5),
             })
             .await?
             .into_inner()

@@ -28,7 +28,7 @@ async fn instance(stack: &Stack) -> String {
             instance_type: InstanceType::Software as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: 10,
-            access_management_quota: 5,
+            access_management_quota: Some(5),
         })
         .await
         .unwrap()

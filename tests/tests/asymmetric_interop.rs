@@ -49,7 +49,7 @@ async fn instance(stack: &Stack, kind: InstanceType) -> String {
             instance_type: kind as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: 100,
-            access_management_quota: 5,
+            access_management_quota: Some(5),
         })
         .await
         .unwrap()

@@ -646,7 +646,7 @@ async fn planes_agree_on_shared_instance_owners_and_account_spellings() {
             instance_type: InstanceType::Software as i32,
             owner_account_id: format!("0{ACCOUNT}"),
             key_quota: 1,
-            access_management_quota: 1,
+            access_management_quota: Some(1),
         })
         .await
         .unwrap_err();

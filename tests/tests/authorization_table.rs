@@ -395,7 +395,7 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                     instance_type: InstanceType::Software as i32,
                     owner_account_id: SHARER.into(),
                     key_quota: 1,
-                    access_management_quota: 1,
+                    access_management_quota: Some(1),
                 })
                 .await,
         ),
@@ -424,6 +424,16 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                 .unshare_kms_instance(UnshareKmsInstanceRequest {
                     kms_instance_id: f.instance.clone(),
                     account_id: "8888888888888888".into(),
+                })
+                .await,
+        ),
+        // The quotas the instance was made with: the change leaves the fixture as it is.
+        Rpc::UpdateKmsInstance => classify(
+            instances
+                .update_kms_instance(UpdateKmsInstanceRequest {
+                    kms_instance_id: f.instance.clone(),
+                    key_quota: Some(50),
+                    access_management_quota: Some(5),
                 })
                 .await,
         ),

@@ -76,7 +76,7 @@ async fn env_with_quota(key_quota: i32) -> Env {
             instance_type: instance_type as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota,
-            access_management_quota: 1,
+            access_management_quota: Some(1),
         };
         let created = ops.create_kms_instance(req).await.unwrap().into_inner();
         instances.push(created.kms_instance.unwrap());
@@ -202,7 +202,7 @@ async fn instances_operators_sharing_and_quotas() {
         instance_type: InstanceType::Software as i32,
         owner_account_id: ACCOUNT.into(),
         key_quota: 10,
-        access_management_quota: 0,
+        access_management_quota: Some(0),
     };
     let mut alice = env.stack.instances(Some(ALICE)).unwrap();
     refused(
@@ -235,7 +235,7 @@ async fn instances_operators_sharing_and_quotas() {
         ),
         (
             CreateKmsInstanceRequest {
-                access_management_quota: -1,
+                access_management_quota: Some(-1),
                 ..good.clone()
             },
             "InvalidParameter.AccessManagementQuota",
@@ -448,6 +448,164 @@ async fn instances_operators_sharing_and_quotas() {
         .unwrap();
 }
 
+/// An instance made without an access-management quota can be shared with one account;
+/// operators change its quotas with UpdateKmsInstance, never below what is in use (keys held;
+/// accounts it is shared with and accounts its key policies grant), and the refusal names the
+/// count in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_kms_instance_changes_quotas_never_below_use() {
+    let stack = Stack::start().await.unwrap();
+    let mut ops = stack.instances(Some(OPERATOR)).unwrap();
+    let made = ops
+        .create_kms_instance(CreateKmsInstanceRequest {
+            instance_type: InstanceType::Software as i32,
+            owner_account_id: ACCOUNT.into(),
+            key_quota: 10,
+            access_management_quota: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kms_instance
+        .unwrap();
+    assert_eq!(made.access_management_quota, 1);
+    let id = made.kms_instance_id.clone();
+    ops.share_kms_instance(ShareKmsInstanceRequest {
+        kms_instance_id: id.clone(),
+        account_id: "8888888888888888".into(),
+    })
+    .await
+    .unwrap();
+    let mut keys = stack.keys(Some(ALICE)).unwrap();
+    let mut key_ids = Vec::new();
+    for _ in 0..2 {
+        key_ids.push(
+            keys.create_key(CreateKeyRequest {
+                kms_instance_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .key_id,
+        );
+    }
+    let update = |key_quota: Option<i32>, access_management_quota: Option<i32>| {
+        let (mut ops, id) = (ops.clone(), id.clone());
+        async move {
+            ops.update_kms_instance(UpdateKmsInstanceRequest {
+                kms_instance_id: id,
+                key_quota,
+                access_management_quota,
+            })
+            .await
+            .map(|r| r.into_inner().kms_instance.unwrap())
+        }
+    };
+
+    // Keys: not below the two it holds.
+    let below = update(Some(1), None).await.unwrap_err();
+    assert_eq!(
+        (below.code(), reason(&below).as_str()),
+        (Code::InvalidArgument, "InvalidParameter.KeyQuota"),
+        "{below:?}"
+    );
+    assert!(
+        below.message().contains("below the 2 keys"),
+        "{}",
+        below.message()
+    );
+    let two = update(Some(2), None).await.unwrap();
+    assert_eq!(
+        (two.key_quota, two.key_count, two.access_management_quota),
+        (2, 2, 1)
+    );
+    refused(
+        keys.create_key(CreateKeyRequest {
+            kms_instance_id: id.clone(),
+            ..Default::default()
+        })
+        .await,
+        Code::ResourceExhausted,
+        "Rejected.LimitExceeded",
+    );
+
+    // Accounts: one share, then a key policy granting another account makes two.
+    update(None, Some(3)).await.unwrap();
+    keys.set_key_policy(SetKeyPolicyRequest {
+        key_id: key_ids[0].clone(),
+        policy: format!(
+            r#"{{"Version":"1","Statement":[{{"Effect":"Allow","Principal":{{"RAM":["acs:ram::{ACCOUNT}:*"]}},"Action":["kms:*"],"Resource":["*"]}},{{"Effect":"Allow","Principal":{{"RAM":["acs:ram::{MALLORY_ACCOUNT}:user/partner"]}},"Action":["kms:Encrypt"],"Resource":["*"]}}]}}"#
+        ),
+    })
+    .await
+    .unwrap();
+    let below = update(None, Some(1)).await.unwrap_err();
+    assert_eq!(
+        (below.code(), reason(&below).as_str()),
+        (
+            Code::InvalidArgument,
+            "InvalidParameter.AccessManagementQuota"
+        ),
+        "{below:?}"
+    );
+    assert!(
+        below.message().contains("below the 2 other accounts"),
+        "{}",
+        below.message()
+    );
+    let fits = update(Some(20), Some(2)).await.unwrap();
+    assert_eq!((fits.key_quota, fits.access_management_quota), (20, 2));
+    // Out of range, as at creation.
+    refused(
+        update(Some(0), None).await,
+        Code::InvalidArgument,
+        "InvalidParameter.KeyQuota",
+    );
+    refused(
+        update(None, Some(1001)).await,
+        Code::InvalidArgument,
+        "InvalidParameter.AccessManagementQuota",
+    );
+
+    // Operators only; an instance that does not exist is named so.
+    refused(
+        stack
+            .instances(Some(ALICE))
+            .unwrap()
+            .update_kms_instance(UpdateKmsInstanceRequest {
+                kms_instance_id: id.clone(),
+                key_quota: Some(100),
+                access_management_quota: None,
+            })
+            .await,
+        Code::PermissionDenied,
+        "Forbidden.NoPermission",
+    );
+    refused(
+        ops.update_kms_instance(UpdateKmsInstanceRequest {
+            kms_instance_id: "kst-00000000000000000000000000000000".into(),
+            key_quota: Some(100),
+            access_management_quota: None,
+        })
+        .await,
+        Code::NotFound,
+        "Forbidden.InstanceNotFound",
+    );
+    let seen = ops
+        .get_kms_instance(GetKmsInstanceRequest {
+            kms_instance_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kms_instance
+        .unwrap();
+    assert_eq!((seen.key_quota, seen.access_management_quota), (20, 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_key_with_every_field_and_the_default_key() {
     let env = env().await;
@@ -526,7 +684,7 @@ async fn create_key_with_every_field_and_the_default_key() {
     assert_eq!(no_rotation.rotation_status, RotationStatus::Disabled as i32);
     assert_eq!(no_rotation.next_rotation_date, None);
 
-    // The default key: External origin waits for material; rotation is suspended meanwhile.
+    // The default key: External origin waits for material; it never rotates automatically.
     let default = env
         .create(CreateKeyRequest {
             origin: KeyOrigin::External as i32,
@@ -541,8 +699,8 @@ async fn create_key_with_every_field_and_the_default_key() {
     assert_eq!(default.key_spec, KeySpec::AliyunAes256 as i32);
     assert_eq!(default.key_state, KeyState::PendingImport as i32);
     assert_eq!(default.origin, KeyOrigin::External as i32);
-    assert_eq!(default.rotation_status, RotationStatus::Suspended as i32);
-    assert_eq!(default.rotation_interval, days(365));
+    assert_eq!(default.rotation_status, RotationStatus::Disabled as i32);
+    assert_eq!(default.rotation_interval, None);
     let versions = keys
         .list_key_versions(ListKeyVersionsRequest {
             key_id: default.key_id.clone(),
@@ -1382,11 +1540,13 @@ impl Env {
                 keys.cancel_key_deletion(CancelKeyDeletionRequest { key_id: id })
                     .await,
             ),
+            // Turning rotation off is a request every key of the matrix may make: the
+            // PendingImport key has imported material, which never rotates automatically.
             Op::UpdateRotationPolicy => unit(
                 keys.update_rotation_policy(UpdateRotationPolicyRequest {
                     key_id: id,
-                    enable_automatic_rotation: Some(true),
-                    rotation_interval: days(30),
+                    enable_automatic_rotation: Some(false),
+                    rotation_interval: None,
                 })
                 .await,
             ),
@@ -1612,13 +1772,14 @@ async fn state_matrix_of_the_api_contract() {
         env.run(ProtectionOff, &key, None, "").await.unwrap();
         env.run(ScheduleKeyDeletion, &key, None, "").await.unwrap();
     }
-    // Rotation is suspended while a key is Disabled or pending.
+    // Rotation is suspended while a key is Disabled or pending deletion; the PendingImport
+    // key has imported material, which never rotates automatically.
     for state in states {
         let (key, _) = env.key_in(state).await;
-        let want = if state == St::Enabled {
-            RotationStatus::Enabled
-        } else {
-            RotationStatus::Suspended
+        let want = match state {
+            St::Enabled => RotationStatus::Enabled,
+            St::PendingImport => RotationStatus::Disabled,
+            St::Disabled | St::PendingDeletion => RotationStatus::Suspended,
         };
         assert_eq!(key.rotation_status, want as i32, "{state:?}");
     }
@@ -2558,7 +2719,7 @@ async fn new_instance(stack: &Stack, kind: InstanceType) -> String {
             instance_type: kind as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: 100,
-            access_management_quota: 0,
+            access_management_quota: Some(0),
         })
         .await
         .unwrap()
@@ -2673,6 +2834,34 @@ async fn software_instance_keys_of_every_offered_spec() {
         assert_eq!(
             (err.code(), reason(&err).as_str()),
             (Code::InvalidArgument, "InvalidParameter.RotationInterval")
+        );
+    }
+    // The other three specs are for hardware instances; the refusal says what this one offers.
+    for spec in [
+        KeySpec::AliyunAes192,
+        KeySpec::AliyunAes128,
+        KeySpec::Rsa4096,
+    ] {
+        let err = keys
+            .create_key(CreateKeyRequest {
+                kms_instance_id: sw.clone(),
+                key_spec: spec as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::InvalidArgument, "InvalidParameter.KeySpec"),
+            "{spec:?}"
+        );
+        assert!(
+            err.message().ends_with(
+                "it offers Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K \
+                 (a HARDWARE instance offers all eight)"
+            ),
+            "{}",
+            err.message()
         );
     }
 }

@@ -827,6 +827,7 @@ fn check_store(dir: &Path) -> usize {
         for v in &r.versions {
             want.insert(schema::version(&v.id), id.clone());
         }
+        want.insert(schema::version(&r.primary_version), id.clone());
         for a in &r.aliases {
             want.insert(schema::alias(&r.account, a), id.clone());
         }
@@ -972,7 +973,7 @@ async fn acknowledged_writes_survive_sigkill_and_no_key_is_half_written() {
             instance_type: InstanceType::Software as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: kms_types::instance::MAX_KEY_QUOTA,
-            access_management_quota: 0,
+            access_management_quota: Some(0),
         })
         .await
         .unwrap()

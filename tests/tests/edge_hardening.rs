@@ -218,6 +218,26 @@ async fn silent_tls_clients_forged_internal_calls_and_endless_deadlines() {
         })
         .await
         .unwrap();
+    // A malformed one is refused saying what is wrong and what is expected.
+    let err = KeyManagementServiceClient::with_interceptor(control.clone(), sidecar_as("root"))
+        .describe_key(DescribeKeyRequest {
+            key_id: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unauthenticated, "Forbidden.NoIdentity")
+    );
+    assert!(
+        err.message().contains(
+            "the x-forwarded-principal header is not a principal ARN: \"root\": it does not \
+             start with `acs:ram::`; expected acs:ram::<16-digit account>:root|user/<name>|\
+             role/<name>, e.g. acs:ram::1234567890123456:root"
+        ),
+        "{}",
+        err.message()
+    );
     // ... but naming the other plane, it does not reach the internal services.
     let err = KeyDirectoryClient::with_interceptor(control, sidecar_as(DATA_PRINCIPAL))
         .get_key(GetKeyRequest {
@@ -279,4 +299,87 @@ async fn silent_tls_clients_forged_internal_calls_and_endless_deadlines() {
         "{took:?}"
     );
     stack.stop().await.unwrap();
+}
+
+/// A request message over `limits.max_request_bytes` (64 KiB here) is refused on either plane
+/// with `RESOURCE_EXHAUSTED` `Rejected.RequestTooLarge`, naming the limit and the way to
+/// encrypt large data, not tonic's bare `OUT_OF_RANGE`. One that fits but carries more than
+/// Encrypt's 6 KiB of plaintext is `InvalidParameter.Plaintext`, as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_name_the_limit_and_the_way_out() {
+    let stack = Stack::start().await.unwrap();
+    let key_id = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .create_key(CreateKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let encrypt = |len: usize| {
+        let (stack, key_id) = (&stack, &key_id);
+        async move {
+            stack
+                .crypto(Some(ALICE))
+                .unwrap()
+                .encrypt(EncryptRequest {
+                    key_id: key_id.clone(),
+                    plaintext: vec![b'x'; len],
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+        }
+    };
+    let too_large = encrypt(1024 * 1024).await;
+    assert_eq!(
+        (too_large.code(), reason(&too_large).as_str()),
+        (Code::ResourceExhausted, "Rejected.RequestTooLarge"),
+        "{too_large:?}"
+    );
+    for want in [
+        "65536 bytes",
+        "max_request_bytes",
+        "GenerateDataKey",
+        "envelope",
+    ] {
+        assert!(
+            too_large.message().contains(want),
+            "{want:?} missing in {}",
+            too_large.message()
+        );
+    }
+    // The control plane answers the same.
+    let description = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .update_key_description(UpdateKeyDescriptionRequest {
+            key_id: key_id.clone(),
+            description: "d".repeat(100_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (description.code(), reason(&description).as_str()),
+        (Code::ResourceExhausted, "Rejected.RequestTooLarge"),
+        "{description:?}"
+    );
+    // Within the message limit, Encrypt's own limit answers.
+    for len in [6 * 1024 + 1, 60 * 1024] {
+        let err = encrypt(len).await;
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::InvalidArgument, "InvalidParameter.Plaintext"),
+            "{len}: {err:?}"
+        );
+        assert!(
+            err.message().contains("6144") && err.message().contains("GenerateDataKey"),
+            "{}",
+            err.message()
+        );
+    }
+    // And the service goes on.
+    describe(&stack, &key_id).await.unwrap();
 }

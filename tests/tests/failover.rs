@@ -306,7 +306,7 @@ async fn create_instance(cluster: &Cluster) -> Result<String> {
                 .unwrap()
                 .into(),
             key_quota: 2000,
-            access_management_quota: 5,
+            access_management_quota: Some(5),
         })
         .await?
         .into_inner()

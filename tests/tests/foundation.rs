@@ -294,6 +294,60 @@ async fn default_key_round_trip_errors_restart_and_nothing_plain_at_rest() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    // Missing or malformed, the answer says what to send, in the form expected, and for a
+    // malformed one what was wrong with it.
+    let form = "acs:ram::<16-digit account>:root|user/<name>|role/<name>";
+    let example = "acs:ram::1234567890123456:root";
+    assert!(
+        err.message()
+            .contains("the x-kms-principal header is not a principal ARN: \"bob\"")
+            && err.message().contains(form)
+            && err.message().contains(example),
+        "{}",
+        err.message()
+    );
+    let missing = stack
+        .keys(None)
+        .unwrap()
+        .describe_key(DescribeKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        missing.message().contains("x-kms-principal header")
+            && missing.message().contains(form)
+            && missing.message().contains(example),
+        "{}",
+        missing.message()
+    );
+    for (bad, why) in [
+        ("1234567890123456", "an account id alone"),
+        ("root", "does not start with `acs:ram::`"),
+        ("acs:ram:123:root", "two colons"),
+    ] {
+        let err = stack
+            .keys(Some(bad))
+            .unwrap()
+            .describe_key(DescribeKeyRequest {
+                key_id: key.key_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::Unauthenticated, "Forbidden.NoIdentity"),
+            "{bad}"
+        );
+        assert!(
+            err.message().contains(&format!("{bad:?}: "))
+                && err.message().contains(why)
+                && err.message().contains(form)
+                && err.message().contains(example),
+            "{}",
+            err.message()
+        );
+    }
 
     // Another account neither sees the key nor uses it.
     let err = stack

@@ -100,7 +100,7 @@ async fn roles_accounts_certificates_sidecars_audit_and_limits() {
             instance_type: InstanceType::Software as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: 10,
-            access_management_quota: 1,
+            access_management_quota: Some(1),
         })
         .await
         .unwrap()

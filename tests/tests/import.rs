@@ -171,7 +171,7 @@ async fn instance(stack: &Stack, kind: InstanceType) -> String {
             instance_type: kind as i32,
             owner_account_id: ACCOUNT.into(),
             key_quota: 100,
-            access_management_quota: 5,
+            access_management_quota: Some(5),
         })
         .await
         .unwrap()
@@ -975,8 +975,8 @@ async fn refusals_have_exact_statuses() {
     .unwrap();
     expect_status(
         decrypt(&stack, &sealed.ciphertext_blob).await,
-        Code::InvalidArgument,
-        "InvalidCiphertext",
+        Code::FailedPrecondition,
+        "Rejected.PendingImport",
     );
     expect_status(
         import(&stack, &aes_key.key_id, &p.import_token, good.clone(), None).await,
@@ -1030,6 +1030,304 @@ async fn refusals_have_exact_statuses() {
         Code::FailedPrecondition,
         "Rejected.ExpiredImportToken",
     );
+}
+
+/// Decrypt, ReEncrypt and ExportDataKey find the key from the blob's version; whatever state
+/// the key is in, that state is the answer (FAILED_PRECONDITION `Rejected.<State>`), also
+/// when the key's material was deleted and the version has none: a ciphertext of the key is
+/// never called invalid because the key cannot use it now.
+#[tokio::test]
+async fn blobs_of_an_unusable_key_answer_its_state() {
+    let stack = Stack::start().await.unwrap();
+    let files = Files::new();
+    let software = instance(&stack, InstanceType::Software).await;
+    let key = external_key(
+        &stack,
+        &software,
+        KeySpec::AliyunAes256,
+        KeyUsage::EncryptDecrypt,
+    )
+    .await;
+    let aes = files.random("aes.bin", 32);
+    let p = params(&stack, &key.key_id, Algorithm::RsaesOaepSha256)
+        .await
+        .unwrap();
+    import(
+        &stack,
+        &key.key_id,
+        &p.import_token,
+        files.rsa_encrypt(&p.public_key, "sha256", &aes),
+        None,
+    )
+    .await
+    .unwrap();
+    let destination = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .create_key(CreateKeyRequest {
+            kms_instance_id: software.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let mut crypto = stack.crypto(Some(ALICE)).unwrap();
+    let sealed = encrypt(&stack, &key.key_id, b"kept").await.unwrap();
+    let data_key = crypto
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: key.key_id.clone(),
+            encryption_context: context(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Any RSA-2048 public key will do to export to; the import key is one.
+    let export_to = p.public_key.clone();
+
+    let refusals = |want: &'static str| {
+        let (stack, sealed, data_key) = (&stack, &sealed, &data_key);
+        let (destination, export_to) = (&destination, &export_to);
+        async move {
+            let mut crypto = stack.crypto(Some(ALICE)).unwrap();
+            let answers = [
+                (
+                    "Decrypt",
+                    decrypt(stack, &sealed.ciphertext_blob).await.map(|_| ()),
+                ),
+                (
+                    "ReEncrypt",
+                    crypto
+                        .re_encrypt(ReEncryptRequest {
+                            ciphertext_blob: sealed.ciphertext_blob.clone(),
+                            source_encryption_context: context(),
+                            destination_key_id: destination.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ()),
+                ),
+                (
+                    "ExportDataKey",
+                    crypto
+                        .export_data_key(ExportDataKeyRequest {
+                            ciphertext_blob: data_key.ciphertext_blob.clone(),
+                            encryption_context: context(),
+                            public_key: export_to.clone(),
+                            wrapping_algorithm: Algorithm::RsaesOaepSha256 as i32,
+                            wrapping_key_spec: KeySpec::Rsa2048 as i32,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ()),
+                ),
+            ];
+            answers
+                .into_iter()
+                .map(|(rpc, r)| match r {
+                    Ok(()) => format!("{rpc}: ok"),
+                    Err(e) => format!("{rpc}: {:?} {}", e.code(), reason(&e)),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+                .eq(&["Decrypt", "ReEncrypt", "ExportDataKey"]
+                    .map(|rpc| format!("{rpc}: FailedPrecondition {want}"))
+                    .join("; "))
+                .then_some(())
+        }
+    };
+    let mut keys = stack.keys(Some(ALICE)).unwrap();
+    keys.disable_key(DisableKeyRequest {
+        key_id: key.key_id.clone(),
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "Rejected.Disabled", || {
+        refusals("Rejected.Disabled")
+    })
+    .await
+    .unwrap();
+    keys.enable_key(EnableKeyRequest {
+        key_id: key.key_id.clone(),
+    })
+    .await
+    .unwrap();
+    keys.delete_key_material(DeleteKeyMaterialRequest {
+        key_id: key.key_id.clone(),
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "Rejected.PendingImport", || {
+        refusals("Rejected.PendingImport")
+    })
+    .await
+    .unwrap();
+    keys.schedule_key_deletion(ScheduleKeyDeletionRequest {
+        key_id: key.key_id.clone(),
+        pending_window_in_days: 7,
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "Rejected.PendingDeletion", || {
+        refusals("Rejected.PendingDeletion")
+    })
+    .await
+    .unwrap();
+    // A caller the key's policy does not name still learns nothing about the key.
+    let stranger = stack
+        .crypto(Some(kms_e2e::MALLORY))
+        .unwrap()
+        .decrypt(DecryptRequest {
+            ciphertext_blob: sealed.ciphertext_blob.clone(),
+            encryption_context: context(),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), Code::NotFound, "{stranger:?}");
+}
+
+/// A key with imported material gets new versions only by import: automatic rotation is
+/// refused at CreateKey and UpdateRotationPolicy with the reason, is not on by default in a
+/// software instance, shows as Disabled without interval or date, and never happens.
+#[tokio::test]
+async fn keys_with_imported_material_do_not_rotate_automatically() {
+    let stack = Stack::start().await.unwrap();
+    let files = Files::new();
+    let software = instance(&stack, InstanceType::Software).await;
+    let mut keys = stack.keys(Some(ALICE)).unwrap();
+    for (enable, interval, want) in [
+        (Some(true), None, "InvalidParameter.EnableAutomaticRotation"),
+        (
+            None,
+            Some(prost_types::Duration {
+                seconds: 30 * 86_400,
+                nanos: 0,
+            }),
+            "InvalidParameter.RotationInterval",
+        ),
+    ] {
+        let refused = keys
+            .create_key(CreateKeyRequest {
+                kms_instance_id: software.clone(),
+                origin: KeyOrigin::External as i32,
+                enable_automatic_rotation: enable,
+                rotation_interval: interval,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::InvalidArgument, want),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains("only comes by importing material"),
+            "{}",
+            refused.message()
+        );
+    }
+
+    let key = external_key(
+        &stack,
+        &software,
+        KeySpec::AliyunAes256,
+        KeyUsage::EncryptDecrypt,
+    )
+    .await;
+    let not_rotating = |m: &KeyMetadata| {
+        (
+            m.rotation_status,
+            m.rotation_interval.is_none(),
+            m.next_rotation_date.is_none(),
+        ) == (RotationStatus::Disabled as i32, true, true)
+    };
+    assert!(not_rotating(&key), "{key:?}");
+    let aes = files.random("aes.bin", 32);
+    let p = params(&stack, &key.key_id, Algorithm::RsaesOaepSha256)
+        .await
+        .unwrap();
+    import(
+        &stack,
+        &key.key_id,
+        &p.import_token,
+        files.rsa_encrypt(&p.public_key, "sha256", &aes),
+        None,
+    )
+    .await
+    .unwrap();
+    let imported = describe(&stack, &key.key_id).await;
+    assert!(not_rotating(&imported), "{imported:?}");
+    let refused = keys
+        .update_rotation_policy(UpdateRotationPolicyRequest {
+            key_id: key.key_id.clone(),
+            enable_automatic_rotation: Some(true),
+            rotation_interval: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&refused),
+        "InvalidParameter.EnableAutomaticRotation",
+        "{refused:?}"
+    );
+    let off = keys
+        .update_rotation_policy(UpdateRotationPolicyRequest {
+            key_id: key.key_id.clone(),
+            enable_automatic_rotation: Some(false),
+            rotation_interval: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert!(not_rotating(&off), "{off:?}");
+
+    // A year and more later a generated key beside it has rotated; it still has the one
+    // imported version.
+    let generated = keys
+        .create_key(CreateKeyRequest {
+            kms_instance_id: software.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let versions = |key_id: String| {
+        let mut keys = stack.keys(Some(ALICE)).unwrap();
+        async move {
+            keys.list_key_versions(ListKeyVersionsRequest {
+                key_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key_versions
+            .len()
+        }
+    };
+    stack
+        .advance_clock(Duration::from_secs(400 * 86_400))
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the generated key rotated",
+        || async { (versions(generated.clone()).await > 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(versions(key.key_id.clone()).await, 1);
 }
 
 #[tokio::test]
@@ -1087,7 +1385,7 @@ async fn material_expires_on_the_control_plane_clock() {
             decrypt(&stack, &sealed.ciphertext_blob)
                 .await
                 .err()
-                .filter(|e| e.code() == Code::InvalidArgument)
+                .filter(|e| reason(e) == "Rejected.PendingImport")
         },
     )
     .await

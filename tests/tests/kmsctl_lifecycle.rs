@@ -123,6 +123,42 @@ async fn kmsctl_manages_instances_keys_aliases_and_tags() {
     .await;
     let text = cli.ok(ALICE, &["get-kms-instance", &sw]).await;
     assert!(text.contains("keys:") && text.contains("0 of 10"), "{text}");
+    // Operators change the quotas; back to 10 keys for what follows.
+    let updated = cli
+        .json(
+            OPERATOR,
+            &[
+                "update-kms-instance",
+                &sw,
+                "--key-quota",
+                "20",
+                "--access-management-quota",
+                "2",
+            ],
+        )
+        .await;
+    assert_eq!(
+        (&updated["key_quota"], &updated["access_management_quota"]),
+        (&Value::from(20), &Value::from(2))
+    );
+    cli.ok(OPERATOR, &["update-kms-instance", &sw, "--key-quota", "10"])
+        .await;
+    let err = cli
+        .fails(ALICE, &["update-kms-instance", &sw, "--key-quota", "30"])
+        .await;
+    assert!(
+        err.contains("error: PERMISSION_DENIED: Forbidden.NoPermission"),
+        "{err}"
+    );
+    let err = cli
+        .fails(OPERATOR, &["update-kms-instance", &sw, "--key-quota", "0"])
+        .await;
+    assert!(
+        err.contains("INVALID_ARGUMENT: InvalidParameter.KeyQuota"),
+        "{err}"
+    );
+    let err = cli.fails(OPERATOR, &["update-kms-instance", &sw]).await;
+    assert!(err.contains("--key-quota"), "{err}");
 
     // A key in the instance, listed as a table and as JSON.
     let key = cli

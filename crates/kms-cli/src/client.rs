@@ -10,6 +10,8 @@ use kms_proto::kms::v1::audit_service_client::AuditServiceClient;
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
+use kms_types::Principal;
+use kms_types::principal::{PRINCIPAL_EXAMPLE, PRINCIPAL_FORM};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -107,8 +109,15 @@ impl Planes {
         if principal.is_empty() {
             anyhow::bail!(
                 "no principal given: pass --principal ARN or set KMS_PRINCIPAL, e.g. \
-                 `export KMS_PRINCIPAL=acs:ram::1234567890123456:root`, or call over mTLS \
+                 `export KMS_PRINCIPAL={PRINCIPAL_EXAMPLE}`, or call over mTLS \
                  with --ca, --cert and --cert-key"
+            );
+        }
+        if let Err(why) = Principal::parse_explained(principal) {
+            anyhow::bail!(
+                "the principal {principal:?} (--principal or KMS_PRINCIPAL) is not a principal \
+                 ARN: {why}; expected {PRINCIPAL_FORM}, e.g. \
+                 `export KMS_PRINCIPAL={PRINCIPAL_EXAMPLE}`"
             );
         }
         PrincipalHeader::new(principal)

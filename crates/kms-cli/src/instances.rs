@@ -1,6 +1,7 @@
 //! KMS instances on the control plane: `create-kms-instance`, `get-kms-instance`,
-//! `list-kms-instances`, `share-kms-instance`, `unshare-kms-instance`. Creating and sharing
-//! are for operators (principals the control plane's config names).
+//! `list-kms-instances`, `share-kms-instance`, `unshare-kms-instance`,
+//! `update-kms-instance`. Creating, sharing and changing quotas are for operators (principals
+//! the control plane's config names).
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use clap::{Args, Subcommand};
 use kms_proto::kms::v1::{
     CreateKmsInstanceRequest, GetKmsInstanceRequest, InstanceType, KmsInstance,
     ListKmsInstancesRequest, ShareKmsInstanceRequest, UnshareKmsInstanceRequest,
+    UpdateKmsInstanceRequest,
 };
 
 use crate::client::{Planes, RpcError};
@@ -56,6 +58,15 @@ Examples:
 Examples:
   kmsctl unshare-kms-instance kst-... --account 6543210987654321")]
     UnshareKmsInstance(ShareArgs),
+    /// Change a KMS instance's quotas (UpdateKmsInstance; operators)
+    ///
+    /// Neither quota may go below what is in use: the keys the instance holds, and the other
+    /// accounts using it (accounts it is shared with and accounts its key policies grant).
+    #[command(after_help = "\
+Examples:
+  kmsctl update-kms-instance kst-... --key-quota 5000
+  kmsctl update-kms-instance kst-... --access-management-quota 3")]
+    UpdateKmsInstance(UpdateArgs),
 }
 
 /// `--type` values.
@@ -78,9 +89,28 @@ pub(crate) struct CreateArgs {
     /// Most keys the instance may hold (1–100000)
     #[arg(long, value_name = "N", default_value_t = 1000)]
     key_quota: i32,
-    /// Most accounts the instance may be shared with (0–1000)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    access_management_quota: i32,
+    /// Most other accounts that may use the instance's keys, by share or key policy (0–1000)
+    /// [default: 1]
+    #[arg(long, value_name = "N")]
+    access_management_quota: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// KMS instance id, `kst-...`
+    #[arg(value_name = "INSTANCE")]
+    instance: String,
+    /// New most keys the instance may hold (1–100000), at least the keys it holds
+    #[arg(
+        long,
+        value_name = "N",
+        required_unless_present = "access_management_quota"
+    )]
+    key_quota: Option<i32>,
+    /// New most other accounts that may use the instance's keys (0–1000), at least those that
+    /// do
+    #[arg(long, value_name = "N")]
+    access_management_quota: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +191,16 @@ pub(crate) async fn run(
             .share_kms_instance(ShareKmsInstanceRequest {
                 kms_instance_id: a.instance,
                 account_id: a.account,
+            })
+            .await
+            .map_err(RpcError)?
+            .into_inner()
+            .kms_instance)?,
+        InstanceCommand::UpdateKmsInstance(a) => one(client
+            .update_kms_instance(UpdateKmsInstanceRequest {
+                kms_instance_id: a.instance,
+                key_quota: a.key_quota,
+                access_management_quota: a.access_management_quota,
             })
             .await
             .map_err(RpcError)?

@@ -191,8 +191,9 @@ struct CreateKeyArgs {
     /// KMS instance to create the key in; without it, the account's default key is created
     #[arg(long, value_name = "ID")]
     instance: Option<String>,
-    /// Key spec: Aliyun_AES_256, Aliyun_AES_192, Aliyun_AES_128, RSA_2048, RSA_3072, RSA_4096,
-    /// EC_P256, EC_P256K (case-insensitive)
+    /// Key spec (case-insensitive). A software instance offers Aliyun_AES_256, RSA_2048,
+    /// RSA_3072, EC_P256, EC_P256K; a hardware instance also Aliyun_AES_192, Aliyun_AES_128,
+    /// RSA_4096; the default key is Aliyun_AES_256
     #[arg(long, value_name = "SPEC", default_value = "Aliyun_AES_256")]
     spec: KeySpec,
     /// Key usage: ENCRYPT/DECRYPT or SIGN/VERIFY [default: the usual one for the spec]
@@ -213,7 +214,8 @@ struct CreateKeyArgs {
     /// Turn on automatic rotation every N days (7–365)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rotation_days: Option<u32>,
-    /// Turn automatic rotation off (it is on by default for symmetric keys in an instance)
+    /// Turn automatic rotation off (it is on by default for the default key and symmetric keys
+    /// in a software instance; keys with imported material never rotate automatically)
     #[arg(long, conflicts_with = "rotation_days")]
     no_rotation: bool,
     /// Key policy (JSON) to attach instead of the default policy

@@ -151,6 +151,9 @@ impl KeyView {
 
     fn rotation_text(&self) -> String {
         let mut text = self.rotation_status.clone();
+        if self.origin == KeyOrigin::External.to_string() {
+            text.push_str(" (not applicable: imported material gets new versions only by import)");
+        }
         if let Some(days) = self.rotation_interval_days {
             text.push_str(&format!(", every {days} days"));
         }
@@ -608,6 +611,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn imported_keys_show_rotation_as_not_applicable() {
+        let external = KeyMetadata {
+            origin: KeyOrigin::External.to_wire(),
+            rotation_status: RotationStatus::Disabled.to_wire(),
+            rotation_interval: None,
+            ..sample()
+        };
+        let text = aligned(&KeyView::from(&external).lines());
+        assert!(
+            text.contains("rotation:        Disabled (not applicable: imported material"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,6 +42,10 @@ fn key_entries(r: &KeyRecord) -> BTreeMap<Vec<u8>, Vec<u8>> {
     for v in &r.versions {
         m.insert(schema::version(&v.id), id.clone());
     }
+    // The primary version too when it has no material: an External key's version id is fixed
+    // at creation and kept while its material is deleted or expired, so a ciphertext of that
+    // version still names the key, and is refused for the key's state, not as garbage.
+    m.insert(schema::version(&r.primary_version), id.clone());
     for a in &r.aliases {
         m.insert(schema::alias(&r.account, a), id.clone());
     }

@@ -8,7 +8,7 @@
 //! | key | value (format 1) | what |
 //! |---|---|---|
 //! | `k/<key-id>` | JSON of [`KeyRecord`], versions and their sealed material inline | the key |
-//! | `v/<key-version-id>` | key id | version → key |
+//! | `v/<key-version-id>` | key id | version → key: every version, and the primary version of a key without material (External) |
 //! | `a/<account>/<alias>` | key id | alias → key, unique per account |
 //! | `d/<account>` | key id | the account's default key, one per account |
 //! | `o/<account>/<key-id>` | empty | account → keys (ListKeys) |
@@ -35,7 +35,8 @@
 //! Every index entry of a key is derived from its record and written in the same transaction
 //! as the record ([`crate::index`]). Layout 1 (before `m/layout` existed) stored the key id of
 //! `v/`, `a/` and `d/` entries as raw bytes and had no other index; [`decode_key_id`] still
-//! reads that form and [`crate::index::migrate`] rewrites it at start.
+//! reads that form and [`crate::index::migrate`] rewrites it at start. Layout 2 had no `v/`
+//! entry for an External key without material; migrating to layout 3 adds it.
 
 use kms_store::{decode_record, encode_record};
 use kms_types::{
@@ -47,7 +48,7 @@ use serde::{Deserialize, Serialize};
 /// Current format of every record kind.
 pub const FORMAT: u8 = 1;
 /// Current store layout.
-pub const LAYOUT_VERSION: u8 = 2;
+pub const LAYOUT_VERSION: u8 = 3;
 /// How many key events are kept for `WatchKeys` to replay.
 pub const EVENT_RETENTION: u64 = 10_000;
 

@@ -126,10 +126,16 @@ impl CryptoEngine {
     ) -> Result<Sealed, DomainError> {
         let plaintext = SecretBytes::new(plaintext);
         if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+            let hint = if plaintext.is_empty() {
+                ""
+            } else {
+                "; for larger data use envelope encryption: GenerateDataKey returns a data key \
+                 to encrypt the data with locally and the data key's ciphertext to keep beside it"
+            };
             return Err(DomainError::invalid(
                 "Plaintext",
                 format!(
-                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes, got {}",
+                    "plaintext must be 1 to {MAX_PLAINTEXT} bytes, got {}{hint}",
                     plaintext.len()
                 ),
             ));
@@ -184,7 +190,9 @@ impl CryptoEngine {
         })
     }
 
-    /// Resolves and authorizes the key that sealed `ciphertext_blob`.
+    /// Resolves and authorizes the key that sealed `ciphertext_blob`. The key's state is
+    /// checked before the version: a key without material (deleted or expired) still owns its
+    /// version and answers `Rejected.<State>`; only a version no key owns is an invalid blob.
     async fn key_of_blob(
         &self,
         caller: &Principal,

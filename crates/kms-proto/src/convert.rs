@@ -6,7 +6,7 @@ use kms_types::{
     AccountId, DomainError, InstanceId, InstanceRecord, InstanceType, KeyEntry, KeyEvent,
     KeyEventKind, KeyFilter, KeyId, KeyOrigin, KeyQuery, KeyRecord, KeySpec, KeyState, KeyUsage,
     KeyVersionId, KeyVersionRecord, NewInstance, NewKey, PageRequest, Principal, ProtectionLevel,
-    RotationStatus, Tag, UnixMillis,
+    QuotaChange, RotationStatus, Tag, UnixMillis,
 };
 
 use crate::kms::internal::v1 as ipb;
@@ -149,7 +149,7 @@ pub fn key_metadata(r: &KeyRecord, region: &str) -> pb::KeyMetadata {
         deletion_protection: r.deletion_protection,
         deletion_protection_description: r.deletion_protection_description.clone(),
         rotation_status: r.rotation_status().to_wire(),
-        rotation_interval: r.rotation.map(|p| prost_types::Duration {
+        rotation_interval: r.rotation_settings().map(|p| prost_types::Duration {
             seconds: p.interval_days * 86_400,
             nanos: 0,
         }),
@@ -439,6 +439,15 @@ impl TryFrom<pb::CreateKmsInstanceRequest> for NewInstance {
     }
 }
 
+impl From<&pb::UpdateKmsInstanceRequest> for QuotaChange {
+    fn from(w: &pb::UpdateKmsInstanceRequest) -> Self {
+        QuotaChange {
+            key_quota: w.key_quota,
+            access_management_quota: w.access_management_quota,
+        }
+    }
+}
+
 /// The wrapping of `GetParametersForImport`: unknown or unspecified values are
 /// `InvalidParameter.WrappingAlgorithm` / `InvalidParameter.WrappingKeySpec`.
 pub fn import_wrapping(
@@ -580,7 +589,7 @@ mod tests {
             instance_type: pb::InstanceType::Hardware as i32,
             owner_account_id: "42".into(),
             key_quota: 10,
-            access_management_quota: 1,
+            access_management_quota: Some(1),
         };
         let n = NewInstance::try_from(ok.clone()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n.instance_type, InstanceType::Hardware);

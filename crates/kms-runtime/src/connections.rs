@@ -11,9 +11,11 @@
 //! their handshake.
 //!
 //! [`StreamLayer`], the outermost layer of a server, counts each connection's calls in flight
-//! (a call ends when its response body does) and fails a request whose body is not complete
+//! (a call ends when its response body does), fails a request whose body is not complete
 //! within `limits.request_body_timeout_ms` with `DEADLINE_EXCEEDED`
-//! `Rejected.RequestBodyTimeout`.
+//! `Rejected.RequestBodyTimeout`, and one with a message over `limits.max_request_bytes` with
+//! `RESOURCE_EXHAUSTED` `Rejected.RequestTooLarge`, read from the message's length prefix
+//! before the message arrives or is decoded.
 //!
 //! [`server`] makes the tonic server builder with the TLS handshake timeout, HTTP/2 keepalive
 //! and the stream cap.
@@ -38,7 +40,7 @@ use tonic::body::Body;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
-use crate::limits::LimitsConfig;
+use crate::limits::{LimitsConfig, MessageSizes, request_too_large_status};
 use crate::status::edge_status;
 use crate::tls::{TlsConfig, TlsError};
 
@@ -490,10 +492,11 @@ fn fit_to_file_limit(wanted: usize) -> usize {
 }
 
 /// The outermost layer of a plane's server: counts calls in flight per connection and bounds
-/// the time a request body may take.
+/// the time a request body may take and the size of its messages.
 #[derive(Debug, Clone)]
 pub struct StreamLayer {
     body_timeout: Duration,
+    max_request_bytes: usize,
 }
 
 impl StreamLayer {
@@ -501,6 +504,7 @@ impl StreamLayer {
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
             body_timeout: limits.request_body_timeout(),
+            max_request_bytes: limits.max_request_bytes,
         }
     }
 }
@@ -512,6 +516,7 @@ impl<S> Layer<S> for StreamLayer {
         Streams {
             inner,
             body_timeout: self.body_timeout,
+            max_request_bytes: self.max_request_bytes,
         }
     }
 }
@@ -521,6 +526,7 @@ impl<S> Layer<S> for StreamLayer {
 pub struct Streams<S> {
     inner: S,
     body_timeout: Duration,
+    max_request_bytes: usize,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -540,8 +546,8 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let guard = ConnInfo::of(req.extensions()).map(ConnInfo::begin_stream);
-        let timeout = self.body_timeout;
-        let req = req.map(|body| Body::new(TimedBody::new(body, timeout)));
+        let (timeout, max) = (self.body_timeout, self.max_request_bytes);
+        let req = req.map(|body| Body::new(SizedBody::new(TimedBody::new(body, timeout), max)));
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await?;
@@ -628,6 +634,57 @@ impl http_body::Body for TimedBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that fails with `Rejected.RequestTooLarge` at the length prefix of the
+/// first message over the limit, instead of passing that message on.
+#[derive(Debug)]
+struct SizedBody {
+    inner: TimedBody,
+    sizes: MessageSizes,
+    refused: bool,
+}
+
+impl SizedBody {
+    fn new(inner: TimedBody, max: usize) -> Self {
+        Self {
+            inner,
+            sizes: MessageSizes::new(max),
+            refused: false,
+        }
+    }
+}
+
+impl http_body::Body for SizedBody {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Status>>> {
+        let this = self.get_mut();
+        if this.refused {
+            return Poll::Ready(None);
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+            && let Err(len) = this.sizes.scan(data)
+        {
+            this.refused = true;
+            return Poll::Ready(Some(Err(request_too_large_status(len, this.sizes.max()))));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.refused || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -13,9 +13,10 @@
 //! certificate's principal, then the sidecar header from a trusted peer, then the development
 //! header. A source that is present but wrong (a certificate with two principal SANs, a
 //! sidecar header that is not an ARN, an unparsable development header) fails the call with
-//! `UNAUTHENTICATED` rather than falling through; a certificate with no `acs:` SAN and a
-//! sidecar header from an untrusted peer count as absent. A call with no identity fails with
-//! `UNAUTHENTICATED` before any handler runs.
+//! `UNAUTHENTICATED` rather than falling through, saying what is wrong with a header and the
+//! form expected; a certificate with no `acs:` SAN and a sidecar header from an untrusted peer
+//! count as absent. A call with no identity fails with `UNAUTHENTICATED` before any handler
+//! runs, saying where this configuration takes the principal from, with the form expected.
 //!
 //! The internal services (`kms.internal.*`) answer only the other plane, and outside
 //! development only on its client certificate ([`Identifier::accepts_internal`]): a sidecar
@@ -30,6 +31,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use http::HeaderMap;
+use kms_types::principal::{PRINCIPAL_EXAMPLE, PRINCIPAL_FORM};
 use kms_types::{DomainError, Principal};
 use serde::Deserialize;
 use tonic::{Request, Status};
@@ -288,12 +290,7 @@ impl Identifier {
         }
         let header = |name: &str| -> Option<Result<Principal, DomainError>> {
             let value = creds.headers?.get(name)?;
-            Some(
-                value
-                    .to_str()
-                    .map_err(|_| DomainError::NoIdentity)
-                    .and_then(Principal::parse),
-            )
+            Some(header_principal(name, value))
         };
         if let Some(sidecar) = &self.sidecar {
             if sidecar.trusts(creds.peer_ip) {
@@ -316,8 +313,52 @@ impl Identifier {
         {
             return found.map(|p| (p, IdentitySource::DevHeader));
         }
-        Err(DomainError::NoIdentity)
+        Err(self.no_identity())
     }
+
+    /// The answer to a call that offers no identity: what it may send, in this configuration.
+    fn no_identity(&self) -> DomainError {
+        let mut ways = Vec::new();
+        if self.tls {
+            ways.push("a client certificate's URI SAN".to_string());
+        }
+        if self.sidecar.is_some() {
+            ways.push("a trusted sidecar's header".to_string());
+        }
+        if self.dev_header {
+            ways.push(format!("the {DEV_PRINCIPAL_HEADER} header (development)"));
+        }
+        if ways.is_empty() {
+            return DomainError::NoIdentity;
+        }
+        DomainError::Unidentified(format!(
+            "the request carries no identity; name the caller with a principal ARN, \
+             {PRINCIPAL_FORM} (e.g. {PRINCIPAL_EXAMPLE}), in {}",
+            ways.join(" or ")
+        ))
+    }
+}
+
+/// Longest part of a refused header value repeated in the answer.
+const SHOWN_VALUE_CHARS: usize = 80;
+
+/// The principal in header `name`, or `UNAUTHENTICATED` saying what is wrong with it and what
+/// is expected.
+fn header_principal(name: &str, value: &http::HeaderValue) -> Result<Principal, DomainError> {
+    let malformed = |why: String| {
+        DomainError::Unidentified(format!(
+            "the {name} header is not a principal ARN: {why}; expected {PRINCIPAL_FORM}, \
+             e.g. {PRINCIPAL_EXAMPLE}"
+        ))
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| malformed("it is not printable ASCII".into()))?;
+    Principal::parse_explained(text).map_err(|why| {
+        let shown: String = text.chars().take(SHOWN_VALUE_CHARS).collect();
+        let more = if shown.len() < text.len() { "..." } else { "" };
+        malformed(format!("{shown:?}{more}: {why}"))
+    })
 }
 
 /// A tonic interceptor that authenticates every call and stores the [`Principal`] in the
@@ -343,8 +384,9 @@ impl Authenticator {
             .metadata()
             .get(DEV_PRINCIPAL_HEADER)
             .ok_or(DomainError::NoIdentity)?;
-        let text = value.to_str().map_err(|_| DomainError::NoIdentity)?;
-        Principal::parse(text)
+        let value = http::HeaderValue::from_bytes(value.as_encoded_bytes())
+            .map_err(|_| DomainError::NoIdentity)?;
+        header_principal(DEV_PRINCIPAL_HEADER, &value)
     }
 }
 
@@ -424,6 +466,55 @@ mod tests {
             "{}",
             err.message()
         );
+        assert!(err.message().contains("\"bob\""), "{}", err.message());
+    }
+
+    /// The message of a `Forbidden.NoIdentity` refusal; panics on anything else.
+    fn refusal(r: Result<(String, IdentitySource), DomainError>) -> String {
+        match r {
+            Err(e) if e.reason_code() == "Forbidden.NoIdentity" => e.to_string(),
+            other => panic!("expected Forbidden.NoIdentity, got {other:?}"),
+        }
+    }
+
+    fn is_absent(r: Result<(String, IdentitySource), DomainError>) -> bool {
+        refusal(r).starts_with("the request carries no identity")
+    }
+
+    /// A malformed principal in the development or a sidecar header is answered like a missing
+    /// one, with the expected form and an example, and with what was wrong with it.
+    #[test]
+    fn malformed_principals_say_what_is_wrong_and_what_is_expected() {
+        let mut cfg = config(true);
+        cfg.trusted_sidecar = Some(sidecar(&["127.0.0.1"]));
+        let id = Identifier::new(&cfg).unwrap();
+        let form = "expected acs:ram::<16-digit account>:root|user/<name>|role/<name>, \
+                    e.g. acs:ram::1234567890123456:root";
+        for header in [DEV_PRINCIPAL_HEADER, DEFAULT_SIDECAR_HEADER] {
+            for (bad, why) in [
+                ("1234567890123456", "an account id alone"),
+                ("root", "does not start with `acs:ram::`"),
+                ("acs:ram:123:root", "two colons"),
+            ] {
+                let msg = refusal(identify(&id, "127.0.0.1", &[(header, bad)]));
+                assert!(
+                    msg.starts_with(&format!(
+                        "the {header} header is not a principal ARN: {bad:?}"
+                    )),
+                    "{msg}"
+                );
+                assert!(msg.contains(why) && msg.ends_with(form), "{msg}");
+            }
+        }
+        let long = format!("x{}", "y".repeat(500));
+        let msg = refusal(identify(&id, "127.0.0.1", &[(DEV_PRINCIPAL_HEADER, &long)]));
+        assert!(msg.len() < 400 && msg.contains("...:"), "{msg}");
+        let absent = refusal(identify(&id, "127.0.0.1", &[]));
+        assert!(
+            absent.contains("a trusted sidecar's header or the x-kms-principal header")
+                && absent.contains("(e.g. acs:ram::1234567890123456:root)"),
+            "{absent}"
+        );
     }
 
     #[test]
@@ -498,27 +589,24 @@ mod tests {
             );
         }
         for peer in ["10.2.0.1", "127.0.0.1", "::2", "192.168.1.1"] {
-            assert_eq!(
-                identify(&id, peer, &alice),
-                Err(DomainError::NoIdentity),
-                "{peer}"
-            );
+            assert!(is_absent(identify(&id, peer, &alice)), "{peer}");
         }
         // From a trusted peer: a bad ARN is refused, no header is no identity.
-        assert_eq!(
-            identify(&id, "10.1.0.1", &[(DEFAULT_SIDECAR_HEADER, "alice")]),
-            Err(DomainError::NoIdentity)
-        );
-        assert_eq!(identify(&id, "10.1.0.1", &[]), Err(DomainError::NoIdentity));
-        // The development header means nothing while dev_header is off.
-        assert_eq!(
-            identify(
+        assert!(
+            refusal(identify(
                 &id,
                 "10.1.0.1",
-                &[(DEV_PRINCIPAL_HEADER, "acs:ram::42:root")]
-            ),
-            Err(DomainError::NoIdentity)
+                &[(DEFAULT_SIDECAR_HEADER, "alice")]
+            ))
+            .contains("is not a principal ARN")
         );
+        assert!(is_absent(identify(&id, "10.1.0.1", &[])));
+        // The development header means nothing while dev_header is off.
+        assert!(is_absent(identify(
+            &id,
+            "10.1.0.1",
+            &[(DEV_PRINCIPAL_HEADER, "acs:ram::42:root")]
+        )));
         // No peer address (not a TCP connection): never trusted.
         let h = headers(&alice);
         let creds = Credentials {
@@ -526,7 +614,9 @@ mod tests {
             peer_ip: None,
             headers: Some(&h),
         };
-        assert_eq!(id.identify(&creds), Err(DomainError::NoIdentity));
+        assert!(is_absent(
+            id.identify(&creds).map(|(p, s)| (p.arn().to_string(), s))
+        ));
     }
 
     #[test]
@@ -550,9 +640,13 @@ mod tests {
             identify(&id, "127.0.0.2", &both),
             Ok(("acs:ram::1:user/from-dev".into(), IdentitySource::DevHeader))
         );
-        assert_eq!(
-            identify(&id, "127.0.0.1", &[(DEV_PRINCIPAL_HEADER, "nope")]),
-            Err(DomainError::NoIdentity)
+        assert!(
+            refusal(identify(
+                &id,
+                "127.0.0.1",
+                &[(DEV_PRINCIPAL_HEADER, "nope")]
+            ))
+            .contains("is not a principal ARN")
         );
     }
 

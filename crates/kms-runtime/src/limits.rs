@@ -1,6 +1,7 @@
 //! Limits at the edge: per-principal request rates per operation class, the rate of calls
-//! that carry no identity per peer address, the largest request accepted, call deadlines, and
-//! the connection limits and timeouts of a plane's listener ([`crate::connections`]).
+//! that carry no identity per peer address, the largest request accepted ([`MessageSizes`]),
+//! call deadlines, and the connection limits and timeouts of a plane's listener
+//! ([`crate::connections`]).
 //!
 //! Rates are token buckets keyed by the authenticated principal and the operation class of the
 //! method (see [`classify`]); a call past its budget is refused with `RESOURCE_EXHAUSTED`
@@ -38,8 +39,9 @@ pub const MAX_CONNECTION_TIMER_MS: u64 = 3_600_000;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest encoded request message accepted, in bytes; larger ones are refused before
-    /// decoding. Default 65536.
+    /// Largest encoded request message accepted, in bytes; larger ones are refused by their
+    /// length prefix, before decoding, with `RESOURCE_EXHAUSTED` `Rejected.RequestTooLarge`.
+    /// Default 65536.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
     /// Deadline of a call whose caller sends no `grpc-timeout`, in ms; past it the call is
@@ -368,6 +370,82 @@ impl LimitsConfig {
     pub fn refusal_summary_interval(&self) -> Duration {
         Duration::from_millis(self.refusal_summary_interval_ms)
     }
+}
+
+/// Length of a gRPC message's prefix: a compression flag and a 4-byte big-endian length.
+const GRPC_PREFIX_LEN: usize = 5;
+
+/// Reads the length prefixes of the gRPC messages in a request body as its bytes go by, so an
+/// oversized message is refused by its prefix, before anything decodes it (tonic's own limit
+/// answers a bare `OUT_OF_RANGE` without a reason code).
+#[derive(Debug, Clone)]
+pub struct MessageSizes {
+    max: usize,
+    prefix: [u8; GRPC_PREFIX_LEN],
+    have: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl MessageSizes {
+    /// A reader refusing messages over `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            prefix: [0; GRPC_PREFIX_LEN],
+            have: 0,
+            remaining: 0,
+        }
+    }
+
+    /// The largest message accepted, in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes the next bytes of the body; `Err(length)` names the first message over the
+    /// limit.
+    pub fn scan(&mut self, mut bytes: &[u8]) -> Result<(), u64> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                bytes = &bytes[skip..];
+                self.remaining -= skip as u64;
+                continue;
+            }
+            let take = (GRPC_PREFIX_LEN - self.have).min(bytes.len());
+            self.prefix[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+            self.have += take;
+            bytes = &bytes[take..];
+            if self.have == GRPC_PREFIX_LEN {
+                self.have = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u64::from(u32::from_be_bytes([a, b, c, d]));
+                if len > self.max as u64 {
+                    return Err(len);
+                }
+                self.remaining = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a request message over `max` bytes: `RESOURCE_EXHAUSTED`
+/// `Rejected.RequestTooLarge`, naming the limit and the way to encrypt large data.
+pub fn request_too_large_status(len: u64, max: usize) -> tonic::Status {
+    crate::status::edge_status(
+        tonic::Code::ResourceExhausted,
+        "Rejected.RequestTooLarge",
+        &format!(
+            "the request message is {len} bytes, over this service's limit of {max} bytes \
+             (limits.max_request_bytes); Encrypt takes at most 6 KiB of plaintext: for larger \
+             data use envelope encryption, GenerateDataKey returns a data key to encrypt the \
+             data with locally and the data key's ciphertext to keep beside it"
+        ),
+    )
 }
 
 /// Operation classes, each with its own budget.
@@ -757,6 +835,10 @@ mod tests {
                 "/kms.v1.KmsInstanceService/ShareKmsInstance",
                 Some(ManagementWrite),
             ),
+            (
+                "/kms.v1.KmsInstanceService/UpdateKmsInstance",
+                Some(ManagementWrite),
+            ),
             ("/kms.internal.v1.KeyDirectory/GetKey", None),
             ("/kms.internal.v1.KeyMaterial/Generate", None),
             ("/grpc.health.v1.Health/Check", None),
@@ -1031,5 +1113,46 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         lim.check_peer(Some("192.0.2.1".parse().unwrap())).unwrap();
         assert_eq!(lim.tracked_peers(), 1);
+    }
+
+    /// Message prefixes are read across any split of the body; the first message over the
+    /// limit is named by its length, whatever came before it.
+    #[test]
+    fn oversized_messages_are_named_by_their_prefix() {
+        fn message(len: u32) -> Vec<u8> {
+            let mut m = vec![0u8];
+            m.extend(len.to_be_bytes());
+            m.extend(std::iter::repeat_n(7u8, len as usize));
+            m
+        }
+        let body = [message(10), message(100), message(101), message(3)].concat();
+        for split in [1, 2, 3, 5, 7, 64, body.len()] {
+            let mut sizes = MessageSizes::new(100);
+            let first_error = body
+                .chunks(split)
+                .map(|chunk| sizes.scan(chunk))
+                .find(Result::is_err);
+            assert_eq!(first_error, Some(Err(101)), "chunks of {split}");
+        }
+        let mut sizes = MessageSizes::new(100);
+        assert_eq!(sizes.scan(&[message(100), message(0)].concat()), Ok(()));
+        let mut huge = MessageSizes::new(65_536);
+        assert_eq!(huge.scan(&[0, 0xFF, 0xFF, 0xFF, 0xFF]), Err(4_294_967_295));
+        let status = request_too_large_status(1_048_600, 65_536);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            crate::status::reason_of(&status).as_deref(),
+            Some("Rejected.RequestTooLarge")
+        );
+        assert!(
+            status.message().contains("65536 bytes"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("GenerateDataKey"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -22,7 +22,7 @@ pub fn to_status(err: DomainError) -> Status {
         | DomainError::InstanceNotFound => Code::NotFound,
         DomainError::AliasExists | DomainError::DefaultKeyExists => Code::AlreadyExists,
         DomainError::NoPermission => Code::PermissionDenied,
-        DomainError::NoIdentity => Code::Unauthenticated,
+        DomainError::NoIdentity | DomainError::Unidentified(_) => Code::Unauthenticated,
         DomainError::InvalidState(_)
         | DomainError::DeletionProtection
         | DomainError::DryRunOperation => Code::FailedPrecondition,
@@ -93,6 +93,11 @@ mod tests {
             ),
             (
                 DomainError::NoIdentity,
+                Code::Unauthenticated,
+                "Forbidden.NoIdentity",
+            ),
+            (
+                DomainError::Unidentified("the header is not a principal".into()),
                 Code::Unauthenticated,
                 "Forbidden.NoIdentity",
             ),

@@ -130,6 +130,7 @@ rpcs! {
         ListKmsInstances: Operators [],
         ShareKmsInstance: OperatorsOnly [],
         UnshareKmsInstance: OperatorsOnly [],
+        UpdateKmsInstance: OperatorsOnly [],
     }
     "kms.v1.CryptoService" => {
         Encrypt: KeyPolicy [Key "kms:Encrypt"],

@@ -42,6 +42,10 @@ pub enum DomainError {
     /// The caller has no identity.
     #[error("the request carries no valid identity")]
     NoIdentity,
+    /// The caller has no identity, and the text says why and how to give one: what was wrong
+    /// with what it sent, or what it may send. Reason code as [`DomainError::NoIdentity`].
+    #[error("{0}")]
+    Unidentified(String),
     /// The key's state forbids the operation.
     #[error("the operation is not allowed while the key is {}", .0.display_name())]
     InvalidState(KeyState),
@@ -89,7 +93,7 @@ impl DomainError {
             Self::AliasExists => "Forbidden.AliasExists".into(),
             Self::DefaultKeyExists => "Forbidden.DefaultKeyExists".into(),
             Self::NoPermission => "Forbidden.NoPermission".into(),
-            Self::NoIdentity => "Forbidden.NoIdentity".into(),
+            Self::NoIdentity | Self::Unidentified(_) => "Forbidden.NoIdentity".into(),
             Self::InvalidState(state) => format!("Rejected.{}", state.display_name()),
             Self::DeletionProtection => "Forbidden.DeletionProtection".into(),
             Self::ImportRejected(r) => r.reason_code().into(),

@@ -12,6 +12,9 @@ use crate::time::UnixMillis;
 pub const MAX_KEY_QUOTA: i32 = 100_000;
 /// Largest access-management quota (accounts an instance may be shared with).
 pub const MAX_ACCESS_MANAGEMENT_QUOTA: i32 = 1_000;
+/// Access-management quota of an instance created without one: room for one other account,
+/// so a new instance can be shared.
+pub const DEFAULT_ACCESS_MANAGEMENT_QUOTA: i32 = 1;
 
 /// Everything the control plane knows about an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +46,30 @@ pub struct NewInstance {
     pub owner: AccountId,
     /// 1–100,000.
     pub key_quota: i32,
-    /// 0–1,000.
-    pub access_management_quota: i32,
+    /// 0–1,000; `None` means [`DEFAULT_ACCESS_MANAGEMENT_QUOTA`].
+    pub access_management_quota: Option<i32>,
+}
+
+/// `key_quota` checked against its range.
+fn key_quota(n: i32) -> Result<u32, DomainError> {
+    if !(1..=MAX_KEY_QUOTA).contains(&n) {
+        return Err(DomainError::invalid(
+            "KeyQuota",
+            format!("key_quota must be 1 to {MAX_KEY_QUOTA}, got {n}"),
+        ));
+    }
+    Ok(n.unsigned_abs())
+}
+
+/// `access_management_quota` checked against its range.
+fn access_management_quota(n: i32) -> Result<u32, DomainError> {
+    if !(0..=MAX_ACCESS_MANAGEMENT_QUOTA).contains(&n) {
+        return Err(DomainError::invalid(
+            "AccessManagementQuota",
+            format!("access_management_quota must be 0 to {MAX_ACCESS_MANAGEMENT_QUOTA}, got {n}"),
+        ));
+    }
+    Ok(n.unsigned_abs())
 }
 
 impl NewInstance {
@@ -54,35 +79,31 @@ impl NewInstance {
         id: InstanceId,
         now: UnixMillis,
     ) -> Result<InstanceRecord, DomainError> {
-        if !(1..=MAX_KEY_QUOTA).contains(&self.key_quota) {
-            return Err(DomainError::invalid(
-                "KeyQuota",
-                format!(
-                    "key_quota must be 1 to {MAX_KEY_QUOTA}, got {}",
-                    self.key_quota
-                ),
-            ));
-        }
-        if !(0..=MAX_ACCESS_MANAGEMENT_QUOTA).contains(&self.access_management_quota) {
-            return Err(DomainError::invalid(
-                "AccessManagementQuota",
-                format!(
-                    "access_management_quota must be 0 to {MAX_ACCESS_MANAGEMENT_QUOTA}, got {}",
-                    self.access_management_quota
-                ),
-            ));
-        }
+        let key_quota = key_quota(self.key_quota)?;
+        let access_management_quota = access_management_quota(
+            self.access_management_quota
+                .unwrap_or(DEFAULT_ACCESS_MANAGEMENT_QUOTA),
+        )?;
         Ok(InstanceRecord {
             id,
             instance_type: self.instance_type,
             owner: self.owner,
-            key_quota: self.key_quota.unsigned_abs(),
+            key_quota,
             key_count: 0,
-            access_management_quota: self.access_management_quota.unsigned_abs(),
+            access_management_quota,
             shared_with: Vec::new(),
             created: now,
         })
     }
+}
+
+/// A change of an instance's quotas (`UpdateKmsInstance`); unset fields stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaChange {
+    /// New key quota, 1–100,000.
+    pub key_quota: Option<i32>,
+    /// New access-management quota, 0–1,000.
+    pub access_management_quota: Option<i32>,
 }
 
 impl InstanceRecord {
@@ -128,6 +149,55 @@ impl InstanceRecord {
         Ok(())
     }
 
+    /// `UpdateKmsInstance`: sets the quotas `change` names, never below what is in use: the
+    /// keys the instance holds, and `accounts_in_use`, the other accounts using it (those it is
+    /// shared with and those key policies in it grant). Below is `InvalidParameter.<Quota>`
+    /// naming the count in use.
+    pub fn update_quotas(
+        &mut self,
+        change: QuotaChange,
+        accounts_in_use: usize,
+    ) -> Result<(), DomainError> {
+        let keys = change.key_quota.map(key_quota).transpose()?;
+        let access = change
+            .access_management_quota
+            .map(access_management_quota)
+            .transpose()?;
+        if let Some(n) = keys
+            && n < self.key_count
+        {
+            return Err(DomainError::invalid(
+                "KeyQuota",
+                format!(
+                    "key_quota {n} is below the {} keys the kms instance {} holds (keys pending \
+                     deletion included); delete keys first or choose at least {}",
+                    self.key_count, self.id, self.key_count
+                ),
+            ));
+        }
+        if let Some(n) = access
+            && (n as usize) < accounts_in_use
+        {
+            return Err(DomainError::invalid(
+                "AccessManagementQuota",
+                format!(
+                    "access_management_quota {n} is below the {accounts_in_use} other accounts \
+                     using the kms instance {} (accounts it is shared with and accounts its key \
+                     policies grant); withdraw shares or grants first or choose at least \
+                     {accounts_in_use}",
+                    self.id
+                ),
+            ));
+        }
+        if let Some(n) = keys {
+            self.key_quota = n;
+        }
+        if let Some(n) = access {
+            self.access_management_quota = n;
+        }
+        Ok(())
+    }
+
     /// Withdraws a share; withdrawing one that does not exist is a no-op. Keys the account
     /// already made in the instance stay; it just cannot make new ones.
     pub fn unshare_with(&mut self, account: &AccountId) {
@@ -148,7 +218,7 @@ mod tests {
             instance_type: InstanceType::Software,
             owner: acct("1"),
             key_quota,
-            access_management_quota: amq,
+            access_management_quota: Some(amq),
         }
         .into_record(InstanceId::generate(), UnixMillis(5))
     }
@@ -210,5 +280,77 @@ mod tests {
         i.unshare_with(&acct("9"));
         assert_eq!(i.shared_with, vec![acct("3")]);
         assert!(!i.is_visible_to(&acct("2")));
+    }
+
+    #[test]
+    fn an_unset_access_management_quota_leaves_room_to_share_once() {
+        let mut i = NewInstance {
+            instance_type: InstanceType::Software,
+            owner: acct("1"),
+            key_quota: 10,
+            access_management_quota: None,
+        }
+        .into_record(InstanceId::generate(), UnixMillis(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.access_management_quota, 1);
+        assert_eq!(i.share_with(acct("2")), Ok(()));
+        assert_eq!(
+            reason(i.share_with(acct("3"))).as_deref(),
+            Some("Rejected.LimitExceeded")
+        );
+    }
+
+    #[test]
+    fn quotas_change_within_range_and_never_below_use() {
+        let mut i = new(10, 5).unwrap_or_else(|e| panic!("{e}"));
+        i.key_count = 4;
+        let change = |kq: Option<i32>, amq: Option<i32>| QuotaChange {
+            key_quota: kq,
+            access_management_quota: amq,
+        };
+        for (c, in_use, want) in [
+            (change(Some(0), None), 0, "InvalidParameter.KeyQuota"),
+            (
+                change(Some(MAX_KEY_QUOTA + 1), None),
+                0,
+                "InvalidParameter.KeyQuota",
+            ),
+            (change(Some(3), None), 0, "InvalidParameter.KeyQuota"),
+            (
+                change(None, Some(-1)),
+                0,
+                "InvalidParameter.AccessManagementQuota",
+            ),
+            (
+                change(None, Some(1)),
+                2,
+                "InvalidParameter.AccessManagementQuota",
+            ),
+            (change(Some(3), Some(9)), 0, "InvalidParameter.KeyQuota"),
+        ] {
+            let before = i.clone();
+            assert_eq!(
+                reason(i.update_quotas(c, in_use)).as_deref(),
+                Some(want),
+                "{c:?}"
+            );
+            assert_eq!(i, before, "a refused change changes nothing");
+        }
+        let below = i.update_quotas(change(Some(3), None), 0).err();
+        assert!(
+            below.is_some_and(|e| e.to_string().contains("below the 4 keys")),
+            "names the count in use"
+        );
+        let below = i.update_quotas(change(None, Some(1)), 2).err();
+        assert!(
+            below.is_some_and(|e| e.to_string().contains("below the 2 other accounts")),
+            "names the count in use"
+        );
+        assert_eq!(i.update_quotas(change(Some(4), Some(2)), 2), Ok(()));
+        assert_eq!((i.key_quota, i.access_management_quota), (4, 2));
+        assert_eq!(i.update_quotas(change(None, Some(0)), 0), Ok(()));
+        assert_eq!((i.key_quota, i.access_management_quota), (4, 0));
+        assert_eq!(i.update_quotas(QuotaChange::default(), 0), Ok(()));
+        assert_eq!((i.key_quota, i.access_management_quota), (4, 0));
     }
 }

@@ -99,9 +99,17 @@ impl KeyRecord {
         self.instance.is_none()
     }
 
-    /// Rotation status: on and usable → Enabled; on but Disabled or pending → Suspended.
+    /// The key's automatic-rotation settings; `None` for keys that cannot rotate automatically:
+    /// asymmetric keys, and keys with imported material (a new version only comes by import;
+    /// a record stored before that rule may still hold settings, which mean nothing).
+    pub fn rotation_settings(&self) -> Option<RotationPolicy> {
+        self.rotation.filter(|_| self.origin == KeyOrigin::Kms)
+    }
+
+    /// Rotation status: on and usable → Enabled; on but Disabled or pending → Suspended;
+    /// off, or not applicable (asymmetric keys, keys with imported material) → Disabled.
     pub fn rotation_status(&self) -> RotationStatus {
-        match self.rotation {
+        match self.rotation_settings() {
             Some(RotationPolicy { enabled: true, .. }) if self.state == KeyState::Enabled => {
                 RotationStatus::Enabled
             }
@@ -110,9 +118,10 @@ impl KeyRecord {
         }
     }
 
-    /// When the next automatic rotation is due, while rotation is on.
+    /// When the next automatic rotation is due, while rotation is on (never for keys with
+    /// imported material).
     pub fn next_rotation(&self) -> Option<UnixMillis> {
-        match self.rotation {
+        match self.rotation_settings() {
             Some(RotationPolicy {
                 enabled: true,
                 interval_days,

@@ -29,7 +29,7 @@ pub use error::DomainError;
 pub use event::{KeyEvent, KeyEventKind};
 pub use ids::{AccountId, InstanceId, KeyId, KeyRef, KeyVersionId};
 pub use import::{ImportRejection, ImportTokenId, ImportTokenRecord};
-pub use instance::{InstanceRecord, NewInstance};
+pub use instance::{InstanceRecord, NewInstance, QuotaChange};
 pub use key::{KeyEntry, KeyRecord, KeyVersionRecord, NewKey, RotationPolicy, Tag};
 pub use lifecycle::{KeyBirth, KeyHome, KeyPlan};
 pub use listing::{KeyFilter, KeyQuery, Page, PageRequest};

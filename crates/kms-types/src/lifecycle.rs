@@ -46,17 +46,34 @@ impl KeyPlan {
     }
 }
 
-/// The rotation settings a key of `spec` gets: symmetric keys rotate (on by default when
-/// `on_by_default`), asymmetric keys never do, and asking them to is
-/// `InvalidParameter.RotationInterval`.
+/// The rotation settings a key of `spec` and `origin` gets: symmetric keys rotate (on by
+/// default when `on_by_default`); asymmetric keys never do, and asking them to is
+/// `InvalidParameter.RotationInterval`; keys with imported material never do either (a new
+/// version only comes by importing material), and asking them to is
+/// `InvalidParameter.EnableAutomaticRotation` (or `.RotationInterval` for an interval).
 pub fn rotation_for(
     spec: KeySpec,
+    origin: KeyOrigin,
     enabled: Option<bool>,
     interval_days: Option<i64>,
     on_by_default: bool,
 ) -> Result<Option<RotationPolicy>, DomainError> {
     if let Some(days) = interval_days {
         validate::rotation_interval_days(days)?;
+    }
+    if origin == KeyOrigin::External {
+        const WHY: &str = "keys with imported material (origin EXTERNAL) do not rotate \
+                           automatically: a new version only comes by importing material";
+        if enabled == Some(true) {
+            return Err(DomainError::invalid("EnableAutomaticRotation", WHY));
+        }
+        if interval_days.is_some() {
+            return Err(DomainError::invalid(
+                "RotationInterval",
+                format!("{WHY}, so they take no rotation interval"),
+            ));
+        }
+        return Ok(None);
     }
     if !spec.is_symmetric() {
         if enabled == Some(true) || interval_days.is_some() {
@@ -106,9 +123,15 @@ impl NewKey {
             }
             KeyHome::Instance(kind) => {
                 if !kind.offers(spec) {
+                    let offered: Vec<String> =
+                        kind.offered().iter().map(ToString::to_string).collect();
                     return Err(DomainError::invalid(
                         "KeySpec",
-                        format!("a {kind} instance does not offer key spec {spec}"),
+                        format!(
+                            "a {kind} instance does not offer key spec {spec}; it offers {} \
+                             (a HARDWARE instance offers all eight)",
+                            offered.join(", ")
+                        ),
                     ));
                 }
                 (kind.protection_level(), kind == InstanceType::Software)
@@ -116,8 +139,10 @@ impl NewKey {
         };
         let usage = self.usage.unwrap_or_else(|| spec.default_usage());
         check_usage_fits(spec, usage)?;
+        let origin = self.origin.unwrap_or(KeyOrigin::Kms);
         let rotation = rotation_for(
             spec,
+            origin,
             self.rotation_enabled,
             self.rotation_interval_days,
             rotation_on,
@@ -125,7 +150,7 @@ impl NewKey {
         Ok(KeyPlan {
             spec,
             usage,
-            origin: self.origin.unwrap_or(KeyOrigin::Kms),
+            origin,
             protection,
             rotation,
         })
@@ -252,15 +277,17 @@ impl KeyRecord {
         Ok(())
     }
 
-    /// `UpdateRotationPolicy`: Enabled keys only, symmetric keys only; unset fields stay.
+    /// `UpdateRotationPolicy`: Enabled keys only, symmetric keys with generated material only;
+    /// unset fields stay. A key with imported material takes only "off".
     pub fn update_rotation(
         &mut self,
         enabled: Option<bool>,
         interval_days: Option<i64>,
     ) -> Result<(), DomainError> {
-        let current = self.rotation;
+        let current = self.rotation_settings();
         let next = rotation_for(
             self.spec,
+            self.origin,
             enabled.or(current.map(|r| r.enabled)),
             interval_days.or(current.map(|r| r.interval_days)),
             false,
@@ -460,10 +487,24 @@ mod tests {
         );
         let soft = KeyHome::Instance(InstanceType::Software);
         let hard = KeyHome::Instance(InstanceType::Hardware);
-        assert_eq!(
-            reason(req(Some(Rsa4096)).plan(soft)).as_deref(),
-            Some("InvalidParameter.KeySpec")
-        );
+        for spec in [AliyunAes192, AliyunAes128, Rsa4096] {
+            let refused = req(Some(spec)).plan(soft).err();
+            assert_eq!(
+                refused.as_ref().map(DomainError::reason_code).as_deref(),
+                Some("InvalidParameter.KeySpec")
+            );
+            assert_eq!(
+                refused.map(|e| e.to_string()).unwrap_or_default(),
+                format!(
+                    "a SOFTWARE instance does not offer key spec {spec}; it offers \
+                     Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K (a HARDWARE instance \
+                     offers all eight)"
+                )
+            );
+        }
+        for spec in KeySpec::ALL {
+            assert!(req(Some(*spec)).plan(hard).is_ok(), "{spec} in hardware");
+        }
         let ec = req(Some(EcP256))
             .plan(hard)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -695,6 +736,69 @@ mod tests {
             let mut k = key(state);
             assert_eq!(k.disable().is_ok(), ok, "disable from {state:?}");
         }
+    }
+
+    /// Keys with imported material never rotate automatically: asking at creation or later is
+    /// refused, saying why; rotation shows as Disabled with no interval or date, also for a
+    /// record stored with rotation settings before the rule.
+    #[test]
+    fn external_keys_do_not_rotate_automatically() {
+        use crate::spec::RotationStatus;
+        let soft = KeyHome::Instance(InstanceType::Software);
+        let req = |enabled: Option<bool>, days: Option<i64>| NewKey {
+            origin: Some(KeyOrigin::External),
+            rotation_enabled: enabled,
+            rotation_interval_days: days,
+            ..NewKey::default()
+        };
+        let plan = req(None, None).plan(soft).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            plan.rotation, None,
+            "not on by default in a software instance"
+        );
+        assert_eq!(
+            req(Some(false), None).plan(soft).map(|p| p.rotation),
+            Ok(None)
+        );
+        for (enabled, days, want) in [
+            (Some(true), None, "InvalidParameter.EnableAutomaticRotation"),
+            (
+                Some(true),
+                Some(30),
+                "InvalidParameter.EnableAutomaticRotation",
+            ),
+            (None, Some(30), "InvalidParameter.RotationInterval"),
+        ] {
+            let refused = req(enabled, days).plan(soft).err();
+            assert_eq!(
+                refused.as_ref().map(DomainError::reason_code).as_deref(),
+                Some(want),
+                "{enabled:?} {days:?}"
+            );
+            assert!(
+                refused.is_some_and(|e| e.to_string().contains("only comes by importing")),
+                "the refusal says why"
+            );
+        }
+
+        let mut k = key(KeyState::Enabled);
+        k.origin = KeyOrigin::External;
+        // As stored before the rule: rotation on.
+        assert!(k.rotation.is_some_and(|r| r.enabled));
+        assert_eq!(k.rotation_status(), RotationStatus::Disabled);
+        assert_eq!(k.rotation_settings(), None);
+        assert_eq!(k.next_rotation(), None);
+        assert!(!k.rotation_due(UnixMillis(i64::MAX)));
+        assert_eq!(
+            reason(k.update_rotation(Some(true), None)).as_deref(),
+            Some("InvalidParameter.EnableAutomaticRotation")
+        );
+        assert_eq!(
+            reason(k.update_rotation(None, Some(30))).as_deref(),
+            Some("InvalidParameter.RotationInterval")
+        );
+        assert_eq!(k.update_rotation(Some(false), None), Ok(()));
+        assert_eq!(k.rotation, None);
     }
 
     #[test]

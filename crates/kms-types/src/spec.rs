@@ -181,6 +181,15 @@ impl InstanceType {
         }
     }
 
+    /// Every key spec an instance of this type offers, in the order of [`KeySpec::ALL`].
+    pub fn offered(self) -> Vec<KeySpec> {
+        KeySpec::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.offers(*s))
+            .collect()
+    }
+
     /// Protection level of keys created in an instance of this type.
     pub fn protection_level(self) -> ProtectionLevel {
         match self {

@@ -264,7 +264,7 @@ async fn ensure_instances(
                     instance_type: kind as i32,
                     owner_account_id: dev_account().to_string(),
                     key_quota: 1000,
-                    access_management_quota: 5,
+                    access_management_quota: Some(5),
                 })
                 .await
                 .map_err(RpcError)?

@@ -7,7 +7,7 @@ use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceService;
 use kms_proto::kms::v1::*;
 use kms_runtime::caller;
 use kms_store::Store;
-use kms_types::{InstanceId, NewInstance, PageRequest};
+use kms_types::{InstanceId, NewInstance, PageRequest, QuotaChange};
 use tonic::{Request, Response, Status};
 
 use super::status;
@@ -96,6 +96,23 @@ impl<S: Store> KmsInstanceService for InstanceService<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(ShareKmsInstanceResponse {
+            kms_instance: Some(kms_instance(&record)),
+        }))
+    }
+
+    async fn update_kms_instance(
+        &self,
+        request: Request<UpdateKmsInstanceRequest>,
+    ) -> Result<Response<UpdateKmsInstanceResponse>, Status> {
+        let principal = caller(&request).map_err(status)?;
+        let req = request.into_inner();
+        let id = instance_id(&req.kms_instance_id)?;
+        let record = self
+            .registry
+            .update_instance(&principal, id, QuotaChange::from(&req))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(UpdateKmsInstanceResponse {
             kms_instance: Some(kms_instance(&record)),
         }))
     }

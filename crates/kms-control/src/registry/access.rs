@@ -24,14 +24,34 @@ pub(crate) fn check_quota<S: Store>(
 ) -> Result<(), DomainError> {
     let mut accounts: BTreeSet<String> =
         instance.shared_with.iter().map(|a| a.to_string()).collect();
-    let grants = |doc: &str, owner: &AccountId, into: &mut BTreeSet<String>| {
-        if let Ok(parsed) = PolicyDocument::parse(doc) {
-            into.extend(parsed.foreign_accounts(&[owner, &instance.owner]));
-        }
-    };
     if let Some(doc) = policy {
-        grants(doc, key_account, &mut accounts);
+        grants(instance, doc, key_account, &mut accounts);
     }
+    accounts.extend(policy_grants(store, instance, key)?);
+    let quota = instance.access_management_quota as usize;
+    if accounts.len() > quota {
+        return Err(DomainError::LimitExceeded(format!(
+            "the instance's access management quota allows {quota} other accounts; this would make {}",
+            accounts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The other accounts the policy `doc` of a key owned by `owner` grants.
+fn grants(instance: &InstanceRecord, doc: &str, owner: &AccountId, into: &mut BTreeSet<String>) {
+    if let Ok(parsed) = PolicyDocument::parse(doc) {
+        into.extend(parsed.foreign_accounts(&[owner, &instance.owner]));
+    }
+}
+
+/// The other accounts the key policies in the instance grant now, leaving out `except`'s.
+pub(crate) fn policy_grants<S: Store>(
+    store: &S,
+    instance: &InstanceRecord,
+    except: Option<&KeyId>,
+) -> Result<BTreeSet<String>, DomainError> {
+    let mut accounts = BTreeSet::new();
     let prefix = schema::instance_keys_prefix(&instance.id);
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -47,22 +67,15 @@ pub(crate) fn check_quota<S: Store>(
             else {
                 continue;
             };
-            if Some(&id) == key {
+            if Some(&id) == except {
                 continue;
             }
             if let Some(record) = index::load_key(store, &id)?
                 && let Some(doc) = &record.policy
             {
-                grants(doc, &record.account, &mut accounts);
+                grants(instance, doc, &record.account, &mut accounts);
             }
         }
     }
-    let quota = instance.access_management_quota as usize;
-    if accounts.len() > quota {
-        return Err(DomainError::LimitExceeded(format!(
-            "the instance's access management quota allows {quota} other accounts; this would make {}",
-            accounts.len()
-        )));
-    }
-    Ok(())
+    Ok(accounts)
 }

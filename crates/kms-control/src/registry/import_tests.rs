@@ -127,7 +127,7 @@ impl World {
                     instance_type: InstanceType::Software,
                     owner: alice().account().clone(),
                     key_quota: 10,
-                    access_management_quota: 1,
+                    access_management_quota: Some(1),
                 },
             )
             .await
@@ -278,6 +278,76 @@ async fn only_the_same_material_comes_back() {
     let back = w.import(&key, &again, b"\x07", None).await.unwrap();
     assert_eq!(back.state, KeyState::Enabled);
     assert_eq!(back.primary_version, key.primary_version);
+}
+
+/// The version an External key's material becomes names the key before any import, after
+/// `DeleteKeyMaterial` and after expiry: a ciphertext of it is answered with the key's state
+/// (`Rejected.PendingImport`), never as an unknown blob.
+#[tokio::test]
+async fn the_version_of_missing_material_still_names_its_key() {
+    let w = world();
+    let key = w.external_key().await;
+    let names_key = |state: KeyState| {
+        let registry = Arc::clone(&w.registry);
+        let (id, version) = (key.id.clone(), key.primary_version);
+        async move {
+            let (entry, _) = registry
+                .directory_version(version)
+                .await
+                .unwrap_or_else(|e| panic!("version of a {state:?} key: {e}"));
+            assert_eq!((entry.id, entry.state), (id, state));
+        }
+    };
+    names_key(KeyState::PendingImport).await;
+    let token = w.token(&key).await;
+    w.import(&key, &token, b"\x03", None).await.unwrap();
+    names_key(KeyState::Enabled).await;
+    w.registry
+        .delete_key_material(&alice(), KeyRef::Id(key.id.clone()))
+        .await
+        .unwrap();
+    names_key(KeyState::PendingImport).await;
+    let expire = w.clock.now().plus_millis(60_000);
+    w.import(&key, &w.token(&key).await, b"\x03", Some(expire))
+        .await
+        .unwrap();
+    w.clock.set(expire);
+    assert_eq!(w.registry.run_scheduled().await.expired, 1);
+    names_key(KeyState::PendingImport).await;
+    w.registry
+        .schedule_key_deletion(&alice(), KeyRef::Id(key.id.clone()), 7)
+        .await
+        .unwrap();
+    names_key(KeyState::PendingDeletion).await;
+}
+
+/// A store of layout 2 has no `v/` entry for an External key without material; migrating
+/// adds it.
+#[tokio::test]
+async fn migration_indexes_the_version_of_missing_material() {
+    use crate::{index, schema};
+    let w = world();
+    let key = w.external_key().await;
+    w.store
+        .delete(&schema::version(&key.primary_version))
+        .unwrap();
+    w.store
+        .put(schema::LAYOUT, &schema::encode_layout(2))
+        .unwrap();
+    assert_eq!(
+        w.registry
+            .directory_version(key.primary_version)
+            .await
+            .err(),
+        Some(DomainError::KeyNotFound)
+    );
+    assert_eq!(index::migrate(&*w.store).unwrap(), 1);
+    let (entry, _) = w
+        .registry
+        .directory_version(key.primary_version)
+        .await
+        .unwrap();
+    assert_eq!(entry.id, key.id);
 }
 
 #[tokio::test]

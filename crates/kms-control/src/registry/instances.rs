@@ -1,9 +1,11 @@
-//! KMS instances: operators create and share them; owners and accounts they are shared with
-//! see them and create keys in them; everyone else is told they do not exist.
+//! KMS instances: operators create, share them and change their quotas; owners and accounts
+//! they are shared with see them and create keys in them; everyone else is told they do not
+//! exist.
 
 use kms_store::{Abort, Store};
 use kms_types::{
     AccountId, DomainError, InstanceId, InstanceRecord, NewInstance, Page, PageRequest, Principal,
+    QuotaChange,
 };
 
 use super::Registry;
@@ -104,6 +106,40 @@ impl<S: Store> Registry<S> {
     ) -> Result<InstanceRecord, DomainError> {
         self.change_instance(caller, id, move |i| i.share_with(account.clone()))
             .await
+    }
+
+    /// `UpdateKmsInstance`: operators only. The quotas it sets are never below what is in
+    /// use: the keys the instance holds (checked in the transaction) and the other accounts
+    /// using it, those it is shared with (in the transaction) and those its key policies grant
+    /// (read just before).
+    pub async fn update_instance(
+        &self,
+        caller: &Principal,
+        id: InstanceId,
+        change: QuotaChange,
+    ) -> Result<InstanceRecord, DomainError> {
+        self.check_operator(caller)?;
+        let granted = match change.access_management_quota {
+            None => Default::default(),
+            Some(_) => {
+                let id = id.clone();
+                self.read(move |store| {
+                    let instance =
+                        index::load_instance(store, &id)?.ok_or(DomainError::InstanceNotFound)?;
+                    super::access::policy_grants(store, &instance, None)
+                })
+                .await?
+            }
+        };
+        let record = self
+            .change_instance(caller, id, move |i| {
+                let mut in_use = granted.clone();
+                in_use.extend(i.shared_with.iter().map(ToString::to_string));
+                i.update_quotas(change, in_use.len())
+            })
+            .await?;
+        tracing::info!(kms_instance_id = %record.id, key_quota = record.key_quota, access_management_quota = record.access_management_quota, "kms instance quotas updated");
+        Ok(record)
     }
 
     /// `UnshareKmsInstance`: operators only.

@@ -219,7 +219,7 @@ impl World {
                     instance_type: kind,
                     owner: alice().account().clone(),
                     key_quota: quota,
-                    access_management_quota: 1,
+                    access_management_quota: Some(1),
                 },
             )
             .await
@@ -898,7 +898,7 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
                 instance_type: InstanceType::Software,
                 owner: alice().account().clone(),
                 key_quota: 10,
-                access_management_quota: 1,
+                access_management_quota: Some(1),
             },
         )
         .await
