@@ -1003,8 +1003,13 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
 
     arm();
     assert_eq!(
-        registry.disable_key(&user, id_ref(&key)).await.err(),
-        Some(DomainError::NoPermission)
+        registry
+            .disable_key(&user, id_ref(&key))
+            .await
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
     assert_eq!(now.state, KeyState::Enabled);
@@ -1015,8 +1020,10 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
         registry
             .tag_resources(&user, vec![id_ref(&key)], vec![tag("team", "x")])
             .await
-            .err(),
-        Some(DomainError::NoPermission)
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     reset().await;
     arm();
@@ -1024,8 +1031,10 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
         registry
             .update_alias(&user, "alias/app".into(), id_ref(&other))
             .await
-            .err(),
-        Some(DomainError::NoPermission)
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
     assert!(now.tags.is_empty());
