@@ -29,7 +29,7 @@ fn code_of(err: &DomainError) -> Code {
         | DomainError::KeyVersionNotFound
         | DomainError::AliasNotFound
         | DomainError::InstanceNotFound => Code::NotFound,
-        DomainError::AliasExists | DomainError::DefaultKeyExists => Code::AlreadyExists,
+        DomainError::AliasExists | DomainError::DefaultKeyExists(_) => Code::AlreadyExists,
         DomainError::NoPermission | DomainError::NotAllowed { .. } => Code::PermissionDenied,
         DomainError::InBatch { error, .. } => code_of(error),
         DomainError::NoIdentity | DomainError::Unidentified(_) => Code::Unauthenticated,
@@ -88,7 +88,7 @@ mod tests {
                 "Forbidden.KeyNotFound",
             ),
             (
-                DomainError::DefaultKeyExists,
+                DomainError::DefaultKeyExists(None),
                 Code::AlreadyExists,
                 "Forbidden.DefaultKeyExists",
             ),

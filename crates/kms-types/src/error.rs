@@ -33,9 +33,10 @@ pub enum DomainError {
     /// The alias is taken in this account.
     #[error("the alias already exists")]
     AliasExists,
-    /// The account already has its default key.
-    #[error("the account already has a default key")]
-    DefaultKeyExists,
+    /// The account already has its default key; it is named (id and aliases) when the caller
+    /// may describe it. The text says how to go on.
+    #[error("{}", default_key_exists(.0.as_deref()))]
+    DefaultKeyExists(Option<String>),
     /// The caller is authenticated but not allowed.
     #[error("the caller is not allowed to perform this operation")]
     NoPermission,
@@ -96,6 +97,23 @@ pub enum DomainError {
     Internal(String),
 }
 
+/// What a second default key is told: the one there is, and the two ways on.
+fn default_key_exists(existing: Option<&str>) -> String {
+    const MORE: &str = "for more keys, create them in a KMS instance (CreateKey with \
+                        kms_instance_id; ListKmsInstances lists the instances the account may \
+                        use)";
+    match existing {
+        Some(key) => format!(
+            "the account already has its default key, {key}: use it by that key id or alias \
+             (DescribeKey shows it); {MORE}"
+        ),
+        None => format!(
+            "the account already has its default key (ListKeys with default_keys_only finds \
+             it): use it; {MORE}"
+        ),
+    }
+}
+
 impl DomainError {
     /// Shorthand for an [`DomainError::InvalidParameter`].
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
@@ -115,7 +133,7 @@ impl DomainError {
             Self::AliasNotFound => "Forbidden.AliasNotFound".into(),
             Self::InstanceNotFound => "Forbidden.InstanceNotFound".into(),
             Self::AliasExists => "Forbidden.AliasExists".into(),
-            Self::DefaultKeyExists => "Forbidden.DefaultKeyExists".into(),
+            Self::DefaultKeyExists(_) => "Forbidden.DefaultKeyExists".into(),
             Self::NoPermission | Self::NotAllowed { .. } => "Forbidden.NoPermission".into(),
             Self::InBatch { error, .. } => error.reason_code(),
             Self::NoIdentity | Self::Unidentified(_) => "Forbidden.NoIdentity".into(),

@@ -320,7 +320,10 @@ mod tests {
             ("", "key_id is required"),
             ("1234", "\"1234\" is not a key id, an alias or a key ARN"),
             ("acs:kms:local:42", "is not a key ARN"),
-            ("acs:kms:local:42:key/k1", "ends in \"k1\", which is not a key id"),
+            (
+                "acs:kms:local:42:key/k1",
+                "ends in \"k1\", which is not a key id",
+            ),
         ] {
             let err = KeyRef::parse(bad).err();
             assert_eq!(

@@ -810,7 +810,13 @@ async fn migration_rewrites_layout_one_indexes() {
         .create_key(&alice(), NewKey::default())
         .await
         .err();
-    assert_eq!(err, Some(DomainError::DefaultKeyExists));
+    assert_eq!(
+        err,
+        Some(DomainError::DefaultKeyExists(Some(format!(
+            "{} (alias/old)",
+            key.id
+        ))))
+    );
 
     w.store
         .put(
