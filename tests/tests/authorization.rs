@@ -655,3 +655,159 @@ async fn planes_agree_on_shared_instance_owners_and_account_spellings() {
         (Code::InvalidArgument, "InvalidParameter.OwnerAccountId")
     );
 }
+
+/// Refusals say enough to act on, and no more: a principal the key's policy refuses is told
+/// its ARN and the action it lacks; a stranger is still told the key does not exist; one bad
+/// key of a batch is named with its place; a malformed key id shows the accepted forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_caller_the_action_and_the_key_that_failed() {
+    let stack = Stack::start().await.unwrap();
+    let inst = instance(&stack, ACCOUNT, None).await;
+    let guarded = create_key(
+        &stack,
+        ALICE,
+        CreateKeyRequest {
+            kms_instance_id: inst.clone(),
+            alias: "alias/guarded".into(),
+            policy: allow(&[(ADMIN, &["kms:*"])]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let open = create_key(
+        &stack,
+        ALICE,
+        CreateKeyRequest {
+            kms_instance_id: inst.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // A member of the account the policy does not allow: its ARN and the action.
+    let err = encrypt(&stack, MEMBER, "alias/guarded").await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "Forbidden.NoPermission")
+    );
+    assert!(
+        err.message()
+            .ends_with(&format!("{MEMBER} is not allowed kms:Encrypt on this key")),
+        "{}",
+        err.message()
+    );
+    // ReEncrypt says which of its two keys refused.
+    let sealed = encrypt(&stack, ALICE, &open).await.unwrap();
+    let err = stack
+        .crypto(Some(MEMBER))
+        .unwrap()
+        .re_encrypt(ReEncryptRequest {
+            ciphertext_blob: sealed.ciphertext_blob.clone(),
+            destination_key_id: guarded.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().ends_with(&format!(
+            "{MEMBER} is not allowed kms:ReEncrypt on the destination key"
+        )),
+        "{}",
+        err.message()
+    );
+    // A stranger learns nothing, not even that the key exists.
+    let stranger = "acs:ram::6543210987654321:user/mallory";
+    let err = encrypt(&stack, stranger, &guarded).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "Forbidden.KeyNotFound")
+    );
+    assert!(!err.message().contains("not allowed"), "{}", err.message());
+
+    // Batches name the one key that failed, as the request named it, and where.
+    let mut member = stack.keys(Some(MEMBER)).unwrap();
+    let tag = || {
+        vec![Tag {
+            key: "team".into(),
+            value: "a".into(),
+        }]
+    };
+    let cases: Vec<(Vec<String>, Code, &str, String)> = vec![
+        (
+            vec![open.clone(), "alias/guarded".into(), open.clone()],
+            Code::PermissionDenied,
+            "Forbidden.NoPermission",
+            format!(
+                "key \"alias/guarded\" (2 of 3 in key_ids): {MEMBER} is not allowed kms:TagResource on this key"
+            ),
+        ),
+        (
+            vec![open.clone(), "alias/nope".into()],
+            Code::NotFound,
+            "Forbidden.AliasNotFound",
+            "key \"alias/nope\" (2 of 2 in key_ids): the alias does not exist".into(),
+        ),
+        (
+            vec!["not-a-key".into(), open.clone()],
+            Code::InvalidArgument,
+            "InvalidParameter.KeyId",
+            "key \"not-a-key\" (1 of 2 in key_ids): \"not-a-key\" is not a key id".into(),
+        ),
+    ];
+    for (key_ids, code, want_reason, want_message) in cases {
+        let err = member
+            .tag_resources(TagResourcesRequest {
+                key_ids: key_ids.clone(),
+                tags: tag(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (code, want_reason),
+            "{key_ids:?}"
+        );
+        assert!(err.message().contains(&want_message), "{}", err.message());
+    }
+    let err = member
+        .untag_resources(UntagResourcesRequest {
+            key_ids: vec![open.clone(), guarded.clone()],
+            tag_keys: vec!["team".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains(&format!(
+            "key \"{guarded}\" (2 of 2 in key_ids): {MEMBER} is not allowed kms:UntagResource"
+        )),
+        "{}",
+        err.message()
+    );
+    // Nothing was tagged.
+    let tags = stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .list_resource_tags(ListResourceTagsRequest {
+            key_id: open.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tags;
+    assert!(tags.is_empty(), "{tags:?}");
+
+    // A malformed key id shows the forms key_id takes, on both planes.
+    let forms = "key_id takes a key id (key-<32 hex digits>), an alias (alias/<name>) or a key \
+                 ARN (acs:kms:<region>:<account>:key/<key id>)";
+    let err = member
+        .describe_key(DescribeKeyRequest {
+            key_id: "1234".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "InvalidParameter.KeyId");
+    assert!(err.message().contains(forms), "{}", err.message());
+    let err = encrypt(&stack, MEMBER, "key/abc").await.unwrap_err();
+    assert_eq!(reason(&err), "InvalidParameter.KeyId");
+    assert!(err.message().contains(forms), "{}", err.message());
+}

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kms_e2e::{ACCOUNT, ALICE, OPERATOR, Stack, bin_path};
+use kms_e2e::{ACCOUNT, ADMIN, ALICE, OPERATOR, Stack, bin_path};
 use serde_json::Value;
 
 struct Cli<'a> {
@@ -398,4 +398,56 @@ async fn kmsctl_manages_instances_keys_aliases_and_tags() {
     // Count kept true.
     let instance = cli.json(ALICE, &["get-kms-instance", &sw]).await;
     assert_eq!(instance["key_count"], 2);
+}
+
+/// The README walkthrough run a second time: its first command, a second default key, is
+/// refused with the key there is and how to go on, not only that it exists. A principal the
+/// default key's policy does not let describe it is not told its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_default_key_says_how_to_use_the_first() {
+    let stack = Stack::start().await.unwrap();
+    let cli = Cli { stack: &stack };
+    let first_run = [
+        "create-key",
+        "--alias",
+        "alias/demo",
+        "--description",
+        "my first key",
+    ];
+    let key = cli.json(ALICE, &first_run).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let err = cli.fails(ALICE, &first_run).await;
+    for want in [
+        format!(
+            "error: ALREADY_EXISTS: Forbidden.DefaultKeyExists: the account already has its \
+             default key, {key_id} (alias/demo): use it by that key id or alias (DescribeKey \
+             shows it)"
+        ),
+        "create them in a KMS instance (CreateKey with kms_instance_id".to_string(),
+    ] {
+        assert!(err.contains(&want), "{want:?} missing in {err}");
+    }
+
+    // Under a policy that lets only the administrator describe it, a member is not told.
+    let admin_only = format!(
+        r#"{{"Version":"1","Statement":[{{"Effect":"Allow","Principal":{{"RAM":["{ADMIN}"]}},"Action":["kms:*"],"Resource":["*"]}}]}}"#
+    );
+    stack
+        .keys(Some(ALICE))
+        .unwrap()
+        .set_key_policy(kms_proto::kms::v1::SetKeyPolicyRequest {
+            key_id: key_id.clone(),
+            policy: admin_only,
+        })
+        .await
+        .unwrap();
+    let err = cli
+        .fails("acs:ram::1234567890123456:user/member", &["create-key"])
+        .await;
+    assert!(
+        err.contains(
+            "Forbidden.DefaultKeyExists: the account already has its default key (ListKeys"
+        ) && !err.contains(&key_id),
+        "{err}"
+    );
 }

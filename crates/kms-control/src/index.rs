@@ -81,7 +81,7 @@ fn taken(slot: &[u8]) -> Option<DomainError> {
     if slot.starts_with(b"a/") {
         Some(DomainError::AliasExists)
     } else if slot.starts_with(b"d/") {
-        Some(DomainError::DefaultKeyExists)
+        Some(DomainError::DefaultKeyExists(None))
     } else {
         None
     }

@@ -207,7 +207,8 @@ impl CryptoEngine {
             Err(DomainError::KeyNotFound) => return Err(DomainError::InvalidCiphertext),
             other => other?,
         };
-        check_symmetric_use(caller, &key, action, op)?;
+        check_symmetric_use(caller, &key, action, op)
+            .map_err(|e| e.on("the key of this ciphertext"))?;
         if key.entry.version(&version).is_none() {
             return Err(DomainError::InvalidCiphertext);
         }
@@ -378,7 +379,8 @@ impl CryptoEngine {
             &destination,
             Rpc::ReEncrypt.action(Touch::DestinationKey),
             Operation::ReEncrypt,
-        )?;
+        )
+        .map_err(|e| e.on("the destination key"))?;
         if dry_run {
             return Err(DomainError::DryRunOperation);
         }

@@ -12,7 +12,16 @@ pub const ERROR_DOMAIN: &str = "kms";
 
 /// Converts a domain error into the status the API contract names for it.
 pub fn to_status(err: DomainError) -> Status {
-    let code = match &err {
+    let code = code_of(&err);
+    let reason = err.reason_code();
+    let message = format!("{reason}: {}", err.public_message());
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
+}
+
+/// The gRPC code of a domain error.
+fn code_of(err: &DomainError) -> Code {
+    match err {
         DomainError::InvalidParameter { .. } | DomainError::InvalidCiphertext => {
             Code::InvalidArgument
         }
@@ -20,8 +29,9 @@ pub fn to_status(err: DomainError) -> Status {
         | DomainError::KeyVersionNotFound
         | DomainError::AliasNotFound
         | DomainError::InstanceNotFound => Code::NotFound,
-        DomainError::AliasExists | DomainError::DefaultKeyExists => Code::AlreadyExists,
-        DomainError::NoPermission => Code::PermissionDenied,
+        DomainError::AliasExists | DomainError::DefaultKeyExists(_) => Code::AlreadyExists,
+        DomainError::NoPermission | DomainError::NotAllowed { .. } => Code::PermissionDenied,
+        DomainError::InBatch { error, .. } => code_of(error),
         DomainError::NoIdentity | DomainError::Unidentified(_) => Code::Unauthenticated,
         DomainError::InvalidState(_)
         | DomainError::DeletionProtection
@@ -38,11 +48,7 @@ pub fn to_status(err: DomainError) -> Status {
             tracing::error!(detail = %detail, "internal error");
             Code::Internal
         }
-    };
-    let reason = err.reason_code();
-    let message = format!("{reason}: {}", err.public_message());
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
-    Status::with_error_details(code, message, details)
+    }
 }
 
 /// A status the edge makes itself, for conditions that are not domain errors (a deadline, a
@@ -82,7 +88,7 @@ mod tests {
                 "Forbidden.KeyNotFound",
             ),
             (
-                DomainError::DefaultKeyExists,
+                DomainError::DefaultKeyExists(None),
                 Code::AlreadyExists,
                 "Forbidden.DefaultKeyExists",
             ),
@@ -95,6 +101,25 @@ mod tests {
                 DomainError::NoIdentity,
                 Code::Unauthenticated,
                 "Forbidden.NoIdentity",
+            ),
+            (
+                DomainError::NotAllowed {
+                    principal: "acs:ram::42:user/bob".into(),
+                    action: "kms:Encrypt".into(),
+                    target: "this key".into(),
+                },
+                Code::PermissionDenied,
+                "Forbidden.NoPermission",
+            ),
+            (
+                DomainError::KeyNotFound.in_batch("alias/b", 2, 3),
+                Code::NotFound,
+                "Forbidden.KeyNotFound",
+            ),
+            (
+                DomainError::InvalidState(KeyState::PendingDeletion).in_batch("key-1", 1, 2),
+                Code::FailedPrecondition,
+                "Rejected.PendingDeletion",
             ),
             (
                 DomainError::Unidentified("the header is not a principal".into()),

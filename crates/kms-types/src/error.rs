@@ -33,12 +33,37 @@ pub enum DomainError {
     /// The alias is taken in this account.
     #[error("the alias already exists")]
     AliasExists,
-    /// The account already has its default key.
-    #[error("the account already has a default key")]
-    DefaultKeyExists,
+    /// The account already has its default key; it is named (id and aliases) when the caller
+    /// may describe it. The text says how to go on.
+    #[error("{}", default_key_exists(.0.as_deref()))]
+    DefaultKeyExists(Option<String>),
     /// The caller is authenticated but not allowed.
     #[error("the caller is not allowed to perform this operation")]
     NoPermission,
+    /// A key's policy refuses the caller an action on a key the caller may know exists. Reason
+    /// code as [`DomainError::NoPermission`].
+    #[error("{principal} is not allowed {action} on {target}")]
+    NotAllowed {
+        /// The caller's ARN.
+        principal: String,
+        /// The policy action, `kms:<Name>`.
+        action: String,
+        /// The key, as the caller would recognise it: `this key` unless a call touches several.
+        target: String,
+    },
+    /// One key of a batch call (tags on up to 50 keys) failed; the whole call did. Code and
+    /// reason code are those of `error`.
+    #[error("key {key:?} ({position} of {count} in key_ids): {error}")]
+    InBatch {
+        /// The key as the request named it.
+        key: String,
+        /// Its place in the request, from 1.
+        position: usize,
+        /// How many keys the request named.
+        count: usize,
+        /// Why it failed.
+        error: Box<DomainError>,
+    },
     /// The caller has no identity.
     #[error("the request carries no valid identity")]
     NoIdentity,
@@ -72,6 +97,23 @@ pub enum DomainError {
     Internal(String),
 }
 
+/// What a second default key is told: the one there is, and the two ways on.
+fn default_key_exists(existing: Option<&str>) -> String {
+    const MORE: &str = "for more keys, create them in a KMS instance (CreateKey with \
+                        kms_instance_id; ListKmsInstances lists the instances the account may \
+                        use)";
+    match existing {
+        Some(key) => format!(
+            "the account already has its default key, {key}: use it by that key id or alias \
+             (DescribeKey shows it); {MORE}"
+        ),
+        None => format!(
+            "the account already has its default key (ListKeys with default_keys_only finds \
+             it): use it; {MORE}"
+        ),
+    }
+}
+
 impl DomainError {
     /// Shorthand for an [`DomainError::InvalidParameter`].
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
@@ -91,8 +133,9 @@ impl DomainError {
             Self::AliasNotFound => "Forbidden.AliasNotFound".into(),
             Self::InstanceNotFound => "Forbidden.InstanceNotFound".into(),
             Self::AliasExists => "Forbidden.AliasExists".into(),
-            Self::DefaultKeyExists => "Forbidden.DefaultKeyExists".into(),
-            Self::NoPermission => "Forbidden.NoPermission".into(),
+            Self::DefaultKeyExists(_) => "Forbidden.DefaultKeyExists".into(),
+            Self::NoPermission | Self::NotAllowed { .. } => "Forbidden.NoPermission".into(),
+            Self::InBatch { error, .. } => error.reason_code(),
             Self::NoIdentity | Self::Unidentified(_) => "Forbidden.NoIdentity".into(),
             Self::InvalidState(state) => format!("Rejected.{}", state.display_name()),
             Self::DeletionProtection => "Forbidden.DeletionProtection".into(),
@@ -108,5 +151,31 @@ impl DomainError {
     /// The message safe to show a caller: internal details are withheld.
     pub fn public_message(&self) -> String {
         self.to_string()
+    }
+
+    /// A policy refusal naming `target` (e.g. `the destination key`) instead of `this key`;
+    /// any other error as it is.
+    pub fn on(self, target: impl Into<String>) -> Self {
+        match self {
+            Self::NotAllowed {
+                principal, action, ..
+            } => Self::NotAllowed {
+                principal,
+                action,
+                target: target.into(),
+            },
+            other => other,
+        }
+    }
+
+    /// This error as the failure of the key at `position` (from 1) of the `count` a batch
+    /// request named, `key` as the request named it.
+    pub fn in_batch(self, key: impl Into<String>, position: usize, count: usize) -> Self {
+        Self::InBatch {
+            key: key.into(),
+            position,
+            count,
+            error: Box::new(self),
+        }
     }
 }

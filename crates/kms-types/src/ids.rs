@@ -171,11 +171,19 @@ pub enum KeyRef {
     },
 }
 
+/// The forms a `key_id` field accepts, as messages show them.
+pub const KEY_REF_FORMS: &str = "a key id (key-<32 hex digits>), an alias (alias/<name>) or a \
+                                 key ARN (acs:kms:<region>:<account>:key/<key id>)";
+
 impl KeyRef {
-    /// Parses a `key_id` request field; empty or malformed input is `InvalidParameter.KeyId`.
+    /// Parses a `key_id` request field; empty or malformed input is `InvalidParameter.KeyId`,
+    /// saying what was wrong and which forms are accepted.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let bad = |why: String| {
+            DomainError::invalid("KeyId", format!("{why}; key_id takes {KEY_REF_FORMS}"))
+        };
         if s.is_empty() {
-            return Err(DomainError::invalid("KeyId", "key_id is required"));
+            return Err(bad("key_id is required".into()));
         }
         if s.starts_with("alias/") {
             crate::validate::alias_name(s)?;
@@ -186,29 +194,40 @@ impl KeyRef {
             let (Some(region), Some(account), Some(resource)) =
                 (parts.next(), parts.next(), parts.next())
             else {
-                return Err(DomainError::invalid(
-                    "KeyId",
-                    format!("{s:?} is not a key ARN"),
-                ));
+                return Err(bad(format!("{s:?} is not a key ARN")));
             };
             let key = resource
                 .strip_prefix("key/")
-                .ok_or_else(|| DomainError::invalid("KeyId", format!("{s:?} is not a key ARN")))?;
+                .ok_or_else(|| bad(format!("{s:?} is not a key ARN")))?;
             if region.is_empty() {
-                return Err(DomainError::invalid(
-                    "KeyId",
-                    format!("{s:?} has no region"),
-                ));
+                return Err(bad(format!("{s:?} has no region")));
             }
             return Ok(Self::Arn {
                 region: region.to_string(),
-                account: AccountId::parse(account).map_err(|_| {
-                    DomainError::invalid("KeyId", format!("{s:?} has a bad account"))
-                })?,
-                key_id: KeyId::parse(key)?,
+                account: AccountId::parse(account)
+                    .map_err(|_| bad(format!("{s:?} has a bad account")))?,
+                key_id: KeyId::parse(key)
+                    .map_err(|_| bad(format!("{s:?} ends in {key:?}, which is not a key id")))?,
             });
         }
-        KeyId::parse(s).map(Self::Id)
+        KeyId::parse(s)
+            .map(Self::Id)
+            .map_err(|_| bad(format!("{s:?} is not a key id, an alias or a key ARN")))
+    }
+}
+
+impl fmt::Display for KeyRef {
+    /// The reference as a request names it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Alias(alias) => f.write_str(alias),
+            Self::Arn {
+                region,
+                account,
+                key_id,
+            } => write!(f, "acs:kms:{region}:{account}:key/{key_id}"),
+        }
     }
 }
 
@@ -290,6 +309,41 @@ mod tests {
                 matches!(err, Some(DomainError::InvalidParameter { .. })),
                 "{bad:?} gave {err:?}"
             );
+        }
+    }
+
+    /// Every malformed `key_id` says what is wrong and which forms are accepted; a parsed one
+    /// prints as the request named it.
+    #[test]
+    fn key_refs_show_the_accepted_forms() {
+        for (bad, why) in [
+            ("", "key_id is required"),
+            ("1234", "\"1234\" is not a key id, an alias or a key ARN"),
+            ("acs:kms:local:42", "is not a key ARN"),
+            (
+                "acs:kms:local:42:key/k1",
+                "ends in \"k1\", which is not a key id",
+            ),
+        ] {
+            let err = KeyRef::parse(bad).err();
+            assert_eq!(
+                err.as_ref().map(DomainError::reason_code).as_deref(),
+                Some("InvalidParameter.KeyId")
+            );
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                text.contains(why) && text.ends_with(&format!("key_id takes {KEY_REF_FORMS}")),
+                "{bad:?}: {text}"
+            );
+        }
+        let id = KeyId::generate();
+        for text in [
+            id.to_string(),
+            "alias/app".to_string(),
+            format!("acs:kms:local:42:key/{id}"),
+        ] {
+            let parsed = KeyRef::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed.to_string(), text);
         }
     }
 }

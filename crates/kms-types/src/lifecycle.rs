@@ -365,12 +365,13 @@ impl KeyRecord {
     }
 
     /// `TagResources` on this key: adds tags and replaces the values of existing tag keys.
-    /// Default keys take no tags; refused in PendingDeletion; at most 20 tags afterwards.
+    /// Default keys take no tags; refused in PendingDeletion; at most 20 tags afterwards. The
+    /// batch call names the key in the error.
     pub fn add_tags(&mut self, tags: &[Tag]) -> Result<(), DomainError> {
         if self.is_default() {
             return Err(DomainError::invalid(
                 "Tags",
-                format!("{} is a default key, which takes no tags", self.id),
+                "it is a default key, which takes no tags",
             ));
         }
         Operation::ChangeTags.check_state(self.state)?;
@@ -381,13 +382,7 @@ impl KeyRecord {
                 None => merged.push(t.clone()),
             }
         }
-        validate::tag_set(&merged).map_err(|e| match e {
-            DomainError::InvalidParameter { field, reason } => DomainError::InvalidParameter {
-                field,
-                reason: format!("key {}: {reason}", self.id),
-            },
-            other => other,
-        })?;
+        validate::tag_set(&merged)?;
         self.tags = merged;
         Ok(())
     }

@@ -335,8 +335,8 @@ impl KeyOwnership<'_> {
 
 /// Decides whether `principal` may perform `action` (e.g. `kms:Encrypt`) on a key. `policy`
 /// is the key's custom policy, already validated; `None` means the default policy.
-/// Errors: `KeyNotFound` when the caller may not learn the key exists, `NoPermission` when it
-/// may but is not allowed.
+/// Errors: `KeyNotFound` when the caller may not learn the key exists, `NotAllowed` (naming
+/// the caller and the action) when it may but is not allowed.
 pub fn decide(
     principal: &Principal,
     key: KeyOwnership<'_>,
@@ -344,6 +344,11 @@ pub fn decide(
     action: &str,
 ) -> Result<(), DomainError> {
     let own_account = key.is_owner_account(principal);
+    let refused = || DomainError::NotAllowed {
+        principal: principal.arn().to_string(),
+        action: action.to_string(),
+        target: "this key".into(),
+    };
     let Some(policy) = policy else {
         return if own_account {
             Ok(())
@@ -366,18 +371,18 @@ pub fn decide(
         return Ok(());
     }
     if matching(Effect::Deny) {
-        return Err(DomainError::NoPermission);
+        return Err(refused());
     }
     if is_root {
         return Ok(());
     }
     if !own_account && !CROSS_ACCOUNT_ACTIONS.contains(&action) {
-        return Err(DomainError::NoPermission);
+        return Err(refused());
     }
     if matching(Effect::Allow) {
         Ok(())
     } else {
-        Err(DomainError::NoPermission)
+        Err(refused())
     }
 }
 
@@ -684,13 +689,29 @@ mod tests {
             ),
         ];
         for (who, ownership, policy, action, want) in cases {
-            assert_eq!(
-                decide(&p(who), ownership, policy, action),
-                want,
-                "{who} {action} policy={}",
-                policy.is_some()
-            );
+            let got = decide(&p(who), ownership, policy, action);
+            let want = want.map_err(|e| match e {
+                DomainError::NoPermission => DomainError::NotAllowed {
+                    principal: who.to_string(),
+                    action: action.to_string(),
+                    target: "this key".into(),
+                },
+                other => other,
+            });
+            assert_eq!(got, want, "{who} {action} policy={}", policy.is_some());
         }
+        assert_eq!(
+            decide(
+                &p("acs:ram::100:user/any"),
+                key,
+                Some(&admin_user),
+                "kms:Encrypt"
+            )
+            .err()
+            .map(|e| e.to_string())
+            .as_deref(),
+            Some("acs:ram::100:user/any is not allowed kms:Encrypt on this key")
+        );
     }
 
     #[test]
@@ -717,8 +738,11 @@ mod tests {
             instance_owner: None,
         };
         assert_eq!(
-            decide_stored(&p("acs:ram::100:user/u"), key, Some("{"), "kms:Encrypt"),
-            Err(DomainError::NoPermission)
+            decide_stored(&p("acs:ram::100:user/u"), key, Some("{"), "kms:Encrypt")
+                .err()
+                .map(|e| e.reason_code())
+                .as_deref(),
+            Some("Forbidden.NoPermission")
         );
         assert_eq!(
             decide_stored(&p("acs:ram::100:root"), key, Some("{"), "kms:Encrypt"),

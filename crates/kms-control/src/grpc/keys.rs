@@ -37,6 +37,17 @@ fn key_ref(key_id: &str) -> Result<KeyRef, Status> {
     KeyRef::parse(key_id).map_err(status)
 }
 
+/// The `key_ids` of a batch call; a malformed one is named with its place.
+fn batch_key_refs(key_ids: &[String]) -> Result<Vec<KeyRef>, Status> {
+    key_ids
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            KeyRef::parse(k).map_err(|e| status(e.in_batch(k.clone(), i + 1, key_ids.len())))
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl<S: Store> KeyManagementService for KeyService<S> {
     async fn create_key(
@@ -411,11 +422,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
     ) -> Result<Response<TagResourcesResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
         let req = request.into_inner();
-        let key_refs = req
-            .key_ids
-            .iter()
-            .map(|k| key_ref(k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let key_refs = batch_key_refs(&req.key_ids)?;
         self.registry
             .tag_resources(&principal, key_refs, tags_from_wire(req.tags))
             .await
@@ -429,11 +436,7 @@ impl<S: Store> KeyManagementService for KeyService<S> {
     ) -> Result<Response<UntagResourcesResponse>, Status> {
         let principal = caller(&request).map_err(status)?;
         let req = request.into_inner();
-        let key_refs = req
-            .key_ids
-            .iter()
-            .map(|k| key_ref(k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let key_refs = batch_key_refs(&req.key_ids)?;
         self.registry
             .untag_resources(&principal, key_refs, req.tag_keys)
             .await

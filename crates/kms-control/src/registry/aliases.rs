@@ -24,7 +24,7 @@ impl<S: Store> Registry<S> {
         validate::alias_name(&alias)?;
         let action = Rpc::CreateAlias.action(Touch::AliasNewKey);
         let target = self.resolve(caller, key_ref, action).await?;
-        own_account_key(caller, &target)?;
+        own_account_key(caller, &target, action)?;
         let slot = schema::alias(caller.account(), &alias);
         let caller = caller.clone();
         self.commit(move |tx| {
@@ -57,7 +57,7 @@ impl<S: Store> Registry<S> {
         let old_action = Rpc::UpdateAlias.action(Touch::AliasOldKey);
         let new_action = Rpc::UpdateAlias.action(Touch::AliasNewKey);
         let target = self.resolve(caller, key_ref, new_action).await?;
-        own_account_key(caller, &target)?;
+        own_account_key(caller, &target, new_action)?;
         let slot = schema::alias(caller.account(), &alias);
         let caller = caller.clone();
         self.commit(move |tx| {
@@ -66,7 +66,10 @@ impl<S: Store> Registry<S> {
             let mut events = Vec::new();
             let current_record = index::get_key(tx, &current)?;
             if let Some(old) = &current_record {
-                authorize_alias_key(tx, &caller, old, old_action)?;
+                authorize_alias_key(tx, &caller, old, old_action).map_err(|e| match e {
+                    Abort::User(e) => Abort::User(e.on(format!("the key {alias} names now"))),
+                    other => other,
+                })?;
             }
             let old =
                 index::get_key(tx, &target.id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
@@ -193,11 +196,15 @@ impl<S: Store> Registry<S> {
 /// Aliases are names in one account for that account's keys: a principal of another account
 /// (a cross-account grantee, the owner of a shared instance) may not alias a key it does not
 /// own, even where the key's policy lets it see or use the key.
-fn own_account_key(caller: &Principal, key: &KeyRecord) -> Result<(), DomainError> {
+fn own_account_key(caller: &Principal, key: &KeyRecord, action: &str) -> Result<(), DomainError> {
     if key.account == *caller.account() {
         Ok(())
     } else {
-        Err(DomainError::NoPermission)
+        Err(DomainError::NotAllowed {
+            principal: caller.arn().to_string(),
+            action: action.into(),
+            target: "a key of another account (aliases name keys of their own account only)".into(),
+        })
     }
 }
 
@@ -210,5 +217,5 @@ fn authorize_alias_key(
     action: &str,
 ) -> index::TxResult<()> {
     super::authorize_in(tx, caller, key, action)?;
-    index::user(own_account_key(caller, key))
+    index::user(own_account_key(caller, key, action))
 }

@@ -57,11 +57,14 @@ impl<S: Store> Registry<S> {
             let account = account.clone();
             let alias = req.alias.clone();
             let is_default = instance.is_none();
+            let caller = caller.clone();
             self.read(move |store| {
                 if is_default
-                    && index::load_key_id(store, &schema::default_key(&account))?.is_some()
+                    && let Some(id) = index::load_key_id(store, &schema::default_key(&account))?
                 {
-                    return Err(DomainError::DefaultKeyExists);
+                    return Err(DomainError::DefaultKeyExists(existing_default_key(
+                        store, &caller, &id,
+                    )?));
                 }
                 if let Some(alias) = alias
                     && index::load_key_id(store, &schema::alias(&account, &alias))?.is_some()
@@ -371,4 +374,24 @@ fn default_policy_document(owner: &kms_types::AccountId) -> String {
         }],
     })
     .to_string()
+}
+
+/// The account's default key `id` as a second default key's refusal names it: its id and
+/// aliases, when `caller` may describe it; nothing otherwise.
+fn existing_default_key<S: Store>(
+    store: &S,
+    caller: &Principal,
+    id: &KeyId,
+) -> Result<Option<String>, DomainError> {
+    let Some(record) = index::load_key(store, id)? else {
+        return Ok(None);
+    };
+    if super::decide(caller, &record, None, Rpc::DescribeKey.action(Touch::Key)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(if record.aliases.is_empty() {
+        record.id.to_string()
+    } else {
+        format!("{} ({})", record.id, record.aliases.join(", "))
+    }))
 }

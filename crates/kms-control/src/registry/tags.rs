@@ -12,51 +12,87 @@ use super::Registry;
 use crate::index;
 use kms_types::authz::{Rpc, Touch};
 
+/// A key of a tag call, with how the request named it and where, for messages.
+struct Target {
+    id: KeyId,
+    named: String,
+    position: usize,
+    count: usize,
+}
+
+impl Target {
+    /// `e` as the failure of this key of the batch.
+    fn failed(&self, e: DomainError) -> DomainError {
+        e.in_batch(self.named.clone(), self.position, self.count)
+    }
+}
+
 impl<S: Store> Registry<S> {
-    /// Resolves 1–50 key references for a tag call, without repeats.
+    /// Resolves 1–50 key references for a tag call, without repeats. A key that fails is
+    /// named, with its place in the request.
     async fn tag_targets(
         &self,
         caller: &Principal,
         key_refs: Vec<KeyRef>,
         action: &str,
-    ) -> Result<Vec<KeyId>, DomainError> {
+    ) -> Result<Vec<Target>, DomainError> {
         validate::tag_call_key_count(key_refs.len())?;
-        let mut ids: Vec<KeyId> = Vec::with_capacity(key_refs.len());
-        for key_ref in key_refs {
-            let id = self.resolve(caller, key_ref, action).await?.id;
-            if !ids.contains(&id) {
-                ids.push(id);
+        let count = key_refs.len();
+        let mut targets: Vec<Target> = Vec::with_capacity(count);
+        for (i, key_ref) in key_refs.into_iter().enumerate() {
+            let named = key_ref.to_string();
+            let id = self
+                .resolve(caller, key_ref, action)
+                .await
+                .map_err(|e| e.in_batch(named.clone(), i + 1, count))?
+                .id;
+            if !targets.iter().any(|t| t.id == id) {
+                targets.push(Target {
+                    id,
+                    named,
+                    position: i + 1,
+                    count,
+                });
             }
         }
-        Ok(ids)
+        Ok(targets)
     }
 
-    /// Applies `change` to every key in `ids`: first checks it on every key (nothing is
+    /// Applies `change` to every key in `targets`: first checks it on every key (nothing is
     /// written if one refuses), then changes each key in its own transaction, deciding
     /// `action` for `caller` again on it.
     async fn change_tags(
         &self,
         caller: &Principal,
-        ids: Vec<KeyId>,
+        targets: Vec<Target>,
         action: &'static str,
         change: impl Fn(&mut kms_types::KeyRecord) -> Result<(), DomainError> + Send + Sync + 'static,
     ) -> Result<(), DomainError> {
         let change = std::sync::Arc::new(change);
-        let (check_caller, check_ids, check) = (caller.clone(), ids.clone(), change.clone());
+        let targets = std::sync::Arc::new(targets);
+        let (check_caller, check_targets, check) =
+            (caller.clone(), targets.clone(), change.clone());
         // A transaction that writes nothing: every key read at one point in time.
         self.commit(move |tx| {
-            for id in &check_ids {
-                let old = index::get_key(tx, id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
-                super::authorize_in(tx, &check_caller, &old, action)?;
-                index::user(check(&mut old.clone()))?;
+            for target in check_targets.iter() {
+                let failed = |e: Abort<DomainError>| match e {
+                    Abort::User(e) => Abort::User(target.failed(e)),
+                    other => other,
+                };
+                let old = index::get_key(tx, &target.id)?
+                    .ok_or(Abort::User(DomainError::KeyNotFound))
+                    .map_err(failed)?;
+                super::authorize_in(tx, &check_caller, &old, action).map_err(failed)?;
+                index::user(check(&mut old.clone())).map_err(failed)?;
             }
             Ok(((), Vec::new()))
         })
         .await?;
-        for id in ids {
+        for target in targets.iter() {
             let change = change.clone();
-            self.mutate_id(caller, id, action, move |k| change(k))
-                .await?;
+            self.mutate_id(caller, target.id.clone(), action, move |k| change(k))
+                .await
+                .map_err(|e| target.failed(e))?;
         }
         Ok(())
     }
@@ -71,8 +107,8 @@ impl<S: Store> Registry<S> {
         validate::tag_call_key_count(key_refs.len())?;
         validate::tags_to_add(&tags)?;
         let action = Rpc::TagResources.action(Touch::EveryKey);
-        let ids = self.tag_targets(caller, key_refs, action).await?;
-        self.change_tags(caller, ids, action, move |k| k.add_tags(&tags))
+        let targets = self.tag_targets(caller, key_refs, action).await?;
+        self.change_tags(caller, targets, action, move |k| k.add_tags(&tags))
             .await
     }
 
@@ -86,8 +122,8 @@ impl<S: Store> Registry<S> {
         validate::tag_call_key_count(key_refs.len())?;
         validate::tag_keys_to_remove(&tag_keys)?;
         let action = Rpc::UntagResources.action(Touch::EveryKey);
-        let ids = self.tag_targets(caller, key_refs, action).await?;
-        self.change_tags(caller, ids, action, move |k| k.remove_tags(&tag_keys))
+        let targets = self.tag_targets(caller, key_refs, action).await?;
+        self.change_tags(caller, targets, action, move |k| k.remove_tags(&tag_keys))
             .await
     }
 

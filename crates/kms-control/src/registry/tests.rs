@@ -828,7 +828,13 @@ async fn migration_rewrites_layout_one_indexes() {
         .create_key(&alice(), NewKey::default())
         .await
         .err();
-    assert_eq!(err, Some(DomainError::DefaultKeyExists));
+    assert_eq!(
+        err,
+        Some(DomainError::DefaultKeyExists(Some(format!(
+            "{} (alias/old)",
+            key.id
+        ))))
+    );
 
     w.store
         .put(
@@ -961,8 +967,13 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
 
     arm();
     assert_eq!(
-        registry.disable_key(&user, id_ref(&key)).await.err(),
-        Some(DomainError::NoPermission)
+        registry
+            .disable_key(&user, id_ref(&key))
+            .await
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
     assert_eq!(now.state, KeyState::Enabled);
@@ -973,8 +984,10 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
         registry
             .tag_resources(&user, vec![id_ref(&key)], vec![tag("team", "x")])
             .await
-            .err(),
-        Some(DomainError::NoPermission)
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     reset().await;
     arm();
@@ -982,8 +995,10 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
         registry
             .update_alias(&user, "alias/app".into(), id_ref(&other))
             .await
-            .err(),
-        Some(DomainError::NoPermission)
+            .err()
+            .map(|e| e.reason_code())
+            .as_deref(),
+        Some("Forbidden.NoPermission")
     );
     let now = registry.describe_key(&alice(), id_ref(&key)).await.unwrap();
     assert!(now.tags.is_empty());
