@@ -316,22 +316,11 @@ impl Cluster {
 impl Cluster {
     /// Stops replica `i` of `plane` with SIGTERM and checks it exits successfully within 20 s.
     pub async fn stop_replica(&mut self, plane: Plane, i: usize) -> Result<()> {
-        use anyhow::Context as _;
         let r = self.replica_mut(plane, i);
         let name = r.name.clone();
-        let Some(mut child) = r.child.take() else {
-            return Ok(());
-        };
-        let pid = child.id().context("child has no pid")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .with_context(|| format!("{name} did not stop within 20 s of SIGTERM"))??;
-        if !status.success() {
-            bail!("{name} exited with {status} after SIGTERM");
+        match r.child.take() {
+            Some(child) => crate::terminate(&name, child).await?,
+            None => return Ok(()),
         }
         Ok(())
     }

@@ -322,6 +322,22 @@ pub fn spawn_plane(bin: &str, config: &Path, softhsm: &Path, log: &Path) -> Resu
         .with_context(|| format!("cannot start {bin}"))
 }
 
+/// Sends `child` (named `name` in errors) SIGTERM and checks it exits successfully within 20 s.
+pub async fn terminate(name: &str, mut child: Child) -> Result<()> {
+    let pid = child.id().context("child has no pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .with_context(|| format!("{name} did not stop within 20 s of SIGTERM"))??;
+    if !status.success() {
+        bail!("{name} exited with {status} after SIGTERM");
+    }
+    Ok(())
+}
+
 /// Makes a fresh SoftHSM2 token under `root/softhsm` (with its config) and writes its user PIN
 /// to `root/hsm.pin`.
 pub fn init_token(root: &Path) -> Result<()> {
@@ -610,19 +626,8 @@ impl Stack {
             ("kms-data", &mut self.data),
             ("kms-control", &mut self.control),
         ] {
-            let Some(mut child) = slot.take() else {
-                continue;
-            };
-            let pid = child.id().context("child has no pid")?;
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )?;
-            let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-                .await
-                .with_context(|| format!("{name} did not stop within 20 s of SIGTERM"))??;
-            if !status.success() {
-                bail!("{name} exited with {status} after SIGTERM");
+            if let Some(child) = slot.take() {
+                terminate(name, child).await?;
             }
         }
         Ok(())
@@ -630,21 +635,10 @@ impl Stack {
 
     /// Stops only the control plane (SIGTERM), leaving the data plane running.
     pub async fn stop_control(&mut self) -> Result<()> {
-        let Some(mut child) = self.control.take() else {
-            return Ok(());
-        };
-        let pid = child.id().context("child has no pid")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .context("kms-control did not stop within 20 s of SIGTERM")??;
-        if !status.success() {
-            bail!("kms-control exited with {status} after SIGTERM");
+        match self.control.take() {
+            Some(child) => terminate("kms-control", child).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts the control plane again after [`Stack::stop_control`].

@@ -152,3 +152,44 @@ fn dev_certs_defaults_ignore_kms_principal() {
         text(&out.stderr)
     );
 }
+
+/// `dev up` refuses what cannot work before starting anything, saying why.
+#[test]
+fn dev_up_refuses_replicas_on_sled_and_bad_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = kmsctl(&["dev", "up", "--dir", d, "--replicas", "2"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs --store etcd"),
+        "{}",
+        text(&out.stderr)
+    );
+    for bad in ["0", "10"] {
+        let out = kmsctl(
+            &[
+                "dev",
+                "up",
+                "--dir",
+                d,
+                "--store",
+                "etcd",
+                "--replicas",
+                bad,
+            ],
+            &[],
+        );
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("--replicas"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = kmsctl(&["dev", "up", "--dir", d, "--store", "raft"], &[]);
+    assert!(
+        text(&out.stderr).contains("possible values: sled, etcd"),
+        "{}",
+        text(&out.stderr)
+    );
+}
