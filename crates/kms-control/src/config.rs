@@ -6,7 +6,8 @@ use std::time::Duration;
 use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::limits::LimitsConfig;
-use kms_runtime::telemetry::LogConfig;
+use kms_runtime::metrics::MetricsConfig;
+use kms_runtime::telemetry::{LogConfig, TelemetryConfig};
 use kms_types::Principal;
 use serde::Deserialize;
 
@@ -41,6 +42,12 @@ pub struct ControlConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Span export (OpenTelemetry).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where time comes from (tests and drills).
     #[serde(default)]
     pub clock: ClockConfig,
@@ -210,6 +217,10 @@ pub struct ControlParams {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Span export.
+    pub telemetry: TelemetryConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// The clock offset file, if time is moved for tests or drills.
     pub clock_offset_file: Option<PathBuf>,
     /// Time between scheduler runs.
@@ -259,6 +270,8 @@ impl ControlConfig {
         self.audit.validate()?;
         self.limits.validate()?;
         self.log.validate()?;
+        self.telemetry.validate()?;
+        self.metrics.validate()?;
         if self.identity.tls.is_some() && !data_plane_urls[0].starts_with("https://") {
             return Err("data_plane_url must be https:// when identity.tls is set".into());
         }
@@ -292,6 +305,8 @@ impl ControlConfig {
             audit: self.audit,
             limits: self.limits,
             log: self.log,
+            telemetry: self.telemetry,
+            metrics: self.metrics,
             clock_offset_file: self.clock.offset_file,
             scheduler_interval: Duration::from_millis(self.scheduler.interval_ms),
             scheduler_lease: Duration::from_millis(self.scheduler.lease_ms),

@@ -9,7 +9,8 @@ use crate::cache::CacheTimes;
 use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::limits::LimitsConfig;
-use kms_runtime::telemetry::LogConfig;
+use kms_runtime::metrics::MetricsConfig;
+use kms_runtime::telemetry::{LogConfig, TelemetryConfig};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -37,6 +38,12 @@ pub struct DataConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Span export (OpenTelemetry).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[hsm]`.
@@ -131,6 +138,10 @@ pub struct DataParams {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Span export.
+    pub telemetry: TelemetryConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl DataConfig {
@@ -183,6 +194,8 @@ impl DataConfig {
         self.audit.validate()?;
         self.limits.validate()?;
         self.log.validate()?;
+        self.telemetry.validate()?;
+        self.metrics.validate()?;
         if self.identity.tls.is_some() && !control_plane_urls[0].starts_with("https://") {
             return Err("control_plane_url must be https:// when identity.tls is set".into());
         }
@@ -205,6 +218,8 @@ impl DataConfig {
             audit: self.audit,
             limits: self.limits,
             log: self.log,
+            telemetry: self.telemetry,
+            metrics: self.metrics,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod replicas;
 pub mod serve;
 pub mod status;

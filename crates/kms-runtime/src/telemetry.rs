@@ -1,4 +1,5 @@
-//! Logging: `tracing` to stderr, as text or JSON lines, filtered by level or `RUST_LOG`.
+//! Logging and tracing: `tracing` to stderr, as text or JSON lines, filtered by level or
+//! `RUST_LOG`; and, when `[telemetry] otlp_endpoint` is set, spans exported over OTLP.
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +43,61 @@ impl LogConfig {
             ));
         }
         EnvFilter::try_new(&self.level).map_err(|e| format!("log.level {:?}: {e}", self.level))?;
+        Ok(())
+    }
+}
+
+/// `[telemetry]`: where spans go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector URL (`http://collector:4317`); spans are exported only when set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0.0 to 1.0; a caller's sampled trace is always
+    /// continued.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.instance.id` of this process's spans; default the host name and process id.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: default_sample_ratio(),
+            instance: None,
+        }
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+impl TelemetryConfig {
+    /// Checks the values; called once at start.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!(
+                "telemetry.sample_ratio must be 0.0 to 1.0, got {}",
+                self.sample_ratio
+            ));
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "telemetry.otlp_endpoint must be an http:// or https:// URL, got {url:?}"
+            ));
+        }
+        if let Some(instance) = &self.instance
+            && (instance.is_empty() || instance.len() > 256)
+        {
+            return Err("telemetry.instance must be 1 to 256 bytes".into());
+        }
         Ok(())
     }
 }
