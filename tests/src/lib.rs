@@ -65,6 +65,10 @@ pub struct Options {
     pub limits: String,
     /// Where the control plane keeps its records: [`Engine::from_env`] unless set.
     pub engine: Engine,
+    /// Extra TOML tables at the end of the control plane's config (`[metrics]`, ...).
+    pub control_tables: String,
+    /// Extra TOML tables at the end of the data plane's config.
+    pub data_tables: String,
 }
 
 /// The operator the control plane's config names: creates and shares KMS instances.
@@ -250,9 +254,12 @@ interval_ms = {SCHEDULER_INTERVAL_MS}
 lease_ms = {SCHEDULER_LEASE_MS}
 [clock]
 offset_file = "{}"
-{store_tables}"#,
+{store_tables}
+{}
+"#,
         audit.display(),
-        root.join(CLOCK_OFFSET_FILE).display()
+        root.join(CLOCK_OFFSET_FILE).display(),
+        options.control_tables,
     )
 }
 
@@ -289,9 +296,11 @@ per_second = {symmetric_rate}
 per_second = 1000000
 {identity}[log]
 level = "info"
+{}
 "#,
         root.join("hsm.pin").display(),
-        audit.display()
+        audit.display(),
+        options.data_tables,
     )
 }
 

@@ -153,6 +153,11 @@ impl Hsm {
         }
     }
 
+    /// What the session pool has done: sessions open, the cap, waits for a free one.
+    pub fn session_stats(&self) -> crate::SessionStats {
+        self.pool.stats()
+    }
+
     /// Like [`Hsm::run`], for an operation with a loaded key: makes sure the key's objects
     /// exist in this epoch (unwrapping them again after a lost login) and passes them on.
     pub(crate) fn run_with_key<T>(

@@ -36,6 +36,7 @@ use secrecy::SecretString;
 pub use error::HsmError;
 pub use hsm::Hsm;
 pub use mechanisms::{REQUIRED_MECHANISMS, missing_mechanisms};
+pub use pool::SessionStats;
 pub use setup::{init_token, write_softhsm_conf};
 
 /// Validated settings for [`Hsm::open`]. `Debug` never shows the PIN.

@@ -4,7 +4,9 @@
 //! runs while it is held. A session that saw an error is closed, never reused: a token may
 //! leave it in the middle of an operation (`CKR_OPERATION_ACTIVE` on its next use).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
@@ -23,6 +25,22 @@ pub(crate) struct SessionPool {
     max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Checkouts that had to wait for a session, and their total wait in nanoseconds.
+    waits: AtomicU64,
+    wait_nanos: AtomicU64,
+}
+
+/// What the session pool has done since the backend opened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionStats {
+    /// Sessions that exist now (idle, in use, or being opened).
+    pub open: usize,
+    /// The most that may exist.
+    pub max: usize,
+    /// Checkouts that found every session in use and waited.
+    pub waits: u64,
+    /// Their total wait, in seconds.
+    pub wait_seconds: f64,
 }
 
 impl SessionPool {
@@ -36,6 +54,17 @@ impl SessionPool {
                 open: 0,
             }),
             freed: Condvar::new(),
+            waits: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SessionStats {
+        SessionStats {
+            open: self.lock().open,
+            max: self.max,
+            waits: self.waits.load(Ordering::Relaxed),
+            wait_seconds: self.wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 
@@ -81,10 +110,14 @@ impl SessionPool {
                 state.open += 1;
                 break;
             }
+            let since = Instant::now();
             state = self
                 .freed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.wait_nanos.fetch_add(waited, Ordering::Relaxed);
         }
         drop(state);
         self.ctx

@@ -7,6 +7,7 @@ pub mod config;
 pub mod grpc;
 pub mod index;
 pub mod material;
+pub mod metrics;
 pub mod registry;
 pub mod scheduler;
 pub mod schema;

@@ -187,7 +187,11 @@ impl<S: Store> Registry<S> {
         let store = Arc::clone(&self.store);
         let (out, events) = tokio::task::spawn_blocking(move || {
             let out = op(&store)?;
+            let start = std::time::Instant::now();
             store.flush().map_err(store_error)?;
+            crate::metrics::CONTROL
+                .flush
+                .observe(start.elapsed().as_secs_f64());
             Ok::<_, DomainError>(out)
         })
         .await

@@ -109,6 +109,19 @@ struct Slot {
     key: Arc<CachedKey>,
 }
 
+/// A view of the cache for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    /// Lookups cached.
+    pub entries: usize,
+    /// Time since the last answer or event from the control plane; `None` before the first.
+    pub contact_age: Option<Duration>,
+    /// Whether the watch stream is up.
+    pub watch_up: bool,
+    /// The last directory revision applied.
+    pub revision: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<String, Slot>,
@@ -201,9 +214,11 @@ impl KeyCache {
             if let Some(s) = state.entries.get(&slot)
                 && s.fetched.elapsed() < state.ttl(&self.times)
             {
+                crate::metrics::lookup("hit");
                 return Ok(Arc::clone(&s.key));
             }
         }
+        crate::metrics::lookup("miss");
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -257,7 +272,10 @@ impl KeyCache {
             .last_contact
             .is_some_and(|t| t.elapsed() < self.times.max_staleness);
         match state.entries.get(slot) {
-            Some(s) if recent => Ok(Arc::clone(&s.key)),
+            Some(s) if recent => {
+                crate::metrics::lookup("stale");
+                Ok(Arc::clone(&s.key))
+            }
             _ => Err(DomainError::Unavailable(why)),
         }
     }
@@ -297,6 +315,17 @@ impl KeyCache {
             state.last_contact = Some(Instant::now());
         }
         state.watch_up = up;
+    }
+
+    /// What the cache holds and how fresh it is, for metrics.
+    pub fn stats(&self) -> CacheStats {
+        let state = lock(&self.state);
+        CacheStats {
+            entries: state.entries.len(),
+            contact_age: state.last_contact.map(|t| t.elapsed()),
+            watch_up: state.watch_up,
+            revision: state.revision,
+        }
     }
 
     /// The last directory revision seen, to resume the watch from.

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod directory;
 pub mod grpc;
 pub mod import;
+pub mod metrics;
 pub mod usage;
 pub mod vault;
 pub mod watch;

@@ -12,6 +12,8 @@ use kms_backend_pkcs11::Hsm;
 use kms_backend_soft::SoftBackend;
 use kms_types::{Algorithm, DomainError, KeySpec, KeyVersionId, ProtectionLevel};
 
+use crate::metrics::hsm_call;
+
 /// The HSM and the software backend, composed.
 #[derive(Debug)]
 pub struct KeyVault {
@@ -58,6 +60,20 @@ impl KeyVault {
         }
     }
 
+    /// Runs `f`, timed as an HSM call when the key is in the HSM.
+    fn timed<T>(
+        &self,
+        protection: ProtectionLevel,
+        operation: &'static str,
+        algorithm: &'static str,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        match protection {
+            ProtectionLevel::Hsm => hsm_call(operation, algorithm, f),
+            ProtectionLevel::Software => f(),
+        }
+    }
+
     fn backend(&self, protection: ProtectionLevel) -> &dyn Backend {
         match protection {
             ProtectionLevel::Software => &self.soft,
@@ -77,17 +93,17 @@ impl KeyVault {
         match protection {
             ProtectionLevel::Software => {
                 let key = self.soft.generate(spec).map_err(backend_error)?;
-                let wrapped = self
-                    .hsm
-                    .wrap_secret(version.as_bytes(), &key.material)
-                    .map_err(backend_error)?;
+                let wrapped = hsm_call("wrap", "AES_GCM", || {
+                    self.hsm.wrap_secret(version.as_bytes(), &key.material)
+                })
+                .map_err(backend_error)?;
                 Ok((wrapped, key.public_key_der))
             }
             ProtectionLevel::Hsm => {
-                let sealed = self
-                    .hsm
-                    .generate_sealed(spec, version.as_bytes())
-                    .map_err(backend_error)?;
+                let sealed = hsm_call("generate", spec.display_name(), || {
+                    self.hsm.generate_sealed(spec, version.as_bytes())
+                })
+                .map_err(backend_error)?;
                 Ok((sealed.sealed, sealed.public_key_der))
             }
         }
@@ -104,18 +120,18 @@ impl KeyVault {
     ) -> Result<KeyHandle, DomainError> {
         match protection {
             ProtectionLevel::Software => {
-                let material = self
-                    .hsm
-                    .unwrap_secret(version.as_bytes(), sealed)
-                    .map_err(|e| sealed_error(version, e))?;
+                let material = hsm_call("unwrap", "AES_GCM", || {
+                    self.hsm.unwrap_secret(version.as_bytes(), sealed)
+                })
+                .map_err(|e| sealed_error(version, e))?;
                 self.soft
                     .load(spec, &material)
                     .map_err(|e| sealed_error(version, e))
             }
-            ProtectionLevel::Hsm => self
-                .hsm
-                .load_sealed(spec, version.as_bytes(), sealed)
-                .map_err(|e| sealed_error(version, e)),
+            ProtectionLevel::Hsm => hsm_call("load", spec.display_name(), || {
+                self.hsm.load_sealed(spec, version.as_bytes(), sealed)
+            })
+            .map_err(|e| sealed_error(version, e)),
         }
     }
 
@@ -134,9 +150,7 @@ impl KeyVault {
     /// `n` random bytes from the HSM's generator.
     pub fn random(&self, n: usize) -> Result<SecretBytes, DomainError> {
         let mut out = SecretBytes::new(vec![0u8; n]);
-        self.hsm
-            .fill_random(out.expose_mut())
-            .map_err(backend_error)?;
+        hsm_call("random", "", || self.hsm.fill_random(out.expose_mut())).map_err(backend_error)?;
         Ok(out)
     }
 
@@ -156,9 +170,11 @@ impl KeyVault {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, DomainError> {
-        self.backend(protection)
-            .aead_encrypt(key, iv, aad, plaintext)
-            .map_err(backend_error)
+        self.timed(protection, "encrypt", "AES_GCM", || {
+            self.backend(protection)
+                .aead_encrypt(key, iv, aad, plaintext)
+        })
+        .map_err(backend_error)
     }
 
     /// AES-GCM decryption with a loaded key; a failed check is `InvalidCiphertext`.
@@ -170,9 +186,10 @@ impl KeyVault {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<SecretBytes, DomainError> {
-        self.backend(protection)
-            .aead_decrypt(key, iv, aad, sealed)
-            .map_err(backend_error)
+        self.timed(protection, "decrypt", "AES_GCM", || {
+            self.backend(protection).aead_decrypt(key, iv, aad, sealed)
+        })
+        .map_err(backend_error)
     }
 
     /// Signs a SHA-256 digest with a loaded key.
@@ -183,9 +200,10 @@ impl KeyVault {
         algorithm: Algorithm,
         digest: &[u8],
     ) -> Result<Vec<u8>, DomainError> {
-        self.backend(protection)
-            .sign(key, algorithm, digest)
-            .map_err(backend_error)
+        self.timed(protection, "sign", algorithm.display_name(), || {
+            self.backend(protection).sign(key, algorithm, digest)
+        })
+        .map_err(backend_error)
     }
 
     /// Verifies with a public key; public-key operations run in process for every key.
@@ -227,9 +245,11 @@ impl KeyVault {
         algorithm: Algorithm,
         ciphertext: &[u8],
     ) -> Result<SecretBytes, DomainError> {
-        self.backend(protection)
-            .asym_decrypt(key, algorithm, ciphertext)
-            .map_err(backend_error)
+        self.timed(protection, "decrypt", algorithm.display_name(), || {
+            self.backend(protection)
+                .asym_decrypt(key, algorithm, ciphertext)
+        })
+        .map_err(backend_error)
     }
 
     /// Encrypts a data key to a caller's RSA public key (DER or PEM) for export.

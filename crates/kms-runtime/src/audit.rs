@@ -51,11 +51,13 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics;
 
 /// `prev_mac` of the first line.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -765,25 +767,32 @@ impl AuditLog {
     /// Appends a line and waits until it is on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
+        metrics::AUDIT.queue.inc();
         self.shared
             .tx
             .send(Job::Line {
                 event,
                 done: Some(done),
             })
-            .map_err(|_| AuditError::Stopped)?;
+            .map_err(|_| {
+                metrics::AUDIT.queue.dec();
+                AuditError::Stopped
+            })?;
         wait.await.map_err(|_| AuditError::Stopped)?
     }
 
     /// Queues a line without waiting (for calls abandoned mid-way, where nobody is left to
     /// wait); write errors are logged.
     pub fn append_detached(&self, event: AuditEvent) {
+        // Counted before it is sent, so the writer never takes it off the count first.
+        metrics::AUDIT.queue.inc();
         if self
             .shared
             .tx
             .send(Job::Line { event, done: None })
             .is_err()
         {
+            metrics::AUDIT.queue.dec();
             tracing::error!(path = %self.shared.path.display(), "audit log writer has stopped; a line is lost");
         }
     }
@@ -792,10 +801,11 @@ impl AuditLog {
     /// written.
     pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
         let (done, wait) = oneshot::channel();
-        self.shared
-            .tx
-            .send(Job::Checkpoint(done))
-            .map_err(|_| AuditError::Stopped)?;
+        metrics::AUDIT.queue.inc();
+        self.shared.tx.send(Job::Checkpoint(done)).map_err(|_| {
+            metrics::AUDIT.queue.dec();
+            AuditError::Stopped
+        })?;
         wait.await.map_err(|_| AuditError::Stopped)
     }
 }
@@ -815,6 +825,9 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        metrics::AUDIT
+            .queue
+            .dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
         // Lines up to the first checkpoint request go out together; the checkpoint then sees
         // them written. Later jobs wait for the next round.
         let mut jobs = batch.into_iter().peekable();
@@ -838,16 +851,15 @@ fn write_loop(
                 lines.push(done);
             }
             if !lines.is_empty() {
-                let result = file
-                    .write_all(buf.as_bytes())
-                    .and_then(|()| file.sync_data())
-                    .map_err(|e| AuditError::Write {
+                let result =
+                    write_batch(&mut file, buf.as_bytes()).map_err(|e| AuditError::Write {
                         path: path.display().to_string(),
                         reason: e.to_string(),
                     });
                 match &result {
                     Ok(()) => head = next,
                     Err(e) => {
+                        metrics::AUDIT.failures.inc();
                         tracing::error!(error = %e, lines = lines.len(), "audit write failed");
                     }
                 }
@@ -869,6 +881,21 @@ fn write_loop(
             }
         }
     }
+}
+
+/// Writes one batch and syncs it, timing both.
+fn write_batch(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    let start = Instant::now();
+    file.write_all(bytes)?;
+    let written = Instant::now();
+    metrics::AUDIT
+        .write
+        .observe(written.duration_since(start).as_secs_f64());
+    file.sync_data()?;
+    metrics::AUDIT
+        .fsync
+        .observe(written.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Records a checkpoint of `log` with `deliver` every [`AuditLog::checkpoint_interval`] while

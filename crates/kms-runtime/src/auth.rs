@@ -42,7 +42,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 use kms_types::{DomainError, Principal};
@@ -57,6 +57,7 @@ use crate::audit::{
 use crate::connections::ConnInfo;
 use crate::identity::{Credentials, Identifier, IdentityConfig};
 use crate::limits::{Clock, LimitsConfig, RateLimiter, classify, peer_key};
+use crate::metrics;
 use crate::status::{edge_status, reason_of, to_status};
 
 /// The request-id header, read from requests and set on responses.
@@ -453,8 +454,10 @@ where
             return Box::pin(inner.call(req));
         }
         let edge = Arc::clone(&self.edge);
+        let started = Instant::now();
         let action = path.trim_start_matches('/');
         let action = action[..action.len().min(MAX_ACTION)].to_string();
+        let method = action.clone();
         let class = classify(path);
         let request_id = request_id(req.headers());
         let internal = path.starts_with(INTERNAL_PREFIX);
@@ -495,6 +498,9 @@ where
             let (mut response, outcome) = match identified {
                 Err(err) => {
                     let throttled = edge.limiter.check_peer(peer_ip).is_err();
+                    if throttled {
+                        metrics::EDGE.rate_limited("unauthenticated");
+                    }
                     let status = if throttled {
                         to_status(DomainError::Throttling)
                     } else {
@@ -508,6 +514,12 @@ where
                     if !own_line {
                         // Counted into the peer's summary line instead of a line of its own.
                         pending.event.take();
+                        metrics::EDGE.call(
+                            &method,
+                            code_name(status.code()),
+                            reason_of(&status).unwrap_or_default(),
+                            started.elapsed(),
+                        );
                         let mut response = status.into_http();
                         if let Ok(value) = HeaderValue::from_str(&request_id) {
                             response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -539,7 +551,12 @@ where
                         event.principal = principal.arn().to_string();
                     }
                     match class.map(|c| edge.limiter.check(&principal, c)) {
-                        Some(Err(err)) => (to_status(err).into_http(), Some(Outcome::Denied)),
+                        Some(Err(err)) => {
+                            if let Some(class) = class {
+                                metrics::EDGE.rate_limited(class.config_name());
+                            }
+                            (to_status(err).into_http(), Some(Outcome::Denied))
+                        }
                         _ => match call_inner(&mut inner, req, principal, deadline).await {
                             Ok(response) => (response, None),
                             Err(err) => {
@@ -580,6 +597,13 @@ where
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
+            let answered = Status::from_header_map(response.headers());
+            metrics::EDGE.call(
+                &method,
+                code_name(answered.as_ref().map_or(Code::Ok, Status::code)),
+                answered.as_ref().and_then(reason_of).unwrap_or_default(),
+                started.elapsed(),
+            );
             tracing::debug!(code = code_name(code), ?outcome, "call finished");
             Ok(response)
         };

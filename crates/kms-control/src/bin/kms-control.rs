@@ -139,6 +139,15 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         Arc::clone(&registry),
         params.scheduler_interval,
     ));
+    if params.metrics.listen_addr.is_some() {
+        kms_control::metrics::init(
+            Arc::clone(&registry),
+            match &params.store {
+                StoreParams::Sled(dir) => Some(dir.clone()),
+                StoreParams::Etcd(_) => None,
+            },
+        );
+    }
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -195,6 +204,12 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
+    if let Some(addr) = kms_runtime::metrics::serve(&params.metrics)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        tracing::info!(addr = %addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(addr = %local, region = %params.region, store = %params.store.describe(), replica = registry.replica(), "control plane listening");
     let closing = Arc::clone(&registry);
     let shutdown = async move {

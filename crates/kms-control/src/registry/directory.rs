@@ -101,6 +101,9 @@ impl<S: Store> Registry<S> {
             if last > current {
                 return Ok(CatchUp::Resync(current));
             }
+            crate::metrics::CONTROL
+                .watch_lag
+                .set(i64::try_from(current - last).unwrap_or(i64::MAX));
             if last == current {
                 return Ok(CatchUp::Events(Vec::new()));
             }
@@ -123,6 +126,19 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
 }
 
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> OnDrop<F> {
+    OnDrop(f)
+}
+
 /// Feeds one watch stream.
 async fn pump<S: Store>(
     registry: Arc<Registry<S>>,
@@ -131,6 +147,10 @@ async fn pump<S: Store>(
     mut changes: watch::Receiver<u64>,
     mut closing: watch::Receiver<bool>,
 ) {
+    crate::metrics::CONTROL.watch_streams.inc();
+    let _open = scopeguard(|| {
+        crate::metrics::CONTROL.watch_streams.dec();
+    });
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = from_revision;
@@ -158,6 +178,7 @@ async fn pump<S: Store>(
                         if out.send(event).await.is_err() {
                             return;
                         }
+                        crate::metrics::CONTROL.watch_events.inc();
                     }
                     if !full {
                         break;
@@ -173,6 +194,7 @@ async fn pump<S: Store>(
                     if out.send(KeyEvent::resync(revision)).await.is_err() {
                         return;
                     }
+                    crate::metrics::CONTROL.watch_resyncs.inc();
                     break;
                 }
                 Err(e) => {

@@ -206,6 +206,35 @@ impl<S: Store> Registry<S> {
         .await
     }
 
+    /// Keys by state and spec, for metrics: reads every key record, a page at a time, each
+    /// page in its own read.
+    pub async fn key_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(&'static str, &'static str), u64>, DomainError> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let after = cursor.clone();
+            let batch = self
+                .read(move |store| {
+                    store
+                        .scan_prefix(schema::KEY_PREFIX, after.as_deref(), SCAN_BATCH)
+                        .map_err(crate::index::store_error)
+                })
+                .await?;
+            for (_, value) in &batch {
+                let record = schema::decode_key(value)?;
+                *counts
+                    .entry((record.state.display_name(), record.spec.display_name()))
+                    .or_insert(0) += 1;
+            }
+            match batch.last() {
+                Some((last, _)) if batch.len() == SCAN_BATCH => cursor = Some(last.clone()),
+                _ => return Ok(counts),
+            }
+        }
+    }
+
     /// `EnableKey`.
     pub async fn enable_key(
         &self,

@@ -57,7 +57,8 @@ async fn main() -> Result<()> {
         mechanisms = hsm.mechanism_names().len(),
         "HSM ready; root key loaded"
     );
-    let vault = Arc::new(KeyVault::new(Arc::new(hsm)));
+    let hsm = Arc::new(hsm);
+    let vault = Arc::new(KeyVault::new(Arc::clone(&hsm)));
     // The data plane keys its own audit log with a key derived from the root key.
     let audit_key = {
         let vault = Arc::clone(&vault);
@@ -97,6 +98,7 @@ async fn main() -> Result<()> {
     let checkpoint_directory = directory.clone();
     let cache = Arc::new(KeyCache::new(directory, params.cache));
     tokio::spawn(kms_data::watch::follow(Arc::clone(&cache)));
+    kms_data::metrics::init(hsm, Arc::clone(&cache));
     let engine = Arc::new(CryptoEngine::new(cache, Arc::clone(&vault)));
     let peer =
         Principal::parse(&params.identity.peer_principal).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -144,6 +146,12 @@ async fn main() -> Result<()> {
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
+    if let Some(addr) = kms_runtime::metrics::serve(&params.metrics)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        tracing::info!(addr = %addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(addr = %local, control_plane = %params.control_plane_urls.join(","), "data plane listening");
     let shutdown = async move {
         serve::shutdown_signal().await;
