@@ -9,6 +9,7 @@ use kms_proto::kms::v1::{
     UpdateAliasRequest,
 };
 
+use crate::args;
 use crate::client::{Planes, RpcError};
 use crate::lifecycle::{KeyListArgs, PageArgs};
 use crate::output::{self, Format};
@@ -40,7 +41,7 @@ Examples:
   kmsctl list-aliases --all --json")]
     ListAliases(ListArgs),
     /// List the aliases of one key (ListAliasesByKeyId)
-    #[command(after_help = "Examples:\n  kmsctl list-aliases-by-key-id key-...")]
+    #[command(after_help = "Examples:\n  kmsctl list-aliases-by-key-id --key key-...")]
     ListAliasesByKeyId(KeyListArgs),
 }
 
@@ -50,7 +51,7 @@ pub(crate) struct AliasKeyArgs {
     #[arg(value_name = "alias/NAME")]
     alias: String,
     /// The key: id, alias or ARN
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
 }
 
@@ -138,7 +139,7 @@ pub(crate) async fn run(
         }
         AliasCommand::ListAliasesByKeyId(a) => {
             let mut request = ListAliasesByKeyIdRequest {
-                key_id: a.key.clone(),
+                key_id: a.key.key.clone(),
                 page_size: a.page.page_size,
                 page_token: a.page.page_token.clone().unwrap_or_default(),
             };

@@ -8,15 +8,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::{
-    Algorithm, AsymmetricDecryptRequest, AsymmetricEncryptRequest, AsymmetricSignRequest,
-    AsymmetricVerifyRequest, DataKeySpec, ExportDataKeyRequest, GenerateAndExportDataKeyRequest,
+    AsymmetricDecryptRequest, AsymmetricEncryptRequest, AsymmetricSignRequest,
+    AsymmetricVerifyRequest, ExportDataKeyRequest, GenerateAndExportDataKeyRequest,
     GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest, GenerateRandomRequest,
     GetPublicKeyRequest, GetRandomPasswordRequest, KeySpec, ReEncryptRequest,
 };
+use kms_types::{Algorithm, DataKeySpec};
 use serde_json::json;
 
+use crate::args::{self, KeyArg};
 use crate::client::{Planes, RpcError};
 use crate::crypto::blob_from_file_bytes;
 use crate::files::{Access, write};
@@ -49,7 +52,7 @@ Examples:
     ExportDataKey(ExportArgs),
     /// Move a ciphertext to another key or encryption context (ReEncrypt)
     #[command(
-        after_help = "Examples:\n  kmsctl re-encrypt --in old.blob --to alias/new --from-context v=1 --to-context v=2 --out new.blob"
+        after_help = "Examples:\n  kmsctl re-encrypt --in old.blob --key alias/new --from-context v=1 --to-context v=2 --out new.blob"
     )]
     ReEncrypt(ReEncryptArgs),
     /// Encrypt with an RSA key's public half, RSAES-OAEP (AsymmetricEncrypt)
@@ -77,13 +80,13 @@ Examples:
     /// Download"
     #[command(after_help = "\
 Examples:
-  kmsctl get-public-key alias/ec --out ec.pem
-  kmsctl get-public-key key-... --version 2b4c... --out old.pem
+  kmsctl get-public-key --key alias/ec --out ec.pem
+  kmsctl get-public-key --key key-... --version 2b4c... --out old.pem
   openssl pkey -pubin -in ec.pem -text -noout")]
     GetPublicKey(PublicKeyArgs),
     /// Random bytes from the HSM (GenerateRandom), as base64 or to a file
     #[command(
-        after_help = "Examples:\n  kmsctl generate-random --length 32\n  kmsctl generate-random --length 1024 --out seed.bin"
+        after_help = "Examples:\n  kmsctl generate-random --bytes 32\n  kmsctl generate-random --bytes 1024 --out seed.bin"
     )]
     GenerateRandom(RandomArgs),
     /// A random password (GetRandomPassword)
@@ -93,48 +96,14 @@ Examples:
     RandomPassword(PasswordArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum DataKeySpecArg {
-    #[value(name = "AES_256")]
-    Aes256,
-    #[value(name = "AES_128")]
-    Aes128,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum AlgorithmArg {
-    #[value(name = "RSA_PSS_SHA_256")]
-    RsaPssSha256,
-    #[value(name = "RSA_PKCS1_SHA_256")]
-    RsaPkcs1Sha256,
-    #[value(name = "ECDSA_SHA_256")]
-    EcdsaSha256,
-    #[value(name = "RSAES_OAEP_SHA_256")]
-    RsaesOaepSha256,
-    #[value(name = "RSAES_OAEP_SHA_1")]
-    RsaesOaepSha1,
-}
-
-impl AlgorithmArg {
-    fn wire(self) -> i32 {
-        (match self {
-            Self::RsaPssSha256 => Algorithm::RsaPssSha256,
-            Self::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
-            Self::EcdsaSha256 => Algorithm::EcdsaSha256,
-            Self::RsaesOaepSha256 => Algorithm::RsaesOaepSha256,
-            Self::RsaesOaepSha1 => Algorithm::RsaesOaepSha1,
-        }) as i32
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct DataKeyArgs {
     /// The key to seal the data key under (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
-    /// Data key size by name
-    #[arg(long, value_enum)]
-    spec: Option<DataKeySpecArg>,
+    /// Data key size by name: AES_256 or AES_128
+    #[arg(long, value_name = "SPEC", value_parser = args::data_key_spec())]
+    spec: Option<DataKeySpec>,
     /// Data key size in bytes, 1–1024; wins over --spec [default: 32]
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     bytes: i32,
@@ -158,14 +127,14 @@ pub(crate) struct WrapTo {
     #[arg(long, value_name = "FILE")]
     public_key: PathBuf,
     /// RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1
-    #[arg(long, value_enum, default_value_t = AlgorithmArg::RsaesOaepSha256)]
-    wrapping_algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", default_value = "RSAES_OAEP_SHA_256", value_parser = args::oaep_algorithm())]
+    wrapping_algorithm: Algorithm,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportNewArgs {
     /// The key to seal the data key under
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     #[command(flatten)]
     wrap: WrapTo,
@@ -203,9 +172,10 @@ pub(crate) struct ReEncryptArgs {
     /// The ciphertext blob, raw or base64 (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Destination key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
-    to: String,
+    /// The key to seal the ciphertext under from now on (id, alias or ARN; `--to` is the older
+    /// name)
+    #[arg(long, value_name = "KEY", alias = "to", value_parser = args::key_ref)]
+    key: String,
     /// Encryption context the blob was sealed with, repeatable
     #[arg(long = "from-context", value_name = "K=V", value_parser = crate::parse_pair)]
     from_context: Vec<(String, String)>,
@@ -220,14 +190,14 @@ pub(crate) struct ReEncryptArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AsymArgs {
     /// The RSA key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::oaep_algorithm())]
+    algorithm: Algorithm,
     /// Input file (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
@@ -239,14 +209,14 @@ pub(crate) struct AsymArgs {
 #[derive(Debug, Args)]
 pub(crate) struct SignArgs {
     /// The signing key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSA_PSS_SHA_256, RSA_PKCS1_SHA_256 or ECDSA_SHA_256
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::signing_algorithm())]
+    algorithm: Algorithm,
     /// The message to sign (`-` for stdin); its SHA-256 digest is what is sent
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
@@ -258,14 +228,14 @@ pub(crate) struct SignArgs {
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// The key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSA_PSS_SHA_256, RSA_PKCS1_SHA_256 or ECDSA_SHA_256
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::signing_algorithm())]
+    algorithm: Algorithm,
     /// The signed message (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
@@ -276,8 +246,8 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PublicKeyArgs {
-    /// The asymmetric key (id, alias or ARN)
-    key: String,
+    #[command(flatten)]
+    key: KeyArg,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
@@ -288,9 +258,9 @@ pub(crate) struct PublicKeyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RandomArgs {
-    /// How many bytes, 1–1024
-    #[arg(long, value_name = "N")]
-    length: i32,
+    /// How many bytes, 1–1024 (`--length` is the older name)
+    #[arg(long, value_name = "N", alias = "length")]
+    bytes: i32,
     /// Write the bytes here instead of printing base64
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -366,11 +336,7 @@ pub(crate) async fn run(
     let mut client = planes.data().await?;
     match command {
         CryptoOpsCommand::GenerateDataKey(a) => {
-            let key_spec = match a.spec {
-                None => 0,
-                Some(DataKeySpecArg::Aes256) => DataKeySpec::Aes256 as i32,
-                Some(DataKeySpecArg::Aes128) => DataKeySpec::Aes128 as i32,
-            };
+            let key_spec = a.spec.map_or(0, WireEnum::to_wire);
             let context = pairs_to_map(&a.context, "encryption context")?;
             let (key_id, version, blob, plaintext) = if a.no_plaintext {
                 let r = client
@@ -439,7 +405,7 @@ pub(crate) async fn run(
                     number_of_bytes: a.bytes,
                     encryption_context: pairs_to_map(&a.context, "encryption context")?,
                     public_key: read(&a.wrap.public_key)?,
-                    wrapping_algorithm: a.wrap.wrapping_algorithm.wire(),
+                    wrapping_algorithm: a.wrap.wrapping_algorithm.to_wire(),
                     wrapping_key_spec: KeySpec::Rsa2048 as i32,
                     dry_run: false,
                 })
@@ -484,7 +450,7 @@ pub(crate) async fn run(
                     ciphertext_blob: blob_from_file_bytes(read(&a.input)?),
                     encryption_context: pairs_to_map(&a.context, "encryption context")?,
                     public_key: read(&a.wrap.public_key)?,
-                    wrapping_algorithm: a.wrap.wrapping_algorithm.wire(),
+                    wrapping_algorithm: a.wrap.wrapping_algorithm.to_wire(),
                     wrapping_key_spec: KeySpec::Rsa2048 as i32,
                     dry_run: false,
                 })
@@ -509,7 +475,7 @@ pub(crate) async fn run(
                         &a.from_context,
                         "source encryption context",
                     )?,
-                    destination_key_id: a.to,
+                    destination_key_id: a.key,
                     destination_encryption_context: pairs_to_map(
                         &a.to_context,
                         "destination encryption context",
@@ -537,7 +503,7 @@ pub(crate) async fn run(
                 .asymmetric_encrypt(AsymmetricEncryptRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     plaintext: read(&a.input)?,
                     dry_run: false,
                 })
@@ -559,7 +525,7 @@ pub(crate) async fn run(
                 .asymmetric_decrypt(AsymmetricDecryptRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     ciphertext_blob: read(&a.input)?,
                     dry_run: false,
                 })
@@ -581,7 +547,7 @@ pub(crate) async fn run(
                 .asymmetric_sign(AsymmetricSignRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     digest: sha256(&read(&a.input)?),
                     dry_run: false,
                 })
@@ -603,7 +569,7 @@ pub(crate) async fn run(
                 .asymmetric_verify(AsymmetricVerifyRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     digest: sha256(&read(&a.input)?),
                     value: read(&a.signature)?,
                     dry_run: false,
@@ -624,7 +590,7 @@ pub(crate) async fn run(
         CryptoOpsCommand::GetPublicKey(a) => {
             let r = client
                 .get_public_key(GetPublicKeyRequest {
-                    key_id: a.key,
+                    key_id: a.key.key,
                     key_version_id: a.version.unwrap_or_default(),
                 })
                 .await
@@ -645,7 +611,7 @@ pub(crate) async fn run(
         }
         CryptoOpsCommand::GenerateRandom(a) => {
             let r = client
-                .generate_random(GenerateRandomRequest { length: a.length })
+                .generate_random(GenerateRandomRequest { length: a.bytes })
                 .await
                 .map_err(RpcError)?
                 .into_inner();

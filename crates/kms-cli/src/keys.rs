@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::{CreateKeyRequest, DescribeKeyRequest, Tag};
-use kms_types::KeyOrigin;
 
 use crate::client::{Planes, RpcError};
 use crate::output::{self, Format};
-use crate::{CreateKeyArgs, DescribeKeyArgs, OriginArg};
+use crate::{CreateKeyArgs, DescribeKeyArgs};
 
 /// `kmsctl create-key`.
 pub(crate) async fn create_key(
@@ -36,7 +35,9 @@ pub(crate) async fn describe_key(
 ) -> anyhow::Result<ExitCode> {
     let mut client = planes.control().await?;
     let response = client
-        .describe_key(DescribeKeyRequest { key_id: args.key })
+        .describe_key(DescribeKeyRequest {
+            key_id: args.key.key,
+        })
         .await
         .map_err(RpcError)?
         .into_inner();
@@ -56,10 +57,7 @@ fn create_key_request(args: CreateKeyArgs) -> anyhow::Result<CreateKeyRequest> {
             .with_context(|| format!("cannot read policy file {}", path.display()))?,
         None => String::new(),
     };
-    let origin = match args.origin {
-        OriginArg::Kms => KeyOrigin::Kms,
-        OriginArg::External => KeyOrigin::External,
-    };
+    let origin = args.origin;
     let usage = args.usage.unwrap_or_else(|| args.spec.default_usage());
     let enable_automatic_rotation = match (args.rotation_days, args.no_rotation) {
         (Some(_), _) => Some(true),
@@ -92,7 +90,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use clap::Parser;
-    use kms_types::{KeySpec, KeyUsage};
+    use kms_types::{KeyOrigin, KeySpec, KeyUsage};
 
     use super::*;
     use crate::{Cli, Command};
