@@ -215,17 +215,17 @@ pub(crate) async fn run(
                 Format::Json => print_json(&view)?,
                 Format::Human => {
                     let mut lines = vec![
-                        ("Key id", view.key_id.clone()),
-                        ("Import token", view.import_token.clone()),
+                        ("key_id", view.key_id.clone()),
+                        ("import_token", view.import_token.clone()),
                         (
-                            "Token expires",
+                            "token_expire_time",
                             view.token_expire_time.clone().unwrap_or_default(),
                         ),
                     ];
                     if let Some(path) = &a.public_key_out {
-                        lines.push(("Public key (DER)", path.display().to_string()));
+                        lines.push(("public_key_out", path.display().to_string()));
                     } else {
-                        lines.push(("Public key (DER, base64)", view.public_key.clone()));
+                        lines.push(("public_key", view.public_key.clone()));
                     }
                     print_text(&aligned(&lines))?;
                 }

@@ -14,7 +14,7 @@ use kms_proto::kms::v1::{
 use kms_proto::convert::WireEnum;
 
 use crate::args;
-use crate::client::{Planes, RpcError};
+use crate::client::{Planes, RpcError, operator_only};
 use crate::output::{self, Format};
 
 /// Instance subcommands.
@@ -147,7 +147,7 @@ pub(crate) async fn run(
                 access_management_quota: a.access_management_quota,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "create-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::GetKmsInstance(a) => one(client
@@ -184,7 +184,7 @@ pub(crate) async fn run(
                 account_id: a.account,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "share-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::UpdateKmsInstance(a) => one(client
@@ -194,7 +194,7 @@ pub(crate) async fn run(
                 access_management_quota: a.access_management_quota,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "update-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::UnshareKmsInstance(a) => one(client
@@ -203,7 +203,7 @@ pub(crate) async fn run(
                 account_id: a.account,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "unshare-kms-instance"))?
             .into_inner()
             .kms_instance)?,
     }
