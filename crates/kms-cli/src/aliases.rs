@@ -4,13 +4,15 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::{
-    CreateAliasRequest, DeleteAliasRequest, ListAliasesByKeyIdRequest, ListAliasesRequest,
-    UpdateAliasRequest,
+    CreateAliasRequest, DeleteAliasRequest, DescribeKeyRequest, ListAliasesByKeyIdRequest,
+    ListAliasesRequest, UpdateAliasRequest,
 };
+use kms_types::KeyRef;
 
 use crate::args;
-use crate::client::{Planes, RpcError};
+use crate::client::{Authed, Planes, RpcError};
 use crate::lifecycle::{KeyListArgs, PageArgs};
 use crate::output::{self, Format};
 
@@ -68,6 +70,46 @@ pub(crate) struct ListArgs {
     page: PageArgs,
 }
 
+/// The id of the key `a.key` names, now that `a.alias` points at it: the control plane's word
+/// for the alias, else the id in the reference itself; `None` for an alias the caller may not
+/// describe.
+async fn resolved_key_id(
+    client: &mut KeyManagementServiceClient<Authed>,
+    a: &AliasKeyArgs,
+) -> Option<String> {
+    let described = client
+        .describe_key(DescribeKeyRequest {
+            key_id: a.alias.clone(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().key_metadata)
+        .map(|m| m.key_id);
+    described.or_else(|| match KeyRef::parse(&a.key) {
+        Ok(KeyRef::Id(id)) | Ok(KeyRef::Arn { key_id: id, .. }) => Some(id.to_string()),
+        _ => None,
+    })
+}
+
+/// Prints where an alias now points: the key id, and the reference given when it differs.
+async fn print_alias_target(
+    client: &mut KeyManagementServiceClient<Authed>,
+    format: Format,
+    a: &AliasKeyArgs,
+) -> anyhow::Result<()> {
+    let key_id = resolved_key_id(client, a).await;
+    let sentence = match &key_id {
+        Some(id) if *id == a.key => format!("{} now points at {id}", a.alias),
+        Some(id) => format!("{} now points at {id} ({})", a.alias, a.key),
+        None => format!("{} now points at {}", a.alias, a.key),
+    };
+    output::print_done(
+        format,
+        &sentence,
+        &serde_json::json!({ "alias_name": a.alias, "key_id": key_id, "key": a.key }),
+    )
+}
+
 /// Runs an alias subcommand.
 pub(crate) async fn run(
     planes: &Planes,
@@ -84,11 +126,7 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(RpcError)?;
-            output::print_done(
-                format,
-                &format!("{} now points at {}", a.alias, a.key),
-                &serde_json::json!({ "alias_name": a.alias, "key_id": a.key }),
-            )?;
+            print_alias_target(&mut client, format, &a).await?;
         }
         AliasCommand::UpdateAlias(a) => {
             client
@@ -98,11 +136,7 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(RpcError)?;
-            output::print_done(
-                format,
-                &format!("{} now points at {}", a.alias, a.key),
-                &serde_json::json!({ "alias_name": a.alias, "key_id": a.key }),
-            )?;
+            print_alias_target(&mut client, format, &a).await?;
         }
         AliasCommand::DeleteAlias(a) => {
             client

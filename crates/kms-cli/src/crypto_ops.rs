@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::{
     AsymmetricDecryptRequest, AsymmetricEncryptRequest, AsymmetricSignRequest,
@@ -60,21 +60,27 @@ Examples:
         after_help = "Examples:\n  kmsctl asymmetric-encrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.txt --out secret.enc"
     )]
     AsymmetricEncrypt(AsymArgs),
-    /// Decrypt with an RSA key, RSAES-OAEP (AsymmetricDecrypt)
-    #[command(
-        after_help = "Examples:\n  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --out secret.txt"
-    )]
-    AsymmetricDecrypt(AsymArgs),
-    /// Sign a message's SHA-256 digest (AsymmetricSign); the message is hashed here
+    /// Decrypt with an RSA key, RSAES-OAEP (AsymmetricDecrypt); prints the plaintext as is,
+    /// like decrypt
+    #[command(after_help = "\
+Examples:
+  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --out secret.txt
+  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --base64")]
+    AsymmetricDecrypt(AsymDecryptArgs),
+    /// Sign a message's SHA-256 digest (AsymmetricSign); the message is hashed here, or given
+    /// as its digest with --message-type digest
     #[command(after_help = "\
 Examples:
   kmsctl sign --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --out release.sig
-  openssl dgst -sha256 -verify ec.pem -signature release.sig release.tar")]
+  openssl dgst -sha256 -verify ec.pem -signature release.sig release.tar
+  openssl dgst -sha256 -binary release.tar > release.sha256
+  kmsctl sign --key alias/ec --algorithm ECDSA_SHA_256 --message-type digest --in release.sha256 --out release.sig")]
     Sign(SignArgs),
     /// Verify a signature over a message's SHA-256 digest (AsymmetricVerify); exit 1 if invalid
-    #[command(
-        after_help = "Examples:\n  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --signature release.sig"
-    )]
+    #[command(after_help = "\
+Examples:
+  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --signature release.sig
+  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --message-type digest --in release.sha256 --signature release.sig")]
     Verify(VerifyArgs),
     /// An asymmetric key's public key as PEM (GetPublicKey), the console's "View Public Key →
     /// Download"
@@ -201,9 +207,27 @@ pub(crate) struct AsymArgs {
     /// Input file (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Output file [default: print base64]
+    /// Output file [default: print it: the ciphertext as base64, the plaintext as it is]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AsymDecryptArgs {
+    #[command(flatten)]
+    asym: AsymArgs,
+    /// Print the plaintext as base64 (for binary plaintext)
+    #[arg(long, conflicts_with = "out")]
+    base64: bool,
+}
+
+/// `--message-type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MessageType {
+    /// --in is the message; kmsctl sends its SHA-256 digest
+    Raw,
+    /// --in is the message's SHA-256 digest, 32 bytes
+    Digest,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +244,9 @@ pub(crate) struct SignArgs {
     /// The message to sign (`-` for stdin); its SHA-256 digest is what is sent
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+    /// What --in holds: the message (raw) or its SHA-256 digest (digest)
+    #[arg(long, value_enum, ignore_case = true, default_value_t = MessageType::Raw)]
+    message_type: MessageType,
     /// Write the signature here [default: print base64]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -239,6 +266,9 @@ pub(crate) struct VerifyArgs {
     /// The signed message (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+    /// What --in holds: the message (raw) or its SHA-256 digest (digest)
+    #[arg(long, value_enum, ignore_case = true, default_value_t = MessageType::Raw)]
+    message_type: MessageType,
     /// The signature file (raw bytes)
     #[arg(long, value_name = "FILE")]
     signature: PathBuf,
@@ -325,6 +355,23 @@ fn emit(
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// The digest to sign or verify: of the message in `input`, or read from it.
+fn digest(input: &Path, kind: MessageType) -> anyhow::Result<Vec<u8>> {
+    let bytes = read(input)?;
+    match kind {
+        MessageType::Raw => Ok(sha256(&bytes)),
+        MessageType::Digest if bytes.len() == 32 => Ok(bytes),
+        MessageType::Digest => anyhow::bail!(
+            "--message-type digest takes the message's SHA-256 digest, 32 bytes, and {} holds \
+             {} bytes; make it with `openssl dgst -sha256 -binary MESSAGE > {}`, or sign the \
+             message itself with --message-type raw",
+            input.display(),
+            bytes.len(),
+            input.display()
+        ),
+    }
 }
 
 /// Runs a data-plane subcommand.
@@ -520,7 +567,7 @@ pub(crate) async fn run(
                 extra,
             )?;
         }
-        CryptoOpsCommand::AsymmetricDecrypt(a) => {
+        CryptoOpsCommand::AsymmetricDecrypt(AsymDecryptArgs { asym: a, base64 }) => {
             let r = client
                 .asymmetric_decrypt(AsymmetricDecryptRequest {
                     key_id: a.key,
@@ -532,15 +579,20 @@ pub(crate) async fn run(
                 .await
                 .map_err(RpcError)?
                 .into_inner();
-            let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
-            emit(
-                format,
-                a.out.as_deref(),
-                Access::Secret,
-                "plaintext",
-                &r.plaintext,
-                extra,
-            )?;
+            if format == Format::Human && a.out.is_none() && !base64 {
+                // As decrypt: the plaintext as it is.
+                output::write_stdout(&r.plaintext)?;
+            } else {
+                let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
+                emit(
+                    format,
+                    a.out.as_deref(),
+                    Access::Secret,
+                    "plaintext",
+                    &r.plaintext,
+                    extra,
+                )?;
+            }
         }
         CryptoOpsCommand::Sign(a) => {
             let r = client
@@ -548,7 +600,7 @@ pub(crate) async fn run(
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
                     algorithm: a.algorithm.to_wire(),
-                    digest: sha256(&read(&a.input)?),
+                    digest: digest(&a.input, a.message_type)?,
                     dry_run: false,
                 })
                 .await
@@ -570,7 +622,7 @@ pub(crate) async fn run(
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
                     algorithm: a.algorithm.to_wire(),
-                    digest: sha256(&read(&a.input)?),
+                    digest: digest(&a.input, a.message_type)?,
                     value: read(&a.signature)?,
                     dry_run: false,
                 })
