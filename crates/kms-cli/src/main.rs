@@ -237,7 +237,7 @@ enum Command {
     /// Create a key (CreateKey) and print its metadata
     #[command(after_help = "\
 Examples:
-  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl create-key --alias alias/demo --description \"my first key\" --if-not-exists
   kmsctl create-key --instance kst-... --spec RSA_2048 --usage SIGN/VERIFY --tag env=dev
   kmsctl create-key --instance kst-... --rotation-days 90 --policy-file policy.json")]
     CreateKey(CreateKeyArgs),
@@ -333,6 +333,11 @@ struct CreateKeyArgs {
     /// Key policy (JSON) to attach instead of the default policy
     #[arg(long, value_name = "FILE")]
     policy_file: Option<PathBuf>,
+    /// When the key already exists, print it instead of failing: the account's default key
+    /// (without --instance), or the key --alias names, if its spec, usage, origin and instance
+    /// are the ones asked for. Safe to run again, as in a script
+    #[arg(long)]
+    if_not_exists: bool,
 }
 
 #[derive(Debug, Args)]

@@ -182,6 +182,19 @@ impl KeyView {
         lines
     }
 
+    /// A short description: spec, usage, origin and where the key lives.
+    pub(crate) fn summary(&self) -> String {
+        let home = if self.is_default_key || self.kms_instance_id.is_empty() {
+            "(the account's default key)".to_string()
+        } else {
+            format!("in {}", self.kms_instance_id)
+        };
+        format!(
+            "{} {} key of origin {} {home}",
+            self.key_spec, self.key_usage, self.origin
+        )
+    }
+
     fn rotation_text(&self) -> String {
         let mut text = self.rotation_status.clone();
         if self.origin == KeyOrigin::External.to_string() {
