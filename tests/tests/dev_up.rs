@@ -25,7 +25,11 @@ struct DevUp {
 
 impl DevUp {
     fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Starts `dev up` with its directory under `dir`, kept from an earlier run or new.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let ports = free_ports(2);
         let etcd = free_port_pair();
         let out = dir.path().join("dev-up.out");
@@ -78,6 +82,13 @@ impl DevUp {
 
     fn dev_dir(&self) -> PathBuf {
         self.dir.path().join("dev")
+    }
+
+    /// Stops it and hands back its directory, for a later start.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        assert!(self.stop().success(), "{}", self.output());
+        let empty = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, empty)
     }
 
     /// SIGINT, then the exit status.
@@ -244,4 +255,78 @@ async fn dev_up_on_etcd_runs_replicas_and_restarts_a_killed_one() {
     }
     assert!(up.stop().success(), "{}", up.output());
     assert!(pid_of(&config).is_none(), "a replica outlived dev up");
+}
+
+/// Runs `kmsctl` as the dev operator against the control plane `dev.json` names.
+fn operator_kmsctl(info: &serde_json::Value, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin_path("kmsctl").unwrap())
+        .args(args)
+        .arg("--json")
+        .env("KMS_CONTROL_ADDR", info["control_addr"].as_str().unwrap())
+        .env(
+            "KMS_PRINCIPAL",
+            info["operator_principal"].as_str().unwrap(),
+        )
+        .env("KMSCTL_CONFIG", "/nonexistent/kmsctl.toml")
+        .env_remove("KMS_CA")
+        .env_remove("KMS_CERT")
+        .env_remove("KMS_KEY")
+        .env_remove("KMS_PROFILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kmsctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An operator's own instances for the dev account do not replace the ones `dev up` made: a
+/// restart names the same instances in dev.json. Instances are listed by id, so the operator
+/// makes instances until one of each type lists before dev up's own (the one an earlier
+/// `dev up` picked up after a restart).
+#[tokio::test]
+async fn dev_up_keeps_its_instances_across_restarts() {
+    let up = DevUp::start(&[]);
+    let info = up.info();
+    let software = info["software_instance_id"].as_str().unwrap().to_owned();
+    let hardware = info["hardware_instance_id"].as_str().unwrap().to_owned();
+    assert!(
+        software.starts_with("kst-") && hardware.starts_with("kst-"),
+        "{info}"
+    );
+    let account = info["account_principal"].as_str().unwrap();
+    let account = account
+        .trim_start_matches("acs:ram::")
+        .split(':')
+        .next()
+        .unwrap();
+    for (kind, mine) in [("software", &software), ("hardware", &hardware)] {
+        for _ in 0..64 {
+            let made = operator_kmsctl(
+                &info,
+                &["create-kms-instance", "--type", kind, "--owner", account],
+            );
+            if made["kms_instance_id"].as_str().unwrap() < mine.as_str() {
+                break;
+            }
+        }
+    }
+    let listed = operator_kmsctl(&info, &["list-kms-instances", "--all"]);
+    assert!(
+        listed["kms_instances"].as_array().unwrap().len() >= 4,
+        "{listed}"
+    );
+
+    let up = DevUp::start_in(up.into_dir(), &[]);
+    let again = up.info();
+    assert_eq!(again["software_instance_id"], software.as_str(), "{again}");
+    assert_eq!(again["hardware_instance_id"], hardware.as_str(), "{again}");
+    assert!(
+        up.output()
+            .contains(&format!("software {software}, hardware {hardware}")),
+        "{}",
+        up.output()
+    );
 }

@@ -397,7 +397,10 @@ enum DevCommand {
     /// Start kms-data and kms-control in the foreground, with a SoftHSM token under DIR
     ///
     /// Creates DIR (SoftHSM token, sled data, logs, generated configs) on first use and
-    /// reuses it afterwards, so keys survive a restart. Stops both planes on Ctrl-C.
+    /// reuses it afterwards, so keys survive a restart. Makes a software and a hardware KMS
+    /// instance for the dev account on the first start and reuses those on every later one
+    /// (their ids are kept in DIR/instances.json; dev.json names them). Stops both planes on
+    /// Ctrl-C.
     #[command(after_help = "\
 Examples:
   kmsctl dev up --dir .dev
