@@ -131,3 +131,113 @@ impl Drop for DevUp {
         }
     }
 }
+
+/// What one `kmsctl` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `kmsctl` against a stack's planes, as a principal, with no environment of
+/// the caller's own: no `KMS_*` variables and no config file but the one a test names.
+#[derive(Debug, Clone)]
+pub struct Kmsctl {
+    env: Vec<(String, String)>,
+}
+
+impl Kmsctl {
+    /// Calls to `stack`'s planes over plain gRPC.
+    pub fn new(stack: &crate::Stack) -> Self {
+        Self {
+            env: vec![
+                (
+                    "KMS_CONTROL_ADDR".into(),
+                    format!("http://{}", stack.control_addr()),
+                ),
+                (
+                    "KMS_DATA_ADDR".into(),
+                    format!("http://{}", stack.data_addr()),
+                ),
+                (
+                    "KMSCTL_CONFIG".into(),
+                    stack
+                        .dir()
+                        .join("no-kmsctl-config.toml")
+                        .display()
+                        .to_string(),
+                ),
+            ],
+        }
+    }
+
+    /// The same, with `name` set to `value` (or removed, for an empty value).
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs `kmsctl ARGS` as `who` (no principal for an empty `who`).
+    pub fn run(&self, who: &str, args: &[&str]) -> Run {
+        self.run_with_input(who, args, None)
+    }
+
+    /// Runs `kmsctl ARGS` as `who`, with `input` on stdin.
+    pub fn run_with_input(&self, who: &str, args: &[&str], input: Option<&[u8]>) -> Run {
+        use std::io::Write;
+        let mut cmd = Command::new(crate::bin_path("kmsctl").unwrap());
+        cmd.args(args);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KMS") {
+                cmd.env_remove(name);
+            }
+        }
+        for (name, value) in &self.env {
+            if !value.is_empty() {
+                cmd.env(name, value);
+            }
+        }
+        if !who.is_empty() {
+            cmd.env("KMS_PRINCIPAL", who);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(bytes) = input {
+            stdin.write_all(bytes).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    pub fn ok(&self, who: &str, args: &[&str]) -> String {
+        let r = self.run(who, args);
+        assert!(r.ok, "kmsctl {args:?} failed: {}", r.stderr);
+        r.stdout
+    }
+
+    /// Runs a command with `--json` that must succeed; the document it printed.
+    pub fn json(&self, who: &str, args: &[&str]) -> serde_json::Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let text = self.ok(who, &with_json);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Runs a command that must fail; what it printed on stderr.
+    pub fn fails(&self, who: &str, args: &[&str]) -> String {
+        let r = self.run(who, args);
+        assert!(!r.ok, "kmsctl {args:?} succeeded: {}", r.stdout);
+        r.stderr
+    }
+}
