@@ -39,15 +39,21 @@ const MAIN_EXAMPLES: &str = "\
 Examples:
   kmsctl dev up --dir .dev
   export KMS_PRINCIPAL=acs:ram::1234567890123456:root
-  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl create-key --alias alias/demo --description \"my first key\" --if-not-exists
   kmsctl encrypt --key alias/demo --plaintext 'hello' > blob.b64
-  kmsctl decrypt --in blob.b64";
+  kmsctl decrypt --in blob.b64
+  kmsctl --profile prod --output yaml describe-key --key alias/demo
+
+Profiles: $XDG_CONFIG_HOME/kmsctl/config.toml (else ~/.config/kmsctl/config.toml, or the file
+$KMSCTL_CONFIG names); deploy/config/kmsctl.toml documents every option.
+Completion: source <(kmsctl completion bash)";
 
 /// Command-line client of the self-hosted KMS.
 ///
 /// Key management goes to the control plane (`--control`), encryption and decryption to the
 /// data plane (`--data`). Every call is made as the principal given by `--principal` (or
-/// `KMS_PRINCIPAL`).
+/// `KMS_PRINCIPAL`, or the profile's), or over mTLS as the certificate's. Commands name the
+/// key they work on with `--key`.
 #[derive(Debug, Parser)]
 #[command(name = "kmsctl", version, after_help = MAIN_EXAMPLES)]
 struct Cli {

@@ -397,7 +397,7 @@ pub(crate) fn try_this(
     format!(
         "Try this in another terminal:\n\
          \x20 {identity}\n\
-         \x20 {kmsctl}{control_flag} create-key --alias alias/demo --description \"my first key\"\n\
+         \x20 {kmsctl}{control_flag} create-key --alias alias/demo --description \"my first key\" --if-not-exists\n\
          \x20 {kmsctl}{control_flag} describe-key --key alias/demo\n\
          \x20 {kmsctl}{data_flag} encrypt --key alias/demo --plaintext 'hello' > blob.b64\n\
          \x20 {kmsctl}{data_flag} decrypt --in blob.b64\n\
