@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the README's test command does so.
 
 pub mod cluster;
+pub mod kmsctl;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -5,106 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kms_e2e::bin_path;
+use kms_e2e::kmsctl::DevUp;
 use kms_proto::kms::v1::{
     CreateKeyRequest, DecryptRequest, DescribeKeyRequest, DisableKeyRequest, EncryptRequest,
     KeyState,
 };
-use kms_store::etcd_testing::{free_port_pair, free_ports};
-
-/// A running `kmsctl dev up`; SIGINT and a wait when dropped, so nothing outlives the test.
-struct DevUp {
-    child: Child,
-    out: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl DevUp {
-    fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(2);
-        let etcd = free_port_pair();
-        let out = dir.path().join("dev-up.out");
-        let mut cmd = Command::new(bin_path("kmsctl").unwrap());
-        cmd.args(["dev", "up", "--dir"])
-            .arg(dir.path().join("dev"))
-            .args(["--control-addr", &format!("127.0.0.1:{}", ports[0])])
-            .args(["--data-addr", &format!("127.0.0.1:{}", ports[1])])
-            .args(["--etcd-addr", &format!("127.0.0.1:{etcd}")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("dev-up.err")).unwrap());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("KMS_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd.spawn().unwrap();
-        let mut up = Self { child, out, dir };
-        up.wait_for("Press Ctrl-C");
-        up
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-            + &std::fs::read_to_string(self.dir.path().join("dev-up.err")).unwrap_or_default()
-    }
-
-    /// Polls the output, in a bounded loop, until it holds `line`.
-    fn wait_for(&mut self, line: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.output().contains(line) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("dev up exited with {status}:\n{}", self.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {line:?} in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn info(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.dev_dir().join("dev.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn dev_dir(&self) -> PathBuf {
-        self.dir.path().join("dev")
-    }
-
-    /// SIGINT, then the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for DevUp {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-    }
-}
 
 const ACCOUNT: &str = "acs:ram::1234567890123456:root";
 
@@ -244,4 +154,78 @@ async fn dev_up_on_etcd_runs_replicas_and_restarts_a_killed_one() {
     }
     assert!(up.stop().success(), "{}", up.output());
     assert!(pid_of(&config).is_none(), "a replica outlived dev up");
+}
+
+/// Runs `kmsctl` as the dev operator against the control plane `dev.json` names.
+fn operator_kmsctl(info: &serde_json::Value, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin_path("kmsctl").unwrap())
+        .args(args)
+        .arg("--json")
+        .env("KMS_CONTROL_ADDR", info["control_addr"].as_str().unwrap())
+        .env(
+            "KMS_PRINCIPAL",
+            info["operator_principal"].as_str().unwrap(),
+        )
+        .env("KMSCTL_CONFIG", "/nonexistent/kmsctl.toml")
+        .env_remove("KMS_CA")
+        .env_remove("KMS_CERT")
+        .env_remove("KMS_KEY")
+        .env_remove("KMS_PROFILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kmsctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An operator's own instances for the dev account do not replace the ones `dev up` made: a
+/// restart names the same instances in dev.json. Instances are listed by id, so the operator
+/// makes instances until one of each type lists before dev up's own (the one an earlier
+/// `dev up` picked up after a restart).
+#[tokio::test]
+async fn dev_up_keeps_its_instances_across_restarts() {
+    let up = DevUp::start(&[]);
+    let info = up.info();
+    let software = info["software_instance_id"].as_str().unwrap().to_owned();
+    let hardware = info["hardware_instance_id"].as_str().unwrap().to_owned();
+    assert!(
+        software.starts_with("kst-") && hardware.starts_with("kst-"),
+        "{info}"
+    );
+    let account = info["account_principal"].as_str().unwrap();
+    let account = account
+        .trim_start_matches("acs:ram::")
+        .split(':')
+        .next()
+        .unwrap();
+    for (kind, mine) in [("software", &software), ("hardware", &hardware)] {
+        for _ in 0..64 {
+            let made = operator_kmsctl(
+                &info,
+                &["create-kms-instance", "--type", kind, "--owner", account],
+            );
+            if made["kms_instance_id"].as_str().unwrap() < mine.as_str() {
+                break;
+            }
+        }
+    }
+    let listed = operator_kmsctl(&info, &["list-kms-instances", "--all"]);
+    assert!(
+        listed["kms_instances"].as_array().unwrap().len() >= 4,
+        "{listed}"
+    );
+
+    let up = DevUp::start_in(up.into_dir(), &[]);
+    let again = up.info();
+    assert_eq!(again["software_instance_id"], software.as_str(), "{again}");
+    assert_eq!(again["hardware_instance_id"], hardware.as_str(), "{again}");
+    assert!(
+        up.output()
+            .contains(&format!("software {software}, hardware {hardware}")),
+        "{}",
+        up.output()
+    );
 }

@@ -365,8 +365,10 @@ async fn kmsctl_data_plane_commands_interoperate_with_openssl() {
             p(&secret),
         ],
     );
+    // Refused before any call: only the OAEP algorithms are offered.
     assert!(
-        !ok_ && err.contains("INVALID_ARGUMENT") && err.contains("InvalidParameter.Algorithm"),
+        !ok_ && err.contains("invalid value 'RSA_PSS_SHA_256' for '--algorithm <ALGORITHM>'")
+            && err.contains("[possible values: RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1]"),
         "{err}"
     );
 

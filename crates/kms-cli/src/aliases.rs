@@ -4,12 +4,15 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::{
-    CreateAliasRequest, DeleteAliasRequest, ListAliasesByKeyIdRequest, ListAliasesRequest,
-    UpdateAliasRequest,
+    CreateAliasRequest, DeleteAliasRequest, DescribeKeyRequest, ListAliasesByKeyIdRequest,
+    ListAliasesRequest, UpdateAliasRequest,
 };
+use kms_types::KeyRef;
 
-use crate::client::{Planes, RpcError};
+use crate::args;
+use crate::client::{Authed, Planes, RpcError};
 use crate::lifecycle::{KeyListArgs, PageArgs};
 use crate::output::{self, Format};
 
@@ -40,7 +43,7 @@ Examples:
   kmsctl list-aliases --all --json")]
     ListAliases(ListArgs),
     /// List the aliases of one key (ListAliasesByKeyId)
-    #[command(after_help = "Examples:\n  kmsctl list-aliases-by-key-id key-...")]
+    #[command(after_help = "Examples:\n  kmsctl list-aliases-by-key-id --key key-...")]
     ListAliasesByKeyId(KeyListArgs),
 }
 
@@ -50,7 +53,7 @@ pub(crate) struct AliasKeyArgs {
     #[arg(value_name = "alias/NAME")]
     alias: String,
     /// The key: id, alias or ARN
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
 }
 
@@ -65,6 +68,46 @@ pub(crate) struct AliasArg {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     page: PageArgs,
+}
+
+/// The id of the key `a.key` names, now that `a.alias` points at it: the control plane's word
+/// for the alias, else the id in the reference itself; `None` for an alias the caller may not
+/// describe.
+async fn resolved_key_id(
+    client: &mut KeyManagementServiceClient<Authed>,
+    a: &AliasKeyArgs,
+) -> Option<String> {
+    let described = client
+        .describe_key(DescribeKeyRequest {
+            key_id: a.alias.clone(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().key_metadata)
+        .map(|m| m.key_id);
+    described.or_else(|| match KeyRef::parse(&a.key) {
+        Ok(KeyRef::Id(id)) | Ok(KeyRef::Arn { key_id: id, .. }) => Some(id.to_string()),
+        _ => None,
+    })
+}
+
+/// Prints where an alias now points: the key id, and the reference given when it differs.
+async fn print_alias_target(
+    client: &mut KeyManagementServiceClient<Authed>,
+    format: Format,
+    a: &AliasKeyArgs,
+) -> anyhow::Result<()> {
+    let key_id = resolved_key_id(client, a).await;
+    let sentence = match &key_id {
+        Some(id) if *id == a.key => format!("{} now points at {id}", a.alias),
+        Some(id) => format!("{} now points at {id} ({})", a.alias, a.key),
+        None => format!("{} now points at {}", a.alias, a.key),
+    };
+    output::print_done(
+        format,
+        &sentence,
+        &serde_json::json!({ "alias_name": a.alias, "key_id": key_id, "key": a.key }),
+    )
 }
 
 /// Runs an alias subcommand.
@@ -83,11 +126,7 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(RpcError)?;
-            output::print_done(
-                format,
-                &format!("{} now points at {}", a.alias, a.key),
-                &serde_json::json!({ "alias_name": a.alias, "key_id": a.key }),
-            )?;
+            print_alias_target(&mut client, format, &a).await?;
         }
         AliasCommand::UpdateAlias(a) => {
             client
@@ -97,11 +136,7 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(RpcError)?;
-            output::print_done(
-                format,
-                &format!("{} now points at {}", a.alias, a.key),
-                &serde_json::json!({ "alias_name": a.alias, "key_id": a.key }),
-            )?;
+            print_alias_target(&mut client, format, &a).await?;
         }
         AliasCommand::DeleteAlias(a) => {
             client
@@ -138,7 +173,7 @@ pub(crate) async fn run(
         }
         AliasCommand::ListAliasesByKeyId(a) => {
             let mut request = ListAliasesByKeyIdRequest {
-                key_id: a.key.clone(),
+                key_id: a.key.key.clone(),
                 page_size: a.page.page_size,
                 page_token: a.page.page_token.clone().unwrap_or_default(),
             };

@@ -19,7 +19,7 @@ use kms_runtime::audit::{self, Checkpoint, MacCheck, Scan, VerifyError};
 use kms_runtime::audit_wire;
 use serde::Serialize;
 
-use crate::client::{Planes, RpcError};
+use crate::client::{Planes, operator_only};
 use crate::output::Format;
 
 /// MAC checks sent per call, well within the request size limit.
@@ -99,7 +99,7 @@ async fn keyed(
                 log: slot.to_string(),
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "audit verify --plane"))?
             .into_inner()
             .checkpoint
             .map(|c| audit_wire::checkpoint_from_wire(Some(&c)))
@@ -116,7 +116,10 @@ async fn keyed(
         };
         let mut client = client.clone();
         async move {
-            let resp = client.verify_audit_macs(req).await.map_err(RpcError)?;
+            let resp = client
+                .verify_audit_macs(req)
+                .await
+                .map_err(|s| operator_only(s, "audit verify --plane"))?;
             Ok::<_, anyhow::Error>(audit_wire::first_mismatch(resp.get_ref()))
         }
     };
@@ -209,7 +212,7 @@ pub(crate) async fn run(
         }
     };
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => crate::output::print_json(&report)?,
         Format::Human => match (&report.broken_line, &report.reason) {
             (Some(0), Some(reason)) => eprintln!("error: {reason}"),
             (Some(line), Some(reason)) => {

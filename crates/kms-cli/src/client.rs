@@ -21,6 +21,8 @@ use tonic_types::StatusExt;
 
 /// The metadata header carrying the caller's principal ARN.
 pub(crate) const PRINCIPAL_HEADER: &str = "x-kms-principal";
+/// The header in which the service names each call.
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How long to wait for a TCP connection to a plane.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -182,21 +184,146 @@ pub(crate) fn tls_endpoint(url: &str, files: &TlsFiles) -> anyhow::Result<(Strin
 }
 
 /// Connects to a plane now, so an unreachable plane is reported as such; over mTLS when `tls`
-/// is given.
+/// is given. A failed TLS connection is told apart from a plane that is not there.
 async fn connect(plane: Plane, url: &str, tls: Option<&TlsFiles>) -> anyhow::Result<Channel> {
     let (url, endpoint) = match tls {
+        None if url.starts_with("https://") => {
+            return Err(diagnose(plane, url, None).await.into());
+        }
         None => (url.to_string(), endpoint(url)?),
         Some(files) => tls_endpoint(url, files)?,
     };
-    endpoint.connect().await.map_err(|e| {
-        Unreachable {
+    match endpoint.connect().await {
+        Ok(channel) => Ok(channel),
+        Err(e) if tls.is_some() => Err(diagnose(plane, &url, Some(error_chain(&e))).await.into()),
+        Err(e) => Err(Unreachable {
             plane,
-            addr: url.clone(),
+            addr: url,
             detail: error_chain(&e),
         }
-        .into()
+        .into()),
+    }
+}
+
+/// Why a TLS connection to `url` failed (`detail`, or none when kmsctl has no certificate to
+/// offer): nothing listens there, or something does but the TLS handshake failed, and then
+/// whether the server answers plain gRPC instead.
+async fn diagnose(plane: Plane, url: &str, detail: Option<String>) -> ConnectError {
+    let authority = url
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host()?, u.port_u16().unwrap_or(443))));
+    let listening = match &authority {
+        Some(a) => tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
+    };
+    if !listening {
+        return ConnectError::Unreachable(Unreachable {
+            plane,
+            addr: url.to_string(),
+            detail: detail.unwrap_or_else(|| "nothing accepts connections there".into()),
+        });
+    }
+    let plain_url = format!("http://{}", authority.unwrap_or_default());
+    ConnectError::Tls(TlsFailure {
+        plane,
+        addr: url.to_string(),
+        plaintext: speaks_plaintext(&plain_url).await.then_some(plain_url),
+        detail,
     })
 }
+
+/// Whether the server at `url` answers a plain (not TLS) gRPC health check; health checks need
+/// no identity.
+async fn speaks_plaintext(url: &str) -> bool {
+    let Ok(endpoint) = endpoint(url) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.timeout(CONNECT_TIMEOUT).connect().await else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok()
+}
+
+/// A connection that failed: nothing to reach, or a TLS handshake that failed.
+#[derive(Debug)]
+enum ConnectError {
+    Unreachable(Unreachable),
+    Tls(TlsFailure),
+}
+
+impl From<ConnectError> for anyhow::Error {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unreachable(e) => e.into(),
+            ConnectError::Tls(e) => e.into(),
+        }
+    }
+}
+
+/// A TLS connection to a plane that listens failed.
+#[derive(Debug)]
+pub(crate) struct TlsFailure {
+    plane: Plane,
+    addr: String,
+    /// The server's plain `http://` URL, when it answers gRPC without TLS there.
+    plaintext: Option<String>,
+    /// What the handshake failed on; `None` when kmsctl had no certificate to offer.
+    detail: Option<String>,
+}
+
+impl TlsFailure {
+    /// What failed.
+    pub(crate) fn message(&self) -> String {
+        match (&self.plaintext, &self.detail) {
+            (Some(_), _) => format!(
+                "TLS handshake with the {} at {} failed: the server speaks plaintext gRPC, \
+                 without TLS",
+                self.plane, self.addr
+            ),
+            (None, Some(detail)) => format!(
+                "TLS handshake with the {} at {} failed ({detail})",
+                self.plane, self.addr
+            ),
+            (None, None) => format!(
+                "{} asks for TLS, and kmsctl speaks TLS to the {} only as mTLS, with a client \
+                 certificate",
+                self.addr, self.plane
+            ),
+        }
+    }
+
+    /// What to do about it.
+    pub(crate) fn hint(&self) -> String {
+        match (&self.plaintext, &self.detail) {
+            (Some(plain), _) => format!(
+                "call it at {plain} without --ca, --cert and --cert-key (KMS_CA, KMS_CERT, \
+                 KMS_KEY, or a profile's ca, cert and cert_key), or start it with TLS \
+                 (`kmsctl dev up --mtls`)"
+            ),
+            (None, Some(_)) => "check that --ca holds the CA that signed the server's \
+                                certificate, that the certificate covers the host in the \
+                                address, and that the server trusts the CA of --cert"
+                .to_string(),
+            (None, None) => "give --ca, --cert and --cert-key (or KMS_CA, KMS_CERT and \
+                             KMS_KEY, or a profile's ca, cert and cert_key)"
+                .to_string(),
+        }
+    }
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\nhint: {}", self.message(), self.hint())
+    }
+}
+
+impl std::error::Error for TlsFailure {}
 
 /// The messages of an error and its sources, joined by `: `, without repeats.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -220,24 +347,31 @@ pub(crate) struct Unreachable {
     detail: String,
 }
 
+impl Unreachable {
+    /// What failed.
+    pub(crate) fn message(&self) -> String {
+        format!(
+            "cannot reach the {} at {} ({})",
+            self.plane, self.addr, self.detail
+        )
+    }
+
+    /// What to do about it.
+    pub(crate) fn hint(&self) -> String {
+        let (flag, var) = match self.plane {
+            Plane::Control => ("control", "KMS_CONTROL_ADDR"),
+            Plane::Data => ("data", "KMS_DATA_ADDR"),
+        };
+        format!(
+            "is it running? Start the service locally with `kmsctl dev up --dir .dev`, or point \
+             --{flag} / {var} (or a profile's {flag}) at it"
+        )
+    }
+}
+
 impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot reach the {} at {} ({})\nhint: is it running? Start the service locally with \
-             `kmsctl dev up --dir .dev`, or point --{} / {} at it",
-            self.plane,
-            self.addr,
-            self.detail,
-            match self.plane {
-                Plane::Control => "control",
-                Plane::Data => "data",
-            },
-            match self.plane {
-                Plane::Control => "KMS_CONTROL_ADDR",
-                Plane::Data => "KMS_DATA_ADDR",
-            },
-        )
+        write!(f, "{}\nhint: {}", self.message(), self.hint())
     }
 }
 
@@ -263,6 +397,57 @@ impl fmt::Display for RpcError {
 }
 
 impl std::error::Error for RpcError {}
+
+impl RpcError {
+    /// The request id the service gave the call, from the answer's `x-request-id`.
+    pub(crate) fn request_id(&self) -> Option<String> {
+        self.0
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// An error and what to do about it, shown after it as `hint: ...`.
+#[derive(Debug)]
+pub(crate) struct Hinted {
+    pub(crate) error: anyhow::Error,
+    pub(crate) hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}\nhint: {}", self.error, self.hint)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// `error` with `hint` shown after it.
+pub(crate) fn hinted(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
+    Hinted {
+        error: error.into(),
+        hint: hint.into(),
+    }
+    .into()
+}
+
+/// A refused call of a command only operators may make: the refusal, saying so.
+pub(crate) fn operator_only(status: Status, command: &str) -> anyhow::Error {
+    if status.code() != Code::PermissionDenied {
+        return RpcError(status).into();
+    }
+    hinted(
+        RpcError(status),
+        format!(
+            "{command} needs an operator: a principal the control plane's config lists in \
+             `operators` (`kmsctl dev up` makes {} one); call as one with --principal or a \
+             profile, or over mTLS with an operator's certificate",
+            crate::dev::OPERATOR_PRINCIPAL
+        ),
+    )
+}
 
 impl From<Status> for RpcError {
     fn from(status: Status) -> Self {

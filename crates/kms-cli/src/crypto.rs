@@ -13,10 +13,13 @@ use kms_proto::kms::v1::{DecryptRequest, EncryptRequest};
 use serde::Serialize;
 use tonic::Status;
 
-use crate::client::{Planes, RpcError, is_dry_run_success};
+use crate::client::{Planes, RpcError, hinted, is_dry_run_success, reason};
 use crate::files::{self, Access};
 use crate::output::{self, Format};
 use crate::{DecryptArgs, EncryptArgs, pairs_to_map};
+
+/// The most plaintext `Encrypt` takes.
+const MAX_PLAINTEXT: usize = 6 * 1024;
 
 /// The magic every ciphertext blob starts with.
 const BLOB_MAGIC: &[u8] = b"KMS1";
@@ -71,9 +74,22 @@ pub(crate) async fn encrypt(
         encryption_context: pairs_to_map(&args.context, "encryption context")?,
         dry_run: args.dry_run,
     };
+    let size = request.plaintext.len();
     let mut client = planes.data().await?;
     let response = match client.encrypt(request).await {
         Ok(r) => r.into_inner(),
+        Err(status) if too_large(&status, size) => {
+            return Err(hinted(
+                RpcError(status),
+                format!(
+                    "encrypt takes at most {MAX_PLAINTEXT} bytes (6 KiB); for large data use \
+                     envelope encryption: `kmsctl generate-data-key --key KEY --out-blob \
+                     data-key.blob --out-plaintext data-key` makes a data key to encrypt the \
+                     data with locally; keep data-key.blob beside the encrypted data and get \
+                     the data key back with `kmsctl decrypt --in data-key.blob`"
+                ),
+            ));
+        }
         Err(status) => return rpc_failure(status, args.dry_run, format),
     };
     if args.dry_run {
@@ -142,6 +158,15 @@ pub(crate) async fn decrypt(
         Format::Human => output::write_stdout(&response.plaintext)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `status` refuses a plaintext of `size` bytes for its size.
+fn too_large(status: &Status, size: usize) -> bool {
+    match reason(status).as_deref() {
+        Some("Rejected.RequestTooLarge") => true,
+        Some("InvalidParameter.Plaintext") => size > MAX_PLAINTEXT,
+        _ => false,
+    }
 }
 
 /// A failed call; for a dry run, the "would have succeeded" answer is a success.

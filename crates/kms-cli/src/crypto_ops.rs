@@ -9,14 +9,17 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand, ValueEnum};
+use kms_proto::convert::WireEnum;
 use kms_proto::kms::v1::{
-    Algorithm, AsymmetricDecryptRequest, AsymmetricEncryptRequest, AsymmetricSignRequest,
-    AsymmetricVerifyRequest, DataKeySpec, ExportDataKeyRequest, GenerateAndExportDataKeyRequest,
+    AsymmetricDecryptRequest, AsymmetricEncryptRequest, AsymmetricSignRequest,
+    AsymmetricVerifyRequest, ExportDataKeyRequest, GenerateAndExportDataKeyRequest,
     GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest, GenerateRandomRequest,
     GetPublicKeyRequest, GetRandomPasswordRequest, KeySpec, ReEncryptRequest,
 };
+use kms_types::{Algorithm, DataKeySpec};
 use serde_json::json;
 
+use crate::args::{self, KeyArg};
 use crate::client::{Planes, RpcError};
 use crate::crypto::blob_from_file_bytes;
 use crate::files::{Access, write};
@@ -49,7 +52,7 @@ Examples:
     ExportDataKey(ExportArgs),
     /// Move a ciphertext to another key or encryption context (ReEncrypt)
     #[command(
-        after_help = "Examples:\n  kmsctl re-encrypt --in old.blob --to alias/new --from-context v=1 --to-context v=2 --out new.blob"
+        after_help = "Examples:\n  kmsctl re-encrypt --in old.blob --key alias/new --from-context v=1 --to-context v=2 --out new.blob"
     )]
     ReEncrypt(ReEncryptArgs),
     /// Encrypt with an RSA key's public half, RSAES-OAEP (AsymmetricEncrypt)
@@ -57,33 +60,39 @@ Examples:
         after_help = "Examples:\n  kmsctl asymmetric-encrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.txt --out secret.enc"
     )]
     AsymmetricEncrypt(AsymArgs),
-    /// Decrypt with an RSA key, RSAES-OAEP (AsymmetricDecrypt)
-    #[command(
-        after_help = "Examples:\n  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --out secret.txt"
-    )]
-    AsymmetricDecrypt(AsymArgs),
-    /// Sign a message's SHA-256 digest (AsymmetricSign); the message is hashed here
+    /// Decrypt with an RSA key, RSAES-OAEP (AsymmetricDecrypt); prints the plaintext as is,
+    /// like decrypt
+    #[command(after_help = "\
+Examples:
+  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --out secret.txt
+  kmsctl asymmetric-decrypt --key alias/rsa --algorithm RSAES_OAEP_SHA_256 --in secret.enc --base64")]
+    AsymmetricDecrypt(AsymDecryptArgs),
+    /// Sign a message's SHA-256 digest (AsymmetricSign); the message is hashed here, or given
+    /// as its digest with --message-type digest
     #[command(after_help = "\
 Examples:
   kmsctl sign --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --out release.sig
-  openssl dgst -sha256 -verify ec.pem -signature release.sig release.tar")]
+  openssl dgst -sha256 -verify ec.pem -signature release.sig release.tar
+  openssl dgst -sha256 -binary release.tar > release.sha256
+  kmsctl sign --key alias/ec --algorithm ECDSA_SHA_256 --message-type digest --in release.sha256 --out release.sig")]
     Sign(SignArgs),
     /// Verify a signature over a message's SHA-256 digest (AsymmetricVerify); exit 1 if invalid
-    #[command(
-        after_help = "Examples:\n  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --signature release.sig"
-    )]
+    #[command(after_help = "\
+Examples:
+  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --in release.tar --signature release.sig
+  kmsctl verify --key alias/ec --algorithm ECDSA_SHA_256 --message-type digest --in release.sha256 --signature release.sig")]
     Verify(VerifyArgs),
     /// An asymmetric key's public key as PEM (GetPublicKey), the console's "View Public Key →
     /// Download"
     #[command(after_help = "\
 Examples:
-  kmsctl get-public-key alias/ec --out ec.pem
-  kmsctl get-public-key key-... --version 2b4c... --out old.pem
+  kmsctl get-public-key --key alias/ec --out ec.pem
+  kmsctl get-public-key --key key-... --version 2b4c... --out old.pem
   openssl pkey -pubin -in ec.pem -text -noout")]
     GetPublicKey(PublicKeyArgs),
     /// Random bytes from the HSM (GenerateRandom), as base64 or to a file
     #[command(
-        after_help = "Examples:\n  kmsctl generate-random --length 32\n  kmsctl generate-random --length 1024 --out seed.bin"
+        after_help = "Examples:\n  kmsctl generate-random --bytes 32\n  kmsctl generate-random --bytes 1024 --out seed.bin"
     )]
     GenerateRandom(RandomArgs),
     /// A random password (GetRandomPassword)
@@ -93,48 +102,14 @@ Examples:
     RandomPassword(PasswordArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum DataKeySpecArg {
-    #[value(name = "AES_256")]
-    Aes256,
-    #[value(name = "AES_128")]
-    Aes128,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum AlgorithmArg {
-    #[value(name = "RSA_PSS_SHA_256")]
-    RsaPssSha256,
-    #[value(name = "RSA_PKCS1_SHA_256")]
-    RsaPkcs1Sha256,
-    #[value(name = "ECDSA_SHA_256")]
-    EcdsaSha256,
-    #[value(name = "RSAES_OAEP_SHA_256")]
-    RsaesOaepSha256,
-    #[value(name = "RSAES_OAEP_SHA_1")]
-    RsaesOaepSha1,
-}
-
-impl AlgorithmArg {
-    fn wire(self) -> i32 {
-        (match self {
-            Self::RsaPssSha256 => Algorithm::RsaPssSha256,
-            Self::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
-            Self::EcdsaSha256 => Algorithm::EcdsaSha256,
-            Self::RsaesOaepSha256 => Algorithm::RsaesOaepSha256,
-            Self::RsaesOaepSha1 => Algorithm::RsaesOaepSha1,
-        }) as i32
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct DataKeyArgs {
     /// The key to seal the data key under (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
-    /// Data key size by name
-    #[arg(long, value_enum)]
-    spec: Option<DataKeySpecArg>,
+    /// Data key size by name: AES_256 or AES_128
+    #[arg(long, value_name = "SPEC", value_parser = args::data_key_spec())]
+    spec: Option<DataKeySpec>,
     /// Data key size in bytes, 1–1024; wins over --spec [default: 32]
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     bytes: i32,
@@ -158,14 +133,14 @@ pub(crate) struct WrapTo {
     #[arg(long, value_name = "FILE")]
     public_key: PathBuf,
     /// RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1
-    #[arg(long, value_enum, default_value_t = AlgorithmArg::RsaesOaepSha256)]
-    wrapping_algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", default_value = "RSAES_OAEP_SHA_256", value_parser = args::oaep_algorithm())]
+    wrapping_algorithm: Algorithm,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportNewArgs {
     /// The key to seal the data key under
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     #[command(flatten)]
     wrap: WrapTo,
@@ -203,9 +178,10 @@ pub(crate) struct ReEncryptArgs {
     /// The ciphertext blob, raw or base64 (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Destination key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
-    to: String,
+    /// The key to seal the ciphertext under from now on (id, alias or ARN; `--to` is the older
+    /// name)
+    #[arg(long, value_name = "KEY", alias = "to", value_parser = args::key_ref)]
+    key: String,
     /// Encryption context the blob was sealed with, repeatable
     #[arg(long = "from-context", value_name = "K=V", value_parser = crate::parse_pair)]
     from_context: Vec<(String, String)>,
@@ -220,36 +196,57 @@ pub(crate) struct ReEncryptArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AsymArgs {
     /// The RSA key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::oaep_algorithm())]
+    algorithm: Algorithm,
     /// Input file (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Output file [default: print base64]
+    /// Output file [default: print it: the ciphertext as base64, the plaintext as it is]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct AsymDecryptArgs {
+    #[command(flatten)]
+    asym: AsymArgs,
+    /// Print the plaintext as base64 (for binary plaintext)
+    #[arg(long, conflicts_with = "out")]
+    base64: bool,
+}
+
+/// `--message-type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MessageType {
+    /// --in is the message; kmsctl sends its SHA-256 digest
+    Raw,
+    /// --in is the message's SHA-256 digest, 32 bytes
+    Digest,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct SignArgs {
     /// The signing key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSA_PSS_SHA_256, RSA_PKCS1_SHA_256 or ECDSA_SHA_256
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::signing_algorithm())]
+    algorithm: Algorithm,
     /// The message to sign (`-` for stdin); its SHA-256 digest is what is sent
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+    /// What --in holds: the message (raw) or its SHA-256 digest (digest)
+    #[arg(long, value_enum, ignore_case = true, default_value_t = MessageType::Raw)]
+    message_type: MessageType,
     /// Write the signature here [default: print base64]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -258,17 +255,20 @@ pub(crate) struct SignArgs {
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// The key (id, alias or ARN)
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
     /// RSA_PSS_SHA_256, RSA_PKCS1_SHA_256 or ECDSA_SHA_256
-    #[arg(long, value_enum)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::signing_algorithm())]
+    algorithm: Algorithm,
     /// The signed message (`-` for stdin)
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+    /// What --in holds: the message (raw) or its SHA-256 digest (digest)
+    #[arg(long, value_enum, ignore_case = true, default_value_t = MessageType::Raw)]
+    message_type: MessageType,
     /// The signature file (raw bytes)
     #[arg(long, value_name = "FILE")]
     signature: PathBuf,
@@ -276,8 +276,8 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PublicKeyArgs {
-    /// The asymmetric key (id, alias or ARN)
-    key: String,
+    #[command(flatten)]
+    key: KeyArg,
     /// Key version [default: the primary version]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
@@ -288,9 +288,9 @@ pub(crate) struct PublicKeyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RandomArgs {
-    /// How many bytes, 1–1024
-    #[arg(long, value_name = "N")]
-    length: i32,
+    /// How many bytes, 1–1024 (`--length` is the older name)
+    #[arg(long, value_name = "N", alias = "length")]
+    bytes: i32,
     /// Write the bytes here instead of printing base64
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -357,6 +357,23 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(bytes).to_vec()
 }
 
+/// The digest to sign or verify: of the message in `input`, or read from it.
+fn digest(input: &Path, kind: MessageType) -> anyhow::Result<Vec<u8>> {
+    let bytes = read(input)?;
+    match kind {
+        MessageType::Raw => Ok(sha256(&bytes)),
+        MessageType::Digest if bytes.len() == 32 => Ok(bytes),
+        MessageType::Digest => anyhow::bail!(
+            "--message-type digest takes the message's SHA-256 digest, 32 bytes, and {} holds \
+             {} bytes; make it with `openssl dgst -sha256 -binary MESSAGE > {}`, or sign the \
+             message itself with --message-type raw",
+            input.display(),
+            bytes.len(),
+            input.display()
+        ),
+    }
+}
+
 /// Runs a data-plane subcommand.
 pub(crate) async fn run(
     planes: &Planes,
@@ -366,11 +383,7 @@ pub(crate) async fn run(
     let mut client = planes.data().await?;
     match command {
         CryptoOpsCommand::GenerateDataKey(a) => {
-            let key_spec = match a.spec {
-                None => 0,
-                Some(DataKeySpecArg::Aes256) => DataKeySpec::Aes256 as i32,
-                Some(DataKeySpecArg::Aes128) => DataKeySpec::Aes128 as i32,
-            };
+            let key_spec = a.spec.map_or(0, WireEnum::to_wire);
             let context = pairs_to_map(&a.context, "encryption context")?;
             let (key_id, version, blob, plaintext) = if a.no_plaintext {
                 let r = client
@@ -439,7 +452,7 @@ pub(crate) async fn run(
                     number_of_bytes: a.bytes,
                     encryption_context: pairs_to_map(&a.context, "encryption context")?,
                     public_key: read(&a.wrap.public_key)?,
-                    wrapping_algorithm: a.wrap.wrapping_algorithm.wire(),
+                    wrapping_algorithm: a.wrap.wrapping_algorithm.to_wire(),
                     wrapping_key_spec: KeySpec::Rsa2048 as i32,
                     dry_run: false,
                 })
@@ -484,7 +497,7 @@ pub(crate) async fn run(
                     ciphertext_blob: blob_from_file_bytes(read(&a.input)?),
                     encryption_context: pairs_to_map(&a.context, "encryption context")?,
                     public_key: read(&a.wrap.public_key)?,
-                    wrapping_algorithm: a.wrap.wrapping_algorithm.wire(),
+                    wrapping_algorithm: a.wrap.wrapping_algorithm.to_wire(),
                     wrapping_key_spec: KeySpec::Rsa2048 as i32,
                     dry_run: false,
                 })
@@ -509,7 +522,7 @@ pub(crate) async fn run(
                         &a.from_context,
                         "source encryption context",
                     )?,
-                    destination_key_id: a.to,
+                    destination_key_id: a.key,
                     destination_encryption_context: pairs_to_map(
                         &a.to_context,
                         "destination encryption context",
@@ -537,7 +550,7 @@ pub(crate) async fn run(
                 .asymmetric_encrypt(AsymmetricEncryptRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     plaintext: read(&a.input)?,
                     dry_run: false,
                 })
@@ -554,35 +567,40 @@ pub(crate) async fn run(
                 extra,
             )?;
         }
-        CryptoOpsCommand::AsymmetricDecrypt(a) => {
+        CryptoOpsCommand::AsymmetricDecrypt(AsymDecryptArgs { asym: a, base64 }) => {
             let r = client
                 .asymmetric_decrypt(AsymmetricDecryptRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
+                    algorithm: a.algorithm.to_wire(),
                     ciphertext_blob: read(&a.input)?,
                     dry_run: false,
                 })
                 .await
                 .map_err(RpcError)?
                 .into_inner();
-            let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
-            emit(
-                format,
-                a.out.as_deref(),
-                Access::Secret,
-                "plaintext",
-                &r.plaintext,
-                extra,
-            )?;
+            if format == Format::Human && a.out.is_none() && !base64 {
+                // As decrypt: the plaintext as it is.
+                output::write_stdout(&r.plaintext)?;
+            } else {
+                let extra = json!({"key_id": r.key_id, "key_version_id": r.key_version_id});
+                emit(
+                    format,
+                    a.out.as_deref(),
+                    Access::Secret,
+                    "plaintext",
+                    &r.plaintext,
+                    extra,
+                )?;
+            }
         }
         CryptoOpsCommand::Sign(a) => {
             let r = client
                 .asymmetric_sign(AsymmetricSignRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
-                    digest: sha256(&read(&a.input)?),
+                    algorithm: a.algorithm.to_wire(),
+                    digest: digest(&a.input, a.message_type)?,
                     dry_run: false,
                 })
                 .await
@@ -603,8 +621,8 @@ pub(crate) async fn run(
                 .asymmetric_verify(AsymmetricVerifyRequest {
                     key_id: a.key,
                     key_version_id: a.version.unwrap_or_default(),
-                    algorithm: a.algorithm.wire(),
-                    digest: sha256(&read(&a.input)?),
+                    algorithm: a.algorithm.to_wire(),
+                    digest: digest(&a.input, a.message_type)?,
                     value: read(&a.signature)?,
                     dry_run: false,
                 })
@@ -624,7 +642,7 @@ pub(crate) async fn run(
         CryptoOpsCommand::GetPublicKey(a) => {
             let r = client
                 .get_public_key(GetPublicKeyRequest {
-                    key_id: a.key,
+                    key_id: a.key.key,
                     key_version_id: a.version.unwrap_or_default(),
                 })
                 .await
@@ -645,7 +663,7 @@ pub(crate) async fn run(
         }
         CryptoOpsCommand::GenerateRandom(a) => {
             let r = client
-                .generate_random(GenerateRandomRequest { length: a.length })
+                .generate_random(GenerateRandomRequest { length: a.bytes })
                 .await
                 .map_err(RpcError)?
                 .into_inner();

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 use base64::Engine;
@@ -16,9 +15,9 @@ use kms_proto::kms::v1::{
 use kms_types::{Algorithm, KeySpec};
 use serde::Serialize;
 
+use crate::args::{self, KeyArg};
 use crate::client::{Planes, RpcError};
 use crate::files::{self, Access};
-use crate::lifecycle::KeyArg;
 use crate::output::{Format, aligned, print_done, print_json, print_text, rfc3339, table};
 
 /// Import and association subcommands.
@@ -33,7 +32,7 @@ pub(crate) enum ImportCommand {
     /// wrapping is not offered (docs/IMPORT.md says why).
     #[command(after_help = "\
 Examples:
-  kmsctl get-parameters-for-import alias/byok --wrapping-algorithm RSAES_OAEP_SHA_256 \\
+  kmsctl get-parameters-for-import --key alias/byok --wrapping-algorithm RSAES_OAEP_SHA_256 \\
       --public-key-out import.der
   openssl rand -out aes.bin 32
   openssl pkeyutl -encrypt -pubin -keyform DER -inkey import.der -in aes.bin -out wrapped.bin \\
@@ -45,15 +44,15 @@ Examples:
     /// only the same material again.
     #[command(after_help = "\
 Examples:
-  kmsctl import-key-material alias/byok --token itk-... --in wrapped.bin
-  kmsctl import-key-material alias/byok --token itk-... --in wrapped.bin \\
+  kmsctl import-key-material --key alias/byok --token itk-... --in wrapped.bin
+  kmsctl import-key-material --key alias/byok --token itk-... --in wrapped.bin \\
       --expire 2027-01-01T00:00:00Z")]
     ImportKeyMaterial(ImportArgs),
     /// Delete a key's imported material at once (DeleteKeyMaterial)
     ///
     /// The key returns to PendingImport; crypto calls are refused until the same material is
     /// imported again.
-    #[command(after_help = "Examples:\n  kmsctl delete-key-material alias/byok")]
+    #[command(after_help = "Examples:\n  kmsctl delete-key-material --key alias/byok")]
     DeleteKeyMaterial(KeyArg),
     /// Who used a key in the last 365 days, and when each version last decrypted or verified
     /// (CheckKeyAssociation)
@@ -61,22 +60,21 @@ Examples:
     /// Before deleting a key or retiring a version, check that nothing still calls it.
     #[command(after_help = "\
 Examples:
-  kmsctl check-association alias/demo
-  kmsctl check-association key-... --json")]
+  kmsctl check-association --key alias/demo
+  kmsctl check-association --key key-... --json")]
     CheckAssociation(KeyArg),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ParametersArgs {
-    /// Key id, alias (`alias/...`) or ARN
-    #[arg(value_name = "KEY")]
-    key: String,
+    #[command(flatten)]
+    key: KeyArg,
     /// RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1 (AES material) or RSA_AES_KEY_WRAP_SHA_256 (private
     /// keys)
-    #[arg(long, value_name = "ALGORITHM")]
+    #[arg(long, value_name = "ALGORITHM", value_parser = args::import_wrapping_algorithm())]
     wrapping_algorithm: Algorithm,
     /// Spec of the import key
-    #[arg(long, value_name = "SPEC", default_value = "RSA_2048")]
+    #[arg(long, value_name = "SPEC", default_value = "RSA_2048", value_parser = args::key_spec())]
     wrapping_key_spec: KeySpec,
     /// Write the import public key (DER SubjectPublicKeyInfo) to FILE
     #[arg(long, value_name = "FILE")]
@@ -85,29 +83,18 @@ pub(crate) struct ParametersArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
-    /// Key id, alias (`alias/...`) or ARN
-    #[arg(value_name = "KEY")]
-    key: String,
+    #[command(flatten)]
+    key: KeyArg,
     /// The import token from get-parameters-for-import
     #[arg(long, value_name = "TOKEN")]
     token: String,
     /// The wrapped key material, raw bytes
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// When the material expires (RFC 3339); the key then returns to PendingImport
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    /// When the material expires, RFC 3339 (e.g. 2027-01-01T00:00:00Z); the key then returns to
+    /// PendingImport
+    #[arg(long, value_name = "TIME", value_parser = args::rfc3339_time)]
     expire: Option<prost_types::Timestamp>,
-}
-
-fn parse_time(s: &str) -> Result<prost_types::Timestamp, String> {
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?}: {e}"))?;
-    let d = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before 1970"))?;
-    Ok(prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).map_err(|_| format!("{s:?} is too late"))?,
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    })
 }
 
 /// `get-parameters-for-import` as JSON.
@@ -213,7 +200,7 @@ pub(crate) async fn run(
         ImportCommand::GetParametersForImport(a) => {
             let p = client
                 .get_parameters_for_import(GetParametersForImportRequest {
-                    key_id: a.key,
+                    key_id: a.key.key,
                     wrapping_algorithm: a.wrapping_algorithm.to_wire(),
                     wrapping_key_spec: a.wrapping_key_spec.to_wire(),
                 })
@@ -228,17 +215,17 @@ pub(crate) async fn run(
                 Format::Json => print_json(&view)?,
                 Format::Human => {
                     let mut lines = vec![
-                        ("Key id", view.key_id.clone()),
-                        ("Import token", view.import_token.clone()),
+                        ("key_id", view.key_id.clone()),
+                        ("import_token", view.import_token.clone()),
                         (
-                            "Token expires",
+                            "token_expire_time",
                             view.token_expire_time.clone().unwrap_or_default(),
                         ),
                     ];
                     if let Some(path) = &a.public_key_out {
-                        lines.push(("Public key (DER)", path.display().to_string()));
+                        lines.push(("public_key_out", path.display().to_string()));
                     } else {
-                        lines.push(("Public key (DER, base64)", view.public_key.clone()));
+                        lines.push(("public_key", view.public_key.clone()));
                     }
                     print_text(&aligned(&lines))?;
                 }
@@ -249,7 +236,7 @@ pub(crate) async fn run(
                 .with_context(|| format!("cannot read {}", a.input.display()))?;
             client
                 .import_key_material(ImportKeyMaterialRequest {
-                    key_id: a.key.clone(),
+                    key_id: a.key.key.clone(),
                     import_token: a.token,
                     encrypted_key_material: material,
                     key_material_expire_time: a.expire,
@@ -258,8 +245,8 @@ pub(crate) async fn run(
                 .map_err(RpcError)?;
             print_done(
                 format,
-                &format!("Imported key material into {}.", a.key),
-                &serde_json::json!({ "key_id": a.key, "imported": true }),
+                &format!("Imported key material into {}.", a.key.key),
+                &serde_json::json!({ "key_id": a.key.key, "imported": true }),
             )?;
         }
         ImportCommand::DeleteKeyMaterial(a) => {

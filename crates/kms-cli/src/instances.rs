@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use kms_proto::kms::v1::{
-    CreateKmsInstanceRequest, GetKmsInstanceRequest, InstanceType, KmsInstance,
-    ListKmsInstancesRequest, ShareKmsInstanceRequest, UnshareKmsInstanceRequest,
-    UpdateKmsInstanceRequest,
+    CreateKmsInstanceRequest, GetKmsInstanceRequest, KmsInstance, ListKmsInstancesRequest,
+    ShareKmsInstanceRequest, UnshareKmsInstanceRequest, UpdateKmsInstanceRequest,
 };
 
-use crate::client::{Planes, RpcError};
+use kms_proto::convert::WireEnum;
+
+use crate::args;
+use crate::client::{Planes, RpcError, operator_only};
 use crate::output::{self, Format};
 
 /// Instance subcommands.
@@ -69,20 +71,12 @@ Examples:
     UpdateKmsInstance(UpdateArgs),
 }
 
-/// `--type` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum TypeArg {
-    /// Software-protected keys: Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K
-    Software,
-    /// HSM-protected keys of all eight specs
-    Hardware,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
-    /// Kind of instance
-    #[arg(long = "type", value_enum, value_name = "TYPE")]
-    instance_type: TypeArg,
+    /// Kind of instance: SOFTWARE (software-protected keys: Aliyun_AES_256, RSA_2048, RSA_3072,
+    /// EC_P256, EC_P256K) or HARDWARE (HSM-protected keys of all eight specs); any case
+    #[arg(long = "type", value_name = "TYPE", value_parser = args::instance_type())]
+    instance_type: kms_types::InstanceType,
     /// Account id (`<uid>`) that will own the instance
     #[arg(long, value_name = "ACCOUNT")]
     owner: String,
@@ -147,16 +141,13 @@ pub(crate) async fn run(
     match command {
         InstanceCommand::CreateKmsInstance(a) => one(client
             .create_kms_instance(CreateKmsInstanceRequest {
-                instance_type: match a.instance_type {
-                    TypeArg::Software => InstanceType::Software,
-                    TypeArg::Hardware => InstanceType::Hardware,
-                } as i32,
+                instance_type: a.instance_type.to_wire(),
                 owner_account_id: a.owner,
                 key_quota: a.key_quota,
                 access_management_quota: a.access_management_quota,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "create-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::GetKmsInstance(a) => one(client
@@ -193,7 +184,7 @@ pub(crate) async fn run(
                 account_id: a.account,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "share-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::UpdateKmsInstance(a) => one(client
@@ -203,7 +194,7 @@ pub(crate) async fn run(
                 access_management_quota: a.access_management_quota,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "update-kms-instance"))?
             .into_inner()
             .kms_instance)?,
         InstanceCommand::UnshareKmsInstance(a) => one(client
@@ -212,7 +203,7 @@ pub(crate) async fn run(
                 account_id: a.account,
             })
             .await
-            .map_err(RpcError)?
+            .map_err(|s| operator_only(s, "unshare-kms-instance"))?
             .into_inner()
             .kms_instance)?,
     }

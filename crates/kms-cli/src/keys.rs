@@ -4,12 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kms_proto::convert::WireEnum;
-use kms_proto::kms::v1::{CreateKeyRequest, DescribeKeyRequest, Tag};
-use kms_types::KeyOrigin;
+use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use kms_proto::kms::v1::{
+    CreateAliasRequest, CreateKeyRequest, DescribeKeyRequest, KeyMetadata, ListKeysRequest, Tag,
+};
+use tonic::{Code, Status};
 
-use crate::client::{Planes, RpcError};
+use crate::client::{Authed, Planes, RpcError, reason};
 use crate::output::{self, Format};
-use crate::{CreateKeyArgs, DescribeKeyArgs, OriginArg};
+use crate::{CreateKeyArgs, DescribeKeyArgs};
 
 /// `kmsctl create-key`.
 pub(crate) async fn create_key(
@@ -17,15 +20,107 @@ pub(crate) async fn create_key(
     format: Format,
     args: CreateKeyArgs,
 ) -> anyhow::Result<ExitCode> {
+    let if_not_exists = args.if_not_exists;
     let request = create_key_request(args)?;
     let mut client = planes.control().await?;
-    let response = client
-        .create_key(request)
+    let created = match client.create_key(request.clone()).await {
+        Ok(response) => response.into_inner().key_metadata,
+        Err(status) if if_not_exists && status.code() == Code::AlreadyExists => {
+            Some(existing_key(&mut client, &request, status).await?)
+        }
+        Err(status) => return Err(RpcError(status).into()),
+    };
+    output::print_key(format, created.as_ref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// For `create-key --if-not-exists` refused with `refusal` (`ALREADY_EXISTS`): the key that
+/// exists in its place, if it is the one `request` asks for. A second default key: the
+/// account's default key, given `request`'s alias if it has none yet. An alias in use: the key
+/// it names, if its spec, usage, origin and instance are those asked for.
+async fn existing_key(
+    client: &mut KeyManagementServiceClient<Authed>,
+    request: &CreateKeyRequest,
+    refusal: Status,
+) -> anyhow::Result<KeyMetadata> {
+    let alias = (!request.alias.is_empty()).then_some(request.alias.as_str());
+    match (reason(&refusal).as_deref(), alias) {
+        (Some("Forbidden.DefaultKeyExists"), _) => {
+            let listed = client
+                .list_keys(ListKeysRequest {
+                    default_keys_only: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(RpcError)?
+                .into_inner()
+                .keys;
+            // Not listed: the caller may not describe it, and learns no more than the refusal.
+            let Some(key) = listed.into_iter().next() else {
+                return Err(RpcError(refusal).into());
+            };
+            match alias {
+                Some(alias) if !key.aliases.iter().any(|a| a == alias) => {
+                    client
+                        .create_alias(CreateAliasRequest {
+                            alias_name: alias.to_string(),
+                            key_id: key.key_id.clone(),
+                        })
+                        .await
+                        .map_err(RpcError)?;
+                    describe(client, &key.key_id).await
+                }
+                _ => Ok(key),
+            }
+        }
+        (Some("Forbidden.AliasExists"), Some(alias)) => {
+            let key = describe(client, alias).await?;
+            let asked = (
+                request.kms_instance_id.as_str(),
+                request.key_spec,
+                request.key_usage,
+                request.origin,
+            );
+            let found = (
+                if key.is_default_key {
+                    ""
+                } else {
+                    key.kms_instance_id.as_str()
+                },
+                key.key_spec,
+                key.key_usage,
+                key.origin,
+            );
+            if asked != found {
+                let view = output::KeyView::from(&key);
+                anyhow::bail!(
+                    "{alias} already names {}, an {}, not the key asked for; --if-not-exists \
+                     takes an existing key only when its instance, spec, usage and origin are \
+                     those asked for: choose another alias",
+                    key.key_id,
+                    view.summary()
+                );
+            }
+            Ok(key)
+        }
+        _ => Err(RpcError(refusal).into()),
+    }
+}
+
+/// The metadata of the key `key` names.
+async fn describe(
+    client: &mut KeyManagementServiceClient<Authed>,
+    key: &str,
+) -> anyhow::Result<KeyMetadata> {
+    client
+        .describe_key(DescribeKeyRequest {
+            key_id: key.to_string(),
+        })
         .await
         .map_err(RpcError)?
-        .into_inner();
-    output::print_key(format, response.key_metadata.as_ref())?;
-    Ok(ExitCode::SUCCESS)
+        .into_inner()
+        .key_metadata
+        .context("the server answered without key metadata")
 }
 
 /// `kmsctl describe-key`.
@@ -36,7 +131,9 @@ pub(crate) async fn describe_key(
 ) -> anyhow::Result<ExitCode> {
     let mut client = planes.control().await?;
     let response = client
-        .describe_key(DescribeKeyRequest { key_id: args.key })
+        .describe_key(DescribeKeyRequest {
+            key_id: args.key.key,
+        })
         .await
         .map_err(RpcError)?
         .into_inner();
@@ -56,10 +153,7 @@ fn create_key_request(args: CreateKeyArgs) -> anyhow::Result<CreateKeyRequest> {
             .with_context(|| format!("cannot read policy file {}", path.display()))?,
         None => String::new(),
     };
-    let origin = match args.origin {
-        OriginArg::Kms => KeyOrigin::Kms,
-        OriginArg::External => KeyOrigin::External,
-    };
+    let origin = args.origin;
     let usage = args.usage.unwrap_or_else(|| args.spec.default_usage());
     let enable_automatic_rotation = match (args.rotation_days, args.no_rotation) {
         (Some(_), _) => Some(true),
@@ -92,7 +186,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use clap::Parser;
-    use kms_types::{KeySpec, KeyUsage};
+    use kms_types::{KeyOrigin, KeySpec, KeyUsage};
 
     use super::*;
     use crate::{Cli, Command};

@@ -2,12 +2,15 @@
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
 mod aliases;
+mod args;
 mod audit;
 mod certs;
 mod client;
+mod config;
 mod crypto;
 mod crypto_ops;
 mod dev;
+mod errors;
 mod files;
 mod import;
 mod instances;
@@ -21,8 +24,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use kms_types::{KeySpec, KeyUsage};
+use kms_types::{KeyOrigin, KeySpec, KeyUsage};
 
+use crate::args::KeyArg;
 use crate::client::{Planes, TlsFiles};
 use crate::output::Format;
 
@@ -35,15 +39,21 @@ const MAIN_EXAMPLES: &str = "\
 Examples:
   kmsctl dev up --dir .dev
   export KMS_PRINCIPAL=acs:ram::1234567890123456:root
-  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl create-key --alias alias/demo --description \"my first key\" --if-not-exists
   kmsctl encrypt --key alias/demo --plaintext 'hello' > blob.b64
-  kmsctl decrypt --in blob.b64";
+  kmsctl decrypt --in blob.b64
+  kmsctl --profile prod --output yaml describe-key --key alias/demo
+
+Profiles: $XDG_CONFIG_HOME/kmsctl/config.toml (else ~/.config/kmsctl/config.toml, or the file
+$KMSCTL_CONFIG names); deploy/config/kmsctl.toml documents every option.
+Completion: source <(kmsctl completion bash)";
 
 /// Command-line client of the self-hosted KMS.
 ///
 /// Key management goes to the control plane (`--control`), encryption and decryption to the
 /// data plane (`--data`). Every call is made as the principal given by `--principal` (or
-/// `KMS_PRINCIPAL`).
+/// `KMS_PRINCIPAL`, or the profile's), or over mTLS as the certificate's. Commands name the
+/// key they work on with `--key`.
 #[derive(Debug, Parser)]
 #[command(name = "kmsctl", version, after_help = MAIN_EXAMPLES)]
 struct Cli {
@@ -53,31 +63,32 @@ struct Cli {
     command: Command,
 }
 
-/// Options every subcommand accepts.
+/// Options every subcommand accepts. Each defaults to the profile's value (`--profile`), then
+/// to kmsctl's own default.
 #[derive(Debug, Args)]
 struct GlobalOpts {
     /// Control-plane address; `host:port` without a scheme means `http://host:port`
+    /// [default: the profile's control, else http://127.0.0.1:7700]
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
         env = "KMS_CONTROL_ADDR",
-        default_value = DEFAULT_CONTROL,
         value_name = "URL",
         value_parser = parse_url
     )]
-    control: String,
+    control: Option<String>,
     /// Data-plane address; `host:port` without a scheme means `http://host:port`
+    /// [default: the profile's data, else http://127.0.0.1:7701]
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
         env = "KMS_DATA_ADDR",
-        default_value = DEFAULT_DATA,
         value_name = "URL",
         value_parser = parse_url
     )]
-    data: String,
+    data: Option<String>,
     /// Principal ARN to call as, e.g. `acs:ram::1234567890123456:root`
     #[arg(
         long,
@@ -87,8 +98,35 @@ struct GlobalOpts {
         value_name = "ARN"
     )]
     principal: Option<String>,
-    /// Print the response as JSON instead of text
-    #[arg(long, global = true, help_heading = "Global options")]
+    /// Profile of kmsctl's config file to take defaults from
+    /// ($XDG_CONFIG_HOME/kmsctl/config.toml; deploy/config/kmsctl.toml shows every option)
+    /// [default: the file's default_profile]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KMS_PROFILE",
+        value_name = "NAME"
+    )]
+    profile: Option<String>,
+    /// How to print responses, and errors on stderr: table (text for people), json or yaml
+    /// [default: the profile's output, else table]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        ignore_case = true,
+        value_name = "FORMAT"
+    )]
+    output: Option<OutputArg>,
+    /// Print responses, and errors on stderr, as JSON: --output json
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        conflicts_with = "output"
+    )]
     json: bool,
     /// CA certificate(s) (PEM) the planes' server certificates must chain to; with --cert and
     /// --cert-key, calls go over mTLS (https) and the principal is the certificate's
@@ -109,7 +147,7 @@ struct GlobalOpts {
         value_name = "FILE"
     )]
     cert: Option<PathBuf>,
-    /// Private key (PEM) of --cert (`--key` names the key to use in `encrypt`)
+    /// Private key (PEM) of --cert (`--key` names the key a command works on)
     #[arg(
         long,
         global = true,
@@ -120,21 +158,83 @@ struct GlobalOpts {
     cert_key: Option<PathBuf>,
 }
 
+/// `--output` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputArg {
+    /// Aligned `field: value` lines and tables, for people
+    Table,
+    /// One JSON document per response
+    Json,
+    /// One YAML document per response
+    Yaml,
+}
+
+impl OutputArg {
+    /// The output the flags ask for: `--json`, `--output`, or none.
+    fn from_flags(json: bool, output: Option<OutputArg>) -> Option<Self> {
+        if json { Some(Self::Json) } else { output }
+    }
+}
+
 impl GlobalOpts {
-    /// The mTLS files, when all three are given; an error when only some are.
-    fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
-        match (&self.ca, &self.cert, &self.cert_key) {
-            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            })),
-            (None, None, None) => Ok(None),
-            _ => anyhow::bail!(
-                "mTLS needs all of --ca, --cert and --cert-key (or KMS_CA, KMS_CERT, KMS_KEY); \
-                 only some are set"
+    /// The planes, the caller and the output: the flags (or their environment variables),
+    /// else the profile's values, else kmsctl's defaults.
+    fn resolve(self) -> anyhow::Result<(Planes, OutputArg)> {
+        let profile = match config::config_path() {
+            Some(path) => config::select(config::load(&path)?, &path, self.profile.as_deref())?,
+            None if self.profile.is_some() => anyhow::bail!(
+                "--profile needs kmsctl's config file, and neither {} nor XDG_CONFIG_HOME nor \
+                 HOME says where it is",
+                config::CONFIG_ENV
             ),
+            None => None,
         }
+        .unwrap_or_default();
+        let address = |flag: Option<String>, from_profile: Option<String>, default: &str| match (
+            flag,
+            from_profile,
+        ) {
+            (Some(url), _) => Ok(url),
+            (None, Some(url)) => parse_url(&url).map_err(|e| anyhow::anyhow!("the profile's {e}")),
+            (None, None) => Ok(default.to_string()),
+        };
+        let output = match (
+            OutputArg::from_flags(self.json, self.output),
+            &profile.output,
+        ) {
+            (Some(o), _) => o,
+            (None, Some(o)) => <OutputArg as clap::ValueEnum>::from_str(o, true)
+                .map_err(|e| anyhow::anyhow!("the profile's output {o:?}: {e}"))?,
+            (None, None) => OutputArg::Table,
+        };
+        let tls = tls_files(
+            self.ca.or(profile.ca),
+            self.cert.or(profile.cert),
+            self.cert_key.or(profile.cert_key),
+        )?;
+        let planes = Planes {
+            control: address(self.control, profile.control, DEFAULT_CONTROL)?,
+            data: address(self.data, profile.data, DEFAULT_DATA)?,
+            principal: self.principal.or(profile.principal),
+            tls,
+        };
+        Ok((planes, output))
+    }
+}
+
+/// The mTLS files, when all three are given; an error when only some are.
+fn tls_files(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca, cert, key })),
+        (None, None, None) => Ok(None),
+        _ => anyhow::bail!(
+            "mTLS needs all of --ca, --cert and --cert-key (or KMS_CA, KMS_CERT, KMS_KEY, or a \
+             profile's ca, cert and cert_key); only some are set"
+        ),
     }
 }
 
@@ -143,15 +243,15 @@ enum Command {
     /// Create a key (CreateKey) and print its metadata
     #[command(after_help = "\
 Examples:
-  kmsctl create-key --alias alias/demo --description \"my first key\"
+  kmsctl create-key --alias alias/demo --description \"my first key\" --if-not-exists
   kmsctl create-key --instance kst-... --spec RSA_2048 --usage SIGN/VERIFY --tag env=dev
   kmsctl create-key --instance kst-... --rotation-days 90 --policy-file policy.json")]
     CreateKey(CreateKeyArgs),
     /// Show a key's metadata (DescribeKey)
     #[command(after_help = "\
 Examples:
-  kmsctl describe-key alias/demo
-  kmsctl describe-key --json acs:kms:local:1234567890123456:key/key-...")]
+  kmsctl describe-key --key alias/demo
+  kmsctl describe-key --json --key acs:kms:local:1234567890123456:key/key-...")]
     DescribeKey(DescribeKeyArgs),
     #[command(flatten)]
     Lifecycle(lifecycle::LifecycleCommand),
@@ -184,6 +284,23 @@ Examples:
     /// Work with audit logs
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Print a shell completion script for kmsctl
+    ///
+    /// Commands, flags and the values of enum flags complete; load the script in the shell's
+    /// startup file.
+    #[command(after_help = "\
+Examples:
+  source <(kmsctl completion bash)                      # in ~/.bashrc
+  kmsctl completion zsh > \"${fpath[1]}/_kmsctl\"          # then restart zsh
+  kmsctl completion fish > ~/.config/fish/completions/kmsctl.fish")]
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionArgs {
+    /// The shell to complete in
+    #[arg(value_enum, ignore_case = true, value_name = "SHELL")]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -191,17 +308,18 @@ struct CreateKeyArgs {
     /// KMS instance to create the key in; without it, the account's default key is created
     #[arg(long, value_name = "ID")]
     instance: Option<String>,
-    /// Key spec (case-insensitive). A software instance offers Aliyun_AES_256, RSA_2048,
-    /// RSA_3072, EC_P256, EC_P256K; a hardware instance also Aliyun_AES_192, Aliyun_AES_128,
-    /// RSA_4096; the default key is Aliyun_AES_256
-    #[arg(long, value_name = "SPEC", default_value = "Aliyun_AES_256")]
+    /// Key spec (any case). A software instance offers Aliyun_AES_256, RSA_2048, RSA_3072,
+    /// EC_P256, EC_P256K; a hardware instance also Aliyun_AES_192, Aliyun_AES_128, RSA_4096;
+    /// the default key is Aliyun_AES_256
+    #[arg(long, value_name = "SPEC", default_value = "Aliyun_AES_256", value_parser = args::key_spec())]
     spec: KeySpec,
     /// Key usage: ENCRYPT/DECRYPT or SIGN/VERIFY [default: the usual one for the spec]
-    #[arg(long, value_name = "USAGE")]
+    #[arg(long, value_name = "USAGE", value_parser = args::key_usage())]
     usage: Option<KeyUsage>,
-    /// Where the key material comes from: `kms` generates it, `external` waits for an import
-    #[arg(long, value_enum, default_value_t = OriginArg::Kms)]
-    origin: OriginArg,
+    /// Where the key material comes from: Aliyun_KMS (or kms) generates it, EXTERNAL waits for
+    /// an import
+    #[arg(long, value_name = "ORIGIN", default_value = "Aliyun_KMS", value_parser = args::key_origin())]
+    origin: KeyOrigin,
     /// Description, at most 8,192 characters
     #[arg(long, value_name = "TEXT")]
     description: Option<String>,
@@ -221,29 +339,24 @@ struct CreateKeyArgs {
     /// Key policy (JSON) to attach instead of the default policy
     #[arg(long, value_name = "FILE")]
     policy_file: Option<PathBuf>,
-}
-
-/// `--origin` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OriginArg {
-    /// Generated by the service (`Aliyun_KMS`)
-    Kms,
-    /// Imported by the caller (`EXTERNAL`)
-    External,
+    /// When the key already exists, print it instead of failing: the account's default key
+    /// (without --instance), or the key --alias names, if its spec, usage, origin and instance
+    /// are the ones asked for. Safe to run again, as in a script
+    #[arg(long)]
+    if_not_exists: bool,
 }
 
 #[derive(Debug, Args)]
 struct DescribeKeyArgs {
-    /// Key id, alias (`alias/...`) or ARN
-    #[arg(value_name = "KEY")]
-    key: String,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["plaintext", "input"])))]
 struct EncryptArgs {
     /// Key id, alias (`alias/...`) or ARN
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = args::key_ref)]
     key: String,
     /// Plaintext to encrypt (UTF-8 text)
     #[arg(long, value_name = "TEXT")]
@@ -290,7 +403,10 @@ enum DevCommand {
     /// Start kms-data and kms-control in the foreground, with a SoftHSM token under DIR
     ///
     /// Creates DIR (SoftHSM token, sled data, logs, generated configs) on first use and
-    /// reuses it afterwards, so keys survive a restart. Stops both planes on Ctrl-C.
+    /// reuses it afterwards, so keys survive a restart. Makes a software and a hardware KMS
+    /// instance for the dev account on the first start and reuses those on every later one
+    /// (their ids are kept in DIR/instances.json; dev.json names them). Stops both planes on
+    /// Ctrl-C.
     #[command(after_help = "\
 Examples:
   kmsctl dev up --dir .dev
@@ -363,51 +479,78 @@ fn pairs_to_map(pairs: &[(String, String)], what: &str) -> anyhow::Result<HashMa
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(err) => return errors::usage(err),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(err) => err.exit(),
+        Err(err) => return errors::usage(err),
     };
-    let format = if cli.global.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let tls = match cli.global.tls() {
-        Ok(tls) => tls,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            return ExitCode::FAILURE;
+    let structured = match OutputArg::from_flags(cli.global.json, cli.global.output) {
+        Some(OutputArg::Yaml) => {
+            output::set_syntax(output::Syntax::Yaml);
+            true
         }
-    };
-    let planes = Planes {
-        control: cli.global.control,
-        data: cli.global.data,
-        principal: cli.global.principal,
-        tls,
+        Some(OutputArg::Json) => true,
+        Some(OutputArg::Table) | None => false,
     };
     let result = match cli.command {
-        Command::CreateKey(args) => keys::create_key(&planes, format, args).await,
-        Command::DescribeKey(args) => keys::describe_key(&planes, format, args).await,
-        Command::Lifecycle(command) => lifecycle::run(&planes, format, command).await,
-        Command::Aliases(command) => aliases::run(&planes, format, command).await,
-        Command::Tags(command) => tags::run(&planes, format, command).await,
-        Command::Instances(command) => instances::run(&planes, format, command).await,
-        Command::Import(command) => import::run(&planes, format, command).await,
-        Command::Encrypt(args) => crypto::encrypt(&planes, format, args).await,
-        Command::Decrypt(args) => crypto::decrypt(&planes, format, args).await,
-        Command::CryptoOps(command) => crypto_ops::run(&planes, format, command).await,
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await,
         Command::Dev(DevCommand::Certs(args)) => {
             certs::certs(args, cert_principals_given(&matches))
         }
-        Command::Audit(command) => audit::run(&planes, command, format).await,
+        Command::Completion(args) => {
+            let mut out = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "kmsctl", &mut out);
+            output::write_stdout(&out).map(|()| ExitCode::SUCCESS)
+        }
+        command => match cli.global.resolve() {
+            Ok((planes, chosen)) => {
+                let format = match chosen {
+                    OutputArg::Table => Format::Human,
+                    OutputArg::Json => Format::Json,
+                    OutputArg::Yaml => {
+                        output::set_syntax(output::Syntax::Yaml);
+                        Format::Json
+                    }
+                };
+                return finish(run(&planes, format, command).await, format == Format::Json);
+            }
+            Err(err) => Err(err),
+        },
     };
+    finish(result, structured)
+}
+
+/// The exit code of a command's result, its error reported on stderr (as a document when
+/// `structured`).
+fn finish(result: anyhow::Result<ExitCode>, structured: bool) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            errors::report(&err, structured);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command that calls the planes.
+async fn run(planes: &Planes, format: Format, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CreateKey(args) => keys::create_key(planes, format, args).await,
+        Command::DescribeKey(args) => keys::describe_key(planes, format, args).await,
+        Command::Lifecycle(command) => lifecycle::run(planes, format, command).await,
+        Command::Aliases(command) => aliases::run(planes, format, command).await,
+        Command::Tags(command) => tags::run(planes, format, command).await,
+        Command::Instances(command) => instances::run(planes, format, command).await,
+        Command::Import(command) => import::run(planes, format, command).await,
+        Command::Encrypt(args) => crypto::encrypt(planes, format, args).await,
+        Command::Decrypt(args) => crypto::decrypt(planes, format, args).await,
+        Command::CryptoOps(command) => crypto_ops::run(planes, format, command).await,
+        Command::Audit(command) => audit::run(planes, command, format).await,
+        Command::Dev(_) | Command::Completion(_) => {
+            anyhow::bail!("this command calls no plane")
         }
     }
 }
@@ -460,7 +603,7 @@ mod tests {
             "kmsctl",
             "encrypt",
             "--key",
-            "k",
+            "alias/k",
             "--plaintext",
             "x",
             "--context",
@@ -520,7 +663,7 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        assert_eq!(cli.global.control, "http://10.0.0.1:1");
+        assert_eq!(cli.global.control.as_deref(), Some("http://10.0.0.1:1"));
         assert!(cli.global.json);
     }
 
@@ -546,7 +689,7 @@ mod tests {
         };
         assert_eq!(args.spec, KeySpec::Rsa2048);
         assert_eq!(args.usage, Some(KeyUsage::SignVerify));
-        assert_eq!(args.origin, OriginArg::External);
+        assert_eq!(args.origin, KeyOrigin::External);
         assert_eq!(args.tags.len(), 2);
 
         let both = Cli::try_parse_from([
@@ -566,8 +709,9 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut all = vec!["kmsctl"];
             all.extend_from_slice(args);
-            all.extend_from_slice(&["describe-key", "k"]);
-            Cli::try_parse_from(all).unwrap().global.tls()
+            all.extend_from_slice(&["describe-key", "alias/k"]);
+            let g = Cli::try_parse_from(all).unwrap().global;
+            tls_files(g.ca, g.cert, g.cert_key)
         };
         let tls = parse(&["--ca", "ca.pem", "--cert", "c.pem", "--cert-key", "k.pem"])
             .unwrap()
@@ -628,7 +772,7 @@ mod tests {
             "--principal",
             "acs:ram::1:root",
             "describe-key",
-            "k",
+            "alias/k",
         ])
         .unwrap();
         assert_eq!(cli.global.principal.as_deref(), Some("acs:ram::1:root"));
@@ -643,13 +787,13 @@ mod tests {
 
     #[test]
     fn encrypt_needs_exactly_one_source() {
-        assert!(Cli::try_parse_from(["kmsctl", "encrypt", "--key", "k"]).is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "encrypt", "--key", "alias/k"]).is_err());
         assert!(
             Cli::try_parse_from([
                 "kmsctl",
                 "encrypt",
                 "--key",
-                "k",
+                "alias/k",
                 "--plaintext",
                 "x",
                 "--in",

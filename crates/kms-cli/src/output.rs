@@ -1,7 +1,10 @@
-//! Rendering of responses: aligned `field: value` text and tables for people, JSON with
-//! `--json`. Enum values are shown by their display names (`Aliyun_AES_256`), times as RFC 3339.
+//! Rendering of responses: aligned `field: value` text and tables for people (`--output
+//! table`), a document in JSON (`--output json`, `--json`) or YAML (`--output yaml`). Labels
+//! are the documents' field names (`key_id:`); enum values are shown by their display names
+//! (`Aliyun_AES_256`), times as RFC 3339.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use kms_proto::convert::WireEnum;
@@ -16,8 +19,35 @@ use serde::Serialize;
 pub(crate) enum Format {
     /// Text for people.
     Human,
-    /// JSON, one document per response.
+    /// One document per response: JSON, or YAML when [`set_syntax`] chose it.
     Json,
+}
+
+/// The syntax of documents, for responses on stdout and errors on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Syntax {
+    Json,
+    Yaml,
+}
+
+/// The syntax chosen for this run; JSON when none was.
+static SYNTAX: OnceLock<Syntax> = OnceLock::new();
+
+/// Chooses the syntax of every document this run prints; the first choice holds.
+pub(crate) fn set_syntax(syntax: Syntax) {
+    let _ = SYNTAX.set(syntax);
+}
+
+/// `value` as a document in the chosen syntax, ending in a newline.
+pub(crate) fn document<T: Serialize>(value: &T) -> anyhow::Result<String> {
+    match SYNTAX.get().copied().unwrap_or(Syntax::Json) {
+        Syntax::Json => {
+            let mut text = serde_json::to_string_pretty(value)?;
+            text.push('\n');
+            Ok(text)
+        }
+        Syntax::Yaml => Ok(serde_yaml_ng::to_string(value)?),
+    }
 }
 
 /// A key's metadata as printed.
@@ -98,19 +128,22 @@ impl KeyView {
             ("key_id", self.key_id.clone()),
             ("arn", self.arn.clone()),
             (
-                "instance",
+                "kms_instance_id",
                 if self.is_default_key || self.kms_instance_id.is_empty() {
                     "(default key)".to_string()
                 } else {
                     self.kms_instance_id.clone()
                 },
             ),
-            ("spec", self.key_spec.clone()),
-            ("usage", self.key_usage.clone()),
-            ("state", self.key_state.clone()),
-            ("protection", self.protection_level.clone()),
+            ("key_spec", self.key_spec.clone()),
+            ("key_usage", self.key_usage.clone()),
+            ("key_state", self.key_state.clone()),
+            ("protection_level", self.protection_level.clone()),
             ("origin", self.origin.clone()),
-            ("primary version", or_dash(&self.primary_key_version_id)),
+            (
+                "primary_key_version_id",
+                or_dash(&self.primary_key_version_id),
+            ),
             ("rotation", self.rotation_text()),
             ("aliases", or_dash(&self.aliases.join(", "))),
         ];
@@ -131,22 +164,35 @@ impl KeyView {
             } else {
                 format!("on ({})", self.deletion_protection_description)
             };
-            lines.push(("deletion protection", text));
+            lines.push(("deletion_protection", text));
         }
         if let Some(d) = &self.delete_date {
-            lines.push(("delete date", d.clone()));
+            lines.push(("delete_date", d.clone()));
         }
         if let Some(d) = &self.material_expire_time {
-            lines.push(("material expires", d.clone()));
+            lines.push(("material_expire_time", d.clone()));
         }
         if !self.creator.is_empty() {
             lines.push(("creator", self.creator.clone()));
         }
         lines.push((
-            "creation date",
+            "creation_date",
             self.creation_date.clone().unwrap_or_else(|| "-".into()),
         ));
         lines
+    }
+
+    /// A short description: spec, usage, origin and where the key lives.
+    pub(crate) fn summary(&self) -> String {
+        let home = if self.is_default_key || self.kms_instance_id.is_empty() {
+            "(the account's default key)".to_string()
+        } else {
+            format!("in {}", self.kms_instance_id)
+        };
+        format!(
+            "{} {} key of origin {} {home}",
+            self.key_spec, self.key_usage, self.origin
+        )
     }
 
     fn rotation_text(&self) -> String {
@@ -282,11 +328,11 @@ pub(crate) fn print_instance(format: Format, instance: Option<&KmsInstance>) -> 
         Format::Json => print_json(&v),
         Format::Human => print_text(&aligned(&[
             ("kms_instance_id", v.kms_instance_id.clone()),
-            ("type", v.instance_type.clone()),
-            ("owner", v.owner_account_id.clone()),
+            ("instance_type", v.instance_type.clone()),
+            ("owner_account_id", v.owner_account_id.clone()),
             ("keys", format!("{} of {}", v.key_count, v.key_quota)),
             (
-                "shared with",
+                "shared_with_account_ids",
                 format!(
                     "{} (of {} allowed)",
                     or_dash(&v.shared_with_account_ids.join(", ")),
@@ -360,11 +406,11 @@ pub(crate) fn print_version(format: Format, version: Option<&KeyVersion>) -> any
             ("key_id", v.key_id.clone()),
             ("key_version_id", v.key_version_id.clone()),
             (
-                "primary",
+                "is_primary",
                 if v.is_primary { "yes" } else { "no" }.to_string(),
             ),
             (
-                "creation date",
+                "creation_date",
                 v.creation_date.clone().unwrap_or_else(|| "-".into()),
             ),
         ])),
@@ -509,11 +555,9 @@ pub(crate) fn aligned(lines: &[(&str, String)]) -> String {
     out
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as a document on stdout: pretty JSON, or YAML with `--output yaml`.
 pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    print_text(&text)
+    print_text(&document(value)?)
 }
 
 /// Writes text to stdout; a closed pipe is not an error worth a panic.
@@ -599,15 +643,15 @@ mod tests {
     fn human_lines() {
         let text = aligned(&KeyView::from(&sample()).lines());
         for want in [
-            "key_id:          key-abc\n",
-            "spec:            Aliyun_AES_256\n",
-            "usage:           ENCRYPT/DECRYPT\n",
-            "state:           Enabled\n",
-            "origin:          Aliyun_KMS\n",
-            "rotation:        Enabled, every 365 days\n",
-            "aliases:         alias/demo\n",
-            "tags:            env=dev\n",
-            "creation date:   2023-11-14T22:13:20Z\n",
+            "key_id:                 key-abc\n",
+            "key_spec:               Aliyun_AES_256\n",
+            "key_usage:              ENCRYPT/DECRYPT\n",
+            "key_state:              Enabled\n",
+            "origin:                 Aliyun_KMS\n",
+            "rotation:               Enabled, every 365 days\n",
+            "aliases:                alias/demo\n",
+            "tags:                   env=dev\n",
+            "creation_date:          2023-11-14T22:13:20Z\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -623,7 +667,7 @@ mod tests {
         };
         let text = aligned(&KeyView::from(&external).lines());
         assert!(
-            text.contains("rotation:        Disabled (not applicable: imported material"),
+            text.contains("rotation:               Disabled (not applicable: imported material"),
             "{text}"
         );
     }

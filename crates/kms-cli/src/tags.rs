@@ -7,8 +7,8 @@ use kms_proto::kms::v1::{
     ListResourceTagsRequest, Tag, TagResourcesRequest, UntagResourcesRequest,
 };
 
+use crate::args::{self, KeyArg};
 use crate::client::{Planes, RpcError};
-use crate::lifecycle::KeyArg;
 use crate::output::{self, Format};
 use crate::parse_pair;
 
@@ -32,14 +32,14 @@ Examples:
   kmsctl untag-resources --key alias/orders --tag-key env --tag-key team")]
     UntagResources(UntagArgs),
     /// List a key's tags (ListResourceTags)
-    #[command(after_help = "Examples:\n  kmsctl list-resource-tags alias/orders")]
+    #[command(after_help = "Examples:\n  kmsctl list-resource-tags --key alias/orders")]
     ListResourceTags(KeyArg),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct TagArgs {
     /// A key to tag (id, alias or ARN); repeatable, up to 50
-    #[arg(long = "key", value_name = "KEY", required = true)]
+    #[arg(long = "key", value_name = "KEY", required = true, value_parser = args::key_ref)]
     keys: Vec<String>,
     /// A tag; repeatable
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair, required = true)]
@@ -49,7 +49,7 @@ pub(crate) struct TagArgs {
 #[derive(Debug, Args)]
 pub(crate) struct UntagArgs {
     /// A key to untag (id, alias or ARN); repeatable, up to 50
-    #[arg(long = "key", value_name = "KEY", required = true)]
+    #[arg(long = "key", value_name = "KEY", required = true, value_parser = args::key_ref)]
     keys: Vec<String>,
     /// The key of a tag to remove; repeatable
     #[arg(long = "tag-key", value_name = "TAG_KEY", required = true)]

@@ -22,6 +22,8 @@ pub(crate) struct Layout {
     pub(crate) control_toml: PathBuf,
     pub(crate) data_toml: PathBuf,
     pub(crate) dev_json: PathBuf,
+    /// The instances `dev up` made, kept across starts.
+    pub(crate) instances: PathBuf,
     pub(crate) certs: PathBuf,
 }
 
@@ -42,6 +44,7 @@ impl Layout {
             control_toml: dir.join("control.toml"),
             data_toml: dir.join("data.toml"),
             dev_json: dir.join("dev.json"),
+            instances: dir.join("instances.json"),
             certs: dir.join("certs"),
         }
     }

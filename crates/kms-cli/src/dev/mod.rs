@@ -8,6 +8,9 @@
 //! etcd (`etcd.rs`), and running processes (`process.rs`); a component is a
 //! [`process::Launch`] in [`plan`].
 //!
+//! The KMS instances it makes for the dev account are remembered in `DIR/instances.json` and
+//! reused on every later start; instances operators make meanwhile are never taken for them.
+//!
 //! Callers are identified by the development header, or with `--mtls` by client certificates
 //! from a dev CA kept under `DIR/certs`, plane to plane too.
 
@@ -22,7 +25,7 @@ use anyhow::Context;
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
@@ -203,16 +206,57 @@ fn dev_account() -> &'static str {
         .unwrap_or_default()
 }
 
-/// Finds the account's software and hardware instances, as the operator, and creates the ones
-/// missing: on the first start both, afterwards none (they live in the control plane's data).
-/// Over mTLS with the operator's certificate when `tls` is given.
+/// The instance ids `dev up` made, kept in `DIR/instances.json` so that later starts reuse
+/// them, whatever other instances operators create meanwhile.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptInstances {
+    #[serde(default)]
+    software_instance_id: String,
+    #[serde(default)]
+    hardware_instance_id: String,
+}
+
+impl KeptInstances {
+    /// The ids remembered under `layout`: `instances.json`, or, in a directory from before it
+    /// existed, the ones its `dev.json` names.
+    fn load(layout: &Layout) -> anyhow::Result<Self> {
+        for path in [&layout.instances, &layout.dev_json] {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    return serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not valid JSON", path.display()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", path.display()));
+                }
+            }
+        }
+        Ok(Self::default())
+    }
+
+    fn id(&self, kind: kms_proto::kms::v1::InstanceType) -> &str {
+        match kind {
+            kms_proto::kms::v1::InstanceType::Hardware => &self.hardware_instance_id,
+            _ => &self.software_instance_id,
+        }
+    }
+}
+
+/// Makes sure the account's software and hardware instances `dev up` made are there, as the
+/// operator: the ones remembered in `DIR/instances.json` when the control plane still has
+/// them, new ones otherwise (on the first start, or after the data was removed), which are
+/// then remembered. Instances anyone else made are never taken for them. Over mTLS with the
+/// operator's certificate when `tls` is given.
 async fn ensure_instances(
+    layout: &Layout,
     control: SocketAddr,
     tls: Option<&DevTls>,
 ) -> anyhow::Result<DevInstances> {
     use kms_proto::kms::v1::kms_instance_service_client::KmsInstanceServiceClient;
-    use kms_proto::kms::v1::{CreateKmsInstanceRequest, InstanceType, ListKmsInstancesRequest};
+    use kms_proto::kms::v1::{CreateKmsInstanceRequest, GetKmsInstanceRequest, InstanceType};
 
+    let kept = KeptInstances::load(layout)?;
     let url = plane_url(control, tls.is_some());
     let (endpoint, header) = match tls {
         None => (
@@ -229,54 +273,60 @@ async fn ensure_instances(
         .await
         .with_context(|| format!("cannot reach kms-control on {url}"))?;
     let mut client = KmsInstanceServiceClient::with_interceptor(channel, header);
-    let mut found: Vec<(i32, String)> = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_kms_instances(ListKmsInstancesRequest {
-                page_size: 100,
-                page_token,
+    let mut ids = Vec::with_capacity(2);
+    for kind in [InstanceType::Software, InstanceType::Hardware] {
+        let remembered = kept.id(kind);
+        if !remembered.is_empty() {
+            match client
+                .get_kms_instance(GetKmsInstanceRequest {
+                    kms_instance_id: remembered.to_string(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let found = r.into_inner().kms_instance;
+                    if found.is_some_and(|i| {
+                        i.instance_type == kind as i32 && i.owner_account_id == dev_account()
+                    }) {
+                        ids.push(remembered.to_string());
+                        continue;
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(RpcError(status).into()),
+            }
+            println!(
+                "the {} instance {remembered} is gone (was the data removed?); making another",
+                kind.as_str_name()
+            );
+        }
+        let id = client
+            .create_kms_instance(CreateKmsInstanceRequest {
+                instance_type: kind as i32,
+                owner_account_id: dev_account().to_string(),
+                key_quota: 1000,
+                access_management_quota: Some(5),
             })
             .await
             .map_err(RpcError)?
-            .into_inner();
-        found.extend(
-            page.kms_instances
-                .into_iter()
-                .filter(|i| i.owner_account_id == dev_account())
-                .map(|i| (i.instance_type, i.kms_instance_id)),
-        );
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    let mut ids = Vec::with_capacity(2);
-    for kind in [InstanceType::Software, InstanceType::Hardware] {
-        let existing = found
-            .iter()
-            .find(|(t, _)| *t == kind as i32)
-            .map(|(_, id)| id.clone());
-        let id = match existing {
-            Some(id) => id,
-            None => client
-                .create_kms_instance(CreateKmsInstanceRequest {
-                    instance_type: kind as i32,
-                    owner_account_id: dev_account().to_string(),
-                    key_quota: 1000,
-                    access_management_quota: Some(5),
-                })
-                .await
-                .map_err(RpcError)?
-                .into_inner()
-                .kms_instance
-                .map(|i| i.kms_instance_id)
-                .context("kms-control answered without the new instance")?,
-        };
+            .into_inner()
+            .kms_instance
+            .map(|i| i.kms_instance_id)
+            .context("kms-control answered without the new instance")?;
         ids.push(id);
     }
     let hardware = ids.pop().unwrap_or_default();
     let software = ids.pop().unwrap_or_default();
+    let keep = KeptInstances {
+        software_instance_id: software.clone(),
+        hardware_instance_id: hardware.clone(),
+    };
+    if keep != kept {
+        write_file(
+            &layout.instances,
+            &format!("{}\n", serde_json::to_string_pretty(&keep)?),
+        )?;
+    }
     Ok(DevInstances { software, hardware })
 }
 
@@ -347,8 +397,8 @@ pub(crate) fn try_this(
     format!(
         "Try this in another terminal:\n\
          \x20 {identity}\n\
-         \x20 {kmsctl}{control_flag} create-key --alias alias/demo --description \"my first key\"\n\
-         \x20 {kmsctl}{control_flag} describe-key alias/demo\n\
+         \x20 {kmsctl}{control_flag} create-key --alias alias/demo --description \"my first key\" --if-not-exists\n\
+         \x20 {kmsctl}{control_flag} describe-key --key alias/demo\n\
          \x20 {kmsctl}{data_flag} encrypt --key alias/demo --plaintext 'hello' > blob.b64\n\
          \x20 {kmsctl}{data_flag} decrypt --in blob.b64\n\
          Operator calls: {operator}\n"
@@ -620,7 +670,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.store == StoreKind::Etcd {
         info.etcd_endpoints = vec![etcd::client_url(args.etcd_addr)];
     }
-    match ensure_instances(args.control_addr, tls).await {
+    match ensure_instances(&layout, args.control_addr, tls).await {
         Ok(instances) => {
             println!(
                 "KMS instances of account {}: software {}, hardware {}",
@@ -1118,6 +1168,31 @@ mod tests {
             custom.contains("kmsctl --data https://127.0.0.1:8701 encrypt --key alias/demo"),
             "{custom}"
         );
+    }
+
+    #[test]
+    fn kept_instances_come_from_instances_json_else_an_older_dev_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(
+            KeptInstances::load(&layout).unwrap(),
+            KeptInstances::default()
+        );
+        let (c, d) = addrs();
+        let old = DevInfo::new(&[c], d, None).with_instances(DevInstances {
+            software: "kst-old-s".into(),
+            hardware: "kst-old-h".into(),
+        });
+        write_file(&layout.dev_json, &serde_json::to_string(&old).unwrap()).unwrap();
+        let kept = KeptInstances::load(&layout).unwrap();
+        assert_eq!(kept.software_instance_id, "kst-old-s");
+        assert_eq!(kept.hardware_instance_id, "kst-old-h");
+        let mine = KeptInstances {
+            software_instance_id: "kst-s".into(),
+            hardware_instance_id: "kst-h".into(),
+        };
+        write_file(&layout.instances, &serde_json::to_string(&mine).unwrap()).unwrap();
+        assert_eq!(KeptInstances::load(&layout).unwrap(), mine);
     }
 
     #[test]
