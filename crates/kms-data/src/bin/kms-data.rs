@@ -17,6 +17,7 @@ use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
+use kms_runtime::reload::{self, PeerTls, ServerTls};
 use kms_runtime::{connections, serve, telemetry};
 use kms_types::Principal;
 
@@ -68,16 +69,23 @@ async fn main() -> Result<()> {
         AuditKey::from_bytes(secret.expose()).context("cannot derive the audit key")?
     };
     let peer_tls = match &params.identity.tls {
-        Some(t) => Some(
-            t.peer_client_config()
-                .context("cannot set up TLS to the control plane")?,
-        ),
+        Some(t) => Some(Arc::new(
+            PeerTls::peer(t).context("cannot set up TLS to the control plane")?,
+        )),
         None => None,
     };
+    let server_tls = match &params.identity.tls {
+        Some(t) => Some(Arc::new(
+            ServerTls::server(t).context("cannot set up the server's TLS")?,
+        )),
+        None => None,
+    };
+    // Certificates are read again when their files change, and on SIGHUP.
+    let _tls_watch = reload::watch_plane(server_tls.as_ref(), peer_tls.as_ref());
     let directory = DirectoryClient::new(
         &params.control_plane_urls,
         params.identity.service_principal.clone(),
-        peer_tls,
+        peer_tls.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     // Key usage for CheckKeyAssociation, batched to the control plane off the call path.
@@ -149,13 +157,12 @@ async fn main() -> Result<()> {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
     };
-    let incoming = connections::incoming(listener, &params.limits);
+    let incoming = connections::listen(listener, &params.limits, server_tls);
     tracing::info!(
         max_connections = incoming.max_connections(),
         "connection cap in force"
     );
-    connections::server(&params.limits, params.identity.tls.as_ref())
-        .context("cannot set up the server")?
+    let router = connections::server(&params.limits)
         .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
@@ -168,8 +175,8 @@ async fn main() -> Result<()> {
         .add_service(
             KeyMaterialServer::new(MaterialService::new(vault, peer, audit_key))
                 .max_decoding_message_size(max_request),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        );
+    connections::serve(router, incoming, shutdown)
         .await
         .context("server failed")?;
     // Report what the drained calls used before leaving.
