@@ -32,12 +32,7 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-const SERVICES: &[&str] = &[
-    "kms.v1.KeyManagementService",
-    "kms.v1.KmsInstanceService",
-    "kms.v1.AuditService",
-    "kms.internal.v1.KeyDirectory",
-];
+use kms_control::SERVICES;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -200,6 +195,9 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
+    serve::serve_health(&params.health, health.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 

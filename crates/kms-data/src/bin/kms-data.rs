@@ -28,9 +28,13 @@ struct Args {
     /// Configuration file (TOML); `KMS_*` environment variables override its entries.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Open the HSM, create the root key when the token has none, and exit. Run it once, alone,
+    /// before replicas start on a new token, so they do not each create one.
+    #[arg(long)]
+    prepare_hsm: bool,
 }
 
-const SERVICES: &[&str] = &["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"];
+use kms_data::SERVICES;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -58,6 +62,10 @@ async fn main() -> Result<()> {
         mechanisms = hsm.mechanism_names().len(),
         "HSM ready; root key loaded"
     );
+    if args.prepare_hsm {
+        tracing::info!("root key ready; exiting (--prepare-hsm)");
+        return Ok(());
+    }
     let vault = Arc::new(KeyVault::new(Arc::new(hsm)));
     // The data plane keys its own audit log with a key derived from the root key.
     let audit_key = {
@@ -149,6 +157,9 @@ async fn main() -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
+    serve::serve_health(&params.health, health.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
