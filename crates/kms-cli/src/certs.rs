@@ -1,6 +1,7 @@
 //! `kmsctl dev certs`: a private CA and the certificates a local mTLS stack needs: one server
-//! certificate per plane (SANs `localhost` and `127.0.0.1`) and one client certificate per
-//! principal, naming it in a URI SAN as the servers expect. PEM files; private keys mode 0600.
+//! certificate per plane (SANs `localhost`, `127.0.0.1` and any `--san`) and one client
+//! certificate per principal, naming it in a URI SAN as the servers expect. PEM files; private
+//! keys mode 0600.
 //!
 //! Every run makes a fresh CA and replaces the files, so restart servers and clients on the
 //! new set. Development only: the CA key sits next to the certificates.
@@ -47,6 +48,10 @@ pub(crate) struct CertsArgs {
     /// root, the operator and both planes' service principals]
     #[arg(long = "principal", id = "principal", value_name = "ARN")]
     principals: Vec<String>,
+    /// Another DNS name or IP address on both planes' server certificates, for planes that
+    /// reach each other by a service name (containers, Kubernetes); repeatable
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
 }
 
 /// A certificate and its private key, as files.
@@ -265,6 +270,16 @@ pub(crate) fn existing_dev_certs(
 /// Makes a CA, both planes' server certificates and a client certificate per principal in
 /// `dir`; an empty `principals` means [`DEFAULT_PRINCIPALS`].
 pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::Result<DevCerts> {
+    generate_dev_certs_with(dir, principals, &[])
+}
+
+/// [`generate_dev_certs`], with `extra_sans` (DNS names or IP addresses) on the server
+/// certificates beside `localhost` and 127.0.0.1.
+pub(crate) fn generate_dev_certs_with(
+    dir: &Path,
+    principals: &[String],
+    extra_sans: &[String],
+) -> anyhow::Result<DevCerts> {
     let wanted = wanted_principals(principals)?;
     if !dir.is_dir() {
         std::fs::DirBuilder::new()
@@ -319,10 +334,22 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
     };
 
     let server_sans = || -> anyhow::Result<Vec<SanType>> {
-        Ok(vec![
+        let mut sans = vec![
             SanType::DnsName("localhost".try_into()?),
             SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
-        ])
+        ];
+        for name in extra_sans {
+            let refused =
+                || anyhow::anyhow!("--san {name:?} is neither a DNS name nor an IP address");
+            sans.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if is_dns_name(name) => {
+                    SanType::DnsName(name.as_str().try_into().map_err(|_| refused())?)
+                }
+                Err(_) => return Err(refused()),
+            });
+        }
+        Ok(sans)
     };
     leaf(
         "kms-control",
@@ -353,6 +380,19 @@ pub(crate) fn generate_dev_certs(dir: &Path, principals: &[String]) -> anyhow::R
     Ok(made)
 }
 
+/// Whether `name` is a host name: dot-separated labels of letters, digits and inner hyphens.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// `kmsctl dev certs`. `principals_given` says whether `--principal` came from the command line
 /// (the global `--principal`/`KMS_PRINCIPAL` shares its name and must not stand in for it).
 pub(crate) fn certs(args: CertsArgs, principals_given: bool) -> anyhow::Result<ExitCode> {
@@ -361,7 +401,7 @@ pub(crate) fn certs(args: CertsArgs, principals_given: bool) -> anyhow::Result<E
     } else {
         Vec::new()
     };
-    let made = generate_dev_certs(&args.dir, &principals)?;
+    let made = generate_dev_certs_with(&args.dir, &principals, &args.sans)?;
     print!("{}", made.summary());
     Ok(ExitCode::SUCCESS)
 }
@@ -410,6 +450,7 @@ mod tests {
         // Server certificates name no principal.
         let der = rustls_pem_der(&std::fs::read(&made.data.cert).unwrap());
         assert_eq!(kms_runtime::tls::principal_from_cert(&der), Ok(None));
+        assert!(!contains(&der, b"kms-data.kms"));
         let summary = made.summary();
         assert!(summary.contains("export KMS_CERT="), "{summary}");
         assert!(summary.contains("client_ca_file"), "{summary}");
@@ -499,6 +540,27 @@ mod tests {
         ] {
             assert_eq!(client_stem(&Principal::parse(arn).unwrap()), stem);
         }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn extra_names_on_the_server_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sans = ["kms-data.kms".to_string(), "10.1.2.3".to_string()];
+        let made = generate_dev_certs_with(tmp.path(), &[], &sans).unwrap();
+        for server in [&made.control, &made.data] {
+            let der = rustls_pem_der(&std::fs::read(&server.cert).unwrap());
+            assert!(contains(&der, b"kms-data.kms"));
+            assert!(contains(&der, &[10, 1, 2, 3]));
+            assert!(contains(&der, b"localhost"));
+        }
+        let err = generate_dev_certs_with(tmp.path(), &[], &["not a name".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--san \"not a name\""), "{err}");
     }
 
     fn rustls_pem_der(pem: &[u8]) -> Vec<u8> {

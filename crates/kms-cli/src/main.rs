@@ -415,13 +415,14 @@ Examples:
     Up(dev::UpArgs),
     /// Make a CA and the certificates for a local mTLS stack (development only)
     ///
-    /// Writes a CA, a server certificate per plane (SANs localhost and 127.0.0.1) and a client
-    /// certificate per principal, naming it in a URI SAN. Private keys are mode 0600. Every run
-    /// makes a new CA and replaces the files.
+    /// Writes a CA, a server certificate per plane (SANs localhost, 127.0.0.1 and each --san)
+    /// and a client certificate per principal, naming it in a URI SAN. Private keys are mode
+    /// 0600. Every run makes a new CA and replaces the files.
     #[command(after_help = "\
 Examples:
   kmsctl dev certs --dir .dev/tls
-  kmsctl dev certs --dir .dev/tls --principal acs:ram::1234567890123456:user/alice")]
+  kmsctl dev certs --dir .dev/tls --principal acs:ram::1234567890123456:user/alice
+  kmsctl dev certs --dir tls --san kms-control --san kms-data")]
     Certs(certs::CertsArgs),
 }
 

@@ -7,6 +7,7 @@ use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::limits::LimitsConfig;
 use kms_runtime::metrics::MetricsConfig;
+use kms_runtime::serve::HealthConfig;
 use kms_runtime::telemetry::{LogConfig, TelemetryConfig};
 use kms_types::Principal;
 use serde::Deserialize;
@@ -48,6 +49,9 @@ pub struct ControlConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Health checks on a plain-text port of their own.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Where time comes from (tests and drills).
     #[serde(default)]
     pub clock: ClockConfig,
@@ -221,6 +225,8 @@ pub struct ControlParams {
     pub telemetry: TelemetryConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The plain-text health port.
+    pub health: HealthConfig,
     /// The clock offset file, if time is moved for tests or drills.
     pub clock_offset_file: Option<PathBuf>,
     /// Time between scheduler runs.
@@ -272,6 +278,7 @@ impl ControlConfig {
         self.log.validate()?;
         self.telemetry.validate()?;
         self.metrics.validate()?;
+        self.health.validate()?;
         if self.identity.tls.is_some() && !data_plane_urls[0].starts_with("https://") {
             return Err("data_plane_url must be https:// when identity.tls is set".into());
         }
@@ -307,6 +314,7 @@ impl ControlConfig {
             log: self.log,
             telemetry: self.telemetry,
             metrics: self.metrics,
+            health: self.health,
             clock_offset_file: self.clock.offset_file,
             scheduler_interval: Duration::from_millis(self.scheduler.interval_ms),
             scheduler_lease: Duration::from_millis(self.scheduler.lease_ms),

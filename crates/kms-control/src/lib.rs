@@ -13,4 +13,12 @@ pub mod scheduler;
 pub mod schema;
 
 pub use config::{ControlConfig, ControlParams};
+
+/// The gRPC services the control plane serves, as `grpc.health.v1` and reflection name them.
+pub const SERVICES: &[&str] = &[
+    "kms.v1.KeyManagementService",
+    "kms.v1.KmsInstanceService",
+    "kms.v1.AuditService",
+    "kms.internal.v1.KeyDirectory",
+];
 pub use registry::Registry;

@@ -118,9 +118,9 @@ impl MaterialClient {
     pub fn new(
         urls: &[String],
         service_principal: String,
-        tls: Option<tonic::transport::ClientTlsConfig>,
+        tls: Option<std::sync::Arc<kms_runtime::reload::PeerTls>>,
     ) -> Result<Self, String> {
-        let replicas = Replicas::new("data_plane_url", urls, tls.as_ref(), |endpoint| {
+        let replicas = Replicas::new("data_plane_url", urls, tls, |endpoint| {
             endpoint
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(60))

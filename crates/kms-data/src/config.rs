@@ -10,6 +10,7 @@ use kms_runtime::audit::AuditConfig;
 use kms_runtime::identity::IdentityConfig;
 use kms_runtime::limits::LimitsConfig;
 use kms_runtime::metrics::MetricsConfig;
+use kms_runtime::serve::HealthConfig;
 use kms_runtime::telemetry::{LogConfig, TelemetryConfig};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -44,6 +45,9 @@ pub struct DataConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Health checks on a plain-text port of their own.
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 /// `[hsm]`.
@@ -142,6 +146,8 @@ pub struct DataParams {
     pub telemetry: TelemetryConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The plain-text health port.
+    pub health: HealthConfig,
 }
 
 impl DataConfig {
@@ -196,6 +202,7 @@ impl DataConfig {
         self.log.validate()?;
         self.telemetry.validate()?;
         self.metrics.validate()?;
+        self.health.validate()?;
         if self.identity.tls.is_some() && !control_plane_urls[0].starts_with("https://") {
             return Err("control_plane_url must be https:// when identity.tls is set".into());
         }
@@ -220,6 +227,7 @@ impl DataConfig {
             log: self.log,
             telemetry: self.telemetry,
             metrics: self.metrics,
+            health: self.health,
         })
     }
 }

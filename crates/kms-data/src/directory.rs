@@ -54,9 +54,9 @@ impl DirectoryClient {
     pub fn new(
         urls: &[String],
         service_principal: String,
-        tls: Option<tonic::transport::ClientTlsConfig>,
+        tls: Option<std::sync::Arc<kms_runtime::reload::PeerTls>>,
     ) -> Result<Self, String> {
-        let replicas = Replicas::new("control_plane_url", urls, tls.as_ref(), |endpoint| {
+        let replicas = Replicas::new("control_plane_url", urls, tls, |endpoint| {
             endpoint
                 .connect_timeout(std::time::Duration::from_secs(2))
                 .http2_keep_alive_interval(std::time::Duration::from_secs(1))

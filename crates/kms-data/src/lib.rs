@@ -14,3 +14,6 @@ pub mod vault;
 pub mod watch;
 
 pub use config::{DataConfig, DataParams};
+
+/// The gRPC services the data plane serves, as `grpc.health.v1` and reflection name them.
+pub const SERVICES: &[&str] = &["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"];

@@ -17,8 +17,14 @@
 //! `RESOURCE_EXHAUSTED` `Rejected.RequestTooLarge`, read from the message's length prefix
 //! before the message arrives or is decoded.
 //!
-//! [`server`] makes the tonic server builder with the TLS handshake timeout, HTTP/2 keepalive
-//! and the stream cap.
+//! With `[identity.tls]`, [`listen`] adds TLS on top: handshakes run beside each other, each
+//! bounded by `limits.tls_handshake_timeout_ms`, with the server settings in force when it
+//! starts ([`crate::reload::ServerTls`]), so new certificates apply to new connections while
+//! established ones keep their session. The peer's certificates reach the edge layer in
+//! tonic's `TlsConnectInfo`, as with tonic's own TLS.
+//!
+//! [`server`] makes the tonic server builder with HTTP/2 keepalive and the stream cap;
+//! [`serve`] runs a router on a [`Listener`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,15 +40,17 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, Router, TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::limits::{LimitsConfig, MessageSizes, request_too_large_status};
+use crate::reload::ServerTls;
 use crate::status::edge_status;
-use crate::tls::{TlsConfig, TlsError};
 
 /// Open files kept for other uses than callers' connections (store, HSM, logs, the other
 /// plane) when the connection cap is fitted to the open-file limit.
@@ -59,32 +67,14 @@ const READ_GRACE: Duration = Duration::from_secs(1);
 /// Least time between two warnings that the connection cap refused a connection.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Why the server could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerSetupError {
-    /// A TLS file could not be used.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// tonic refused the TLS settings.
-    #[error("cannot set up TLS: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// The server builder of a plane: TLS (when configured) with the handshake timeout, HTTP/2
-/// keepalive, and at most `limits.max_concurrent_streams` calls per connection.
-pub fn server(
-    limits: &LimitsConfig,
-    tls: Option<&TlsConfig>,
-) -> Result<tonic::transport::Server, ServerSetupError> {
-    let mut builder = tonic::transport::Server::builder()
+/// The server builder of a plane: HTTP/2 keepalive, and at most
+/// `limits.max_concurrent_streams` calls per connection. TLS comes with the connections
+/// ([`listen`]).
+pub fn server(limits: &LimitsConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
-        .max_concurrent_streams(limits.max_concurrent_streams);
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(crate::tls::server_config(tls)?.timeout(limits.tls_handshake_timeout()))?;
-    }
-    Ok(builder)
+        .max_concurrent_streams(limits.max_concurrent_streams)
 }
 
 /// What a connection is doing: its calls in flight, whether it ever carried one, and since
@@ -168,10 +158,14 @@ impl ConnInfo {
         StreamGuard(Arc::clone(&self.activity))
     }
 
-    /// The connection of a request that came through [`incoming`], on TLS or not (tonic
-    /// puts the inner connect info beside `TlsConnectInfo` on TLS connections).
+    /// The connection of a request that came through [`incoming`], on TLS or not: plain, or
+    /// inside the `TlsConnectInfo` of a connection [`listen`] made TLS.
     pub fn of(extensions: &http::Extensions) -> Option<&ConnInfo> {
-        extensions.get::<ConnInfo>()
+        extensions.get::<ConnInfo>().or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<ConnInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
     }
 }
 
@@ -457,6 +451,149 @@ pub fn incoming(listener: TcpListener, limits: &LimitsConfig) -> Incoming {
             table: Mutex::new(Table::default()),
         }),
         backoff: None,
+    }
+}
+
+/// The TLS connections of a listener: each accepted connection (within the cap) shakes hands
+/// beside the others, bounded by the handshake timeout, with the server settings in force
+/// when it was accepted. A failed or late handshake closes the connection.
+#[derive(Debug)]
+pub struct TlsIncoming {
+    inner: Incoming,
+    tls: Arc<ServerTls>,
+    timeout: Duration,
+    handshakes: JoinSet<Option<TlsStream<EdgeIo>>>,
+    accepting: bool,
+}
+
+impl TlsIncoming {
+    /// TLS on `inner` with `tls`, each handshake within `timeout`.
+    pub fn new(inner: Incoming, tls: Arc<ServerTls>, timeout: Duration) -> Self {
+        Self {
+            inner,
+            tls,
+            timeout,
+            handshakes: JoinSet::new(),
+            accepting: true,
+        }
+    }
+}
+
+/// One handshake on `io` with `config`, within `timeout`.
+async fn handshake(
+    io: EdgeIo,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Option<TlsStream<EdgeIo>> {
+    let peer = io.info.remote_addr();
+    match tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(io)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(
+                ?peer,
+                "TLS handshake not finished in time (limits.tls_handshake_timeout_ms)"
+            );
+            None
+        }
+    }
+}
+
+impl tokio_stream::Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<EdgeIo>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        while this.accepting {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(io))) => {
+                    let config = this.tls.current();
+                    this.handshakes.spawn(handshake(io, config, this.timeout));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.accepting = false,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match ready!(this.handshakes.poll_join_next(cx)) {
+                Some(Ok(Some(stream))) => return Poll::Ready(Some(Ok(stream))),
+                // A failed handshake (logged), or its task ended with the runtime.
+                Some(Ok(None) | Err(_)) => {}
+                None if this.accepting => return Poll::Pending,
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// A plane's connections: plain, or TLS when `[identity.tls]` is set.
+#[derive(Debug)]
+pub enum Listener {
+    /// Plain TCP (development, or a sidecar terminating TLS).
+    Plain(Incoming),
+    /// TLS with reloadable certificates.
+    Tls(TlsIncoming),
+}
+
+impl Listener {
+    /// The connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        match self {
+            Listener::Plain(i) => i.max_connections(),
+            Listener::Tls(t) => t.inner.max_connections(),
+        }
+    }
+}
+
+/// The connections of `listener` under `limits` ([`incoming`]), with TLS from `tls` when
+/// given.
+pub fn listen(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    tls: Option<Arc<ServerTls>>,
+) -> Listener {
+    let incoming = incoming(listener, limits);
+    match tls {
+        Some(tls) => Listener::Tls(TlsIncoming::new(
+            incoming,
+            tls,
+            limits.tls_handshake_timeout(),
+        )),
+        None => Listener::Plain(incoming),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve<L, ResBody>(
+    router: Router<L>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    L: Layer<tonic::service::Routes>,
+    L::Service:
+        Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    <L::Service as Service<http::Request<Body>>>::Future: Send,
+    <L::Service as Service<http::Request<Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    ResBody: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match listener {
+        Listener::Plain(incoming) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Listener::Tls(incoming) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
     }
 }
 
@@ -900,5 +1037,110 @@ mod tests {
         let mut empty = TimedBody::new(Body::empty(), Duration::from_millis(1));
         assert!(next_frame(&mut empty).await.is_none());
         assert!(empty.done);
+    }
+
+    use crate::tls::testing::{TestCa, replace};
+
+    /// A TLS client trusting `cas`; the server certificate it was shown, and the stream.
+    async fn connect(
+        addr: SocketAddr,
+        cas: &[&TestCa],
+    ) -> (Vec<u8>, tokio_rustls::client::TlsStream<TcpStream>) {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cas {
+            use rustls::pki_types::pem::PemObject;
+            roots
+                .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+                .unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let shown = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        (shown, stream)
+    }
+
+    async fn echo(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, text: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(text).await.unwrap();
+        let mut buf = vec![0u8; text.len()];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, text);
+    }
+
+    #[tokio::test]
+    async fn new_handshakes_take_new_certificates_while_established_connections_stay() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = crate::tls::TlsConfig {
+            cert_file: d.join("server.pem"),
+            key_file: d.join("server-key.pem"),
+            client_ca_file: d.join("ca.pem"),
+            require_client_cert: false,
+            client_cert_file: None,
+            client_key_file: None,
+            server_ca_file: None,
+        };
+        let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA"));
+        let (old_pem, old_key, old_der) = old_ca.server();
+        replace(&config.cert_file, &old_pem);
+        replace(&config.key_file, &old_key);
+        replace(&config.client_ca_file, &old_ca.pem);
+        let tls = Arc::new(ServerTls::server(&config).unwrap());
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = LimitsConfig::default();
+        let mut connections = TlsIncoming::new(
+            incoming(listener, &limits),
+            Arc::clone(&tls),
+            Duration::from_millis(300),
+        );
+        tokio::spawn(async move {
+            while let Some(stream) = connections.next().await {
+                let stream = stream.unwrap();
+                tokio::spawn(async move {
+                    let (mut read, mut write) = tokio::io::split(stream);
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        let both = [&old_ca, &new_ca];
+
+        let (shown, mut established) = connect(addr, &both).await;
+        assert_eq!(shown, old_der);
+        echo(&mut established, b"one").await;
+
+        // A key that is not the new certificate's: refused, the old certificate still shown.
+        let (new_pem, new_key, new_der) = new_ca.server();
+        replace(&config.cert_file, &new_pem);
+        assert!(matches!(tls.check(), crate::reload::Checked::Refused(_)));
+        assert_eq!(connect(addr, &both).await.0, old_der);
+
+        // The key arrives: new handshakes show the new certificate, the established
+        // connection goes on.
+        replace(&config.key_file, &new_key);
+        assert!(matches!(tls.check(), crate::reload::Checked::Reloaded));
+        let (shown, mut fresh) = connect(addr, &both).await;
+        assert_eq!(shown, new_der);
+        echo(&mut fresh, b"two").await;
+        echo(&mut established, b"three").await;
+
+        // A client that never says hello is dropped after the handshake timeout.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -1,6 +1,7 @@
 //! What both planes share at the edge: configuration loading, TLS and caller identity, the
 //! bounds on connections, the edge layer that authenticates, rate-limits and audits every call,
-//! the mapping from domain errors to gRPC statuses, logging, health, reflection and shutdown.
+//! certificates reloaded from their files, the mapping from domain errors to gRPC statuses,
+//! logging, health, reflection and shutdown.
 
 pub mod audit;
 pub mod audit_wire;
@@ -10,6 +11,7 @@ pub mod connections;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod replicas;
 pub mod serve;
 pub mod status;

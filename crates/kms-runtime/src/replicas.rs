@@ -8,13 +8,19 @@
 //! tonic answers when the connection breaks while the call is under way (a replica killed
 //! mid-call). Every call that goes through [`Replicas::call`] must therefore be safe to send
 //! twice (reads, idempotent reports, or material generation, which changes nothing).
+//!
+//! Over TLS the channels follow [`PeerTls`]: once its files were reloaded, the next call makes
+//! new channels with the new client certificate and trust, so new connections present them;
+//! calls and streams already under way finish on the connections they have.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::reload::PeerTls;
 
 /// Splits a configured URL list: one URL, or several separated by commas.
 pub fn parse_urls(setting: &str, urls: &str) -> Result<Vec<String>, String> {
@@ -48,10 +54,21 @@ pub struct Replicas {
     inner: Arc<Inner>,
 }
 
+type Tune = Box<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
+
 struct Inner {
+    setting: String,
     urls: Vec<String>,
-    channels: Vec<Channel>,
+    tls: Option<Arc<PeerTls>>,
+    tune: Tune,
+    channels: RwLock<Channels>,
     current: AtomicUsize,
+}
+
+/// The channels, made with generation `generation` of the TLS settings.
+struct Channels {
+    generation: u64,
+    list: Vec<Channel>,
 }
 
 impl fmt::Debug for Replicas {
@@ -69,27 +86,22 @@ impl Replicas {
     pub fn new(
         setting: &str,
         urls: &[String],
-        tls: Option<&ClientTlsConfig>,
-        tune: impl Fn(Endpoint) -> Endpoint,
+        tls: Option<Arc<PeerTls>>,
+        tune: impl Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
     ) -> Result<Self, String> {
         if urls.is_empty() {
             return Err(format!("{setting} is required"));
         }
-        let mut channels = Vec::with_capacity(urls.len());
-        for url in urls {
-            let mut endpoint =
-                Channel::from_shared(url.clone()).map_err(|e| format!("{setting} {url:?}: {e}"))?;
-            if let Some(tls) = tls {
-                endpoint = endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|e| format!("{setting} {url:?}: {e}"))?;
-            }
-            channels.push(tune(endpoint).connect_lazy());
-        }
+        let generation = tls.as_ref().map_or(0, |t| t.generation());
+        let tune: Tune = Box::new(tune);
+        let list = channels(setting, urls, tls.as_deref(), &tune)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                setting: setting.to_owned(),
                 urls: urls.to_vec(),
-                channels,
+                tls,
+                tune,
+                channels: RwLock::new(Channels { generation, list }),
                 current: AtomicUsize::new(0),
             }),
         })
@@ -97,18 +109,53 @@ impl Replicas {
 
     /// How many replicas there are.
     pub fn len(&self) -> usize {
-        self.inner.channels.len()
+        self.inner.urls.len()
     }
 
     /// Always false: there is at least one replica.
     pub fn is_empty(&self) -> bool {
-        self.inner.channels.is_empty()
+        self.inner.urls.is_empty()
     }
 
-    /// The replica calls go to now, and its channel.
+    /// The replica calls go to now, and its channel: made anew when the TLS files were
+    /// reloaded since.
     pub fn current(&self) -> (usize, Channel) {
         let index = self.inner.current.load(Ordering::Acquire) % self.len();
-        (index, self.inner.channels[index].clone())
+        let wanted = self.inner.tls.as_ref().map_or(0, |t| t.generation());
+        {
+            let channels = self
+                .inner
+                .channels
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if channels.generation == wanted {
+                return (index, channels.list[index].clone());
+            }
+        }
+        let mut channels = self
+            .inner
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if channels.generation != wanted {
+            let inner = &self.inner;
+            match channels_for(inner) {
+                Ok(list) => {
+                    tracing::info!(
+                        setting = %inner.setting,
+                        "new client certificate in force; new connections to the other plane use it"
+                    );
+                    channels.list = list;
+                }
+                Err(e) => tracing::warn!(
+                    setting = %inner.setting,
+                    error = %e,
+                    "cannot use the reloaded client certificate; keeping the previous one"
+                ),
+            }
+            channels.generation = wanted;
+        }
+        (index, channels.list[index].clone())
     }
 
     /// The URL of replica `index`.
@@ -162,6 +209,37 @@ impl Replicas {
             }
         }
     }
+}
+
+fn channels_for(inner: &Inner) -> Result<Vec<Channel>, String> {
+    channels(
+        &inner.setting,
+        &inner.urls,
+        inner.tls.as_deref(),
+        &inner.tune,
+    )
+}
+
+/// Lazily connecting channels to `urls`, with the TLS settings in force.
+fn channels(
+    setting: &str,
+    urls: &[String],
+    tls: Option<&PeerTls>,
+    tune: &Tune,
+) -> Result<Vec<Channel>, String> {
+    let tls = tls.map(PeerTls::current);
+    let mut list = Vec::with_capacity(urls.len());
+    for url in urls {
+        let mut endpoint =
+            Channel::from_shared(url.clone()).map_err(|e| format!("{setting} {url:?}: {e}"))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::clone(tls))
+                .map_err(|e| format!("{setting} {url:?}: {e}"))?;
+        }
+        list.push(tune(endpoint).connect_lazy());
+    }
+    Ok(list)
 }
 
 #[cfg(test)]
@@ -234,5 +312,70 @@ mod tests {
             tonic::Code::NotFound,
             "only UNAVAILABLE moves a call"
         );
+    }
+
+    /// Over TLS, a reloaded client certificate is presented on the next new connection.
+    #[tokio::test]
+    async fn new_connections_present_a_reloaded_client_certificate() {
+        use crate::reload::{Checked, ServerTls};
+        use crate::tls::testing::{TestCa, replace};
+        use tokio_stream::StreamExt;
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = TestCa::new("CA");
+        let (server_pem, server_key, _) = ca.server();
+        let (first_pem, first_key, first_der) = ca.server();
+        let config = crate::tls::TlsConfig {
+            cert_file: d.join("server.pem"),
+            key_file: d.join("server-key.pem"),
+            client_ca_file: d.join("ca.pem"),
+            require_client_cert: true,
+            client_cert_file: Some(d.join("client.pem")),
+            client_key_file: Some(d.join("client-key.pem")),
+            server_ca_file: None,
+        };
+        replace(&config.cert_file, &server_pem);
+        replace(&config.key_file, &server_key);
+        replace(&config.client_ca_file, &ca.pem);
+        replace(&d.join("client.pem"), &first_pem);
+        replace(&d.join("client-key.pem"), &first_key);
+
+        // A server that notes the client certificate of each handshake and hangs up.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Arc::new(ServerTls::server(&config).unwrap());
+        let mut connections = crate::connections::TlsIncoming::new(
+            crate::connections::incoming(listener, &crate::limits::LimitsConfig::default()),
+            server,
+            std::time::Duration::from_secs(5),
+        );
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(stream) = connections.next().await {
+                let stream = stream.unwrap();
+                let cert = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                let _ = seen_tx.send(cert);
+            }
+        });
+
+        let peer = Arc::new(crate::reload::PeerTls::peer(&config).unwrap());
+        let urls = vec![format!("https://127.0.0.1:{}", addr.port())];
+        let replicas = Replicas::new("u", &urls, Some(Arc::clone(&peer)), |e| e).unwrap();
+        let call = || async {
+            let (_, channel) = replicas.current();
+            let _ = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+        };
+        call().await;
+        assert_eq!(seen.recv().await.unwrap(), first_der);
+
+        let (second_pem, second_key, second_der) = ca.server();
+        replace(&d.join("client.pem"), &second_pem);
+        replace(&d.join("client-key.pem"), &second_key);
+        assert!(matches!(peer.check(), Checked::Reloaded));
+        call().await;
+        assert_eq!(seen.recv().await.unwrap(), second_der);
     }
 }

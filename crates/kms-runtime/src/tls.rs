@@ -1,6 +1,6 @@
-//! TLS for both planes (rustls through tonic): the server side with client-certificate
-//! verification, the client side for plane-to-plane channels and kmsctl, and the caller's
-//! principal read from a client certificate's URI SAN.
+//! TLS for both planes (rustls): the server side with client-certificate verification, the
+//! client side for plane-to-plane channels and kmsctl, and the caller's principal read from a
+//! client certificate's URI SAN. `crate::reload` keeps both sides in step with their files.
 //!
 //! A client certificate names its principal in a URI subject alternative name holding an
 //! `acs:ram::<uid>:...` ARN. URI SANs that do not start with `acs:` (a mesh's `spiffe://` ids,
@@ -8,16 +8,21 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kms_types::{DomainError, Principal};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use zeroize::Zeroizing;
 
 /// The prefix that marks a URI SAN as a principal ARN.
 pub const PRINCIPAL_SAN_PREFIX: &str = "acs:";
+
+/// The ALPN protocol gRPC runs on.
+const ALPN_H2: &[u8] = b"h2";
 
 /// `[identity.tls]`: serve TLS and identify callers by their client certificates.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -85,6 +90,30 @@ impl TlsConfig {
             self.client_key_file.as_deref().unwrap_or(&self.key_file),
         )
     }
+
+    /// The files the server side reads: certificate chain, key, client CA bundle.
+    pub fn server_files(&self) -> Vec<PathBuf> {
+        vec![
+            self.cert_file.clone(),
+            self.key_file.clone(),
+            self.client_ca_file.clone(),
+        ]
+    }
+
+    /// The files the client side of plane-to-plane calls reads: CA bundle, certificate, key.
+    pub fn peer_files(&self) -> Vec<PathBuf> {
+        vec![
+            self.server_ca_file
+                .clone()
+                .unwrap_or_else(|| self.client_ca_file.clone()),
+            self.client_cert_file
+                .clone()
+                .unwrap_or_else(|| self.cert_file.clone()),
+            self.client_key_file
+                .clone()
+                .unwrap_or_else(|| self.key_file.clone()),
+        ]
+    }
 }
 
 /// Why TLS could not be set up. Messages name files, never their contents.
@@ -114,6 +143,28 @@ pub enum TlsError {
         /// The file.
         path: String,
     },
+    /// The files parse but cannot be used together: a key that is not the certificate's, a
+    /// CA certificate that is not one.
+    #[error("cannot use {files}: {reason}")]
+    Refused {
+        /// The files, named.
+        files: String,
+        /// What TLS said.
+        reason: String,
+    },
+}
+
+impl TlsError {
+    fn refused(files: &[&Path], reason: impl std::fmt::Display) -> Self {
+        TlsError::Refused {
+            files: files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// Selects ring as rustls's process-wide crypto provider, once; later calls do nothing. Safe to
@@ -121,6 +172,19 @@ pub enum TlsError {
 pub fn install_crypto_provider() {
     // An error means a provider is installed already, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An error and its sources, joined with ": " (tonic's transport errors say little on their
+/// own).
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -176,6 +240,50 @@ pub fn server_config(config: &TlsConfig) -> Result<ServerTlsConfig, TlsError> {
         .client_auth_optional(!config.require_client_cert))
 }
 
+/// The rustls server settings: `cert_file`/`key_file` as the server identity (the key must be
+/// the certificate's), clients verified against every CA in `client_ca_file` (a client may
+/// come without a certificate when `require_client_cert = false`), HTTP/2 by ALPN. Every
+/// handshake made with the result uses these files as they were read here.
+pub fn server_rustls_config(config: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    install_crypto_provider();
+    let cert = read_certs("certificate file", &config.cert_file)?;
+    let key = read_key(&config.key_file)?;
+    let ca = read_certs("client CA file", &config.client_ca_file)?;
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::NoCertificate {
+            what: "certificate file",
+            path: config.cert_file.display().to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_slice()).map_err(|_| TlsError::NoKey {
+        path: config.key_file.display().to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(&ca) {
+        let der = der.map_err(|_| TlsError::NoCertificate {
+            what: "client CA file",
+            path: config.client_ca_file.display().to_string(),
+        })?;
+        roots
+            .add(der)
+            .map_err(|e| TlsError::refused(&[&config.client_ca_file], e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+    let verifier = if config.require_client_cert {
+        verifier
+    } else {
+        verifier.allow_unauthenticated()
+    }
+    .build()
+    .map_err(|e| TlsError::refused(&[&config.client_ca_file], e))?;
+    let mut server = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::refused(&[&config.cert_file, &config.key_file], e))?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(server)
+}
+
 /// Client TLS settings: trust the CA bundle in `ca`, present the certificate `cert` with its
 /// key `key`. Pass the result to `Endpoint::tls_config(..)` on an `https://` endpoint.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTlsConfig, TlsError> {
@@ -215,6 +323,54 @@ pub fn principal_from_cert(der: &[u8]) -> Result<Option<Principal>, DomainError>
         (None, _) => Ok(None),
         (Some(arn), None) => Principal::parse(arn).map(Some),
         (Some(_), Some(_)) => Err(DomainError::NoIdentity),
+    }
+}
+
+/// Certificates for the crate's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    /// A CA (rcgen) that issues certificates for `localhost` and 127.0.0.1.
+    pub(crate) struct TestCa {
+        /// Its certificate, PEM.
+        pub(crate) pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    impl TestCa {
+        pub(crate) fn new(name: &str) -> Self {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let pem = params.self_signed(&key).unwrap().pem();
+            Self {
+                pem,
+                issuer: rcgen::Issuer::new(params, key),
+            }
+        }
+
+        /// A certificate for `localhost` and 127.0.0.1: PEM, key PEM, DER.
+        pub(crate) fn server(&self) -> (String, String, Vec<u8>) {
+            let params = rcgen::CertificateParams::new(vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ])
+            .unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        }
+    }
+
+    /// Replaces `path` whole with `text` (written beside, renamed over).
+    pub(crate) fn replace(path: &std::path::Path, text: &str) {
+        let aside = path.with_extension("new");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, path).unwrap();
     }
 }
 

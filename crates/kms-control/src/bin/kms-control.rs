@@ -17,6 +17,7 @@ use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServe
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
+use kms_runtime::reload::{self, PeerTls, ServerTls};
 use kms_runtime::{connections, serve, telemetry};
 use kms_store::{EtcdOptions, EtcdStore, EtcdTls, SledStore, Store};
 use kms_types::Principal;
@@ -31,12 +32,7 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-const SERVICES: &[&str] = &[
-    "kms.v1.KeyManagementService",
-    "kms.v1.KmsInstanceService",
-    "kms.v1.AuditService",
-    "kms.internal.v1.KeyDirectory",
-];
+use kms_control::SERVICES;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -97,16 +93,23 @@ fn etcd_options(c: &EtcdConfig) -> Result<EtcdOptions> {
 /// Serves the control plane on `store` until a shutdown signal.
 async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
     let peer_tls = match &params.identity.tls {
-        Some(t) => Some(
-            t.peer_client_config()
-                .context("cannot set up TLS to the data plane")?,
-        ),
+        Some(t) => Some(Arc::new(
+            PeerTls::peer(t).context("cannot set up TLS to the data plane")?,
+        )),
         None => None,
     };
+    let server_tls = match &params.identity.tls {
+        Some(t) => Some(Arc::new(
+            ServerTls::server(t).context("cannot set up the server's TLS")?,
+        )),
+        None => None,
+    };
+    // Certificates are read again when their files change, and on SIGHUP.
+    let _tls_watch = reload::watch_plane(server_tls.as_ref(), peer_tls.as_ref());
     let material = MaterialClient::new(
         &params.data_plane_urls,
         params.identity.service_principal.clone(),
-        peer_tls,
+        peer_tls.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     let migrate_store = Arc::clone(&store);
@@ -201,6 +204,9 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
+    serve::serve_health(&params.health, health.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
@@ -218,13 +224,12 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         // End WatchKeys streams and the scheduler, so draining does not wait on them.
         closing.close();
     };
-    let incoming = connections::incoming(listener, &params.limits);
+    let incoming = connections::listen(listener, &params.limits, server_tls);
     tracing::info!(
         max_connections = incoming.max_connections(),
         "connection cap in force"
     );
-    connections::server(&params.limits, params.identity.tls.as_ref())
-        .context("cannot set up the server")?
+    let router = connections::server(&params.limits)
         .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
@@ -245,8 +250,8 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         .add_service(
             AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
                 .max_decoding_message_size(max_request),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        );
+    connections::serve(router, incoming, shutdown)
         .await
         .context("server failed")?;
     // The last checkpoint covers every line the drained calls wrote.

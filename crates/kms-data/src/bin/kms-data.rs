@@ -17,6 +17,7 @@ use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
+use kms_runtime::reload::{self, PeerTls, ServerTls};
 use kms_runtime::{connections, serve, telemetry};
 use kms_types::Principal;
 
@@ -27,9 +28,13 @@ struct Args {
     /// Configuration file (TOML); `KMS_*` environment variables override its entries.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Open the HSM, create the root key when the token has none, and exit. Run it once, alone,
+    /// before replicas start on a new token, so they do not each create one.
+    #[arg(long)]
+    prepare_hsm: bool,
 }
 
-const SERVICES: &[&str] = &["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"];
+use kms_data::SERVICES;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -57,6 +62,10 @@ async fn main() -> Result<()> {
         mechanisms = hsm.mechanism_names().len(),
         "HSM ready; root key loaded"
     );
+    if args.prepare_hsm {
+        tracing::info!("root key ready; exiting (--prepare-hsm)");
+        return Ok(());
+    }
     let hsm = Arc::new(hsm);
     let vault = Arc::new(KeyVault::new(Arc::clone(&hsm)));
     // The data plane keys its own audit log with a key derived from the root key.
@@ -69,16 +78,23 @@ async fn main() -> Result<()> {
         AuditKey::from_bytes(secret.expose()).context("cannot derive the audit key")?
     };
     let peer_tls = match &params.identity.tls {
-        Some(t) => Some(
-            t.peer_client_config()
-                .context("cannot set up TLS to the control plane")?,
-        ),
+        Some(t) => Some(Arc::new(
+            PeerTls::peer(t).context("cannot set up TLS to the control plane")?,
+        )),
         None => None,
     };
+    let server_tls = match &params.identity.tls {
+        Some(t) => Some(Arc::new(
+            ServerTls::server(t).context("cannot set up the server's TLS")?,
+        )),
+        None => None,
+    };
+    // Certificates are read again when their files change, and on SIGHUP.
+    let _tls_watch = reload::watch_plane(server_tls.as_ref(), peer_tls.as_ref());
     let directory = DirectoryClient::new(
         &params.control_plane_urls,
         params.identity.service_principal.clone(),
-        peer_tls,
+        peer_tls.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     // Key usage for CheckKeyAssociation, batched to the control plane off the call path.
@@ -143,6 +159,9 @@ async fn main() -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = serve::health(SERVICES).await;
+    serve::serve_health(&params.health, health.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let reflection =
         serve::reflection(kms_proto::FILE_DESCRIPTOR_SET, SERVICES).map_err(anyhow::Error::msg)?;
 
@@ -157,13 +176,12 @@ async fn main() -> Result<()> {
         serve::shutdown_signal().await;
         serve::mark_not_serving(&health_reporter, SERVICES).await;
     };
-    let incoming = connections::incoming(listener, &params.limits);
+    let incoming = connections::listen(listener, &params.limits, server_tls);
     tracing::info!(
         max_connections = incoming.max_connections(),
         "connection cap in force"
     );
-    connections::server(&params.limits, params.identity.tls.as_ref())
-        .context("cannot set up the server")?
+    let router = connections::server(&params.limits)
         .layer(connections::StreamLayer::new(&params.limits))
         .layer(edge)
         .add_service(health)
@@ -176,8 +194,8 @@ async fn main() -> Result<()> {
         .add_service(
             KeyMaterialServer::new(MaterialService::new(vault, peer, audit_key))
                 .max_decoding_message_size(max_request),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        );
+    connections::serve(router, incoming, shutdown)
         .await
         .context("server failed")?;
     // Report what the drained calls used before leaving.
