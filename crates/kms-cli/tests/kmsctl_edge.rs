@@ -45,6 +45,7 @@ async fn write_log(path: &Path, n: usize) {
             previous_key_id: String::new(),
             outcome: Outcome::Allowed,
             status: tonic::Code::Ok,
+            trace_id: String::new(),
         })
         .await
         .unwrap();

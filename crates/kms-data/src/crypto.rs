@@ -167,7 +167,7 @@ impl CryptoEngine {
         let vault = Arc::clone(&self.vault);
         let version = key.entry.primary_version;
         let key_id = key.entry.id.to_string();
-        let blob = tokio::task::spawn_blocking(move || {
+        let blob = kms_runtime::telemetry::spawn_blocking(move || {
             let material = key.material(&vault, &version)?;
             let iv = vault.fresh_iv()?;
             let header = blob::header(kind, &version, &iv);
@@ -224,7 +224,7 @@ impl CryptoEngine {
         context: EncryptionContext,
     ) -> Result<SecretBytes, DomainError> {
         let vault = Arc::clone(&self.vault);
-        tokio::task::spawn_blocking(move || {
+        kms_runtime::telemetry::spawn_blocking(move || {
             let parsed = CiphertextBlob::parse(&ciphertext_blob)?;
             let material = key.material(&vault, &version)?;
             let aad = blob::aad(&parsed.header(), &context.canonical_bytes());
@@ -338,7 +338,7 @@ impl CryptoEngine {
             return Err(DomainError::DryRunOperation);
         }
         let vault = Arc::clone(&self.vault);
-        let plaintext = tokio::task::spawn_blocking(move || vault.random(len))
+        let plaintext = kms_runtime::telemetry::spawn_blocking(move || vault.random(len))
             .await
             .map_err(join_error)??;
         let sealed = self
@@ -413,7 +413,7 @@ impl CryptoEngine {
             ));
         }
         let vault = Arc::clone(&self.vault);
-        let bytes = tokio::task::spawn_blocking(move || vault.random(length as usize))
+        let bytes = kms_runtime::telemetry::spawn_blocking(move || vault.random(length as usize))
             .await
             .map_err(join_error)??;
         Ok(bytes.expose().to_vec())
@@ -428,7 +428,7 @@ impl CryptoEngine {
         let _ = caller;
         let plan = rules.plan()?;
         let vault = Arc::clone(&self.vault);
-        tokio::task::spawn_blocking(move || plan.draw(|n| vault.random(n)))
+        kms_runtime::telemetry::spawn_blocking(move || plan.draw(|n| vault.random(n)))
             .await
             .map_err(join_error)?
     }
@@ -757,7 +757,7 @@ impl CryptoEngine {
         let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
         let vault = Arc::clone(&self.vault);
         let key_id = key.entry.id.to_string();
-        let value = tokio::task::spawn_blocking(move || {
+        let value = kms_runtime::telemetry::spawn_blocking(move || {
             let handle = key.material(&vault, &version)?;
             vault.sign(key.entry.protection, &handle, alg, &digest)
         })
@@ -805,10 +805,11 @@ impl CryptoEngine {
         let alg = alg.ok_or_else(|| DomainError::invalid("Algorithm", "algorithm is required"))?;
         let der = Self::public_der(&key, &version)?;
         let vault = Arc::clone(&self.vault);
-        let value =
-            tokio::task::spawn_blocking(move || vault.verify(&der, alg, &digest, &signature))
-                .await
-                .map_err(join_error)??;
+        let value = kms_runtime::telemetry::spawn_blocking(move || {
+            vault.verify(&der, alg, &digest, &signature)
+        })
+        .await
+        .map_err(join_error)??;
         Ok(AsymOutput {
             key_id: key.entry.id.to_string(),
             key_version_id: version,
@@ -844,10 +845,11 @@ impl CryptoEngine {
         }
         let der = Self::public_der(&key, &version)?;
         let vault = Arc::clone(&self.vault);
-        let value =
-            tokio::task::spawn_blocking(move || vault.asym_encrypt(&der, alg, plaintext.expose()))
-                .await
-                .map_err(join_error)??;
+        let value = kms_runtime::telemetry::spawn_blocking(move || {
+            vault.asym_encrypt(&der, alg, plaintext.expose())
+        })
+        .await
+        .map_err(join_error)??;
         Ok(AsymOutput {
             key_id: key.entry.id.to_string(),
             key_version_id: version,
@@ -882,7 +884,7 @@ impl CryptoEngine {
         }
         let vault = Arc::clone(&self.vault);
         let key_id = key.entry.id.to_string();
-        let value = tokio::task::spawn_blocking(move || {
+        let value = kms_runtime::telemetry::spawn_blocking(move || {
             let handle = key.material(&vault, &version)?;
             vault.asym_decrypt(key.entry.protection, &handle, alg, &ciphertext)
         })
@@ -949,7 +951,7 @@ impl CryptoEngine {
         }
         let vault = Arc::clone(&self.vault);
         let public_key = export.public_key;
-        let (plaintext, exported) = tokio::task::spawn_blocking(move || {
+        let (plaintext, exported) = kms_runtime::telemetry::spawn_blocking(move || {
             let dk = vault.random(len)?;
             let exported = vault.export_to(&public_key, algorithm, wrapping_spec, &dk)?;
             Ok::<_, DomainError>((dk, exported))
@@ -1005,7 +1007,7 @@ impl CryptoEngine {
             .await?;
         let vault = Arc::clone(&self.vault);
         let public_key = export.public_key;
-        let value = tokio::task::spawn_blocking(move || {
+        let value = kms_runtime::telemetry::spawn_blocking(move || {
             vault.export_to(&public_key, algorithm, wrapping_spec, &dk)
         })
         .await

@@ -6,7 +6,8 @@
 //! `request_id`, `principal` (empty when the caller could not be identified), `action`
 //! (`kms.v1.CryptoService/Encrypt`), `key_id` and `key_version_id` (as the handler noted them
 //! with [`note_key`]; empty otherwise), `outcome` (`allowed`, `denied`, `error`), `status_code`
-//! (the gRPC code name), `prev_mac` and `mac`. Never plaintext, ciphertext or key material.
+//! (the gRPC code name), `trace_id` (the call's W3C trace id; left out when the call was not
+//! traced, so lines written before it existed keep their canonical form), `prev_mac` and `mac`. Never plaintext, ciphertext or key material.
 //!
 //! `mac` is the lowercase hex HMAC-SHA-256, under the plane's [`AuditKey`], of the SHA-256 of
 //! [`LINE_DOMAIN`] followed by the line's *canonical content*: its JSON object without `mac`,
@@ -302,6 +303,8 @@ pub struct AuditEvent {
     pub outcome: Outcome,
     /// The gRPC status code of the answer.
     pub status: tonic::Code,
+    /// The W3C trace id of the call (32 hex digits), when it was traced; empty otherwise.
+    pub trace_id: String,
 }
 
 /// One line of the log in the current format, members in canonical order.
@@ -320,6 +323,8 @@ struct Line {
     previous_key_id: String,
     outcome: Outcome,
     status_code: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    trace_id: String,
     prev_mac: String,
     mac: String,
 }
@@ -339,6 +344,8 @@ struct Content<'a> {
     previous_key_id: &'a str,
     outcome: Outcome,
     status_code: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace_id: &'a str,
     prev_mac: &'a str,
 }
 
@@ -374,6 +381,7 @@ impl Line {
             previous_key_id: &self.previous_key_id,
             outcome: self.outcome,
             status_code: &self.status_code,
+            trace_id: &self.trace_id,
             prev_mac: &self.prev_mac,
         };
         // Serializing plain strings and numbers into JSON cannot fail.
@@ -394,6 +402,7 @@ impl Line {
             previous_key_id: event.previous_key_id.clone(),
             outcome: event.outcome,
             status_code: code_name(event.status).to_string(),
+            trace_id: event.trace_id.clone(),
             prev_mac: prev_mac.to_string(),
             mac: String::new(),
         };
@@ -1334,6 +1343,11 @@ mod tests {
                 tonic::Code::PermissionDenied
             } else {
                 tonic::Code::Ok
+            },
+            trace_id: if i == 2 {
+                "4bf92f3577b34da6a3ce929d0e0e4736".into()
+            } else {
+                String::new()
             },
         }
     }

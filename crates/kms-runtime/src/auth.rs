@@ -59,6 +59,8 @@ use crate::identity::{Credentials, Identifier, IdentityConfig};
 use crate::limits::{Clock, LimitsConfig, RateLimiter, classify, peer_key};
 use crate::metrics;
 use crate::status::{edge_status, reason_of, to_status};
+use crate::telemetry;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The request-id header, read from requests and set on responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -274,6 +276,7 @@ impl Refusals {
             } else {
                 Code::Unauthenticated
             },
+            trace_id: String::new(),
         })
     }
 }
@@ -473,11 +476,18 @@ where
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let span = tracing::info_span!(
             "rpc",
+            otel.name = %action,
+            otel.kind = "server",
+            rpc.system = "grpc",
             request_id = %request_id,
             action = %action,
             principal = tracing::field::Empty,
             code = tracing::field::Empty,
         );
+        // A caller's trace continues here: the call's span is a child of the caller's.
+        let remote = telemetry::extract(req.headers());
+        let _ = span.set_parent(remote.clone());
+        let trace_id = span.in_scope(|| telemetry::trace_id(&remote));
         let mut pending = Pending {
             edge: Arc::clone(&edge),
             note,
@@ -491,6 +501,7 @@ where
                 previous_key_id: String::new(),
                 outcome: Outcome::Error,
                 status: Code::Unknown,
+                trace_id,
             }),
         };
 

@@ -412,11 +412,15 @@ pub fn caller<T>(req: &Request<T>) -> Result<Principal, DomainError> {
 }
 
 /// Sets the development identity header on an outgoing request.
+///
+/// The current span's trace context goes along (`traceparent`), so the call continues the
+/// caller's trace on the other plane.
 pub fn with_principal<T>(mut req: Request<T>, principal: &str) -> Result<Request<T>, DomainError> {
     let value = principal
         .parse()
         .map_err(|_| DomainError::Internal("principal is not a valid header value".into()))?;
     req.metadata_mut().insert(DEV_PRINCIPAL_HEADER, value);
+    crate::telemetry::inject(req.metadata_mut());
     Ok(req)
 }
 

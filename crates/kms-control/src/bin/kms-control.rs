@@ -43,14 +43,16 @@ async fn main() -> Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
-    telemetry::init(&params.log);
+    let telemetry = telemetry::init(&params.log, &params.telemetry, "kms-control")
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
     if params.identity.dev_header {
         tracing::warn!(
             "identity.dev_header is on: any caller can claim any principal; use only for local development"
         );
     }
 
-    match &params.store {
+    let result = match &params.store {
         StoreParams::Sled(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
@@ -66,7 +68,10 @@ async fn main() -> Result<()> {
                 .context("cannot connect to etcd")?;
             run(Arc::new(store), params).await
         }
-    }
+    };
+    // The last spans go out before the process does.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
 }
 
 /// `[store.etcd]` as the engine takes it; the password is read from its file here.

@@ -45,7 +45,9 @@ async fn main() -> Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
-    telemetry::init(&params.log);
+    let telemetry = telemetry::init(&params.log, &params.telemetry, "kms-data")
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
     if params.identity.dev_header {
         tracing::warn!(
             "identity.dev_header is on: any caller can claim any principal; use only for local development"
@@ -205,5 +207,7 @@ async fn main() -> Result<()> {
     let _ = stop_checkpoints.send(());
     let _ = checkpoints.await;
     tracing::info!("data plane stopped");
+    // The last spans go out before the process does.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

@@ -59,11 +59,12 @@ impl KeyMaterial for MaterialService {
         let spec = KeySpec::from_wire(req.key_spec).map_err(status)?;
         let protection = ProtectionLevel::from_wire(req.protection_level).map_err(status)?;
         let vault = Arc::clone(&self.vault);
-        let (wrapped, public_key_der) =
-            tokio::task::spawn_blocking(move || vault.generate(&version, spec, protection))
-                .await
-                .map_err(|e| status(DomainError::Internal(format!("generate task failed: {e}"))))?
-                .map_err(status)?;
+        let (wrapped, public_key_der) = kms_runtime::telemetry::spawn_blocking(move || {
+            vault.generate(&version, spec, protection)
+        })
+        .await
+        .map_err(|e| status(DomainError::Internal(format!("generate task failed: {e}"))))?
+        .map_err(status)?;
         Ok(Response::new(GenerateKeyMaterialResponse {
             wrapped_material: wrapped,
             public_key_der,
@@ -81,15 +82,16 @@ impl KeyMaterial for MaterialService {
         Algorithm::from_wire(req.wrapping_algorithm).map_err(status)?;
         let wrapping_key_spec = KeySpec::from_wire(req.wrapping_key_spec).map_err(status)?;
         let vault = Arc::clone(&self.vault);
-        let key =
-            tokio::task::spawn_blocking(move || vault.create_import_key(&id, wrapping_key_spec))
-                .await
-                .map_err(|e| {
-                    status(DomainError::Internal(format!(
-                        "import key task failed: {e}"
-                    )))
-                })?
-                .map_err(status)?;
+        let key = kms_runtime::telemetry::spawn_blocking(move || {
+            vault.create_import_key(&id, wrapping_key_spec)
+        })
+        .await
+        .map_err(|e| {
+            status(DomainError::Internal(format!(
+                "import key task failed: {e}"
+            )))
+        })?
+        .map_err(status)?;
         Ok(Response::new(CreateImportKeyResponse {
             public_key_der: key.public_key_der,
             wrapped_private_key: key.sealed_private_key,
@@ -113,10 +115,11 @@ impl KeyMaterial for MaterialService {
             encrypted_material: req.encrypted_key_material,
         };
         let vault = Arc::clone(&self.vault);
-        let imported = tokio::task::spawn_blocking(move || vault.import_material(&import))
-            .await
-            .map_err(|e| status(DomainError::Internal(format!("import task failed: {e}"))))?
-            .map_err(status)?;
+        let imported =
+            kms_runtime::telemetry::spawn_blocking(move || vault.import_material(&import))
+                .await
+                .map_err(|e| status(DomainError::Internal(format!("import task failed: {e}"))))?
+                .map_err(status)?;
         Ok(Response::new(ImportMaterialResponse {
             wrapped_material: imported.wrapped_material,
             public_key_der: imported.public_key_der,
@@ -130,10 +133,11 @@ impl KeyMaterial for MaterialService {
     ) -> Result<Response<GetAuditKeyResponse>, Status> {
         self.check_peer(&request)?;
         let vault = Arc::clone(&self.vault);
-        let key = tokio::task::spawn_blocking(move || vault.derive_audit_key(Plane::Control))
-            .await
-            .map_err(|e| status(DomainError::Internal(format!("audit key task failed: {e}"))))?
-            .map_err(status)?;
+        let key =
+            kms_runtime::telemetry::spawn_blocking(move || vault.derive_audit_key(Plane::Control))
+                .await
+                .map_err(|e| status(DomainError::Internal(format!("audit key task failed: {e}"))))?
+                .map_err(status)?;
         Ok(Response::new(GetAuditKeyResponse {
             key: key.expose().to_vec(),
         }))
