@@ -61,6 +61,10 @@ pub use subscribers::Subscribers;
 /// A stored key and its value, as returned by [`Store::scan_prefix`].
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// Every entry of a store as of one moment, in ascending byte order of key, as returned by
+/// [`Store::snapshot`]. An error item means reading further failed; nothing follows it.
+pub type Snapshot<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
+
 /// What [`Store::subscribe`] calls when something under its prefix changed. It runs on an
 /// engine's thread: it must return quickly (wake a task, set a flag) and never call the store.
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
@@ -89,6 +93,17 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Every entry of the store as of one moment, in ascending byte order of key: each commit
+    /// that returned before this call is in it, none that began after this call returned is,
+    /// and no commit is in it in part. Commits go on while it is read (it is taken online).
+    ///
+    /// How an engine keeps that moment: one that cannot read a past state (sled, memory) copies
+    /// every entry while it keeps commits out, so the copy costs memory the size of the store
+    /// and holds up commits while it is made; one that can (etcd) reads pages at one revision
+    /// as the iterator is consumed, and fails with [`StoreError::Unavailable`] if that
+    /// revision is compacted away before the last page (take the snapshot again).
+    fn snapshot(&self) -> Result<Snapshot<'_>, StoreError>;
 
     /// Runs `f` atomically and serializably against the store, and commits its writes.
     ///
