@@ -8,6 +8,7 @@
 //! Engines: [`SledStore`] (on disk, one process), [`EtcdStore`] (an etcd cluster that several
 //! processes share) and [`MemoryStore`] (tests, dev). All pass [`conformance::run_all`]; a new
 //! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
+//! [`backup`] writes a snapshot to a file and restores one into an empty store.
 //!
 //! ```
 //! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
@@ -43,6 +44,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod backup;
 pub mod conformance;
 mod etcd_engine;
 #[cfg(feature = "testing")]
