@@ -779,6 +779,19 @@ impl Stack {
         Ok(id)
     }
 
+    /// An `AdminService` client to the control plane, calling as `principal`.
+    pub fn admin(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<kms_proto::kms::v1::admin_service_client::AdminServiceClient<Svc>> {
+        Ok(
+            kms_proto::kms::v1::admin_service_client::AdminServiceClient::with_interceptor(
+                self.channel_as(&self.control_addr, principal)?,
+                As(principal.map(str::to_string)),
+            ),
+        )
+    }
+
     /// An `AuditService` client to the control plane, calling as `principal`.
     pub fn audit(
         &self,

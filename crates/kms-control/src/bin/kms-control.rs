@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
 use kms_control::config::{ControlParams, EtcdConfig, StoreParams};
-use kms_control::grpc::{AuditApi, DirectoryService, InstanceService, KeyService};
+use kms_control::grpc::{AdminApi, AuditApi, DirectoryService, InstanceService, KeyService};
 use kms_control::material::MaterialClient;
 use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
+use kms_proto::kms::v1::admin_service_server::AdminServiceServer;
 use kms_proto::kms::v1::audit_service_server::AuditServiceServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
@@ -35,6 +36,7 @@ const SERVICES: &[&str] = &[
     "kms.v1.KeyManagementService",
     "kms.v1.KmsInstanceService",
     "kms.v1.AuditService",
+    "kms.v1.AdminService",
     "kms.internal.v1.KeyDirectory",
 ];
 
@@ -229,6 +231,10 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         )
         .add_service(
             AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(Arc::clone(&registry)))
                 .max_decoding_message_size(max_request),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
