@@ -8,7 +8,8 @@
 //! Engines: [`SledStore`] (on disk, one process), [`EtcdStore`] (an etcd cluster that several
 //! processes share) and [`MemoryStore`] (tests, dev). All pass [`conformance::run_all`]; a new
 //! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
-//! [`backup`] writes a snapshot to a file and restores one into an empty store.
+//! [`backup`] writes a snapshot to a file and restores one into an empty store; [`config`] is
+//! the `[store]` section of the control plane's configuration.
 //!
 //! ```
 //! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod backup;
+pub mod config;
 pub mod conformance;
 mod etcd_engine;
 #[cfg(feature = "testing")]
