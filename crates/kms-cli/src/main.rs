@@ -1,6 +1,7 @@
 //! `kmsctl`: the command-line client of the KMS (key management on the control plane,
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
+mod admin;
 mod aliases;
 mod audit;
 mod certs;
@@ -184,6 +185,9 @@ Examples:
     /// Work with audit logs
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Back up and restore the control plane's store (operators)
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +406,7 @@ async fn main() -> ExitCode {
             certs::certs(args, cert_principals_given(&matches))
         }
         Command::Audit(command) => audit::run(&planes, command, format).await,
+        Command::Admin(command) => admin::run(&planes, format, command).await,
     };
     match result {
         Ok(code) => code,

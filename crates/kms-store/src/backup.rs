@@ -373,13 +373,13 @@ pub fn verify(input: impl Read) -> Result<BackupSummary, BackupError> {
 ///
 /// Reads the backup twice, each time from a reader `open` makes anew: first to check all of
 /// it ([`verify`]), writing nothing if it fails, then to write its entries, in transactions
-/// small enough for any engine, and flushes. `progress` is told the entries written so far
-/// after each transaction. Should the second reading differ from the first (the file changed
+/// small enough for any engine, and flushes. `progress` is told the entries written so far,
+/// and how many the backup holds, after each transaction. Should the second reading differ from the first (the file changed
 /// in between), it fails with the store partly written.
 pub fn restore<S: Store, R: Read>(
     store: &S,
     mut open: impl FnMut() -> Result<R, BackupError>,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<BackupSummary, BackupError> {
     let checked = verify(open()?)?;
     if !store.scan_prefix(b"", None, 1)?.is_empty() {
@@ -405,7 +405,7 @@ pub fn restore<S: Store, R: Read>(
                 })
                 .map_err(StoreError::from)?;
             written += batch.len() as u64;
-            progress(written);
+            progress(written, checked.entries);
             batch.clear();
             batch_bytes = 0;
         }
@@ -577,9 +577,9 @@ mod tests {
         let file = backup(&entries);
         let store = MemoryStore::new();
         let mut seen = Vec::new();
-        let summary = restore(&store, || Ok(file.as_slice()), |n| seen.push(n)).unwrap();
+        let summary = restore(&store, || Ok(file.as_slice()), |n, of| seen.push((n, of))).unwrap();
         assert_eq!(summary.entries, 200);
-        assert_eq!(seen, vec![64, 128, 192, 200]);
+        assert_eq!(seen, vec![(64, 200), (128, 200), (192, 200), (200, 200)]);
         let stored = entries_of(&store);
         assert_eq!(stored.len(), 200);
         assert!(
@@ -597,7 +597,7 @@ mod tests {
         damaged[HEADER_LEN + 7] ^= 1;
         for bad in [&file[..file.len() - 5], &damaged[..]] {
             let store = MemoryStore::new();
-            let result = restore(&store, || Ok(bad), |_| {});
+            let result = restore(&store, || Ok(bad), |_, _| {});
             assert!(result.is_err());
             assert!(entries_of(&store).is_empty(), "{result:?}");
         }
@@ -608,7 +608,7 @@ mod tests {
         let store = MemoryStore::new();
         store.put(b"m/layout", b"\xcb\x52\x01\x03").unwrap();
         let file = sample();
-        let result = restore(&store, || Ok(file.as_slice()), |_| {});
+        let result = restore(&store, || Ok(file.as_slice()), |_, _| {});
         assert!(matches!(result, Err(BackupError::NotEmpty)), "{result:?}");
         assert_eq!(entries_of(&store).len(), 1);
     }
@@ -630,7 +630,7 @@ mod tests {
         }
         file.extend(w.finish());
         let target = MemoryStore::new();
-        restore(&target, || Ok(file.as_slice()), |_| {}).unwrap();
+        restore(&target, || Ok(file.as_slice()), |_, _| {}).unwrap();
         assert_eq!(entries_of(&target), entries_of(&source));
     }
 }
