@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "kms/v1/key_management_service.proto",
     "kms/v1/crypto_service.proto",
     "kms/v1/audit_service.proto",
+    "kms/v1/admin_service.proto",
     "kms/internal/v1/key_material.proto",
     "kms/internal/v1/key_directory.proto",
 ];

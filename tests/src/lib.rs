@@ -536,6 +536,51 @@ impl Stack {
         }
     }
 
+    /// Where the stack's control plane keeps its records.
+    pub fn engine(&self) -> Engine {
+        self.options.engine
+    }
+
+    /// The control plane's configuration file.
+    pub fn control_config(&self) -> PathBuf {
+        self.dir().join("control.toml")
+    }
+
+    /// Destroys the control plane's records, with the control plane stopped: sled's data
+    /// directory is removed, every etcd key under the stack's prefix deleted.
+    pub fn wipe_store(&self) -> Result<()> {
+        use kms_store::Store;
+        match &self._etcd {
+            None => Ok(std::fs::remove_dir_all(self.sled_dir())?),
+            Some(member) => {
+                let endpoint = member.endpoint();
+                std::thread::spawn(move || -> Result<()> {
+                    let store = kms_store::EtcdStore::connect(kms_store::EtcdOptions::new(
+                        vec![endpoint],
+                        ETCD_PREFIX.as_bytes().to_vec(),
+                    ))?;
+                    let keys = store
+                        .snapshot()?
+                        .map(|entry| entry.map(|(key, _)| key))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for batch in keys.chunks(100) {
+                        store
+                            .transaction::<_, std::convert::Infallible>(|txn| {
+                                for key in batch {
+                                    txn.delete(key)?;
+                                }
+                                Ok(())
+                            })
+                            .map_err(kms_store::StoreError::from)?;
+                    }
+                    Ok(())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("wiping etcd panicked"))?
+            }
+        }
+    }
+
     /// The file holding the control plane's clock offset in milliseconds.
     pub fn clock_offset_file(&self) -> PathBuf {
         self.dir().join(CLOCK_OFFSET_FILE)
@@ -787,6 +832,19 @@ impl Stack {
             .await?;
         }
         Ok(id)
+    }
+
+    /// An `AdminService` client to the control plane, calling as `principal`.
+    pub fn admin(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<kms_proto::kms::v1::admin_service_client::AdminServiceClient<Svc>> {
+        Ok(
+            kms_proto::kms::v1::admin_service_client::AdminServiceClient::with_interceptor(
+                self.channel_as(&self.control_addr, principal)?,
+                As(principal.map(str::to_string)),
+            ),
+        )
     }
 
     /// An `AuditService` client to the control plane, calling as `principal`.

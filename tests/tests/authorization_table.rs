@@ -594,6 +594,7 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                 })
                 .await,
         ),
+        Rpc::Backup => classify(stack.admin(who).unwrap().backup(BackupRequest {}).await),
         Rpc::ReportAuditCheckpoint => classify(
             directory
                 .report_audit_checkpoint(ipb::ReportAuditCheckpointRequest::default())

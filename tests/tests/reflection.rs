@@ -54,6 +54,7 @@ async fn each_plane_lists_what_it_serves_in_both_reflection_versions() {
         "kms.v1.KeyManagementService",
         "kms.v1.KmsInstanceService",
         "kms.v1.AuditService",
+        "kms.v1.AdminService",
         "kms.internal.v1.KeyDirectory",
     ]
     .iter()

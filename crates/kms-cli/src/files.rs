@@ -53,6 +53,72 @@ pub(crate) fn write(path: &Path, bytes: &[u8], access: Access) -> anyhow::Result
     written
 }
 
+/// A file written piece by piece beside its target, with the mode `access` asks for:
+/// [`NewFile::commit`] syncs it and renames it over the target; dropped before that, it is
+/// removed, so the target never holds part of it.
+#[derive(Debug)]
+pub(crate) struct NewFile {
+    file: std::fs::File,
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl NewFile {
+    /// Starts the file that will become `path`.
+    pub(crate) fn create(path: &Path, access: Access) -> anyhow::Result<Self> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            anyhow::bail!(
+                "refusing to write {}: it is a symbolic link; remove it or choose another path",
+                path.display()
+            );
+        }
+        let tmp = sibling(path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(access.mode())
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self {
+            file,
+            tmp,
+            target: path.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Appends `bytes`.
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.file
+            .write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.target.display()))
+    }
+
+    /// Where the bytes written so far are, to read them back before committing.
+    pub(crate) fn written(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Makes the file durable and puts it in place of the target.
+    pub(crate) fn commit(mut self) -> anyhow::Result<()> {
+        self.file
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.tmp, &self.target))
+            .with_context(|| format!("cannot write {}", self.target.display()))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for NewFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// A name beside `path` that no other write of this process uses.
 fn sibling(path: &Path) -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -111,6 +177,26 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
         assert!(write(&dangling, b"secret", Access::Secret).is_err());
         assert!(!dir.path().join("nowhere").exists());
+    }
+
+    #[test]
+    fn a_new_file_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup");
+        std::fs::write(&path, b"previous").unwrap();
+        let mut file = NewFile::create(&path, Access::Secret).unwrap();
+        file.write_all(b"part").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"previous");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let mut file = NewFile::create(&path, Access::Secret).unwrap();
+        file.write_all(b"one ").unwrap();
+        file.write_all(b"two").unwrap();
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one two");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `kmsctl`: the command-line client of the KMS (key management on the control plane,
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
+mod admin;
 mod aliases;
 mod args;
 mod audit;
@@ -294,6 +295,9 @@ Examples:
   kmsctl completion zsh > \"${fpath[1]}/_kmsctl\"          # then restart zsh
   kmsctl completion fish > ~/.config/fish/completions/kmsctl.fish")]
     Completion(CompletionArgs),
+    /// Back up and restore the control plane's store (operators)
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Debug, Args)]
@@ -550,6 +554,7 @@ async fn run(planes: &Planes, format: Format, command: Command) -> anyhow::Resul
         Command::Decrypt(args) => crypto::decrypt(planes, format, args).await,
         Command::CryptoOps(command) => crypto_ops::run(planes, format, command).await,
         Command::Audit(command) => audit::run(planes, command, format).await,
+        Command::Admin(command) => admin::run(planes, format, command).await,
         Command::Dev(_) | Command::Completion(_) => {
             anyhow::bail!("this command calls no plane")
         }

@@ -12,6 +12,8 @@ use kms_runtime::telemetry::{LogConfig, TelemetryConfig};
 use kms_types::Principal;
 use serde::Deserialize;
 
+pub use kms_store::config::{Engine, EtcdConfig, StoreConfig, StoreParams};
+
 /// `control.toml` as written; see `deploy/config/control.toml` for every option.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,95 +102,6 @@ fn default_lease_ms() -> u64 {
     10_000
 }
 
-/// The storage engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    /// sled in `data_dir`: one machine, one control-plane process.
-    #[default]
-    Sled,
-    /// An etcd cluster: several control-plane replicas on several machines.
-    Etcd,
-}
-
-/// `[store]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// The engine.
-    #[serde(default)]
-    pub engine: Engine,
-    /// Settings of the etcd engine.
-    #[serde(default)]
-    pub etcd: Option<EtcdConfig>,
-}
-
-/// `[store.etcd]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// Client URLs of the cluster's members.
-    pub endpoints: Vec<String>,
-    /// Prefix of every key this deployment writes, so several share a cluster.
-    #[serde(default = "default_etcd_prefix")]
-    pub prefix: String,
-    /// CA bundle (PEM) the members' certificates must chain to; turns TLS on.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM), with `key_file`.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// Client certificate's private key (PEM), with `cert_file`.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// User for etcd's password authentication, with `password_file`.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File whose first line is the user's password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Most operations (compares and writes) one transaction may send; etcd's
-    /// `--max-txn-ops`.
-    #[serde(default = "default_max_txn_ops")]
-    pub max_txn_ops: usize,
-    /// Deadline of each etcd request, in milliseconds.
-    #[serde(default = "default_etcd_timeout_ms")]
-    pub request_timeout_ms: u64,
-}
-
-fn default_etcd_prefix() -> String {
-    "kms/".into()
-}
-
-fn default_max_txn_ops() -> usize {
-    128
-}
-
-fn default_etcd_timeout_ms() -> u64 {
-    5_000
-}
-
-/// Validated storage settings.
-#[derive(Debug, Clone)]
-pub enum StoreParams {
-    /// sled in this directory.
-    Sled(PathBuf),
-    /// etcd with these settings (the password file is read when connecting).
-    Etcd(EtcdConfig),
-}
-
-impl StoreParams {
-    /// Where records are, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            StoreParams::Sled(dir) => format!("sled in {}", dir.display()),
-            StoreParams::Etcd(c) => {
-                format!("etcd at {} under {:?}", c.endpoints.join(","), c.prefix)
-            }
-        }
-    }
-}
-
 /// Shortest scheduler interval accepted, in milliseconds.
 pub const MIN_SCHEDULER_INTERVAL_MS: u64 = 10;
 
@@ -251,19 +164,7 @@ impl ControlConfig {
         }
         let data_plane_urls =
             kms_runtime::replicas::parse_urls("data_plane_url", &self.data_plane_url)?;
-        let store = match (self.store.engine, self.data_dir, self.store.etcd) {
-            (Engine::Sled, Some(dir), _) if !dir.as_os_str().is_empty() => StoreParams::Sled(dir),
-            (Engine::Sled, _, _) => {
-                return Err("data_dir is required with store.engine = \"sled\"".into());
-            }
-            (Engine::Etcd, _, None) => {
-                return Err("store.etcd is required with store.engine = \"etcd\"".into());
-            }
-            (Engine::Etcd, _, Some(etcd)) => {
-                validate_etcd(&etcd)?;
-                StoreParams::Etcd(etcd)
-            }
-        };
+        let store = self.store.params(self.data_dir)?;
         let operators = self
             .operators
             .iter()
@@ -320,49 +221,6 @@ impl ControlConfig {
             scheduler_lease: Duration::from_millis(self.scheduler.lease_ms),
         })
     }
-}
-
-fn validate_etcd(c: &EtcdConfig) -> Result<(), String> {
-    if c.endpoints.is_empty() {
-        return Err("store.etcd.endpoints needs at least one URL".into());
-    }
-    for url in &c.endpoints {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "store.etcd.endpoints: {url:?} must start with http:// or https://"
-            ));
-        }
-        if url.starts_with("https://") && c.ca_file.is_none() {
-            return Err(format!(
-                "store.etcd.endpoints: {url:?} is https:// but store.etcd.ca_file is not set"
-            ));
-        }
-    }
-    if c.prefix.is_empty() {
-        return Err("store.etcd.prefix must not be empty: it keeps deployments apart".into());
-    }
-    if c.cert_file.is_some() != c.key_file.is_some() {
-        return Err("store.etcd: cert_file and key_file go together".into());
-    }
-    if c.cert_file.is_some() && c.ca_file.is_none() {
-        return Err("store.etcd: cert_file needs ca_file (TLS)".into());
-    }
-    if c.username.is_some() != c.password_file.is_some() {
-        return Err("store.etcd: username and password_file go together".into());
-    }
-    if !(1..=10_000).contains(&c.max_txn_ops) {
-        return Err(format!(
-            "store.etcd.max_txn_ops must be 1 to 10000, got {}",
-            c.max_txn_ops
-        ));
-    }
-    if !(100..=600_000).contains(&c.request_timeout_ms) {
-        return Err(format!(
-            "store.etcd.request_timeout_ms must be 100 to 600000, got {}",
-            c.request_timeout_ms
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

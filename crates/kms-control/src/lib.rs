@@ -19,6 +19,7 @@ pub const SERVICES: &[&str] = &[
     "kms.v1.KeyManagementService",
     "kms.v1.KmsInstanceService",
     "kms.v1.AuditService",
+    "kms.v1.AdminService",
     "kms.internal.v1.KeyDirectory",
 ];
 pub use registry::Registry;

@@ -12,12 +12,14 @@
 //!
 //! The methods are split by subject: keys and their lifecycle (`registry/keys.rs`), versions
 //! (`registry/versions.rs`), aliases, tags, instances, the data plane's directory, imported
-//! material (`registry/import.rs`), key usage and association (`registry/usage.rs`), and the
-//! scheduled work, rotation and deletion (`registry/schedule.rs`).
+//! material (`registry/import.rs`), key usage and association (`registry/usage.rs`), the
+//! scheduled work, rotation and deletion (`registry/schedule.rs`), and backups
+//! (`registry/backup.rs`).
 
 mod access;
 mod aliases;
 mod audit;
+mod backup;
 mod directory;
 mod import;
 mod instances;
@@ -41,6 +43,7 @@ use crate::index::{self, TxResult};
 use crate::material::MaterialSource;
 use crate::schema;
 
+pub use backup::{BACKUP_CHUNK_BYTES, BackupChunks};
 pub use import::ImportParameters;
 pub use schedule::SweepReport;
 

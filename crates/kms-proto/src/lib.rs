@@ -1,7 +1,7 @@
 //! Wire types of the KMS: prost messages and tonic clients and servers generated from `proto/`.
 //!
 //! - [`kms::v1`]: the public API (`KeyManagementService`, `CryptoService`,
-//!   `KmsInstanceService`, `AuditService`).
+//!   `KmsInstanceService`, `AuditService`, `AdminService`).
 //! - [`kms::internal::v1`]: plane-to-plane services (`KeyMaterial` on the data plane,
 //!   `KeyDirectory` on the control plane).
 //!

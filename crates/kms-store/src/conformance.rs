@@ -4,7 +4,9 @@
 //! property is also a public function taking an empty store, so a failing one can be run alone.
 //! Failures panic with a message naming the property.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -28,6 +30,9 @@ pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
     flush_succeeds(&make());
     subscribe_notifies_commits_under_its_prefix(&make());
     lead_claims_and_fences(&make());
+    snapshot_reads_every_entry_in_key_order(&make());
+    snapshot_is_unaffected_by_later_commits(&make());
+    snapshot_sees_whole_commits_only(&make());
 }
 
 /// Unwraps `result`, panicking with `what` and the error (the suite is a test harness).
@@ -406,5 +411,141 @@ pub fn lead_claims_and_fences<S: Store>(store: &S) {
     assert_eq!(
         ok(store.get(b"fenced"), "read fenced"),
         Some(b"done".to_vec())
+    );
+}
+
+/// Entries enough to span several pages of an engine that reads a snapshot in pages.
+const MANY: usize = 300;
+
+/// Every entry of `snapshot`, panicking on an error.
+fn collect(snapshot: crate::Snapshot<'_>, what: &str) -> Vec<Entry> {
+    snapshot.map(|entry| ok(entry, what)).collect()
+}
+
+/// A snapshot of an empty store is empty; otherwise it holds every entry, binary keys and empty
+/// values included, in ascending byte order of key, as a scan of everything shows them.
+pub fn snapshot_reads_every_entry_in_key_order<S: Store>(store: &S) {
+    let empty = collect(ok(store.snapshot(), "snapshot empty"), "read empty");
+    assert!(
+        empty.is_empty(),
+        "an empty store's snapshot holds {empty:?}"
+    );
+
+    let keys: Vec<Vec<u8>> = (0..MANY)
+        .map(|i| format!("s/{i:04}").into_bytes())
+        .collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), &b"v"[..])).collect();
+    for chunk in entries.chunks(50) {
+        put_all(store, chunk);
+    }
+    put_all(
+        store,
+        &[
+            (b"\x00first", b"binary key"),
+            (b"\xffhigh", b"\x00\xff"),
+            (b"empty", b""),
+        ],
+    );
+    let got = collect(ok(store.snapshot(), "snapshot"), "read snapshot");
+    let all = ok(store.scan_prefix(b"", None, usize::MAX), "scan everything");
+    assert_eq!(got.len(), MANY + 3, "entries in the snapshot");
+    assert_eq!(got, all, "the snapshot differs from a scan of everything");
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "the snapshot is not in ascending key order"
+    );
+    assert!(got.contains(&(b"empty".to_vec(), Vec::new())));
+}
+
+/// Commits made after a snapshot was taken (puts, overwrites, deletes) do not show in it, however
+/// late it is read.
+pub fn snapshot_is_unaffected_by_later_commits<S: Store>(store: &S) {
+    let keys: Vec<Vec<u8>> = (0..MANY)
+        .map(|i| format!("u/{i:04}").into_bytes())
+        .collect();
+    let entries: Vec<(&[u8], &[u8])> = keys
+        .iter()
+        .map(|k| (k.as_slice(), &b"before"[..]))
+        .collect();
+    for chunk in entries.chunks(50) {
+        put_all(store, chunk);
+    }
+    let before = ok(store.scan_prefix(b"", None, usize::MAX), "scan before");
+    let snapshot = ok(store.snapshot(), "snapshot");
+
+    ok(store.put(&keys[0], b"after"), "overwrite the first key");
+    ok(
+        store.put(&keys[MANY - 1], b"after"),
+        "overwrite the last key",
+    );
+    ok(store.delete(&keys[MANY / 2]), "delete one");
+    ok(store.put(b"u/9999", b"new"), "add one at the end");
+    ok(store.put(b"a/new", b"new"), "add one at the start");
+
+    let got = collect(snapshot, "read the snapshot");
+    assert_eq!(got, before, "commits made after the snapshot show in it");
+}
+
+/// Snapshots taken while transactions run each see every transaction whole or not at all:
+/// a transaction that sets the first and the last key together is never seen in part.
+pub fn snapshot_sees_whole_commits_only<S: Store>(store: &S) {
+    const SNAPSHOTS: usize = 200;
+    const DISTINCT_ENOUGH: usize = 5;
+    let fillers: Vec<Vec<u8>> = (0..MANY)
+        .map(|i| format!("m/{i:04}").into_bytes())
+        .collect();
+    let entries: Vec<(&[u8], &[u8])> = fillers.iter().map(|k| (k.as_slice(), &b"f"[..])).collect();
+    for chunk in entries.chunks(50) {
+        put_all(store, chunk);
+    }
+    let write = |n: u64| {
+        store.transaction::<_, ()>(|txn| {
+            txn.put(b"a/first", &n.to_be_bytes())?;
+            txn.put(b"z/last", &n.to_be_bytes())?;
+            Ok(())
+        })
+    };
+    ok(write(0), "seed the pair");
+    let done = AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                n += 1;
+                ok(write(n), "write the pair");
+            }
+        });
+        // The writer stops whatever happens here: a failed check must not leave it running.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut seen = BTreeSet::new();
+            for _ in 0..SNAPSHOTS {
+                let got = collect(ok(store.snapshot(), "snapshot"), "read the snapshot");
+                let value = |key: &[u8]| {
+                    got.iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| read_counter(Some(v.clone())))
+                };
+                let (first, last) = (value(b"a/first"), value(b"z/last"));
+                assert_eq!(first, last, "a snapshot saw a transaction in part");
+                assert_eq!(got.len(), MANY + 2, "a snapshot lost entries");
+                seen.extend(first);
+                if seen.len() >= DISTINCT_ENOUGH {
+                    break;
+                }
+            }
+            seen
+        }));
+        done.store(true, Ordering::Relaxed);
+        if writer.join().is_err() {
+            panic!("the writer failed");
+        }
+        match read {
+            Ok(seen) => seen,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    assert!(
+        seen.len() >= 2,
+        "every snapshot saw the same state: the writer never ran between them"
     );
 }

@@ -9,6 +9,9 @@
 //! Transactions are optimistic: the body's reads go to etcd at one snapshot revision, and the
 //! commit is one etcd `Txn` that applies the staged writes only if no key read changed since.
 //! A conflicting commit runs the body again.
+//!
+//! A snapshot reads pages of the whole prefix at the revision of its first page, so it needs
+//! no lock and holds up no commit.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +29,7 @@ use etcd_client::{
 use tokio::runtime::{Handle, Runtime};
 use tonic::Code;
 
-use crate::{Abort, Entry, Notify, Store, StoreError, TxError, TxStoreError, Txn};
+use crate::{Abort, Entry, Notify, Snapshot, Store, StoreError, TxError, TxStoreError, Txn};
 
 /// etcd's default `--max-txn-ops`.
 const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -39,6 +42,12 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings on idle connections, so a silently dead peer is noticed (and a watch moves on).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Entries per page of a snapshot.
+const SNAPSHOT_PAGE: i64 = 64;
+/// The largest answer a snapshot page may be: a page of values each as large as one commit may
+/// carry, and some room.
+const SNAPSHOT_PAGE_BYTES: usize = SNAPSHOT_PAGE as usize * MAX_REQUEST_BYTES + (1 << 20);
 
 /// How often a transaction body runs before a conflicting transaction gives up.
 const MAX_TXN_ATTEMPTS: u32 = 64;
@@ -454,6 +463,21 @@ impl Store for EtcdStore {
             .collect()
     }
 
+    fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        let end = prefix_end(&self.prefix);
+        let start = range_start(self.prefix.clone());
+        let mut snapshot = EtcdSnapshot {
+            store: self,
+            revision: 0,
+            next: Some(start),
+            end,
+            page: Vec::new().into_iter(),
+        };
+        // The first page now: it fixes the revision, and an unreachable etcd fails here.
+        snapshot.fetch()?;
+        Ok(Box::new(snapshot))
+    }
+
     fn transaction<T, E>(
         &self,
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
@@ -567,6 +591,98 @@ impl Store for EtcdStore {
         }
         self.revoke_quietly(lease);
         Ok(false)
+    }
+}
+
+/// A snapshot being read: pages of the store's prefix, all at the revision of the first.
+struct EtcdSnapshot<'a> {
+    store: &'a EtcdStore,
+    /// The revision every page is read at; 0 until the first page is read.
+    revision: i64,
+    /// The full key the next page starts at, or `None` once the last page is read.
+    next: Option<Vec<u8>>,
+    end: Vec<u8>,
+    /// What is left of the page read last.
+    page: std::vec::IntoIter<Entry>,
+}
+
+impl EtcdSnapshot<'_> {
+    /// Reads the next page into `page`.
+    fn fetch(&mut self) -> Result<(), StoreError> {
+        let Some(start) = self.next.take() else {
+            return Ok(());
+        };
+        let options = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(SNAPSHOT_PAGE)
+            .with_revision(self.revision);
+        let answer = self.store.call(Retry::IfTransient, move |client| {
+            let (start, options) = (start.clone(), options.clone());
+            async move {
+                client
+                    .kv_client()
+                    .max_decoding_message_size(SNAPSHOT_PAGE_BYTES)
+                    .get(start, Some(options))
+                    .await
+            }
+        });
+        let mut response = match answer {
+            Ok(response) => response,
+            Err(CallError::Etcd(e)) if is_compacted(&e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd compacted revision {} away while a snapshot was read at it: take the \
+                     snapshot again",
+                    self.revision
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.revision == 0 {
+            self.revision = response.header().map(|h| h.revision()).ok_or_else(|| {
+                StoreError::Internal("etcd answered a read without a header".to_owned())
+            })?;
+        }
+        let more = response.more();
+        let kvs = response.take_kvs();
+        if more && let Some(last) = kvs.last() {
+            // The smallest key after the last one read.
+            let mut next = last.key().to_vec();
+            next.push(0);
+            self.next = Some(next);
+        }
+        let prefix = self.store.prefix.as_slice();
+        let page = kvs
+            .into_iter()
+            .map(|kv| {
+                let (key, value) = kv.into_key_value();
+                match key.strip_prefix(prefix) {
+                    Some(key) => Ok((key.to_vec(), value)),
+                    None => Err(StoreError::Internal(
+                        "etcd returned a key outside the requested range".to_owned(),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<Entry>, StoreError>>()?;
+        self.page = page.into_iter();
+        Ok(())
+    }
+}
+
+impl Iterator for EtcdSnapshot<'_> {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
+            }
+            self.next.as_ref()?;
+            if let Err(e) = self.fetch() {
+                // Nothing follows an error.
+                self.next = None;
+                return Some(Err(e));
+            }
+        }
     }
 }
 

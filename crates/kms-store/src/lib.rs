@@ -8,6 +8,8 @@
 //! Engines: [`SledStore`] (on disk, one process), [`EtcdStore`] (an etcd cluster that several
 //! processes share) and [`MemoryStore`] (tests, dev). All pass [`conformance::run_all`]; a new
 //! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
+//! [`backup`] writes a snapshot to a file and restores one into an empty store; [`config`] is
+//! the `[store]` section of the control plane's configuration.
 //!
 //! ```
 //! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
@@ -43,6 +45,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod backup;
+pub mod config;
 pub mod conformance;
 mod etcd_engine;
 #[cfg(feature = "testing")]
@@ -60,6 +64,10 @@ pub use subscribers::Subscribers;
 
 /// A stored key and its value, as returned by [`Store::scan_prefix`].
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Every entry of a store as of one moment, in ascending byte order of key, as returned by
+/// [`Store::snapshot`]. An error item means reading further failed; nothing follows it.
+pub type Snapshot<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
 
 /// What [`Store::subscribe`] calls when something under its prefix changed. It runs on an
 /// engine's thread: it must return quickly (wake a task, set a flag) and never call the store.
@@ -89,6 +97,17 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Every entry of the store as of one moment, in ascending byte order of key: each commit
+    /// that returned before this call is in it, none that began after this call returned is,
+    /// and no commit is in it in part. Commits go on while it is read (it is taken online).
+    ///
+    /// How an engine keeps that moment: one that cannot read a past state (sled, memory) copies
+    /// every entry while it keeps commits out, so the copy costs memory the size of the store
+    /// and holds up commits while it is made; one that can (etcd) reads pages at one revision
+    /// as the iterator is consumed, and fails with [`StoreError::Unavailable`] if that
+    /// revision is compacted away before the last page (take the snapshot again).
+    fn snapshot(&self) -> Result<Snapshot<'_>, StoreError>;
 
     /// Runs `f` atomically and serializably against the store, and commits its writes.
     ///

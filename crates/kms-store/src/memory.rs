@@ -2,8 +2,8 @@
 //!
 //! A transaction holds the lock for its whole body and stages writes in an overlay that is
 //! applied only when the body returns `Ok`, so transactions are trivially serializable and never
-//! retried. A poisoned lock is recovered: a panicking body never got to apply its overlay, so the
-//! map is still consistent.
+//! retried; a snapshot copies the map under the same lock. A poisoned lock is recovered: a
+//! panicking body never got to apply its overlay, so the map is still consistent.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
 
-use crate::{Abort, Entry, Notify, Store, StoreError, Subscribers, TxError, TxStoreError, Txn};
+use crate::{
+    Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, TxStoreError, Txn,
+};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -65,6 +67,16 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    /// A copy of the map, made under the lock that transactions hold.
+    fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        let copy: Vec<Entry> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Box::new(copy.into_iter().map(Ok)))
     }
 
     fn transaction<T, E>(

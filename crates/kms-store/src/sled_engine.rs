@@ -1,18 +1,23 @@
 //! The on-disk engine: one sled database, default tree only, sled's transactions.
 //!
-//! sled errors are converted in one place, [`to_store_error`].
+//! sled cannot read a past state, so a snapshot copies every entry while no transaction runs:
+//! transactions share a gate that a snapshot takes alone. sled errors are converted in one
+//! place, [`to_store_error`].
 
 use std::cell::RefCell;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use crate::{Abort, Entry, Notify, Store, StoreError, Subscribers, TxError, TxStoreError, Txn};
+use crate::{
+    Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, TxStoreError, Txn,
+};
 
 /// A [`Store`] on a sled database directory.
 ///
@@ -21,6 +26,9 @@ use crate::{Abort, Entry, Notify, Store, StoreError, Subscribers, TxError, TxSto
 pub struct SledStore {
     db: sled::Db,
     subscribers: Subscribers,
+    /// Held shared by every transaction and alone by a snapshot while it copies, so the copy
+    /// sees no commit in part. Holds nothing: sled keeps the data.
+    gate: RwLock<()>,
 }
 
 impl SledStore {
@@ -33,6 +41,7 @@ impl SledStore {
         Ok(Self {
             db,
             subscribers: Subscribers::default(),
+            gate: RwLock::new(()),
         })
     }
 }
@@ -100,12 +109,27 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        let copy = {
+            let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+            self.db
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(to_store_error)?;
+                    Ok((key.to_vec(), value.to_vec()))
+                })
+                .collect::<Result<Vec<Entry>, StoreError>>()?
+        };
+        Ok(Box::new(copy.into_iter().map(Ok)))
+    }
+
     fn transaction<T, E>(
         &self,
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
     ) -> Result<T, TxError<E>> {
         // The keys the attempt that committed wrote, for the subscribers.
         let written = RefCell::new(Vec::new());
+        let shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         let result = self.db.transaction(|tree| {
             let mut txn = SledTxn {
                 tree,
@@ -129,6 +153,7 @@ impl Store for SledStore {
                 ))),
             }
         });
+        drop(shared);
         let out = result.map_err(|e| match e {
             TransactionError::Abort(Exit::User(e)) => TxError::Aborted(e),
             TransactionError::Abort(Exit::Store(e)) => TxError::Store(e),

@@ -456,6 +456,62 @@ fn the_watch_restarts_when_its_resume_revision_was_compacted() {
     await_value(&rx, &store, b"feed/n", b"later");
 }
 
+#[test]
+fn a_snapshot_whose_revision_is_compacted_away_fails_as_unavailable() {
+    let etcd = EtcdProcess::start();
+    let prefix = fresh_prefix();
+    let store = connect(&etcd, &prefix);
+    // More entries than one page, so reading on needs the snapshot's revision.
+    for chunk in 0..4 {
+        store
+            .transaction::<_, ()>(|txn| {
+                for i in 0..50 {
+                    txn.put(format!("s/{chunk}-{i:02}").as_bytes(), b"v")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let mut snapshot = store.snapshot().unwrap();
+    assert!(snapshot.next().unwrap().is_ok());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let revision = client
+            .put(format!("{prefix}s/later"), "x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let physical = etcd_client::CompactionOptions::new().with_physical();
+        client.compact(revision, Some(physical)).await.unwrap();
+    });
+
+    let rest: Vec<_> = snapshot.collect();
+    let failed = rest
+        .iter()
+        .position(Result::is_err)
+        .expect("reading on fails");
+    assert_eq!(failed, rest.len() - 1, "nothing follows the error");
+    let Some(Err(e)) = rest.last() else {
+        unreachable!()
+    };
+    assert!(
+        matches!(e, StoreError::Unavailable(m) if m.contains("compacted") && m.contains("again")),
+        "{e:?}"
+    );
+    // Taken again, it reads the store as it is now.
+    let again: Vec<_> = store.snapshot().unwrap().map(Result::unwrap).collect();
+    assert_eq!(again.len(), 201);
+}
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`:
 /// (ca, server cert, server key, client cert, client key).
 fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {

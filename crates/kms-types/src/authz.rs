@@ -152,6 +152,9 @@ rpcs! {
         GetAuditCheckpoint: OperatorsOnly [],
         VerifyAuditMacs: OperatorsOnly [],
     }
+    "kms.v1.AdminService" => {
+        Backup: OperatorsOnly [],
+    }
     "kms.internal.v1.KeyDirectory" => {
         GetKey: PeerPlane [],
         WatchKeys: PeerPlane [],

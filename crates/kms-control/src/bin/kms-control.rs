@@ -2,16 +2,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
-use kms_control::config::{ControlParams, EtcdConfig, StoreParams};
-use kms_control::grpc::{AuditApi, DirectoryService, InstanceService, KeyService};
+use kms_control::config::{ControlParams, StoreParams};
+use kms_control::grpc::{AdminApi, AuditApi, DirectoryService, InstanceService, KeyService};
 use kms_control::material::MaterialClient;
 use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
+use kms_proto::kms::v1::admin_service_server::AdminServiceServer;
 use kms_proto::kms::v1::audit_service_server::AuditServiceServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_proto::kms::v1::kms_instance_service_server::KmsInstanceServiceServer;
@@ -19,7 +19,7 @@ use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
 use kms_runtime::reload::{self, PeerTls, ServerTls};
 use kms_runtime::{connections, serve, telemetry};
-use kms_store::{EtcdOptions, EtcdStore, EtcdTls, SledStore, Store};
+use kms_store::{EtcdStore, SledStore, Store};
 use kms_types::Principal;
 
 /// The KMS control plane: key metadata, lifecycle, aliases, tags and policies, kept in sled
@@ -61,7 +61,7 @@ async fn main() -> Result<()> {
             run(Arc::new(store), params).await
         }
         StoreParams::Etcd(etcd) => {
-            let options = etcd_options(etcd)?;
+            let options = etcd.options().context("cannot read the etcd settings")?;
             let store = tokio::task::spawn_blocking(move || EtcdStore::connect(options))
                 .await
                 .context("etcd connection task failed")?
@@ -72,27 +72,6 @@ async fn main() -> Result<()> {
     // The last spans go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     result
-}
-
-/// `[store.etcd]` as the engine takes it; the password is read from its file here.
-fn etcd_options(c: &EtcdConfig) -> Result<EtcdOptions> {
-    let mut options = EtcdOptions::new(c.endpoints.clone(), c.prefix.as_bytes().to_vec());
-    options.max_txn_ops = c.max_txn_ops;
-    options.request_timeout = Duration::from_millis(c.request_timeout_ms);
-    if let Some(ca_file) = &c.ca_file {
-        options.tls = Some(EtcdTls {
-            ca_file: ca_file.clone(),
-            cert_file: c.cert_file.clone(),
-            key_file: c.key_file.clone(),
-        });
-    }
-    if let (Some(user), Some(path)) = (&c.username, &c.password_file) {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("store.etcd.password_file {}", path.display()))?;
-        let password = text.lines().next().unwrap_or_default().trim().to_owned();
-        options.user = Some((user.clone(), password));
-    }
-    Ok(options)
 }
 
 /// Serves the control plane on `store` until a shutdown signal.
@@ -254,6 +233,10 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         )
         .add_service(
             AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(Arc::clone(&registry)))
                 .max_decoding_message_size(max_request),
         );
     connections::serve(router, incoming, shutdown)

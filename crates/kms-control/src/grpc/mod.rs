@@ -1,10 +1,12 @@
 //! The control plane's gRPC services: convert the request, call the registry, convert back.
 
+mod admin;
 mod audit;
 mod directory;
 mod instances;
 mod keys;
 
+pub use admin::AdminApi;
 pub use audit::AuditApi;
 pub use directory::DirectoryService;
 pub use instances::InstanceService;

@@ -134,6 +134,10 @@ impl Store for Bounded {
         self.inner.scan_prefix(prefix, after, limit)
     }
 
+    fn snapshot(&self) -> Result<kms_store::Snapshot<'_>, kms_store::StoreError> {
+        self.inner.snapshot()
+    }
+
     fn transaction<T, E>(
         &self,
         f: impl Fn(&mut dyn kms_store::Txn) -> Result<T, kms_store::Abort<E>>,
