@@ -81,8 +81,40 @@ async fn dev_up_on_sled_serves_both_planes_and_stops_cleanly() {
         info["data_addr"].as_str().unwrap(),
     )
     .await;
+    // Both planes serve metrics where dev.json says, and they counted the round trip.
+    for (url, method) in [
+        (
+            &info["control_metrics_url"],
+            "kms.v1.KeyManagementService/CreateKey",
+        ),
+        (&info["data_metrics_url"], "kms.v1.CryptoService/Decrypt"),
+    ] {
+        let text = get(url.as_str().unwrap()).await;
+        assert!(
+            text.lines().any(|l| l.starts_with("kms_requests_total{")
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains("code=\"OK\"")),
+            "{url}: {text}"
+        );
+    }
     assert!(up.stop().success(), "{}", up.output());
     assert!(up.output().contains("stopped"));
+}
+
+/// The body of a plain HTTP GET of `url` (`http://host:port/path`).
+async fn get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{url}: {head}");
+    body.to_owned()
 }
 
 #[tokio::test]

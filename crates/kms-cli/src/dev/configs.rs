@@ -293,8 +293,10 @@ pub(crate) fn render_control_toml(
          {DEV_LIMITS}\
          [log]\n\
          level = \"info\"\n\
-         format = \"text\"\n",
+         format = \"text\"\n\
+         {metrics}",
         audit = path_str(&layout.logs.join(audit_log)),
+        metrics = render_metrics(control),
         listen = toml_str(&control.to_string()),
         data_url = toml_str(&plane_url(data, tls.is_some())),
         operator = toml_str(OPERATOR_PRINCIPAL),
@@ -304,6 +306,23 @@ pub(crate) fn render_control_toml(
             tls.map(|t| (t, &t.control, &t.control_client)),
         ),
     )
+}
+
+/// How far above a plane's gRPC port its metrics endpoint listens: 7700 → 9700.
+pub(super) const METRICS_PORT_OFFSET: u16 = 2000;
+
+/// Where a plane serving gRPC on `addr` serves `/metrics`; none for ports too high to shift.
+pub(super) fn metrics_addr(addr: SocketAddr) -> Option<SocketAddr> {
+    let port = addr.port().checked_add(METRICS_PORT_OFFSET)?;
+    Some(SocketAddr::new(addr.ip(), port))
+}
+
+/// The `[metrics]` table of a plane serving gRPC on `addr`.
+fn render_metrics(addr: SocketAddr) -> String {
+    match metrics_addr(addr) {
+        Some(m) => format!("\n[metrics]\nlisten_addr = {}\n", toml_str(&m.to_string())),
+        None => String::new(),
+    }
 }
 
 /// Rate limits far above what one machine can serve, so local load tests measure the service,
@@ -344,8 +363,10 @@ pub(crate) fn render_data_toml(
          {DEV_LIMITS}\
          [log]\n\
          level = \"info\"\n\
-         format = \"text\"\n",
+         format = \"text\"\n\
+         {metrics}",
         audit = path_str(&layout.logs.join("data-audit.log")),
+        metrics = render_metrics(data),
         listen = toml_str(&data.to_string()),
         control_url = toml_str(
             &controls

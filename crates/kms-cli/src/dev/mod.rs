@@ -132,6 +132,11 @@ pub(crate) struct DevInfo {
     /// Every control-plane replica.
     control_addrs: Vec<String>,
     data_addr: String,
+    /// Prometheus endpoints: the first control-plane replica's, every replica's, the data
+    /// plane's.
+    control_metrics_url: String,
+    control_metrics_urls: Vec<String>,
+    data_metrics_url: String,
     /// With `--store etcd` only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     etcd_endpoints: Vec<String>,
@@ -169,10 +174,19 @@ impl DevInfo {
             .iter()
             .map(|c| plane_url(*c, tls.is_some()))
             .collect();
+        let metrics_url = |addr: SocketAddr| {
+            configs::metrics_addr(addr)
+                .map(|m| format!("http://{m}/metrics"))
+                .unwrap_or_default()
+        };
+        let control_metrics_urls: Vec<String> = controls.iter().map(|c| metrics_url(*c)).collect();
         Self {
             control_addr: control_addrs.first().cloned().unwrap_or_default(),
             control_addrs,
             data_addr: plane_url(data, tls.is_some()),
+            control_metrics_url: control_metrics_urls.first().cloned().unwrap_or_default(),
+            control_metrics_urls,
+            data_metrics_url: metrics_url(data),
             etcd_endpoints: Vec::new(),
             operator_principal: OPERATOR_PRINCIPAL.into(),
             account_principal: ACCOUNT_PRINCIPAL.into(),
