@@ -43,8 +43,12 @@
 //!
 //! Durability: lines are written by one writer thread to a file opened with `O_APPEND`, in
 //! small batches (every line waiting when the thread wakes, at most [`MAX_BATCH`]): one
-//! `write` and one `fdatasync` per batch. [`AuditLog::append`] returns only after its line's
-//! batch is on disk, so a call's line is durable before its response is sent. A failed write
+//! `write` per batch, and [`AuditLog::append`] returns only after its line's batch is
+//! written, so a killed process loses no line of an answered call. `[audit] sync` decides
+//! when lines reach the disk ([`SyncMode`]): `interval` (default) leaves the `fdatasync` to a
+//! flusher thread, at least every `sync_interval_ms`, so a power loss loses at most that
+//! window and no call waits for the disk; `always` syncs each batch before its calls are
+//! answered. A failed write
 //! does not advance the chain; the caller decides (fail closed or log and continue).
 
 use std::fs::{File, OpenOptions};
@@ -103,6 +107,31 @@ pub struct AuditConfig {
     /// at shutdown.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+    /// When lines reach the disk: `interval` (default) or `always`; see [`SyncMode`].
+    #[serde(default)]
+    pub sync: SyncMode,
+    /// With `sync = "interval"`: the longest time, in ms, between a line's write and its
+    /// fsync, 1 to 10000. Default 100.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_ms: u64,
+}
+
+/// When audit lines reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Each line is written to the file (one `write` per batch) before its call is answered,
+    /// so a killed process loses nothing; a flusher fsyncs at least every `sync_interval_ms`,
+    /// so a power loss loses at most that window. A failed write or fsync fails calls until
+    /// an fsync succeeds again.
+    #[default]
+    Interval,
+    /// Each batch is written and fsynced before its calls are answered.
+    Always,
+}
+
+fn default_sync_interval() -> u64 {
+    100
 }
 
 fn yes() -> bool {
@@ -120,6 +149,8 @@ impl AuditConfig {
             path: path.into(),
             fail_closed: true,
             checkpoint_interval_ms: MAX_CHECKPOINT_INTERVAL_MS,
+            sync: SyncMode::default(),
+            sync_interval_ms: default_sync_interval(),
         }
     }
 
@@ -134,6 +165,12 @@ impl AuditConfig {
             return Err(format!(
                 "audit.checkpoint_interval_ms must be {MIN_CHECKPOINT_INTERVAL_MS} to {MAX_CHECKPOINT_INTERVAL_MS}, got {}",
                 self.checkpoint_interval_ms
+            ));
+        }
+        if !(1..=10_000).contains(&self.sync_interval_ms) {
+            return Err(format!(
+                "audit.sync_interval_ms must be 1 to 10000, got {}",
+                self.sync_interval_ms
             ));
         }
         Ok(())
@@ -738,9 +775,10 @@ impl AuditLog {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_path = path.clone();
         let plane = chain.plane;
+        let sync = Syncer::start(&file, config).map_err(open_err)?;
         std::thread::Builder::new()
             .name("kms-audit".into())
-            .spawn(move || write_loop(file, writer_path, chain, head, rx))
+            .spawn(move || write_loop(file, writer_path, chain, head, rx, sync))
             .map_err(open_err)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -825,6 +863,7 @@ fn write_loop(
     chain: AuditChain,
     mut head: Head,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    sync: Syncer,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -860,8 +899,9 @@ fn write_loop(
                 lines.push(done);
             }
             if !lines.is_empty() {
-                let result =
-                    write_batch(&mut file, buf.as_bytes()).map_err(|e| AuditError::Write {
+                let result = sync
+                    .write(&mut file, buf.as_bytes())
+                    .map_err(|e| AuditError::Write {
                         path: path.display().to_string(),
                         reason: e.to_string(),
                     });
@@ -890,20 +930,114 @@ fn write_loop(
             }
         }
     }
+    sync.finish(&file);
 }
 
-/// Writes one batch and syncs it, timing both.
-fn write_batch(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+/// Makes written lines durable as the [`SyncMode`] says: before each answer, or by a flusher
+/// thread at least every interval.
+struct Syncer {
+    flusher: Option<Flusher>,
+}
+
+/// The interval mode's flusher thread and what it shares with the writer.
+struct Flusher {
+    shared: Arc<FlushState>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Lines were written since the last fsync.
+    dirty: std::sync::atomic::AtomicBool,
+    /// The last fsync failed; calls fail until one succeeds.
+    failed: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Syncer {
+    fn start(file: &File, config: &AuditConfig) -> std::io::Result<Self> {
+        if config.sync == SyncMode::Always {
+            return Ok(Self { flusher: None });
+        }
+        let shared = Arc::new(FlushState::default());
+        let interval = Duration::from_millis(config.sync_interval_ms);
+        let file = file.try_clone()?;
+        let state = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("kms-audit-sync".into())
+            .spawn(move || flush_loop(&file, &state, interval))?;
+        Ok(Self {
+            flusher: Some(Flusher { shared, thread }),
+        })
+    }
+
+    /// Writes one batch; syncs it first in `always` mode, or leaves it to the flusher.
+    fn write(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match &self.flusher {
+            None => {
+                timed_write(file, bytes)?;
+                timed_sync(file)
+            }
+            Some(flusher) => {
+                if flusher.shared.failed.load(SeqCst) {
+                    // Not healthy until what was written before reaches the disk.
+                    timed_sync(file)?;
+                    flusher.shared.failed.store(false, SeqCst);
+                }
+                timed_write(file, bytes)?;
+                flusher.shared.dirty.store(true, SeqCst);
+                Ok(())
+            }
+        }
+    }
+
+    /// Syncs what is left and stops the flusher.
+    fn finish(self, file: &File) {
+        if let Some(flusher) = self.flusher {
+            flusher
+                .shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            flusher.thread.thread().unpark();
+            let _ = flusher.thread.join();
+        }
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, "audit log: the last fsync failed");
+        }
+    }
+}
+
+/// The flusher: every `interval`, fsyncs the lines written since the last time.
+fn flush_loop(file: &File, state: &FlushState, interval: Duration) {
+    use std::sync::atomic::Ordering::SeqCst;
+    loop {
+        std::thread::park_timeout(interval);
+        if state.stop.load(SeqCst) {
+            return;
+        }
+        if state.dirty.swap(false, SeqCst)
+            && let Err(e) = timed_sync(file)
+        {
+            metrics::AUDIT.failures.inc();
+            tracing::error!(error = %e, "audit fsync failed; calls fail until one succeeds");
+            state.failed.store(true, SeqCst);
+            state.dirty.store(true, SeqCst);
+        }
+    }
+}
+
+fn timed_write(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
     let start = Instant::now();
     file.write_all(bytes)?;
-    let written = Instant::now();
-    metrics::AUDIT
-        .write
-        .observe(written.duration_since(start).as_secs_f64());
+    metrics::AUDIT.write.observe(start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn timed_sync(file: &File) -> std::io::Result<()> {
+    let start = Instant::now();
     file.sync_data()?;
-    metrics::AUDIT
-        .fsync
-        .observe(written.elapsed().as_secs_f64());
+    metrics::AUDIT.fsync.observe(start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -1433,6 +1567,44 @@ mod tests {
                 old.text()
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn both_sync_modes_write_each_line_before_answering() {
+        for sync in [SyncMode::Interval, SyncMode::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = AuditConfig {
+                sync,
+                sync_interval_ms: 10_000,
+                ..config(&dir)
+            };
+            let log = open(&cfg);
+            for i in 0..4 {
+                write_n(&log, i..i + 1).await;
+                // Read through another handle while the log is open: the line is in the file
+                // as soon as its append returned, whatever the mode.
+                assert_eq!(lines(&cfg.path).len(), i + 1, "{sync:?}");
+            }
+            drop(log);
+            assert_eq!(verify_keyed(&cfg.path, &key(), None), Ok(4), "{sync:?}");
+        }
+    }
+
+    #[test]
+    fn sync_settings_parse_and_are_bounded() {
+        let cfg: AuditConfig =
+            toml::from_str("path = \"/tmp/a.log\"\nsync = \"always\"\n").unwrap();
+        assert_eq!(cfg.sync, SyncMode::Always);
+        let cfg: AuditConfig = toml::from_str("path = \"/tmp/a.log\"\n").unwrap();
+        assert_eq!((cfg.sync, cfg.sync_interval_ms), (SyncMode::Interval, 100));
+        assert!(toml::from_str::<AuditConfig>("path = \"a\"\nsync = \"never\"\n").is_err());
+        for bad in [0, 10_001] {
+            let cfg = AuditConfig {
+                sync_interval_ms: bad,
+                ..AuditConfig::new("/tmp/a.log")
+            };
+            assert!(cfg.validate().unwrap_err().contains("sync_interval_ms"));
+        }
     }
 
     #[tokio::test]
