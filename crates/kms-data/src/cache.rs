@@ -42,6 +42,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CachedKey {
+    /// Whether `version`'s material is loaded, so [`CachedKey::material`] returns at once.
+    pub fn is_loaded(&self, version: &KeyVersionId) -> bool {
+        lock(&self.materials).contains_key(version)
+    }
+
     /// The loaded key of `version`, opening its sealed material on first use. Blocks.
     pub fn material(
         &self,
