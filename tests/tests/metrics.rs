@@ -124,12 +124,15 @@ async fn both_planes_count_what_they_did() {
         "{reason}"
     );
     assert!(moved("kms_request_duration_seconds_count", &[("method", ENCRYPT)]) >= 6.0);
-    // The key's material was made and sealed in the HSM when it was created, and the cache
-    // fetched it once, then served it.
+    // The key's material was made and sealed in the HSM when it was created. Every call
+    // looked its key up; the first asked the control plane, and later ones were served from
+    // the cache (how many depends on when the key's creation event arrived, which drops the
+    // entry once).
     assert!(moved("kms_hsm_call_seconds_count", &[]) >= 1.0);
-    assert!(moved("kms_key_cache_lookups_total", &[("result", "miss")]) >= 1.0);
-    assert!(moved("kms_key_cache_lookups_total", &[("result", "hit")]) >= 4.0);
-    assert!(moved("kms_audit_fsync_seconds_count", &[]) >= 1.0);
+    let misses = moved("kms_key_cache_lookups_total", &[("result", "miss")]);
+    let hits = moved("kms_key_cache_lookups_total", &[("result", "hit")]);
+    assert!(misses >= 2.0 && hits >= 1.0 && hits + misses >= 6.0, "{hits} hits, {misses} misses");
+    assert!(moved("kms_audit_write_seconds_count", &[]) >= 1.0);
     assert_eq!(sum(&data, "kms_hsm_sessions_max", &[]), 8.0);
     assert!(sum(&data, "kms_key_cache_contact_age_seconds", &[]) < 60.0);
     let present = names(&data);
@@ -143,6 +146,16 @@ async fn both_planes_count_what_they_did() {
             "{name} missing from {present:?}"
         );
     }
+
+    // The audit lines are fsynced off the call path, within sync_interval_ms.
+    eventually(Duration::from_secs(10), "the audit log's fsync", || async {
+        let data = scrape(&data_metrics).await;
+        let synced = sum(&data, "kms_audit_fsync_seconds_count", &[])
+            - sum(&data_before, "kms_audit_fsync_seconds_count", &[]);
+        (synced >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
 
     let control = scrape(&control_metrics).await;
     let moved = |name: &str, labels: &[(&str, &str)]| {
