@@ -179,6 +179,7 @@ pub const REASON_CODES: &[&str] = &[
     "InvalidParameter.ProtectionLevel",
     "InvalidParameter.PublicKey",
     "InvalidParameter.RotationInterval",
+    "InvalidParameter.RotationStatus",
     "InvalidParameter.TagKey",
     "InvalidParameter.TagKeys",
     "InvalidParameter.TagValue",
