@@ -51,6 +51,15 @@ fn code_of(err: &DomainError) -> Code {
     }
 }
 
+/// Every reason code the edge answers with through [`edge_status`], besides those of domain
+/// errors (`kms_types::error::REASON_CODES`); `tests/tests/api_reference.rs` checks it against
+/// every `edge_status` call.
+pub const EDGE_REASON_CODES: &[&str] = &[
+    "Rejected.DeadlineExceeded",
+    "Rejected.RequestBodyTimeout",
+    "Rejected.RequestTooLarge",
+];
+
 /// A status the edge makes itself, for conditions that are not domain errors (a deadline, a
 /// request body that does not arrive), with its reason code in front of the message and in an
 /// `ErrorInfo` detail, as [`to_status`] does.
@@ -172,6 +181,19 @@ mod tests {
             assert_eq!(st.code(), code, "{reason}");
             assert_eq!(reason_of(&st).as_deref(), Some(reason));
             assert!(st.message().starts_with(reason), "{}", st.message());
+        }
+    }
+
+    #[test]
+    fn edge_statuses_carry_listed_reasons() {
+        let statuses = [
+            crate::limits::request_too_large_status(70_000, 65_536),
+            crate::connections::body_timeout_status(std::time::Duration::from_secs(10)),
+        ];
+        for st in statuses {
+            let reason = reason_of(&st).unwrap_or_default();
+            assert!(EDGE_REASON_CODES.contains(&reason.as_str()), "{reason}");
+            assert!(!kms_types::error::REASON_CODES.contains(&reason.as_str()));
         }
     }
 

@@ -114,6 +114,91 @@ fn default_key_exists(existing: Option<&str>) -> String {
     }
 }
 
+/// Every reason code a [`DomainError`] can carry on the wire, sorted: the domain's half of
+/// the status table of `docs/API.md` (the edge adds `kms_runtime::status::EDGE_REASON_CODES`).
+/// `InvalidParameter.<Field>` is listed for every field a request can be refused for;
+/// `tests/tests/api_reference.rs` finds those fields in the sources and checks this list and
+/// the document against them.
+pub const REASON_CODES: &[&str] = &[
+    "DryRunOperationError",
+    "Forbidden.AliasExists",
+    "Forbidden.AliasNotFound",
+    "Forbidden.DefaultKeyExists",
+    "Forbidden.DeletionProtection",
+    "Forbidden.InstanceNotFound",
+    "Forbidden.KeyNotFound",
+    "Forbidden.KeyVersionNotFound",
+    "Forbidden.NoIdentity",
+    "Forbidden.NoPermission",
+    "InternalFailure",
+    "InvalidCiphertext",
+    "InvalidParameter.AccessManagementQuota",
+    "InvalidParameter.AccountId",
+    "InvalidParameter.Algorithm",
+    "InvalidParameter.AliasName",
+    "InvalidParameter.Checkpoint",
+    "InvalidParameter.Checks",
+    "InvalidParameter.CiphertextBlob",
+    "InvalidParameter.DeletionProtectionDescription",
+    "InvalidParameter.Description",
+    "InvalidParameter.Digest",
+    "InvalidParameter.EnableAutomaticRotation",
+    "InvalidParameter.EncryptedKeyMaterial",
+    "InvalidParameter.EncryptionContext",
+    "InvalidParameter.ExcludeCharacters",
+    "InvalidParameter.Head",
+    "InvalidParameter.ImportToken",
+    "InvalidParameter.ImportTokenKeyMismatch",
+    "InvalidParameter.InstanceType",
+    "InvalidParameter.KeyId",
+    "InvalidParameter.KeyIds",
+    "InvalidParameter.KeyMaterial",
+    "InvalidParameter.KeyMaterialExpireTime",
+    "InvalidParameter.KeyMaterialMismatch",
+    "InvalidParameter.KeyQuota",
+    "InvalidParameter.KeySpec",
+    "InvalidParameter.KeyState",
+    "InvalidParameter.KeyUsage",
+    "InvalidParameter.KeyVersionId",
+    "InvalidParameter.KmsInstanceId",
+    "InvalidParameter.Length",
+    "InvalidParameter.Log",
+    "InvalidParameter.Mac",
+    "InvalidParameter.NumberOfBytes",
+    "InvalidParameter.Operation",
+    "InvalidParameter.Origin",
+    "InvalidParameter.OwnerAccountId",
+    "InvalidParameter.PageSize",
+    "InvalidParameter.PageToken",
+    "InvalidParameter.PasswordLength",
+    "InvalidParameter.PendingWindowInDays",
+    "InvalidParameter.Plaintext",
+    "InvalidParameter.Plane",
+    "InvalidParameter.Policy",
+    "InvalidParameter.Principal",
+    "InvalidParameter.ProtectionLevel",
+    "InvalidParameter.PublicKey",
+    "InvalidParameter.RotationInterval",
+    "InvalidParameter.RotationStatus",
+    "InvalidParameter.TagKey",
+    "InvalidParameter.TagKeys",
+    "InvalidParameter.TagValue",
+    "InvalidParameter.Tags",
+    "InvalidParameter.Time",
+    "InvalidParameter.Value",
+    "InvalidParameter.WrappingAlgorithm",
+    "InvalidParameter.WrappingKeySpec",
+    "Rejected.Disabled",
+    "Rejected.Enabled",
+    "Rejected.ExpiredImportToken",
+    "Rejected.LimitExceeded",
+    "Rejected.PendingDeletion",
+    "Rejected.PendingImport",
+    "Rejected.Throttling",
+    "Rejected.UsedImportToken",
+    "Unavailable",
+];
+
 impl DomainError {
     /// Shorthand for an [`DomainError::InvalidParameter`].
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
@@ -176,6 +261,130 @@ impl DomainError {
             position,
             count,
             error: Box::new(self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::ImportRejection;
+
+    /// One error of every kind whose reason does not name a request field: every variant but
+    /// `InvalidParameter`, every key state, every import rejection.
+    fn one_of_each() -> Vec<DomainError> {
+        let mut out = vec![
+            DomainError::InvalidCiphertext,
+            DomainError::KeyNotFound,
+            DomainError::KeyVersionNotFound,
+            DomainError::AliasNotFound,
+            DomainError::InstanceNotFound,
+            DomainError::AliasExists,
+            DomainError::DefaultKeyExists(None),
+            DomainError::NoPermission,
+            DomainError::NotAllowed {
+                principal: "acs:ram::7:user/bob".into(),
+                action: "kms:Encrypt".into(),
+                target: "this key".into(),
+            },
+            DomainError::KeyNotFound.in_batch("alias/a", 1, 2),
+            DomainError::NoIdentity,
+            DomainError::Unidentified("no header".into()),
+            DomainError::DeletionProtection,
+            DomainError::DryRunOperation,
+            DomainError::LimitExceeded("quota".into()),
+            DomainError::Throttling,
+            DomainError::Unavailable("the HSM".into()),
+            DomainError::Internal("detail".into()),
+        ];
+        out.extend(KeyState::ALL.iter().map(|s| DomainError::InvalidState(*s)));
+        out.extend(
+            [
+                ImportRejection::ExpiredToken,
+                ImportRejection::UsedToken,
+                ImportRejection::TokenForAnotherKey,
+                ImportRejection::DifferentMaterial,
+            ]
+            .map(DomainError::ImportRejected),
+        );
+        out
+    }
+
+    /// A new variant (or import rejection) does not compile here until `one_of_each` is
+    /// taught it.
+    fn taught(e: &DomainError) -> bool {
+        match e {
+            DomainError::InvalidParameter { .. } => false,
+            DomainError::InvalidCiphertext
+            | DomainError::KeyNotFound
+            | DomainError::KeyVersionNotFound
+            | DomainError::AliasNotFound
+            | DomainError::InstanceNotFound
+            | DomainError::AliasExists
+            | DomainError::DefaultKeyExists(_)
+            | DomainError::NoPermission
+            | DomainError::NotAllowed { .. }
+            | DomainError::InBatch { .. }
+            | DomainError::NoIdentity
+            | DomainError::Unidentified(_)
+            | DomainError::InvalidState(_)
+            | DomainError::DeletionProtection
+            | DomainError::ImportRejected(
+                ImportRejection::ExpiredToken
+                | ImportRejection::UsedToken
+                | ImportRejection::TokenForAnotherKey
+                | ImportRejection::DifferentMaterial,
+            )
+            | DomainError::DryRunOperation
+            | DomainError::LimitExceeded(_)
+            | DomainError::Throttling
+            | DomainError::Unavailable(_)
+            | DomainError::Internal(_) => true,
+        }
+    }
+
+    #[test]
+    fn the_reason_list_is_sorted_and_has_no_duplicate() {
+        assert!(
+            REASON_CODES.windows(2).all(|w| w[0] < w[1]),
+            "REASON_CODES must be sorted, each once"
+        );
+    }
+
+    #[test]
+    fn every_kind_of_error_has_its_reason_in_the_list() {
+        for e in one_of_each() {
+            assert!(taught(&e), "{e:?}");
+            let reason = e.reason_code();
+            assert!(
+                REASON_CODES.contains(&reason.as_str()),
+                "{reason} ({e:?}) is missing from REASON_CODES"
+            );
+        }
+    }
+
+    #[test]
+    fn every_listed_reason_is_made_by_an_error() {
+        let made: Vec<String> = one_of_each().iter().map(DomainError::reason_code).collect();
+        for reason in REASON_CODES {
+            if let Some(field) = reason.strip_prefix("InvalidParameter.")
+                && !made.iter().any(|m| m == reason)
+            {
+                assert!(
+                    !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric()),
+                    "{reason}"
+                );
+                assert!(
+                    field.starts_with(|c: char| c.is_ascii_uppercase()),
+                    "{reason}"
+                );
+                assert_eq!(DomainError::invalid(field, "x").reason_code(), *reason);
+            } else {
+                assert!(
+                    made.iter().any(|m| m == reason),
+                    "{reason} is listed but no error carries it"
+                );
+            }
         }
     }
 }
