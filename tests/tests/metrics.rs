@@ -131,7 +131,10 @@ async fn both_planes_count_what_they_did() {
     assert!(moved("kms_hsm_call_seconds_count", &[]) >= 1.0);
     let misses = moved("kms_key_cache_lookups_total", &[("result", "miss")]);
     let hits = moved("kms_key_cache_lookups_total", &[("result", "hit")]);
-    assert!(misses >= 2.0 && hits >= 1.0 && hits + misses >= 6.0, "{hits} hits, {misses} misses");
+    assert!(
+        misses >= 2.0 && hits >= 1.0 && hits + misses >= 6.0,
+        "{hits} hits, {misses} misses"
+    );
     assert!(moved("kms_audit_write_seconds_count", &[]) >= 1.0);
     assert_eq!(sum(&data, "kms_hsm_sessions_max", &[]), 8.0);
     assert!(sum(&data, "kms_key_cache_contact_age_seconds", &[]) < 60.0);
