@@ -54,11 +54,7 @@ async fn main() -> Result<()> {
         );
     }
 
-    let hsm_params = params.hsm.clone();
-    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&hsm_params))
-        .await
-        .context("HSM start-up task failed")?
-        .context("cannot start the HSM backend")?;
+    let hsm = open_hsm(&params.hsm).await?;
     tracing::info!(
         token = %params.hsm.token_label,
         mechanisms = hsm.mechanism_names().len(),
@@ -210,4 +206,32 @@ async fn main() -> Result<()> {
     // The last spans go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
+}
+
+/// Attempts at opening the HSM before giving up, when it fails in a PKCS#11 call.
+const HSM_OPEN_ATTEMPTS: u32 = 5;
+
+/// Opens the HSM. A PKCS#11 failure while opening is tried again a few times, with a pause
+/// doubling from 100 ms: a file-backed token (SoftHSM) shared by several replicas can fail a
+/// read while another replica writes it. Anything else (a wrong PIN above all, which must
+/// not be retried towards a lockout) stops at once.
+async fn open_hsm(params: &kms_backend_pkcs11::HsmParams) -> Result<Hsm> {
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let p = params.clone();
+        match tokio::task::spawn_blocking(move || Hsm::open(&p))
+            .await
+            .context("HSM start-up task failed")?
+        {
+            Ok(hsm) => return Ok(hsm),
+            Err(e @ kms_backend_pkcs11::HsmError::Pkcs11 { .. }) if attempt < HSM_OPEN_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "cannot open the HSM yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e).context("cannot start the HSM backend"),
+        }
+    }
 }
