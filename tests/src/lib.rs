@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the README's test command does so.
 
 pub mod cluster;
+pub mod consistency;
 pub mod kmsctl;
 
 use std::path::{Path, PathBuf};
@@ -511,6 +512,11 @@ impl Stack {
         self.dir().join("control")
     }
 
+    /// The audit log of `plane` (`control` or `data`).
+    pub fn audit_log(&self, plane: &str) -> PathBuf {
+        self.dir().join("logs").join(format!("{plane}-audit.log"))
+    }
+
     /// Every entry of the control plane's store, whichever the engine; with the control
     /// plane stopped for sled (which locks its directory).
     pub fn store_entries(&self) -> Result<Vec<kms_store::Entry>> {
@@ -938,23 +944,66 @@ impl Stack {
     /// final audit checkpoint, nothing on disk but what its calls had flushed. Waits until it
     /// is gone, and fails if it had already ended on its own.
     pub async fn kill_control(&mut self) -> Result<()> {
+        let child = self.control.take().context("kms-control is not running")?;
+        self.sigkill("kms-control", child).await
+    }
+
+    /// Kills the data plane with SIGKILL, as [`Stack::kill_control`] does the control plane:
+    /// no drain, no final audit checkpoint.
+    pub async fn kill_data(&mut self) -> Result<()> {
+        let child = self.data.take().context("kms-data is not running")?;
+        self.sigkill("kms-data", child).await
+    }
+
+    /// Sends `child` (plane `name`) SIGKILL and waits until it is gone; fails if it had
+    /// already ended on its own.
+    async fn sigkill(&self, name: &str, mut child: Child) -> Result<()> {
         use std::os::unix::process::ExitStatusExt;
-        let mut child = self.control.take().context("kms-control is not running")?;
-        let pid = child.id().context("kms-control has already been reaped")?;
+        let pid = child
+            .id()
+            .with_context(|| format!("{name} has already been reaped"))?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(pid)?),
             nix::sys::signal::Signal::SIGKILL,
         )?;
         let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
             .await
-            .context("kms-control still running 20 s after SIGKILL")??;
+            .with_context(|| format!("{name} still running 20 s after SIGKILL"))??;
         if status.signal() != Some(nix::sys::signal::Signal::SIGKILL as i32) {
             bail!(
-                "kms-control ended with {status} before it was killed; log:\n{}",
-                self.log("kms-control")
+                "{name} ended with {status} before it was killed; log:\n{}",
+                self.log(name)
             );
         }
         Ok(())
+    }
+
+    /// Starts the data plane again after [`Stack::kill_data`], on the same port, as
+    /// [`Stack::restart_control`] does the control plane; returns how long it took until it
+    /// served.
+    pub async fn restart_data(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let addr = self.data_addr.clone();
+            wait_port_free(&addr).await?;
+            let log_before = self.log("kms-data").len();
+            self.data = Some(self.spawn("kms-data", "data.toml")?);
+            let Err(e) = self.wait_healthy("kms-data", &addr).await else {
+                return Ok(started.elapsed());
+            };
+            let lost_port = self
+                .log("kms-data")
+                .get(log_before..)
+                .is_some_and(|new| new.contains("cannot listen on"));
+            if !lost_port || attempt == REBIND_ATTEMPTS {
+                return Err(e);
+            }
+            if let Some(mut child) = self.data.take() {
+                child.wait().await?;
+            }
+            attempt += 1;
+        }
     }
 
     /// Starts the control plane again after [`Stack::kill_control`], on the same store and
@@ -1010,17 +1059,22 @@ impl Stack {
     /// Waits, at most 10 s, until the control plane's address can be bound with
     /// `SO_REUSEADDR`, as the control plane binds it (std sets it on Unix too).
     async fn wait_control_port_free(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut poll = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            poll.tick().await;
-            match std::net::TcpListener::bind(&self.control_addr) {
-                Ok(_) => return Ok(()),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot bind {}", self.control_addr));
-                }
+        wait_port_free(&self.control_addr).await
+    }
+}
+
+/// Waits, at most 10 s, until `addr` can be bound with `SO_REUSEADDR`, as the planes bind it
+/// (std sets it on Unix too).
+async fn wait_port_free(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        poll.tick().await;
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot bind {addr}"));
             }
         }
     }

@@ -14,13 +14,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kms_control::schema;
-use kms_e2e::{ACCOUNT, ALICE, DATA_PRINCIPAL, OPERATOR, Stack, bin_path, reason};
+use kms_e2e::{ACCOUNT, ALICE, DATA_PRINCIPAL, OPERATOR, Stack, consistency, reason};
 use kms_proto::kms::internal::v1::{GetKeyRequest, KeyEventKind, WatchKeysRequest};
 use kms_proto::kms::v1::*;
 use tokio::sync::{RwLock, RwLockReadGuard, Semaphore, watch};
@@ -809,143 +808,6 @@ async fn check_events(stack: &Stack, listed: &[KeyMetadata], when: &str) -> bool
     true
 }
 
-/// Reads the control plane's store (stopped) directly: every index entry of a key is the
-/// one its record implies and there is no other, each instance counts its keys, and the kept
-/// key events run without gaps to the revision and name keys there are. Returns the keys.
-fn check_store(dir: &Path) -> usize {
-    use kms_store::{SledStore, Store};
-    let store = SledStore::open(dir).unwrap();
-    let scan = |prefix: &[u8]| store.scan_prefix(prefix, None, usize::MAX).unwrap();
-    let records: Vec<kms_types::KeyRecord> = scan(schema::KEY_PREFIX)
-        .iter()
-        .map(|(_, v)| schema::decode_key(v).unwrap())
-        .collect();
-
-    let mut want: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for r in &records {
-        let id = schema::encode_key_id(&r.id);
-        for v in &r.versions {
-            want.insert(schema::version(&v.id), id.clone());
-        }
-        want.insert(schema::version(&r.primary_version), id.clone());
-        for a in &r.aliases {
-            want.insert(schema::alias(&r.account, a), id.clone());
-        }
-        if r.is_default() {
-            want.insert(schema::default_key(&r.account), id.clone());
-        }
-        want.insert(schema::owner(&r.account, &r.id), schema::marker());
-        if let Some(i) = &r.instance {
-            want.insert(schema::instance_key(i, &r.id), schema::marker());
-        }
-        for t in &r.tags {
-            want.insert(
-                schema::tag(&r.account, &t.key, &r.id),
-                schema::encode_text(&t.value),
-            );
-        }
-        if r.state == kms_types::KeyState::PendingDeletion {
-            let at = r.delete_date.expect("pending deletion without a date");
-            want.insert(schema::deletion_queue(at, &r.id), schema::marker());
-        }
-        if let Some(at) = r.scheduled_rotation() {
-            want.insert(schema::rotation_queue(at, &r.id), schema::marker());
-        }
-        if let Some(at) = r.material_expiry() {
-            want.insert(schema::material_expiry_queue(at, &r.id), schema::marker());
-        }
-    }
-    let mut have: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for prefix in ["v/", "a/", "d/", "o/", "ik/", "t/", "sd/", "sr/", "sx/"] {
-        have.extend(scan(prefix.as_bytes()));
-    }
-    let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
-    let missing: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| have.get(*k) != Some(*v))
-        .map(|(k, _)| show(k))
-        .collect();
-    let extra: Vec<String> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .map(show)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "index entries missing or wrong: {missing:?}; without a record: {extra:?}"
-    );
-
-    for (_, value) in scan(b"i/") {
-        let instance = schema::decode_instance(&value).unwrap();
-        let keys = records
-            .iter()
-            .filter(|r| r.instance.as_ref() == Some(&instance.id))
-            .count();
-        assert_eq!(
-            usize::try_from(instance.key_count).unwrap(),
-            keys,
-            "key count of {}",
-            instance.id
-        );
-    }
-
-    let revision = store
-        .get(schema::REVISION)
-        .unwrap()
-        .map(|b| schema::decode_u64(&b).unwrap())
-        .unwrap_or(0);
-    let events: Vec<kms_types::KeyEvent> = scan(schema::EVENT_PREFIX)
-        .iter()
-        .map(|(_, v)| schema::decode_event(v).unwrap())
-        .collect();
-    let kept = revision.min(schema::EVENT_RETENTION);
-    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
-    let want_revisions: Vec<u64> = (revision - kept + 1..=revision).collect();
-    assert_eq!(revisions, want_revisions, "kept key events");
-    let ids: BTreeSet<String> = records.iter().map(|r| r.id.to_string()).collect();
-    for e in &events {
-        let id = e
-            .key_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        assert!(
-            ids.contains(&id),
-            "event of a key that does not exist: {e:?}"
-        );
-    }
-    records.len()
-}
-
-/// Runs `kmsctl audit verify --plane control` on the control plane's audit log.
-async fn verify_control_audit_log(stack: &Stack) {
-    let out = tokio::process::Command::new(bin_path("kmsctl").unwrap())
-        .args(["audit", "verify", "--plane", "control"])
-        .arg(stack.dir().join("logs/control-audit.log"))
-        .env(
-            "KMS_CONTROL_ADDR",
-            format!("http://{}", stack.control_addr()),
-        )
-        .env("KMS_DATA_ADDR", format!("http://{}", stack.data_addr()))
-        .env("KMS_PRINCIPAL", OPERATOR)
-        .env_remove("KMS_CA")
-        .env_remove("KMS_CERT")
-        .env_remove("KMS_KEY")
-        .output()
-        .await
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    assert!(
-        said.contains("every MAC matches the control plane's key"),
-        "{said}"
-    );
-}
-
 fn env_number(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(
@@ -1066,10 +928,13 @@ async fn acknowledged_writes_survive_sigkill_and_no_key_is_half_written() {
 
     // What the kills left on disk, read by the store itself.
     stack.stop_control().await.unwrap();
-    assert_eq!(check_store(&stack.sled_dir()), last.keys);
+    let entries = stack.store_entries().unwrap();
+    assert_eq!(consistency::check_store(&entries).unwrap(), last.keys);
     // The audit log was cut by every kill; its chain still holds.
     stack.start_control().await.unwrap();
-    verify_control_audit_log(&stack).await;
+    consistency::verify_audit_log(&stack, "control")
+        .await
+        .unwrap();
     stack.stop().await.unwrap();
 
     let total: Duration = restarts.iter().sum();

@@ -110,7 +110,8 @@ pub(crate) fn get_instance(tx: &mut dyn Txn, id: &InstanceId) -> TxResult<Option
 
 /// Writes key record `new` (replacing `old`, or creating it when `old` is `None`) with every
 /// index entry. A new key in an instance takes a place in its key quota. An alias or default
-/// slot taken by another key aborts with `AliasExists` or `DefaultKeyExists`.
+/// slot taken by another key aborts with `AliasExists` or `DefaultKeyExists`. A key policy
+/// that changes in an instance moves the instance's grants revision on.
 pub(crate) fn put_key(
     tx: &mut dyn Txn,
     old: Option<&KeyRecord>,
@@ -149,8 +150,29 @@ pub(crate) fn put_key(
             &user(schema::encode_instance(&instance))?,
         )?;
     }
+    if let Some(id) = &new.instance
+        && old.and_then(|o| o.policy.as_ref()) != new.policy.as_ref()
+    {
+        // What the instance's key policies grant changed: a write that checked the
+        // access-management quota against the grants as they were must not commit.
+        let revision = grants_revision(tx, id)?;
+        tx.put(
+            &schema::instance_grants(id),
+            &schema::encode_u64(revision + 1),
+        )?;
+    }
     tx.put(&schema::key(&new.id), &user(schema::encode_key(new))?)?;
     append_event(tx, &new.id, KeyEventKind::Changed)
+}
+
+/// The revision of instance `id`'s grants as this transaction sees it (0 before any key policy
+/// in it changed).
+pub(crate) fn grants_revision(tx: &mut dyn Txn, id: &InstanceId) -> TxResult<u64> {
+    Ok(tx
+        .get(&schema::instance_grants(id))?
+        .map(|b| user(schema::decode_u64(&b)))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 /// Version entries removed per transaction: a key's deletion removes this many with the key,

@@ -24,6 +24,7 @@
 //! | `uv/<key-id>/<key-version-id>` | n (u64, big-endian) | latest decryption or verification per version |
 //! | `i/<instance-id>` | JSON of [`InstanceRecord`] | the instance |
 //! | `ia/<account>/<instance-id>` | `"Owner"` or `"Shared"` (JSON) | account → instances it sees |
+//! | `ig/<instance-id>` | u64, big-endian | revision of the instance's grants: one more whenever a key policy in it changes |
 //! | `sg/<key-id>` | JSON list of key version ids | a deleted key's `v/` entries still to remove, in steps |
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
@@ -291,6 +292,12 @@ pub fn decode_token(bytes: &[u8]) -> Result<ImportTokenRecord, DomainError> {
 /// Store key of an instance record.
 pub fn instance(id: &InstanceId) -> Vec<u8> {
     format!("i/{id}").into_bytes()
+}
+
+/// Store key of the revision of an instance's grants, which every change of a key policy in
+/// the instance moves on ([`crate::index::put_key`]).
+pub fn instance_grants(id: &InstanceId) -> Vec<u8> {
+    format!("ig/{id}").into_bytes()
 }
 
 /// Prefix of the instances an account sees.

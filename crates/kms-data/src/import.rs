@@ -160,11 +160,17 @@ impl KeyVault {
                 &req.sealed_import_key,
             )
             .map_err(|e| match e {
+                // The control plane sent a sealed import key that is not one this HSM sealed
+                // for this import key id: its argument, refused as such (the control plane
+                // reports it to its own caller as an internal failure, its stored data).
                 BackendError::AuthenticationFailed | BackendError::InvalidInput(_) => {
-                    DomainError::Internal(format!(
-                        "the sealed import key of {} does not open: {e}",
-                        req.import_key_id
-                    ))
+                    DomainError::invalid(
+                        "WrappedPrivateKey",
+                        format!(
+                            "the sealed import key does not open for import key {}",
+                            req.import_key_id
+                        ),
+                    )
                 }
                 other => backend_error(other),
             })?;

@@ -117,13 +117,14 @@ pub fn timestamp(t: UnixMillis) -> prost_types::Timestamp {
     }
 }
 
-/// A protobuf timestamp as a domain instant, rounded down to the millisecond.
+/// A protobuf timestamp as a domain instant, rounded down to the millisecond; one beyond the
+/// range of [`UnixMillis`] is its first or last instant. Computed in `i128`, so the instants
+/// near the ends of the range, which [`timestamp`] writes as seconds beyond them plus
+/// nanoseconds back, read back as themselves.
 pub fn from_timestamp(t: &prost_types::Timestamp) -> UnixMillis {
-    UnixMillis(
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos) / 1_000_000),
-    )
+    let ms = i128::from(t.seconds) * 1000 + i128::from(t.nanos).div_euclid(1_000_000);
+    let clamped = ms.clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+    UnixMillis(i64::try_from(clamped).unwrap_or(i64::MAX))
 }
 
 /// The public view of a key.
@@ -620,7 +621,18 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for ms in [0, 1, 999, 1_000, 1_700_000_000_123, -1, -1_500] {
+        for ms in [
+            0,
+            1,
+            999,
+            1_000,
+            1_700_000_000_123,
+            -1,
+            -1_500,
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX,
+        ] {
             assert_eq!(
                 from_timestamp(&timestamp(UnixMillis(ms))),
                 UnixMillis(ms),

@@ -58,7 +58,7 @@ use crate::connections::ConnInfo;
 use crate::identity::{Credentials, Identifier, IdentityConfig};
 use crate::limits::{Clock, LimitsConfig, RateLimiter, classify, peer_key};
 use crate::metrics;
-use crate::status::{edge_status, reason_of, to_status};
+use crate::status::{edge_status, framework_refusal, reason_of, to_status};
 use crate::telemetry;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -659,18 +659,28 @@ where
     ResB: Default,
 {
     req.extensions_mut().insert(principal);
-    match tokio::time::timeout(deadline, inner.call(req)).await {
-        Ok(result) => result,
-        Err(_) => Ok(edge_status(
-            Code::DeadlineExceeded,
-            "Rejected.DeadlineExceeded",
-            &format!(
-                "the call did not finish within its deadline of {} ms",
-                deadline.as_millis()
-            ),
-        )
-        .into_http()),
-    }
+    let response = match tokio::time::timeout(deadline, inner.call(req)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Ok(edge_status(
+                Code::DeadlineExceeded,
+                "Rejected.DeadlineExceeded",
+                &format!(
+                    "the call did not finish within its deadline of {} ms",
+                    deadline.as_millis()
+                ),
+            )
+            .into_http());
+        }
+    };
+    // A request the framework could not read never reached a handler: say so precisely.
+    let refusal = Status::from_header_map(response.headers())
+        .as_ref()
+        .and_then(framework_refusal);
+    Ok(match refusal {
+        Some(status) => status.into_http(),
+        None => response,
+    })
 }
 
 #[cfg(test)]
@@ -719,6 +729,10 @@ mod tests {
                 }
                 if path.ends_with("Fail") {
                     return Ok(to_status(DomainError::NoPermission).into_http());
+                }
+                if path.ends_with("Garbled") {
+                    // What tonic answers for a request body that does not decode.
+                    return Ok(Status::internal("failed to decode Protobuf message").into_http());
                 }
                 Ok(http::Response::new("ok".to_string()))
             })
@@ -1269,6 +1283,31 @@ mod tests {
         assert_eq!(lines[0]["status_code"], "DEADLINE_EXCEEDED");
         assert_eq!(lines[0]["outcome"], "error");
         assert_eq!(lines[0]["key_id"], "key-1");
+    }
+
+    #[tokio::test]
+    async fn a_request_the_framework_cannot_read_is_the_callers_fault() {
+        let f = fixture(true, None, 10_000);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        let resp = call(
+            &mut svc,
+            request(
+                "/kms.v1.KeyManagementService/Garbled",
+                "127.0.0.1",
+                &[(DEV_PRINCIPAL_HEADER, ALICE)],
+            ),
+        )
+        .await;
+        assert_eq!(code(&resp), Code::InvalidArgument);
+        let status = Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(
+            reason_of(&status).as_deref(),
+            Some(crate::status::MALFORMED_REQUEST)
+        );
+        let lines = audit_lines(&f.audit_path);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["status_code"], "INVALID_ARGUMENT");
     }
 
     #[tokio::test]

@@ -68,6 +68,30 @@ pub fn edge_status(code: Code, reason: &str, message: &str) -> Status {
     Status::with_error_details(code, format!("{reason}: {message}"), details)
 }
 
+/// The reason code of a request the server could not read as its method's request message.
+pub const MALFORMED_REQUEST: &str = "InvalidParameter.Request";
+
+/// What a caller is told when the gRPC framework refused its request before any handler ran.
+/// Every handler answers through [`to_status`], which always names a reason; an `INTERNAL`
+/// status without one is the framework's own refusal of a request body it could not read (a
+/// message that does not decode as the method's request message, a body without a message or
+/// cut in the middle of one, an unknown compression flag). That is the caller's doing, so it is
+/// `INVALID_ARGUMENT` [`MALFORMED_REQUEST`], with the framework's explanation. `None` for any
+/// other status.
+pub fn framework_refusal(status: &Status) -> Option<Status> {
+    if status.code() != Code::Internal || reason_of(status).is_some() {
+        return None;
+    }
+    Some(edge_status(
+        Code::InvalidArgument,
+        MALFORMED_REQUEST,
+        &format!(
+            "the request is not a valid protobuf encoding of the method's request message ({})",
+            status.message()
+        ),
+    ))
+}
+
 /// The reason code a status carries, if it came from [`to_status`] or [`edge_status`].
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
@@ -195,6 +219,26 @@ mod tests {
             assert!(EDGE_REASON_CODES.contains(&reason.as_str()), "{reason}");
             assert!(!kms_types::error::REASON_CODES.contains(&reason.as_str()));
         }
+    }
+
+    #[test]
+    fn framework_refusals_are_the_callers() {
+        let refused = framework_refusal(&Status::internal(
+            "failed to decode Protobuf message: invalid tag value: 0",
+        ))
+        .unwrap_or_else(|| panic!("a bare INTERNAL is the framework's"));
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&refused).as_deref(), Some(MALFORMED_REQUEST));
+        assert!(
+            refused.message().starts_with(MALFORMED_REQUEST)
+                && refused.message().contains("invalid tag value: 0"),
+            "{}",
+            refused.message()
+        );
+        // A handler's answers all carry a reason, its internal errors included.
+        assert!(framework_refusal(&to_status(DomainError::Internal("x".into()))).is_none());
+        assert!(framework_refusal(&to_status(DomainError::KeyNotFound)).is_none());
+        assert!(framework_refusal(&Status::unimplemented("")).is_none());
     }
 
     #[test]

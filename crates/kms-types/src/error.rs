@@ -97,6 +97,37 @@ pub enum DomainError {
     Internal(String),
 }
 
+/// Longest message shown to a caller, in bytes.
+pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on character boundaries): its first half and its last
+/// quarter, with how many bytes were left out between them.
+fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let floor = |mut at: usize| {
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    };
+    let ceil = |mut at: usize| {
+        while !text.is_char_boundary(at) {
+            at += 1;
+        }
+        at
+    };
+    let head = floor(max / 2);
+    let tail = ceil(text.len() - max / 4);
+    format!(
+        "{} …[{} bytes left out]… {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
 /// What a second default key is told: the one there is, and the two ways on.
 fn default_key_exists(existing: Option<&str>) -> String {
     const MORE: &str = "for more keys, create them in a KMS instance (CreateKey with \
@@ -233,9 +264,14 @@ impl DomainError {
         }
     }
 
-    /// The message safe to show a caller: internal details are withheld.
+    /// The message safe to show a caller: internal details are withheld, and a message longer
+    /// than [`MAX_PUBLIC_MESSAGE_BYTES`] (one that quotes a huge value the caller sent) keeps
+    /// its start and its end, which says what to do, around a note of how much was left out.
+    /// A status carries its message twice (in `grpc-message` and its details), and HTTP/2
+    /// peers refuse header blocks over 16 KiB by default, so an unbounded echo of what a caller
+    /// sent would break its connection, and every call on it, instead of answering.
     pub fn public_message(&self) -> String {
-        self.to_string()
+        bounded(self.to_string(), MAX_PUBLIC_MESSAGE_BYTES)
     }
 
     /// A policy refusal naming `target` (e.g. `the destination key`) instead of `this key`;
@@ -386,5 +422,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn public_messages_are_bounded_and_keep_their_ends() {
+        let short = DomainError::invalid("KeyId", "\"k\" is not a key id");
+        assert_eq!(short.public_message(), short.to_string());
+        for filler in ["a", "é", "🔑", "\u{1}"] {
+            let huge = filler.repeat(20_000);
+            let err = DomainError::invalid("KeyId", format!("{huge:?} is not a key id; do this"));
+            let shown = err.public_message();
+            assert!(
+                shown.len() <= MAX_PUBLIC_MESSAGE_BYTES + 64,
+                "{} bytes",
+                shown.len()
+            );
+            assert!(shown.starts_with("\""), "{shown}");
+            assert!(shown.ends_with("is not a key id; do this"), "{shown}");
+            assert!(shown.contains("bytes left out"), "{shown}");
+        }
+        assert_eq!(
+            DomainError::Internal("secret detail".into()).public_message(),
+            "internal error"
+        );
     }
 }

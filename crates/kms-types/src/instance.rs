@@ -1,6 +1,8 @@
 //! KMS instances: containers of keys with a key quota, owned by one account and shareable with
 //! others, and the rules about who sees them and who may create keys in them.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
@@ -126,8 +128,14 @@ impl InstanceRecord {
 
     /// Shares the instance with `account`. Sharing again is a no-op; sharing with the owner is
     /// `InvalidParameter.AccountId`; beyond the access-management quota is
-    /// `Rejected.LimitExceeded`.
-    pub fn share_with(&mut self, account: AccountId) -> Result<(), DomainError> {
+    /// `Rejected.LimitExceeded`. The quota counts every other account using the instance:
+    /// those it is shared with and `granted`, those its key policies grant (see
+    /// [`InstanceRecord::check_access_quota`]).
+    pub fn share_with(
+        &mut self,
+        account: AccountId,
+        granted: &BTreeSet<String>,
+    ) -> Result<(), DomainError> {
         if account == self.owner {
             return Err(DomainError::invalid(
                 "AccountId",
@@ -137,16 +145,36 @@ impl InstanceRecord {
         if self.shared_with.contains(&account) {
             return Ok(());
         }
-        if self.shared_with.len() >= self.access_management_quota as usize {
+        let mut shared = self.clone();
+        shared.shared_with.push(account);
+        shared.shared_with.sort();
+        shared.check_access_quota(granted)?;
+        *self = shared;
+        Ok(())
+    }
+
+    /// Checks that the other accounts using the instance fit its access-management quota:
+    /// the accounts it is shared with and `granted`, those its key policies grant, each
+    /// account once however many keys or statements name it. `Rejected.LimitExceeded`
+    /// otherwise.
+    pub fn check_access_quota(&self, granted: &BTreeSet<String>) -> Result<(), DomainError> {
+        let in_use = self.accounts_in_use(granted);
+        let quota = self.access_management_quota as usize;
+        if in_use > quota {
             return Err(DomainError::LimitExceeded(format!(
-                "the kms instance {} is shared with {} accounts, its access management quota",
-                self.id,
-                self.shared_with.len()
+                "the kms instance {} would be used by {in_use} other accounts (shared with it or \
+                 granted by its key policies), more than its access management quota of {quota}",
+                self.id
             )));
         }
-        self.shared_with.push(account);
-        self.shared_with.sort();
         Ok(())
+    }
+
+    /// How many other accounts use the instance: those it is shared with and `granted`.
+    pub fn accounts_in_use(&self, granted: &BTreeSet<String>) -> usize {
+        let mut in_use: BTreeSet<&str> = granted.iter().map(String::as_str).collect();
+        in_use.extend(self.shared_with.iter().map(AccountId::as_str));
+        in_use.len()
     }
 
     /// `UpdateKmsInstance`: sets the quotas `change` names, never below what is in use: the
@@ -260,26 +288,60 @@ mod tests {
 
     #[test]
     fn sharing_rules() {
+        let none = BTreeSet::new();
         let mut i = new(10, 2).unwrap_or_else(|e| panic!("{e}"));
         assert!(i.is_visible_to(&acct("1")));
         assert!(!i.is_visible_to(&acct("2")));
         assert_eq!(
-            reason(i.share_with(acct("1"))).as_deref(),
+            reason(i.share_with(acct("1"), &none)).as_deref(),
             Some("InvalidParameter.AccountId")
         );
-        assert_eq!(i.share_with(acct("3")), Ok(()));
-        assert_eq!(i.share_with(acct("2")), Ok(()));
-        assert_eq!(i.share_with(acct("2")), Ok(()), "sharing again is a no-op");
+        assert_eq!(i.share_with(acct("3"), &none), Ok(()));
+        assert_eq!(i.share_with(acct("2"), &none), Ok(()));
+        assert_eq!(
+            i.share_with(acct("2"), &none),
+            Ok(()),
+            "sharing again is a no-op"
+        );
         assert_eq!(i.shared_with, vec![acct("2"), acct("3")]);
         assert!(i.is_visible_to(&acct("2")));
         assert_eq!(
-            reason(i.share_with(acct("4"))).as_deref(),
+            reason(i.share_with(acct("4"), &none)).as_deref(),
             Some("Rejected.LimitExceeded")
         );
         i.unshare_with(&acct("2"));
         i.unshare_with(&acct("9"));
         assert_eq!(i.shared_with, vec![acct("3")]);
         assert!(!i.is_visible_to(&acct("2")));
+    }
+
+    /// Shares and the accounts key policies grant share one quota, each account once.
+    #[test]
+    fn shares_and_grants_count_together() {
+        let granted: BTreeSet<String> = ["7".to_string(), "8".to_string()].into();
+        let mut i = new(10, 3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.check_access_quota(&granted), Ok(()));
+        assert_eq!(
+            i.share_with(acct("7"), &granted),
+            Ok(()),
+            "7 is counted already"
+        );
+        assert_eq!(i.share_with(acct("9"), &granted), Ok(()));
+        assert_eq!(i.accounts_in_use(&granted), 3);
+        assert_eq!(
+            reason(i.share_with(acct("10"), &granted)).as_deref(),
+            Some("Rejected.LimitExceeded")
+        );
+        assert_eq!(
+            i.shared_with,
+            vec![acct("7"), acct("9")],
+            "a refused share changes nothing"
+        );
+        let more: BTreeSet<String> = ["7".to_string(), "8".to_string(), "11".to_string()].into();
+        assert_eq!(
+            reason(i.check_access_quota(&more)).as_deref(),
+            Some("Rejected.LimitExceeded")
+        );
     }
 
     #[test]
@@ -292,10 +354,11 @@ mod tests {
         }
         .into_record(InstanceId::generate(), UnixMillis(5))
         .unwrap_or_else(|e| panic!("{e}"));
+        let none = BTreeSet::new();
         assert_eq!(i.access_management_quota, 1);
-        assert_eq!(i.share_with(acct("2")), Ok(()));
+        assert_eq!(i.share_with(acct("2"), &none), Ok(()));
         assert_eq!(
-            reason(i.share_with(acct("3"))).as_deref(),
+            reason(i.share_with(acct("3"), &none)).as_deref(),
             Some("Rejected.LimitExceeded")
         );
     }

@@ -299,6 +299,28 @@ impl PolicyDocument {
         Ok(Self { statements: out })
     }
 
+    /// The document as canonical JSON: `Version` "1", then each statement's `Effect`,
+    /// `Principal` `{"RAM": [...]}`, `Action` list and `Resource` `["*"]`, in order. It parses
+    /// back to the same document ([`PolicyDocument::parse`]).
+    pub fn to_json(&self) -> String {
+        let statements: Vec<serde_json::Value> = self
+            .statements
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "Effect": match s.effect {
+                        Effect::Allow => "Allow",
+                        Effect::Deny => "Deny",
+                    },
+                    "Principal": {"RAM": s.principals},
+                    "Action": s.actions,
+                    "Resource": ["*"],
+                })
+            })
+            .collect();
+        serde_json::json!({"Version": "1", "Statement": statements}).to_string()
+    }
+
     /// Accounts other than `owners` that statements grant something: they count against the
     /// instance's access-management quota.
     pub fn foreign_accounts(&self, owners: &[&AccountId]) -> BTreeSet<String> {

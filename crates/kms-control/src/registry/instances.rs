@@ -97,21 +97,33 @@ impl<S: Store> Registry<S> {
         .await
     }
 
-    /// `ShareKmsInstance`: operators only.
+    /// `ShareKmsInstance`: operators only. The account takes a place in the instance's
+    /// access-management quota unless a key policy in it grants the account already; decided
+    /// in the transaction that shares.
     pub async fn share_instance(
         &self,
         caller: &Principal,
         id: InstanceId,
         account: AccountId,
     ) -> Result<InstanceRecord, DomainError> {
-        self.change_instance(caller, id, move |i| i.share_with(account.clone()))
-            .await
+        self.check_operator(caller)?;
+        let key = id.clone();
+        self.commit_with_grants(&id, None, move |tx, granted| {
+            let old =
+                index::get_instance(tx, &key)?.ok_or(Abort::User(DomainError::InstanceNotFound))?;
+            let mut new = old.clone();
+            index::user(new.share_with(account.clone(), &granted.accounts))?;
+            if new != old {
+                index::put_instance(tx, Some(&old), &new)?;
+            }
+            Ok((new, Vec::new()))
+        })
+        .await
     }
 
     /// `UpdateKmsInstance`: operators only. The quotas it sets are never below what is in
-    /// use: the keys the instance holds (checked in the transaction) and the other accounts
-    /// using it, those it is shared with (in the transaction) and those its key policies grant
-    /// (read just before).
+    /// use: the keys the instance holds and the other accounts using it, those it is shared
+    /// with and those its key policies grant, all decided in the transaction that writes.
     pub async fn update_instance(
         &self,
         caller: &Principal,
@@ -119,23 +131,18 @@ impl<S: Store> Registry<S> {
         change: QuotaChange,
     ) -> Result<InstanceRecord, DomainError> {
         self.check_operator(caller)?;
-        let granted = match change.access_management_quota {
-            None => Default::default(),
-            Some(_) => {
-                let id = id.clone();
-                self.read(move |store| {
-                    let instance =
-                        index::load_instance(store, &id)?.ok_or(DomainError::InstanceNotFound)?;
-                    super::access::policy_grants(store, &instance, None)
-                })
-                .await?
-            }
-        };
+        let key = id.clone();
         let record = self
-            .change_instance(caller, id, move |i| {
-                let mut in_use = granted.clone();
-                in_use.extend(i.shared_with.iter().map(ToString::to_string));
-                i.update_quotas(change, in_use.len())
+            .commit_with_grants(&id, None, move |tx, granted| {
+                let old = index::get_instance(tx, &key)?
+                    .ok_or(Abort::User(DomainError::InstanceNotFound))?;
+                let mut new = old.clone();
+                let in_use = new.accounts_in_use(&granted.accounts);
+                index::user(new.update_quotas(change, in_use))?;
+                if new != old {
+                    index::put_instance(tx, Some(&old), &new)?;
+                }
+                Ok((new, Vec::new()))
             })
             .await?;
         tracing::info!(kms_instance_id = %record.id, key_quota = record.key_quota, access_management_quota = record.access_management_quota, "kms instance quotas updated");

@@ -1,13 +1,14 @@
 //! Keys: creation (default keys and keys in instances), description, listing, and the
 //! lifecycle operations that change one key's state or settings.
 
-use kms_store::{Abort, Store};
+use kms_store::{Abort, Store, Txn};
 use kms_types::{
     DomainError, KeyBirth, KeyHome, KeyId, KeyQuery, KeyRecord, KeyRef, KeyVersionId,
     KeyVersionRecord, NewKey, Page, Principal, policy,
 };
 
 use super::Registry;
+use super::access::{self, Grants};
 use crate::index;
 use crate::schema;
 use kms_types::authz::{Rpc, Touch};
@@ -47,10 +48,8 @@ impl<S: Store> Registry<S> {
             i.check_room_for_key()?;
             if let Some(doc) = &req.policy {
                 let (i, account, doc) = (i.clone(), account.clone(), doc.clone());
-                self.read(move |store| {
-                    super::access::check_quota(store, &i, None, &account, Some(&doc))
-                })
-                .await?;
+                self.read(move |store| super::access::check_early(store, &i, &account, Some(&doc)))
+                    .await?;
             }
         }
         {
@@ -100,16 +99,31 @@ impl<S: Store> Registry<S> {
         };
         let record = KeyRecord::new_key(req, plan, birth, first);
         let stored = record.clone();
-        self.commit(move |tx| {
+        // The instance's quotas are decided in the transaction that writes: its key count in
+        // `put_key`, and the other accounts a policy grants here.
+        let put = move |tx: &mut dyn Txn, granted: Option<&Grants>| {
             if let Some(id) = &stored.instance {
-                index::get_instance(tx, id)?
+                let instance = index::get_instance(tx, id)?
                     .filter(|i| i.is_visible_to(&stored.account))
                     .ok_or(Abort::User(DomainError::InstanceNotFound))?;
+                if let Some(granted) = granted {
+                    let policy = stored.policy.as_deref();
+                    access::check_in(
+                        &instance,
+                        &granted.with_policy(&instance, &stored.account, policy),
+                    )?;
+                }
             }
             let event = index::put_key(tx, None, &stored)?;
             Ok(((), vec![event]))
-        })
-        .await?;
+        };
+        match (&record.instance, &record.policy) {
+            (Some(instance), Some(_)) => {
+                self.commit_with_grants(instance, None, move |tx, granted| put(tx, Some(granted)))
+                    .await?
+            }
+            _ => self.commit(move |tx| put(tx, None)).await?,
+        }
         tracing::info!(key_id = %record.id, account = %record.account, instance = ?record.instance.as_ref().map(|i| i.to_string()), spec = %record.spec, "key created");
         Ok(record)
     }
@@ -361,17 +375,32 @@ impl<S: Store> Registry<S> {
         policy::validate_document(&document)?;
         let action = Rpc::SetKeyPolicy.action(Touch::Key);
         let record = self.resolve(caller, key_ref, action).await?;
-        if let Some(instance_id) = record.instance.clone() {
-            let (doc, id, account) = (document.clone(), record.id.clone(), record.account.clone());
-            self.read(move |store| {
-                let instance = index::load_instance(store, &instance_id)?
-                    .ok_or(DomainError::InstanceNotFound)?;
-                super::access::check_quota(store, &instance, Some(&id), &account, Some(&doc))
-            })
-            .await?;
-        }
-        self.mutate_id(caller, record.id, action, move |k| k.set_policy(&document))
-            .await
+        let Some(instance_id) = record.instance.clone() else {
+            return self
+                .mutate_id(caller, record.id, action, move |k| k.set_policy(&document))
+                .await;
+        };
+        // In an instance, the accounts the document grants count against its quota, decided
+        // in the transaction that writes it.
+        let (caller, id, instance) = (caller.clone(), record.id.clone(), instance_id.clone());
+        self.commit_with_grants(&instance, Some(&record.id), move |tx, granted| {
+            let old = index::get_key(tx, &id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
+            super::authorize_in(tx, &caller, &old, action)?;
+            let instance = index::get_instance(tx, &instance_id)?
+                .ok_or(Abort::User(DomainError::InstanceNotFound))?;
+            access::check_in(
+                &instance,
+                &granted.with_policy(&instance, &old.account, Some(&document)),
+            )?;
+            let mut new = old.clone();
+            index::user(new.set_policy(&document))?;
+            if new == old {
+                return Ok((new, Vec::new()));
+            }
+            let event = index::put_key(tx, Some(&old), &new)?;
+            Ok((new, vec![event]))
+        })
+        .await
     }
 
     /// `GetKeyPolicy`: the stored document, or the default policy's.

@@ -1012,3 +1012,208 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
     reset().await;
     registry.disable_key(&user, id_ref(&key)).await.unwrap();
 }
+
+/// A policy document granting `account`'s principals `kms:Encrypt`.
+fn granting(account: &str) -> String {
+    format!(
+        r#"{{"Version":"1","Statement":[{{"Effect":"Allow","Principal":{{"RAM":["acs:ram::{account}:*"]}},"Action":["kms:Encrypt"],"Resource":["*"]}}]}}"#
+    )
+}
+
+impl World {
+    /// Arms the store: just before the next transaction, someone else commits `policy` on
+    /// `key`, as another replica (or a concurrent call) would between a call's checks and its
+    /// write.
+    fn grant_before_next_write(&self, key: &kms_types::KeyRecord, policy: String) {
+        let id = key.id.clone();
+        *self.store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
+            inner
+                .transaction::<_, DomainError>(|tx| {
+                    let old = index::get_key(tx, &id)?.unwrap();
+                    let mut new = old.clone();
+                    index::user(new.set_policy(&policy))?;
+                    index::put_key(tx, Some(&old), &new)?;
+                    Ok(())
+                })
+                .unwrap();
+        }));
+    }
+
+    /// The other accounts the instance's key policies and shares use now.
+    fn accounts_in_use(
+        &self,
+        instance: &kms_types::InstanceId,
+    ) -> std::collections::BTreeSet<String> {
+        let record = index::load_instance(self.store.as_ref(), instance)
+            .unwrap()
+            .unwrap();
+        let mut in_use = super::access::policy_grants(self.store.as_ref(), &record, None).unwrap();
+        in_use.extend(record.shared_with.iter().map(ToString::to_string));
+        in_use
+    }
+}
+
+/// The access-management quota is decided in the transaction that writes: a grant committed
+/// by someone else after a call read the instance's grants, and before its write, is counted.
+#[tokio::test]
+async fn the_access_quota_holds_against_grants_made_in_between() {
+    let w = world();
+    // Room for one other account.
+    let inst = w.instance(InstanceType::Software, 10).await;
+    let first = w.key(in_instance(&inst)).await;
+    let second = w.key(in_instance(&inst)).await;
+    let limit = |r: Result<kms_types::KeyRecord, DomainError>| {
+        assert!(matches!(r, Err(DomainError::LimitExceeded(_))), "{r:?}");
+    };
+
+    // SetKeyPolicy on one key while another key's policy takes the last place.
+    w.grant_before_next_write(&first, granting("200"));
+    limit(
+        w.registry
+            .set_key_policy(&alice(), id_ref(&second), granting("300"))
+            .await,
+    );
+    assert_eq!(w.accounts_in_use(&inst.id), ["200".to_string()].into());
+
+    // CreateKey with a policy, likewise, from an instance whose policies grant no one.
+    w.registry
+        .set_key_policy(&alice(), id_ref(&first), granting("42"))
+        .await
+        .unwrap();
+    assert!(w.accounts_in_use(&inst.id).is_empty());
+    w.grant_before_next_write(&first, granting("201"));
+    limit(
+        w.registry
+            .create_key(
+                &alice(),
+                NewKey {
+                    policy: Some(granting("301")),
+                    ..in_instance(&inst)
+                },
+            )
+            .await,
+    );
+    assert_eq!(w.accounts_in_use(&inst.id), ["201".to_string()].into());
+
+    // Sharing counts the accounts policies grant, and the one granted in between.
+    w.grant_before_next_write(&first, granting("202"));
+    let shared = w
+        .registry
+        .share_instance(
+            &operator(),
+            inst.id.clone(),
+            AccountId::parse("302").unwrap(),
+        )
+        .await;
+    assert!(
+        matches!(shared, Err(DomainError::LimitExceeded(_))),
+        "{shared:?}"
+    );
+    // An account a policy grants already takes no second place.
+    w.registry
+        .share_instance(
+            &operator(),
+            inst.id.clone(),
+            AccountId::parse("202").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.accounts_in_use(&inst.id), ["202".to_string()].into());
+
+    // Lowering the quota counts a grant made in between.
+    w.registry
+        .update_instance(
+            &operator(),
+            inst.id.clone(),
+            kms_types::QuotaChange {
+                key_quota: None,
+                access_management_quota: Some(2),
+            },
+        )
+        .await
+        .unwrap();
+    w.registry
+        .set_key_policy(&alice(), id_ref(&second), granting("303"))
+        .await
+        .unwrap();
+    w.grant_before_next_write(&first, granting("203"));
+    let lowered = w
+        .registry
+        .update_instance(
+            &operator(),
+            inst.id.clone(),
+            kms_types::QuotaChange {
+                key_quota: None,
+                access_management_quota: Some(2),
+            },
+        )
+        .await;
+    // {202 shared, 303, 203} is three accounts: the quota of 2 no longer holds them. (The
+    // grant in between went past the quota itself: it was written directly, as a replica
+    // without the check would.)
+    assert_eq!(
+        lowered.err().map(|e| e.reason_code()).as_deref(),
+        Some("InvalidParameter.AccessManagementQuota")
+    );
+}
+
+/// The key quota and alias uniqueness are decided in the transaction that writes, too.
+#[tokio::test]
+async fn the_key_quota_and_alias_uniqueness_hold_against_writes_made_in_between() {
+    let w = world();
+    let inst = w.instance(InstanceType::Software, 2).await;
+    let first = w.key(in_instance(&inst)).await;
+    // Someone else takes the last place in the instance just before our write.
+    let template = first.clone();
+    let instance = inst.id.clone();
+    *w.store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
+        inner
+            .transaction::<_, DomainError>(|tx| {
+                let mut other = template.clone();
+                other.id = kms_types::KeyId::generate();
+                other.primary_version = kms_types::KeyVersionId::generate();
+                other.versions.clear();
+                other.instance = Some(instance.clone());
+                index::put_key(tx, None, &other)?;
+                Ok(())
+            })
+            .unwrap();
+    }));
+    let full = w.registry.create_key(&alice(), in_instance(&inst)).await;
+    assert!(
+        matches!(full, Err(DomainError::LimitExceeded(_))),
+        "{full:?}"
+    );
+    let record = index::load_instance(w.store.as_ref(), &inst.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.key_count, 2);
+
+    // An alias taken just before our write.
+    let other = w.key(NewKey::default()).await;
+    let taker = first.clone();
+    *w.store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
+        inner
+            .transaction::<_, DomainError>(|tx| {
+                let old = index::get_key(tx, &taker.id)?.unwrap();
+                let mut new = old.clone();
+                index::user(new.add_alias("alias/race"))?;
+                index::put_key(tx, Some(&old), &new)?;
+                Ok(())
+            })
+            .unwrap();
+    }));
+    assert_eq!(
+        w.registry
+            .create_alias(&alice(), "alias/race".into(), id_ref(&other))
+            .await
+            .err(),
+        Some(DomainError::AliasExists)
+    );
+    let now = w
+        .registry
+        .describe_key(&alice(), id_ref(&other))
+        .await
+        .unwrap();
+    assert!(now.aliases.is_empty());
+}
