@@ -55,6 +55,7 @@ fn code_of(err: &DomainError) -> Code {
 /// errors (`kms_types::error::REASON_CODES`); `tests/tests/api_reference.rs` checks it against
 /// every `edge_status` call.
 pub const EDGE_REASON_CODES: &[&str] = &[
+    "InvalidParameter.Request",
     "Rejected.DeadlineExceeded",
     "Rejected.RequestBodyTimeout",
     "Rejected.RequestTooLarge",
@@ -84,7 +85,7 @@ pub fn framework_refusal(status: &Status) -> Option<Status> {
     }
     Some(edge_status(
         Code::InvalidArgument,
-        MALFORMED_REQUEST,
+        "InvalidParameter.Request",
         &format!(
             "the request is not a valid protobuf encoding of the method's request message ({})",
             status.message()

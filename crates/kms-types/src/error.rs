@@ -217,6 +217,7 @@ pub const REASON_CODES: &[&str] = &[
     "InvalidParameter.Tags",
     "InvalidParameter.Time",
     "InvalidParameter.Value",
+    "InvalidParameter.WrappedPrivateKey",
     "InvalidParameter.WrappingAlgorithm",
     "InvalidParameter.WrappingKeySpec",
     "Rejected.Disabled",
