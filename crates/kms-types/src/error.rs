@@ -302,14 +302,11 @@ impl DomainError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::import::ImportRejection;
-
-    /// One error of every kind whose reason does not name a request field: every variant but
-    /// `InvalidParameter`, every key state, every import rejection.
-    fn one_of_each() -> Vec<DomainError> {
+impl DomainError {
+    /// One error of every kind whose reason names no request field: every variant but
+    /// `InvalidParameter`, every key state, every import rejection. For the checks that must
+    /// see every reason the service can give (the reason list, the API reference).
+    pub fn examples() -> Vec<DomainError> {
         let mut out = vec![
             DomainError::InvalidCiphertext,
             DomainError::KeyNotFound,
@@ -346,9 +343,14 @@ mod tests {
         );
         out
     }
+}
 
-    /// A new variant (or import rejection) does not compile here until `one_of_each` is
-    /// taught it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new variant (or import rejection) does not compile here until
+    /// [`DomainError::examples`] has it.
     fn taught(e: &DomainError) -> bool {
         match e {
             DomainError::InvalidParameter { .. } => false,
@@ -390,7 +392,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_error_has_its_reason_in_the_list() {
-        for e in one_of_each() {
+        for e in DomainError::examples() {
             assert!(taught(&e), "{e:?}");
             let reason = e.reason_code();
             assert!(
@@ -402,7 +404,10 @@ mod tests {
 
     #[test]
     fn every_listed_reason_is_made_by_an_error() {
-        let made: Vec<String> = one_of_each().iter().map(DomainError::reason_code).collect();
+        let made: Vec<String> = DomainError::examples()
+            .iter()
+            .map(DomainError::reason_code)
+            .collect();
         for reason in REASON_CODES {
             if let Some(field) = reason.strip_prefix("InvalidParameter.")
                 && !made.iter().any(|m| m == reason)
