@@ -460,7 +460,9 @@ where
         let started = Instant::now();
         let action = path.trim_start_matches('/');
         let action = action[..action.len().min(MAX_ACTION)].to_string();
-        let method = action.clone();
+        // Only methods the service has become a metric label: a caller chooses the path.
+        let method = kms_types::authz::Rpc::from_path(path)
+            .map_or("unknown", |rpc| rpc.path().trim_start_matches('/'));
         let class = classify(path);
         let request_id = request_id(req.headers());
         let internal = path.starts_with(INTERNAL_PREFIX);
@@ -526,7 +528,7 @@ where
                         // Counted into the peer's summary line instead of a line of its own.
                         pending.event.take();
                         metrics::EDGE.call(
-                            &method,
+                            method,
                             code_name(status.code()),
                             reason_of(&status).unwrap_or_default(),
                             started.elapsed(),
@@ -610,7 +612,7 @@ where
             }
             let answered = Status::from_header_map(response.headers());
             metrics::EDGE.call(
-                &method,
+                method,
                 code_name(answered.as_ref().map_or(Code::Ok, Status::code)),
                 answered.as_ref().and_then(reason_of).unwrap_or_default(),
                 started.elapsed(),
@@ -1086,6 +1088,30 @@ mod tests {
         )
         .await;
         assert_eq!(code(&resp), Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn paths_the_service_does_not_serve_are_one_metric_label() {
+        let f = fixture(true, None, 10_000);
+        let seen: Seen = Arc::default();
+        let mut svc = f.layer.layer(routes(Arc::clone(&seen)));
+        for path in [
+            "/kms.v1.Nope/Chosen-By-The-Caller-1",
+            "/x/Chosen-By-The-Caller-2",
+        ] {
+            let req = request(
+                path,
+                "127.0.0.1",
+                &[(DEV_PRINCIPAL_HEADER, "acs:ram::1:user/a")],
+            );
+            call(&mut svc, req).await;
+        }
+        let text = crate::metrics::encode();
+        assert!(!text.contains("Chosen-By-The-Caller"), "{text}");
+        assert!(
+            text.contains(r#"kms_requests_total{method="unknown""#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -110,8 +110,8 @@ pub fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
 /// Labels of a finished call.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    /// `package.Service/Method`.
-    pub method: String,
+    /// `package.Service/Method`, or `unknown` for a path the service does not serve.
+    pub method: &'static str,
     /// The gRPC code name.
     pub code: &'static str,
     /// The reason code of a refusal; empty on success and for errors without one.
@@ -121,8 +121,8 @@ pub struct CallLabels {
 /// The method of a call.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
-    /// `package.Service/Method`.
-    pub method: String,
+    /// `package.Service/Method`, or `unknown`.
+    pub method: &'static str,
 }
 
 /// A rate-limit class (`symmetric`, `read`, …, `unauthenticated`).
@@ -142,18 +142,22 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     /// Counts a finished call and its latency.
-    pub fn call(&self, method: &str, code: &'static str, reason: String, elapsed: Duration) {
+    pub fn call(
+        &self,
+        method: &'static str,
+        code: &'static str,
+        reason: String,
+        elapsed: Duration,
+    ) {
         self.requests
             .get_or_create(&CallLabels {
-                method: method.to_string(),
+                method,
                 code,
                 reason,
             })
             .inc();
         self.latency
-            .get_or_create(&MethodLabel {
-                method: method.to_string(),
-            })
+            .get_or_create(&MethodLabel { method })
             .observe(elapsed.as_secs_f64());
     }
 
