@@ -79,6 +79,6 @@ pub(super) fn launch(
         addr: client,
         // etcd 3.4 on 64-bit Linux needs no variables; its default quota suits development.
         env: Vec::new(),
-        health,
+        health: Health::Grpc(Box::new(health)),
     })
 }

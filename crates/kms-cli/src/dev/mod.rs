@@ -444,7 +444,7 @@ fn plan(
         args: vec!["--config".into(), layout.data_toml.clone().into()],
         addr: args.data_addr,
         env: vec![("SOFTHSM2_CONF", layout.softhsm_conf.clone().into())],
-        health: health_endpoint(args.data_addr, tls)?,
+        health: Health::Grpc(Box::new(health_endpoint(args.data_addr, tls)?)),
     }];
     for (replica, addr) in controls.iter().enumerate() {
         launches.push(Launch {
@@ -453,7 +453,7 @@ fn plan(
             args: vec!["--config".into(), layout.control_toml_of(replica).into()],
             addr: *addr,
             env: Vec::new(),
-            health: health_endpoint(*addr, tls)?,
+            health: Health::Grpc(Box::new(health_endpoint(*addr, tls)?)),
         });
     }
     let etcd = match args.store {
@@ -696,6 +696,24 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => eprintln!("warning: cannot set up the dev KMS instances: {e:#}"),
     }
+    // The servers that are only gRPC clients of the planes start once the planes are ready;
+    // each component adds its launch and its dev.json entries here.
+    let first_client = planes.len();
+    for launch in client_launches(&args, &layout, &mut info).await? {
+        match Plane::start(launch, &layout).await {
+            Ok(p) => planes.insert(0, p),
+            Err(e) => {
+                stop_all(&mut planes).await;
+                return Err(e);
+            }
+        }
+    }
+    // Clients are inserted at the front, so they stop first.
+    for target in 0..planes.len() - first_client {
+        if let Some(code) = ready_or_stop(&mut planes, target, deadline, &mut signals).await {
+            return Ok(code);
+        }
+    }
     write_file(
         &layout.dev_json,
         &format!("{}\n", serde_json::to_string_pretty(&info)?),
@@ -732,6 +750,15 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     stop_all(&mut planes).await;
     println!("stopped");
     Ok(code)
+}
+
+/// The client servers to start after the planes, each adding what it serves to `info`.
+async fn client_launches(
+    _args: &UpArgs,
+    _layout: &Layout,
+    _info: &mut DevInfo,
+) -> anyhow::Result<Vec<Launch>> {
+    Ok(Vec::new())
 }
 
 fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {

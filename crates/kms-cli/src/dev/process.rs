@@ -75,8 +75,50 @@ pub(super) struct Launch {
     pub(super) addr: SocketAddr,
     /// Variables set for it (the rest of the environment is inherited, less kmsctl's own).
     pub(super) env: Vec<(&'static str, std::ffi::OsString)>,
-    /// Where its `grpc.health.v1` check answers.
-    pub(super) health: tonic::transport::Endpoint,
+    /// How to tell it is ready.
+    pub(super) health: Health,
+}
+
+/// A component's readiness check.
+#[derive(Debug, Clone)]
+pub(super) enum Health {
+    /// A `grpc.health.v1` check answering SERVING for `""` (the planes, etcd).
+    Grpc(Box<tonic::transport::Endpoint>),
+    /// `GET /healthz` over plain HTTP/1.1 answering 200 (the HTTP servers: console, gateway).
+    #[expect(dead_code, reason = "the first HTTP component removes this")]
+    Http(SocketAddr),
+}
+
+impl Health {
+    async fn check(&self) -> Result<(), String> {
+        match self {
+            Health::Grpc(endpoint) => health_check((**endpoint).clone()).await,
+            Health::Http(addr) => http_health_check(*addr).await,
+        }
+    }
+}
+
+/// One `GET /healthz`: `Ok` on a 200 answer.
+async fn http_health_check(addr: SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+        Err(_) => Err("no answer within 2 s".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 200") => Ok(()),
+        Ok(Ok(head)) => Err(format!(
+            "answered {}",
+            String::from_utf8_lossy(&head).trim()
+        )),
+    }
 }
 
 /// A started component.
@@ -246,7 +288,7 @@ pub(super) async fn wait_ready(
         if Instant::now() >= deadline {
             return Err(StartFailure::Timeout(target, last));
         }
-        match tokio::time::timeout_at(deadline, health_check(health.clone())).await {
+        match tokio::time::timeout_at(deadline, health.check()).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e,
             Err(_) => {}
