@@ -54,7 +54,8 @@ static DATA: LazyLock<DataMetrics> = LazyLock::new(|| {
 
 /// Runs `f`, an HSM call, in a `hsm` span and times it.
 pub fn hsm_call<T>(operation: &'static str, algorithm: &'static str, f: impl FnOnce() -> T) -> T {
-    let span = tracing::info_span!("hsm", operation, algorithm);
+    // Debug level, like the call's span: only traces (or a debug log) pay for it.
+    let span = tracing::debug_span!("hsm", operation, algorithm);
     let _entered = span.enter();
     let start = Instant::now();
     let out = f();

@@ -41,14 +41,15 @@
 //! holds the key answers them ([`AuditKey::first_mismatch`]). [`verify_keyed`] does all of it
 //! in one place.
 //!
-//! Durability: lines are written by one writer thread to a file opened with `O_APPEND`, in
-//! small batches (every line waiting when the thread wakes, at most [`MAX_BATCH`]): one
-//! `write` per batch, and [`AuditLog::append`] returns only after its line's batch is
-//! written, so a killed process loses no line of an answered call. `[audit] sync` decides
-//! when lines reach the disk ([`SyncMode`]): `interval` (default) leaves the `fdatasync` to a
-//! flusher thread, at least every `sync_interval_ms`, so a power loss loses at most that
-//! window and no call waits for the disk; `always` syncs each batch before its calls are
-//! answered. A failed write
+//! Durability: the file is opened with `O_APPEND` and [`AuditLog::append`] returns only after
+//! its line is written, so a killed process loses no line of an answered call. `[audit] sync`
+//! decides when lines reach the disk ([`SyncMode`]). In `interval` mode (the default) the
+//! caller seals and writes its line itself under the log's lock (a few microseconds: one HMAC,
+//! one JSON serialization, one `write` into the page cache, no thread hand-off), and a flusher
+//! thread `fdatasync`s at least every `sync_interval_ms`, so a power loss loses at most that
+//! window and no call waits for the disk. In `always` mode one writer thread writes and syncs
+//! in batches (every line waiting when it wakes, at most [`MAX_BATCH`]), so one `fdatasync`
+//! serves many calls, and each call is answered after its batch is synced. A failed write
 //! does not advance the chain; the caller decides (fail closed or log and continue).
 
 use std::fs::{File, OpenOptions};
@@ -426,30 +427,48 @@ impl Line {
         sha256(&[LINE_DOMAIN, text.as_bytes()])
     }
 
-    fn seal(event: &AuditEvent, seq: u64, prev_mac: &str, key: &AuditKey) -> Self {
-        let mut line = Line {
-            format: LINE_FORMAT,
-            seq,
-            time: humantime::format_rfc3339_millis(event.time).to_string(),
-            request_id: event.request_id.clone(),
-            principal: event.principal.clone(),
-            action: event.action.clone(),
-            key_id: event.key_id.clone(),
-            key_version_id: event.key_version_id.clone(),
-            previous_key_id: event.previous_key_id.clone(),
-            outcome: event.outcome,
-            status_code: code_name(event.status).to_string(),
-            trace_id: event.trace_id.clone(),
-            prev_mac: prev_mac.to_string(),
-            mac: String::new(),
-        };
-        line.mac = hex::encode(key.mac(&line.digest()));
-        line
-    }
-
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Appends the line recording `event` as line `seq` after `prev_mac`, with its newline, to
+/// `buf`, and returns its MAC. The canonical content is serialized once: the line is that
+/// JSON object with `mac` added as its last member, which is what [`Line`] writes (the
+/// verifier checks every line's canonical form).
+fn seal_into(
+    buf: &mut Vec<u8>,
+    event: &AuditEvent,
+    seq: u64,
+    prev_mac: &str,
+    key: &AuditKey,
+) -> String {
+    let time = humantime::format_rfc3339_millis(event.time).to_string();
+    let content = Content {
+        format: LINE_FORMAT,
+        seq,
+        time: &time,
+        request_id: &event.request_id,
+        principal: &event.principal,
+        action: &event.action,
+        key_id: &event.key_id,
+        key_version_id: &event.key_version_id,
+        previous_key_id: &event.previous_key_id,
+        outcome: event.outcome,
+        status_code: code_name(event.status),
+        trace_id: &event.trace_id,
+        prev_mac,
+    };
+    let start = buf.len();
+    // Serializing plain strings and numbers into JSON cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &content);
+    let mac = hex::encode(key.mac(&sha256(&[LINE_DOMAIN, &buf[start..]])));
+    // The object's closing brace, reopened for `mac`.
+    buf.pop();
+    buf.extend_from_slice(b",\"mac\":\"");
+    buf.extend_from_slice(mac.as_bytes());
+    buf.extend_from_slice(b"\"}\n");
+    mac
 }
 
 /// A line of format 1 (unkeyed), read only.
@@ -733,15 +752,17 @@ enum Job {
 
 #[derive(Debug)]
 struct Shared {
-    tx: mpsc::UnboundedSender<Job>,
+    writer: Arc<Mutex<Writer>>,
+    /// The writer thread's queue, in `always` mode; `interval` mode writes on the caller.
+    tx: Option<mpsc::UnboundedSender<Job>>,
     fail_closed: bool,
     checkpoint_interval: Duration,
     path: PathBuf,
     plane: Plane,
 }
 
-/// The open audit log; clones share one file and one writer thread, which stops when the last
-/// clone is dropped.
+/// The open audit log; clones share one file (and, in `always` mode, one writer thread, which
+/// stops when the last clone is dropped).
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -758,7 +779,8 @@ struct Head {
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) the log, resumes the chain from its last line (which must
-    /// verify under `chain.key` when it is keyed) and starts the writer thread.
+    /// verify under `chain.key` when it is keyed) and, in `always` mode, starts the writer
+    /// thread.
     pub fn open(config: &AuditConfig, chain: AuditChain) -> Result<Self, AuditError> {
         let path = config.path.clone();
         let open_err = |e: std::io::Error| AuditError::Open {
@@ -772,16 +794,31 @@ impl AuditLog {
             .open(&path)
             .map_err(open_err)?;
         let head = last_head(&path, &chain.key)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer_path = path.clone();
         let plane = chain.plane;
         let sync = Syncer::start(&file, config).map_err(open_err)?;
-        std::thread::Builder::new()
-            .name("kms-audit".into())
-            .spawn(move || write_loop(file, writer_path, chain, head, rx, sync))
-            .map_err(open_err)?;
+        let writer = Arc::new(Mutex::new(Writer {
+            file,
+            path: path.clone(),
+            chain,
+            head,
+            sync,
+            buf: Vec::new(),
+        }));
+        let tx = match config.sync {
+            SyncMode::Interval => None,
+            SyncMode::Always => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let writer = Arc::clone(&writer);
+                std::thread::Builder::new()
+                    .name("kms-audit".into())
+                    .spawn(move || write_loop(&writer, rx))
+                    .map_err(open_err)?;
+                Some(tx)
+            }
+        };
         Ok(Self {
             shared: Arc::new(Shared {
+                writer,
                 tx,
                 fail_closed: config.fail_closed,
                 checkpoint_interval: config.checkpoint_interval(),
@@ -811,45 +848,65 @@ impl AuditLog {
         self.shared.checkpoint_interval
     }
 
-    /// Appends a line and waits until it is on disk.
+    /// Appends a line and waits until it is written (and, in `always` mode, synced).
     pub async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(tx) = &self.shared.tx else {
+            return self.write_now(&event);
+        };
         let (done, wait) = oneshot::channel();
         metrics::AUDIT.queue.inc();
-        self.shared
-            .tx
-            .send(Job::Line {
-                event,
-                done: Some(done),
-            })
-            .map_err(|_| {
-                metrics::AUDIT.queue.dec();
-                AuditError::Stopped
-            })?;
+        tx.send(Job::Line {
+            event,
+            done: Some(done),
+        })
+        .map_err(|_| {
+            metrics::AUDIT.queue.dec();
+            AuditError::Stopped
+        })?;
         wait.await.map_err(|_| AuditError::Stopped)?
     }
 
-    /// Queues a line without waiting (for calls abandoned mid-way, where nobody is left to
-    /// wait); write errors are logged.
+    /// Writes a line on the calling thread (`interval` mode): a few microseconds under the
+    /// log's lock, the seal and one `write` into the page cache.
+    fn write_now(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let mut writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        writer.write(std::slice::from_ref(event))
+    }
+
+    /// Writes a line without waiting for it (for calls abandoned mid-way, where nobody is
+    /// left to wait); write errors are logged.
     pub fn append_detached(&self, event: AuditEvent) {
+        let Some(tx) = &self.shared.tx else {
+            // Written here already; the writer logged a failure.
+            let _ = self.write_now(&event);
+            return;
+        };
         // Counted before it is sent, so the writer never takes it off the count first.
         metrics::AUDIT.queue.inc();
-        if self
-            .shared
-            .tx
-            .send(Job::Line { event, done: None })
-            .is_err()
-        {
+        if tx.send(Job::Line { event, done: None }).is_err() {
             metrics::AUDIT.queue.dec();
             tracing::error!(path = %self.shared.path.display(), "audit log writer has stopped; a line is lost");
         }
     }
 
-    /// A signed checkpoint of the log as it stands once every line queued before this call is
-    /// written.
+    /// A signed checkpoint of the log as it stands once every line appended (or queued)
+    /// before this call is written.
     pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let Some(tx) = &self.shared.tx else {
+            let writer = self
+                .shared
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            return Ok(writer.checkpoint());
+        };
         let (done, wait) = oneshot::channel();
         metrics::AUDIT.queue.inc();
-        self.shared.tx.send(Job::Checkpoint(done)).map_err(|_| {
+        tx.send(Job::Checkpoint(done)).map_err(|_| {
             metrics::AUDIT.queue.dec();
             AuditError::Stopped
         })?;
@@ -857,14 +914,71 @@ impl AuditLog {
     }
 }
 
-fn write_loop(
-    mut file: File,
+/// The file and the chain's head, behind the log's lock.
+#[derive(Debug)]
+struct Writer {
+    file: File,
     path: PathBuf,
     chain: AuditChain,
-    mut head: Head,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    head: Head,
     sync: Syncer,
-) {
+    /// The batch being written, kept to reuse its allocation.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Seals `events` onto the chain and writes them with one `write` (synced first in
+    /// `always` mode). On failure the chain does not advance.
+    fn write(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let mut next = self.head.clone();
+        self.buf.clear();
+        for event in events {
+            next.seq += 1;
+            let mac = seal_into(&mut self.buf, event, next.seq, &next.mac, &self.chain.key);
+            if next.seq == 1 {
+                // A new file: its first line names the log.
+                next.log.clone_from(&mac);
+            }
+            next.mac = mac;
+        }
+        match self.sync.write(&mut self.file, &self.buf) {
+            Ok(()) => {
+                self.head = next;
+                Ok(())
+            }
+            Err(e) => {
+                metrics::AUDIT.failures.inc();
+                tracing::error!(error = %e, lines = events.len(), "audit write failed");
+                Err(AuditError::Write {
+                    path: self.path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::sign(
+            &self.chain.key,
+            self.chain.plane,
+            &self.head.log,
+            self.head.seq,
+            &self.head.mac,
+            SystemTime::now(),
+        )
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.sync.finish(&self.file);
+    }
+}
+
+/// The `always` mode's writer thread: writes and syncs what is queued in batches (every job
+/// waiting when it wakes, at most [`MAX_BATCH`]), so one fsync serves many calls.
+fn write_loop(writer: &Mutex<Writer>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut events = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -876,76 +990,49 @@ fn write_loop(
         metrics::AUDIT
             .queue
             .dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+        let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
         // Lines up to the first checkpoint request go out together; the checkpoint then sees
         // them written. Later jobs wait for the next round.
         let mut jobs = batch.into_iter().peekable();
         while jobs.peek().is_some() {
-            let mut lines = Vec::new();
-            let mut buf = String::new();
-            let mut next = head.clone();
+            let mut waiting = Vec::new();
             while let Some(Job::Line { .. }) = jobs.peek() {
                 let Some(Job::Line { event, done }) = jobs.next() else {
                     break;
                 };
-                next.seq += 1;
-                let line = Line::seal(&event, next.seq, &next.mac, &chain.key);
-                buf.push_str(&line.text());
-                buf.push('\n');
-                if next.seq == 1 {
-                    // A new file: its first line names the log.
-                    next.log = line.mac.clone();
-                }
-                next.mac = line.mac;
-                lines.push(done);
+                events.push(event);
+                waiting.push(done);
             }
-            if !lines.is_empty() {
-                let result = sync
-                    .write(&mut file, buf.as_bytes())
-                    .map_err(|e| AuditError::Write {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    });
-                match &result {
-                    Ok(()) => head = next,
-                    Err(e) => {
-                        metrics::AUDIT.failures.inc();
-                        tracing::error!(error = %e, lines = lines.len(), "audit write failed");
-                    }
-                }
-                for done in lines.into_iter().flatten() {
+            if !events.is_empty() {
+                let result = writer.write(&events);
+                events.clear();
+                for done in waiting.into_iter().flatten() {
                     // The caller may have gone; its line is written either way.
                     let _ = done.send(result.clone());
                 }
             }
             if let Some(Job::Checkpoint(done)) = jobs.next_if(|j| matches!(j, Job::Checkpoint(_))) {
-                let cp = Checkpoint::sign(
-                    &chain.key,
-                    chain.plane,
-                    &head.log,
-                    head.seq,
-                    &head.mac,
-                    SystemTime::now(),
-                );
-                let _ = done.send(cp);
+                let _ = done.send(writer.checkpoint());
             }
         }
     }
-    sync.finish(&file);
 }
 
 /// Makes written lines durable as the [`SyncMode`] says: before each answer, or by a flusher
 /// thread at least every interval.
+#[derive(Debug)]
 struct Syncer {
     flusher: Option<Flusher>,
 }
 
 /// The interval mode's flusher thread and what it shares with the writer.
+#[derive(Debug)]
 struct Flusher {
     shared: Arc<FlushState>,
     thread: std::thread::JoinHandle<()>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct FlushState {
     /// Lines were written since the last fsync.
     dirty: std::sync::atomic::AtomicBool,
@@ -992,9 +1079,9 @@ impl Syncer {
         }
     }
 
-    /// Syncs what is left and stops the flusher.
-    fn finish(self, file: &File) {
-        if let Some(flusher) = self.flusher {
+    /// Stops the flusher and syncs what is left.
+    fn finish(&mut self, file: &File) {
+        if let Some(flusher) = self.flusher.take() {
             flusher
                 .shared
                 .stop

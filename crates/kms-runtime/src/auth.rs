@@ -476,7 +476,10 @@ where
         let note = AuditNote::new();
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let span = tracing::info_span!(
+        // At debug level: the log formats a span's fields when it is created, and at the usual
+        // info level no line inside a call reads them (the edge's own error lines name the
+        // request id). Traces get the span whatever the log level ([`telemetry::init`]).
+        let span = tracing::debug_span!(
             "rpc",
             otel.name = %action,
             otel.kind = "server",
@@ -546,6 +549,7 @@ where
                 {
                     tracing::warn!(
                         principal = %principal.arn(),
+                        %request_id,
                         ?source,
                         "internal service called without a client certificate; refused"
                     );
@@ -598,13 +602,13 @@ where
                 && let Err(err) = edge.audit.append(event).await
             {
                 if edge.audit.fail_closed() {
-                    tracing::error!(error = %err, "audit log write failed; refusing the call");
+                    tracing::error!(error = %err, %request_id, "audit log write failed; refusing the call");
                     response = to_status(DomainError::Unavailable(
                         "the audit log cannot be written".into(),
                     ))
                     .into_http();
                 } else {
-                    tracing::error!(error = %err, "audit log write failed; answering anyway (audit.fail_closed = false)");
+                    tracing::error!(error = %err, %request_id, "audit log write failed; answering anyway (audit.fail_closed = false)");
                 }
             }
             if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -10,6 +10,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -130,6 +131,9 @@ impl Telemetry {
     }
 }
 
+/// The spans every call makes: the edge's (`rpc`) and each HSM call's (`hsm`).
+const CALL_SPANS: [&str; 2] = ["rpc", "hsm"];
+
 /// Installs the global subscriber: logs to stderr, and spans to the OTLP collector when
 /// `telemetry.otlp_endpoint` is set, as `service` (`kms-control`, `kms-data`). Call once,
 /// early in `main`, inside the runtime (the exporter runs on it).
@@ -156,11 +160,16 @@ pub fn init(
         Some(endpoint) => Some(provider(endpoint, telemetry, service)?),
         None => None,
     };
-    // Spans go to the collector at info whatever the log level, so a quiet log still traces.
+    // Spans go to the collector whatever the log level, so a quiet log still traces: events
+    // at info, and the call spans (`rpc`, `hsm`), which are debug-level so that a log at info
+    // does not pay for formatting their fields.
     let otel = provider.as_ref().map(|p| {
+        let call_spans = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && CALL_SPANS.contains(&meta.name())
+        });
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service))
-            .with_filter(EnvFilter::new("info,cryptoki=off"))
+            .with_filter(EnvFilter::new("info,cryptoki=off").or(call_spans))
     });
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
