@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kms_backend::KeyHandle;
+use kms_types::policy::{self, PolicyDocument};
 use kms_types::{DomainError, KeyEntry, KeyId, KeyVersionId, Principal};
 
 use crate::directory::{DirectoryClient, Lookup};
@@ -34,6 +35,8 @@ const STALE_FETCH_RETRIES: usize = 3;
 pub struct CachedKey {
     /// What the control plane said about the key.
     pub entry: KeyEntry,
+    /// Its policy, parsed once for this revision ([`policy::compile_stored`]).
+    pub policy: Option<PolicyDocument>,
     materials: Mutex<HashMap<KeyVersionId, KeyHandle>>,
 }
 
@@ -42,6 +45,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CachedKey {
+    fn new(entry: KeyEntry, materials: HashMap<KeyVersionId, KeyHandle>) -> Self {
+        Self {
+            policy: policy::compile_stored(entry.policy.as_deref()),
+            entry,
+            materials: Mutex::new(materials),
+        }
+    }
+
     /// Whether `version`'s material is loaded, so [`CachedKey::material`] returns at once.
     pub fn is_loaded(&self, version: &KeyVersionId) -> bool {
         lock(&self.materials).contains_key(version)
@@ -359,10 +370,7 @@ fn carry_over(state: &mut State, entry: KeyEntry) -> Arc<CachedKey> {
             }
         }
     }
-    let key = Arc::new(CachedKey {
-        entry,
-        materials: Mutex::new(kept),
-    });
+    let key = Arc::new(CachedKey::new(entry, kept));
     state.latest.insert(key.entry.id.clone(), Arc::clone(&key));
     key
 }
@@ -394,6 +402,7 @@ mod tests {
                 aliases: Vec::new(),
                 creator: String::new(),
             },
+            policy: None,
             materials: Mutex::new(HashMap::new()),
         })
     }

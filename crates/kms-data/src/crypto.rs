@@ -10,7 +10,7 @@ use kms_types::blob::{self, BlobKind, CiphertextBlob};
 use kms_types::crypto_rules::{self, AsymmetricUse};
 use kms_types::policy;
 use kms_types::{
-    Algorithm, DataKeySpec, DomainError, EncryptionContext, KeyEntry, KeySpec, KeyState, KeyUsage,
+    Algorithm, DataKeySpec, DomainError, EncryptionContext, KeySpec, KeyState, KeyUsage,
     KeyVersionId, Operation, Principal, UnixMillis,
 };
 
@@ -87,15 +87,16 @@ fn join_error(e: tokio::task::JoinError) -> DomainError {
     DomainError::Internal(format!("crypto task failed: {e}"))
 }
 
-/// The policy decision for `action` on a cached key.
-fn authorize(caller: &Principal, entry: &KeyEntry, action: &str) -> Result<(), DomainError> {
-    policy::decide_stored(
+/// The policy decision for `action` on a cached key, with its policy compiled once.
+fn authorize(caller: &Principal, key: &CachedKey, action: &str) -> Result<(), DomainError> {
+    let entry = &key.entry;
+    policy::decide(
         caller,
         policy::KeyOwnership {
             owner: &entry.account,
             instance_owner: entry.instance_owner.as_ref(),
         },
-        entry.policy.as_deref(),
+        key.policy.as_ref(),
         action,
     )
 }
@@ -108,8 +109,8 @@ fn check_symmetric_use(
     action: &str,
     op: Operation,
 ) -> Result<(), DomainError> {
+    authorize(caller, key, action)?;
     let entry = &key.entry;
-    authorize(caller, entry, action)?;
     op.check_state(entry.state)?;
     entry.check_material_live(wall_clock())?;
     if entry.usage != KeyUsage::EncryptDecrypt || !entry.spec.is_symmetric() {
@@ -720,8 +721,8 @@ impl CryptoEngine {
             None => None,
         };
         let key = self.cache.by_ref(key_id, caller).await?;
+        authorize(caller, &key, action)?;
         let entry = &key.entry;
-        authorize(caller, entry, action)?;
         op.check_state(entry.state)?;
         entry.check_material_live(wall_clock())?;
         if let Some((alg, use_)) = algorithm {

@@ -416,16 +416,19 @@ pub fn decide_stored(
     policy: Option<&str>,
     action: &str,
 ) -> Result<(), DomainError> {
-    match policy.map(PolicyDocument::parse) {
-        None => decide(principal, key, None, action),
-        Some(Ok(doc)) => decide(principal, key, Some(&doc), action),
-        Some(Err(_)) => decide(
-            principal,
-            key,
-            Some(&PolicyDocument { statements: vec![] }),
-            action,
-        ),
-    }
+    decide(principal, key, compile_stored(policy).as_ref(), action)
+}
+
+/// A key's stored policy as [`decide`] takes it: `None` for the default policy, the parsed
+/// document otherwise, and a document with no statements for a stored policy that no longer
+/// parses (which denies everyone but the owning account's root). Whoever keeps
+/// keys in memory compiles each key's policy once per revision instead of once per call.
+pub fn compile_stored(policy: Option<&str>) -> Option<PolicyDocument> {
+    policy.map(|text| {
+        PolicyDocument::parse(text).unwrap_or(PolicyDocument {
+            statements: Vec::new(),
+        })
+    })
 }
 
 /// The default-policy decision for a key owned by `owner`.
