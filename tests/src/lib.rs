@@ -71,6 +71,8 @@ pub struct Options {
     pub control_tables: String,
     /// Extra TOML tables at the end of the data plane's config.
     pub data_tables: String,
+    /// Extra TOML lines under `[audit]` on both planes (`sync = "always"`, ...).
+    pub audit: String,
 }
 
 /// The operator the control plane's config names: creates and shares KMS instances.
@@ -233,6 +235,7 @@ pub fn control_toml(
 ) -> String {
     let identity = identity_toml(root, options, "control", CONTROL_PRINCIPAL, DATA_PRINCIPAL);
     let extra_limits = &options.limits;
+    let extra_audit = &options.audit;
     let (store_top, store_tables) = store;
     format!(
         r#"listen_addr = "{listen}"
@@ -241,6 +244,7 @@ region = "local"
 operators = ["{OPERATOR}"]
 {identity}[audit]
 path = "{}"
+{extra_audit}
 [limits]
 {extra_limits}
 [limits.read]
@@ -277,6 +281,7 @@ pub fn data_toml(
     let identity = identity_toml(root, options, "data", DATA_PRINCIPAL, CONTROL_PRINCIPAL);
     let symmetric_rate = options.symmetric_rate.unwrap_or(1_000_000);
     let extra_limits = &options.limits;
+    let extra_audit = &options.audit;
     format!(
         r#"listen_addr = "{listen}"
 control_plane_url = "{control_urls}"
@@ -290,6 +295,7 @@ unwatched_ttl_ms = 200
 max_staleness_ms = 3000
 [audit]
 path = "{}"
+{extra_audit}
 [limits]
 {extra_limits}
 [limits.symmetric]

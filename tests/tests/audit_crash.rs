@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kms_e2e::{ACCOUNT, ALICE, OPERATOR, Stack, consistency};
+use kms_e2e::{ACCOUNT, ALICE, OPERATOR, Options, Stack, consistency};
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use kms_proto::kms::v1::*;
@@ -239,12 +239,29 @@ fn logged(stack: &Stack, plane: Plane) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answered_call_is_audited_across_sigkill_of_either_plane() {
+async fn every_answered_call_is_audited_across_sigkill_with_interval_sync() {
+    audited_across_sigkill("interval", DEFAULT_KILLS).await;
+}
+
+/// The `always` mode writes through another path (a writer thread, a sync per batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_call_is_audited_across_sigkill_with_always_sync() {
+    audited_across_sigkill("always", DEFAULT_KILLS / 2).await;
+}
+
+/// Kills the planes, audited with `[audit] sync = sync`, `kills` times (or
+/// `KMS_AUDIT_KILLS`), and checks every answered call's line.
+async fn audited_across_sigkill(sync: &str, kills: usize) {
     let kills = std::env::var("KMS_AUDIT_KILLS")
         .ok()
-        .map_or(DEFAULT_KILLS, |v| v.trim().parse().unwrap());
+        .map_or(kills, |v| v.trim().parse().unwrap());
     let began = Instant::now();
-    let mut stack = Stack::start().await.unwrap();
+    let mut stack = Stack::start_with(Options {
+        audit: format!("sync = \"{sync}\""),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let instance = stack
         .instances(Some(OPERATOR))
         .unwrap()
@@ -315,7 +332,7 @@ async fn every_answered_call_is_audited_across_sigkill_of_either_plane() {
             (Plane::Data, stack.restart_data().await.unwrap())
         };
         eprintln!(
-            "audit crash: kill {}/{kills} of the {} plane after {} answers; back in {} ms",
+            "audit crash ({sync}): kill {}/{kills} of the {} plane after {} answers; back in {} ms",
             round + 1,
             plane.name(),
             *progress.borrow(),

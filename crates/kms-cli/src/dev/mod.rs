@@ -1285,4 +1285,18 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_relative_bin_dir_is_made_absolute() {
+        let err = find_binaries(Some(Path::new("."))).unwrap_err().to_string();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            err.contains(&format!("not found in {}:", cwd.display())),
+            "{err}"
+        );
+        let err = find_binaries(Some(Path::new("no/such/dir")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--bin-dir no/such/dir"), "{err}");
+    }
 }

@@ -22,7 +22,9 @@ pub(super) const CLIENT_ENV: &[&str] = &[
 /// The `kms-control` and `kms-data` binaries.
 pub(super) fn find_binaries(bin_dir: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = match bin_dir {
-        Some(d) => d.to_path_buf(),
+        // Absolute, so the children find their binaries whatever their working directory.
+        Some(d) => std::fs::canonicalize(d)
+            .with_context(|| format!("--bin-dir {}: no such directory", d.display()))?,
         None => {
             let exe = std::env::current_exe().context("cannot locate the kmsctl executable")?;
             exe.parent()
