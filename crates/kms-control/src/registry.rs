@@ -241,6 +241,20 @@ impl<S: Store> Registry<S> {
             .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))?
     }
 
+    /// Runs a store read of a few keys: in place when the engine's reads do not block
+    /// ([`Store::reads_block`]), where a hand-off to a blocking thread would cost more than
+    /// the read; off the async workers otherwise.
+    async fn read_point<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&S) -> Result<T, DomainError> + Send + 'static,
+    ) -> Result<T, DomainError> {
+        if self.store.reads_block() {
+            self.read(op).await
+        } else {
+            op(&self.store)
+        }
+    }
+
     /// The key `key_ref` names, if `caller` may perform `action` on it under the key's
     /// policy (the default one, or its stored document). For reads; a write decides again
     /// inside its transaction ([`authorize_in`]).
@@ -253,7 +267,7 @@ impl<S: Store> Registry<S> {
         let region = self.region.clone();
         let account = caller.account().clone();
         let (record, instance_owner) = self
-            .read(move |store| {
+            .read_point(move |store| {
                 let record = load_ref(store, &region, &account, key_ref)?;
                 let instance_owner = match &record.instance {
                     Some(id) => index::load_instance(store, id)?.map(|i| i.owner),

@@ -109,6 +109,14 @@ pub trait Store: Send + Sync + 'static {
     /// revision is compacted away before the last page (take the snapshot again).
     fn snapshot(&self) -> Result<Snapshot<'_>, StoreError>;
 
+    /// Whether a read outside a transaction ([`Store::get`], [`Store::scan_prefix`]) may wait
+    /// on something slower than local memory and disk, such as the network. Async callers run
+    /// such reads on a blocking thread and may run the others in place, where a thread
+    /// hand-off would cost more than the read. The default, `true`, is the safe answer.
+    fn reads_block(&self) -> bool {
+        true
+    }
+
     /// Runs `f` atomically and serializably against the store, and commits its writes.
     ///
     /// - All writes made through the [`Txn`] commit together when `f` returns `Ok`, or none do.

@@ -46,6 +46,11 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl Store for MemoryStore {
+    /// Reads come from memory, or the local disk at worst.
+    fn reads_block(&self) -> bool {
+        false
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().get(key).cloned())
     }

@@ -77,6 +77,11 @@ enum Exit<E> {
 }
 
 impl Store for SledStore {
+    /// Reads come from memory, or the local disk at worst.
+    fn reads_block(&self) -> bool {
+        false
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let value = self.db.get(key).map_err(to_store_error)?;
         Ok(value.map(|v| v.to_vec()))
