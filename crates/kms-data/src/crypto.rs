@@ -362,10 +362,17 @@ impl CryptoEngine {
         if dry_run {
             return Err(DomainError::DryRunOperation);
         }
-        let vault = Arc::clone(&self.vault);
-        let plaintext = kms_runtime::telemetry::spawn_blocking(move || vault.random(len))
-            .await
-            .map_err(join_error)??;
+        // A data key comes from the generator of its key's protection domain: the HSM's for
+        // hardware-protected keys (a PKCS#11 call, off the workers), the operating system's
+        // for software-protected keys (in place).
+        let plaintext = if key.entry.protection == kms_types::ProtectionLevel::Software {
+            self.vault.random_soft(len)?
+        } else {
+            let vault = Arc::clone(&self.vault);
+            kms_runtime::telemetry::spawn_blocking(move || vault.random(len))
+                .await
+                .map_err(join_error)??
+        };
         let sealed = self
             .seal_with_primary(key, plaintext.clone(), context, BlobKind::DataKey)
             .await?;

@@ -154,6 +154,17 @@ impl KeyVault {
         Ok(out)
     }
 
+    /// `n` random bytes from the operating system's generator (through ring), for data keys
+    /// under software-protected keys: as strong as the HSM's for those keys, whose own
+    /// material lives in this process, and drawn in place without a PKCS#11 call.
+    pub fn random_soft(&self, n: usize) -> Result<SecretBytes, DomainError> {
+        let mut out = SecretBytes::new(vec![0u8; n]);
+        self.soft
+            .fill_random(out.expose_mut())
+            .map_err(backend_error)?;
+        Ok(out)
+    }
+
     /// A fresh GCM nonce.
     pub fn fresh_iv(&self) -> Result<[u8; GCM_IV_LEN], DomainError> {
         let mut iv = [0u8; GCM_IV_LEN];
