@@ -69,6 +69,8 @@ pub struct Registry<S: Store> {
     replica: String,
     /// How long the scheduler claim lasts without renewal.
     lease: Duration,
+    /// Writers waiting for their commits to reach the disk share flushes.
+    flusher: Arc<kms_store::GroupFlush>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -119,6 +121,7 @@ impl<S: Store> Registry<S> {
             closing,
             replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
             lease: DEFAULT_LEASE,
+            flusher: Arc::new(kms_store::GroupFlush::new()),
         }
     }
 
@@ -181,17 +184,19 @@ impl<S: Store> Registry<S> {
     }
 
     /// Runs a blocking store operation off the async workers and flushes before returning, so
-    /// nothing is acknowledged before it is on disk; then wakes the `WatchKeys` streams if it
-    /// appended key events (they read them from the store).
+    /// nothing is acknowledged before it is on disk (concurrent writers share one flush:
+    /// [`kms_store::GroupFlush`]); then wakes the `WatchKeys` streams if it appended key
+    /// events (they read them from the store).
     async fn write<T: Send + 'static>(
         &self,
         op: impl FnOnce(&S) -> Result<(T, Vec<KeyEvent>), DomainError> + Send + 'static,
     ) -> Result<T, DomainError> {
         let store = Arc::clone(&self.store);
+        let flusher = Arc::clone(&self.flusher);
         let (out, events) = tokio::task::spawn_blocking(move || {
             let out = op(&store)?;
             let start = std::time::Instant::now();
-            store.flush().map_err(store_error)?;
+            flusher.flush(&*store).map_err(store_error)?;
             crate::metrics::CONTROL
                 .flush
                 .observe(start.elapsed().as_secs_f64());

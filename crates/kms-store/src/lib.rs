@@ -51,12 +51,14 @@ pub mod conformance;
 mod etcd_engine;
 #[cfg(feature = "testing")]
 pub mod etcd_testing;
+mod group_flush;
 mod memory;
 mod record;
 mod sled_engine;
 mod subscribers;
 
 pub use etcd_engine::{EtcdOptions, EtcdStore, EtcdTls};
+pub use group_flush::GroupFlush;
 pub use memory::MemoryStore;
 pub use record::{RECORD_HEADER_LEN, RECORD_MAGIC, decode_record, encode_record};
 pub use sled_engine::SledStore;
