@@ -149,8 +149,11 @@ impl GatewayConfig {
             ("control_plane_url", &self.control_plane_url),
             ("data_plane_url", &self.data_plane_url),
         ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("{name} {url:?} is not an http:// or https:// URL"));
+            if !url.starts_with("http://") {
+                return Err(format!(
+                    "{name} {url:?} is not an http:// URL: the gateway reaches the planes over \
+                     plain gRPC only (TLS towards the planes is not built yet)"
+                ));
             }
         }
         let service_principal =
