@@ -342,6 +342,123 @@ def scenario(mode):
     print(f"{mode}: errors (unknown key, wrong secret, no permission): ok")
 
 
+def more(mode):
+    """The remaining actions, once per SDK."""
+    root = client(mode, os.environ["KMS_AK_ID"], os.environ["KMS_AK_SECRET"])
+    call = root.call
+    instance = os.environ["KMS_INSTANCE_ID"]
+    meta = call("CreateKey", {"DKMSInstanceId": instance})["KeyMetadata"]
+    key_id = meta["KeyId"]
+
+    call("UpdateKeyDescription", {"KeyId": key_id, "Description": "changed"})
+    check(call("DescribeKey", {"KeyId": key_id})["KeyMetadata"]["Description"] == "changed", "description")
+    call("DisableKey", {"KeyId": key_id})
+    expect_error(lambda: call("Encrypt", {"KeyId": key_id, "Plaintext": b64(b"x")}), "Rejected.Disabled", 400)
+    call("EnableKey", {"KeyId": key_id})
+    call("Encrypt", {"KeyId": key_id, "Plaintext": b64(b"x")})
+
+    version = call("CreateKeyVersion", {"KeyId": key_id})["KeyVersion"]["KeyVersionId"]
+    versions = call("ListKeyVersions", {"KeyId": key_id, "PageSize": 10})
+    check(versions["TotalCount"] == 2, f"versions {versions}")
+    described = call("DescribeKeyVersion", {"KeyId": key_id, "KeyVersionId": version})["KeyVersion"]
+    check(described["KeyVersionId"] == version and described["CreationDate"], f"version {described}")
+
+    alias = f"alias/more-{mode.replace('-', '')}-{uuid.uuid4().hex[:8]}"
+    call("CreateAlias", {"AliasName": alias, "KeyId": key_id})
+    call("DeleteAlias", {"AliasName": alias})
+    check(call("ListAliasesByKeyId", {"KeyId": key_id})["Aliases"]["Alias"] == [], "alias deleted")
+
+    blob = call("GenerateDataKeyWithoutPlaintext", {"KeyId": key_id, "NumberOfBytes": 16})["CiphertextBlob"]
+    check(len(base64.b64decode(call("Decrypt", {"CiphertextBlob": blob})["Plaintext"])) == 16, "data key size")
+    password = call("GetRandomPassword", {"PasswordLength": 16})["RandomPassword"]
+    check(len(password) == 16, f"password {password!r}")
+    policy = json.loads(call("GetKeyPolicy", {"KeyId": key_id, "PolicyName": "default"})["Policy"])
+    check("Statement" in policy, f"policy {policy}")
+
+    call("SetDeletionProtection", {
+        "ProtectedResourceArn": meta["Arn"], "EnableDeletionProtection": True,
+        "DeletionProtectionDescription": "keep",
+    })
+    expect_error(lambda: call("ScheduleKeyDeletion", {"KeyId": key_id, "PendingWindowInDays": 7}),
+                 "Forbidden.DeletionProtection", 400)
+    call("SetDeletionProtection", {"ProtectedResourceArn": meta["Arn"], "EnableDeletionProtection": False})
+
+    call("TagResource", {"KeyId": key_id, "Tags": json.dumps([{"TagKey": "one", "TagValue": "1"}])})
+    call("UntagResource", {"KeyId": key_id, "TagKeys": json.dumps(["one"])})
+    check(call("ListResourceTags", {"KeyId": key_id})["Tags"]["Tag"] == [], "old tag API")
+
+    # RSA: encrypt here with the public key, decrypt in the service, and the other way round.
+    rsa_key = call("CreateKey", {"DKMSInstanceId": instance, "KeySpec": "RSA_2048", "KeyUsage": "ENCRYPT/DECRYPT"})["KeyMetadata"]
+    rsa_version = rsa_key["PrimaryKeyVersion"]
+    oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    pem = call("GetPublicKey", {"KeyId": rsa_key["KeyId"], "KeyVersionId": rsa_version})["PublicKey"]
+    sealed = serialization.load_pem_public_key(pem.encode()).encrypt(b"rsa secret", oaep)
+    opened = call("AsymmetricDecrypt", {
+        "KeyId": rsa_key["KeyId"], "KeyVersionId": rsa_version, "Algorithm": "RSAES_OAEP_SHA_256",
+        "CiphertextBlob": b64(sealed),
+    })
+    check(base64.b64decode(opened["Plaintext"]) == b"rsa secret", "AsymmetricDecrypt")
+    sealed = call("AsymmetricEncrypt", {
+        "KeyId": rsa_key["KeyId"], "KeyVersionId": rsa_version, "Algorithm": "RSAES_OAEP_SHA_256",
+        "Plaintext": b64(b"round"),
+    })["CiphertextBlob"]
+    opened = call("AsymmetricDecrypt", {
+        "KeyId": rsa_key["KeyId"], "KeyVersionId": rsa_version, "Algorithm": "RSAES_OAEP_SHA_256",
+        "CiphertextBlob": sealed,
+    })
+    check(base64.b64decode(opened["Plaintext"]) == b"round", "AsymmetricEncrypt")
+
+    # A data key exported to a caller's RSA key, twice: the same key both times.
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_der = mine.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    export = {"PublicKeyBlob": b64(public_der), "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"}
+    made = call("GenerateAndExportDataKey", dict(export, KeyId=key_id, KeySpec="AES_256"))
+    first = mine.decrypt(base64.b64decode(made["ExportedDataKey"]), oaep)
+    again = call("ExportDataKey", dict(export, CiphertextBlob=made["CiphertextBlob"]))
+    check(mine.decrypt(base64.b64decode(again["ExportedDataKey"]), oaep) == first and len(first) == 32, "export")
+
+    # Imported material deleted: the key waits for material again.
+    external = call("CreateKey", {"DKMSInstanceId": instance, "Origin": "EXTERNAL"})["KeyMetadata"]["KeyId"]
+    params = call("GetParametersForImport", {
+        "KeyId": external, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048",
+    })
+    wrapping = serialization.load_der_public_key(base64.b64decode(params["PublicKey"]))
+    call("ImportKeyMaterial", {
+        "KeyId": external, "ImportToken": params["ImportToken"],
+        "EncryptedKeyMaterial": b64(wrapping.encrypt(os.urandom(32), oaep)),
+    })
+    call("DeleteKeyMaterial", {"KeyId": external})
+    check(call("DescribeKey", {"KeyId": external})["KeyMetadata"]["KeyState"] == "PendingImport", "material deleted")
+
+    # An action the API does not have.
+    if mode == "core-rpc":
+        from aliyunsdkcore.request import CommonRequest
+        from aliyunsdkcore.acs_exception.exceptions import ServerException
+        request = CommonRequest(domain=ENDPOINT, version="2016-01-20", action_name="NoSuchAction")
+        request.set_protocol_type("http")
+        request.set_method("POST")
+        try:
+            root.client.do_action_with_exception(request)
+            raise AssertionError("an unknown action succeeded")
+        except ServerException as e:
+            check(e.get_error_code() == "InvalidAction.NotFound" and e.get_http_status() == 404, str(e))
+    else:
+        from alibabacloud_tea_openapi import utils_models
+        from darabonba.runtime import RuntimeOptions
+        params = utils_models.Params(
+            action="NoSuchAction", version="2016-01-20", protocol="HTTP", pathname="/", method="POST",
+            auth_type="AK", style="RPC", req_body_type="formData", body_type="json",
+        )
+        try:
+            root.client.call_api(params, utils_models.OpenApiRequest(query={}), RuntimeOptions())
+            raise AssertionError("an unknown action succeeded")
+        except Exception as e:
+            check(getattr(e, "code", None) == "InvalidAction.NotFound", f"unknown action: {e}")
+    print(f"{mode}: the remaining actions: ok")
+
+
 def replay_and_stale(mode):
     """A replayed nonce and a stale timestamp, by fixing what the SDK would make fresh."""
     ak, secret = os.environ["KMS_AK_ID"], os.environ["KMS_AK_SECRET"]
@@ -397,6 +514,8 @@ def main():
         for mode in MODES:
             scenario(mode)
             replay_and_stale(mode)
+        for mode in ["tea-acs3", "core-rpc"]:
+            more(mode)
     elif command == "https":
         https()
     else:
