@@ -394,3 +394,44 @@ async fn official_sdks_in_every_signature_mode() {
         "an AccessKey secret is stored in plaintext"
     );
 }
+
+/// `kmsctl access-key`: operators create (the secret shown once), list (never a secret),
+/// disable and delete pairs; anyone else is refused with the hint to call as an operator.
+#[tokio::test]
+async fn kmsctl_manages_access_keys() {
+    let mut stack = Stack::start().await.unwrap();
+    let kmsctl = kms_e2e::kmsctl::Kmsctl::new(&stack);
+    let made = kmsctl.json(
+        OPERATOR,
+        &["access-key", "create", "--principal-arn", ALICE],
+    );
+    let id = made["access_key_id"].as_str().unwrap().to_string();
+    let secret = made["access_key_secret"].as_str().unwrap();
+    assert!(id.starts_with("LTAI") && id.len() == 24, "{made}");
+    assert_eq!(secret.len(), 30, "{made}");
+    assert_eq!(made["principal"], ALICE);
+    assert_eq!(made["status"], "Enabled");
+
+    let listed = kmsctl.json(OPERATOR, &["access-key", "list"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["access_key_id"], id.as_str());
+    assert!(listed[0].get("access_key_secret").is_none(), "{listed:?}");
+    let text = kmsctl.ok(OPERATOR, &["access-key", "list"]);
+    assert!(text.contains(&id) && !text.contains(secret), "{text}");
+
+    let disabled = kmsctl.json(OPERATOR, &["access-key", "disable", &id]);
+    assert_eq!(disabled["status"], "Disabled", "{disabled}");
+    kmsctl.ok(OPERATOR, &["access-key", "delete", &id]);
+    let gone = kmsctl.fails(OPERATOR, &["access-key", "delete", &id]);
+    assert!(gone.contains("Forbidden.AccessKeyNotFound"), "{gone}");
+    let bad = kmsctl.fails(OPERATOR, &["access-key", "disable", "nope"]);
+    assert!(bad.contains("InvalidParameter.AccessKeyId"), "{bad}");
+
+    let refused = kmsctl.fails(ALICE, &["access-key", "create", "--principal-arn", ALICE]);
+    assert!(
+        refused.contains("Forbidden.NoPermission") && refused.contains("operator"),
+        "{refused}"
+    );
+    stack.stop().await.unwrap();
+}
