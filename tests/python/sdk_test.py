@@ -17,6 +17,8 @@ the environment:
   tea-acs4  the same with signature_version = "v4" (ACS4-HMAC-SHA256)
   core-rpc  aliyun-python-sdk-kms on aliyun-python-sdk-core (RPC HMAC-SHA1)
 
+`sdk_test.py scenario MODE` runs the scenario in one mode only.
+
 `sdk_test.py https` runs a short round trip in each mode of the newer SDK over HTTPS, trusting
 the certificate KMS_GATEWAY_CA names.
 
@@ -516,6 +518,8 @@ def main():
             replay_and_stale(mode)
         for mode in ["tea-acs3", "core-rpc"]:
             more(mode)
+    elif command == "scenario":
+        scenario(sys.argv[2])
     elif command == "https":
         https()
     else:

@@ -50,6 +50,19 @@ async fn start_gateway(
     name: &str,
     tls: Option<(&Path, &Path)>,
 ) -> Result<(Child, String)> {
+    start_gateway_with(stack, name, tls, "http", "x-kms-principal", "").await
+}
+
+/// [`start_gateway`] reaching the planes by `scheme` (`http`, `https`), naming callers in
+/// `header`, with `extra` TOML (tables) at the end of its config.
+async fn start_gateway_with(
+    stack: &Stack,
+    name: &str,
+    tls: Option<(&Path, &Path)>,
+    scheme: &str,
+    header: &str,
+    extra: &str,
+) -> Result<(Child, String)> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     let config = stack.dir().join(format!("{name}.toml"));
     let tls = tls.map_or(String::new(), |(cert, key)| {
@@ -62,8 +75,8 @@ async fn start_gateway(
     std::fs::write(
         &config,
         format!(
-            "listen_addr = \"{addr}\"\ncontrol_plane_url = \"http://{}\"\ndata_plane_url = \"http://{}\"\n\
-             [identity]\nservice_principal = \"{GATEWAY_PRINCIPAL}\"\n[log]\nlevel = \"info\"\n{tls}",
+            "listen_addr = \"{addr}\"\ncontrol_plane_url = \"{scheme}://{}\"\ndata_plane_url = \"{scheme}://{}\"\n\
+             [identity]\nservice_principal = \"{GATEWAY_PRINCIPAL}\"\nprincipal_header = \"{header}\"\n[log]\nlevel = \"info\"\n{tls}{extra}",
             stack.control_addr(),
             stack.data_addr()
         ),
@@ -433,5 +446,55 @@ async fn kmsctl_manages_access_keys() {
         refused.contains("Forbidden.NoPermission") && refused.contains("operator"),
         "{refused}"
     );
+    stack.stop().await.unwrap();
+}
+
+/// In production the planes serve TLS and believe the caller's principal only from a trusted
+/// sidecar: the gateway reaches them over TLS (checking their certificates, presenting none)
+/// with the caller in `x-forwarded-principal`, and its own principal the same way when it
+/// resolves pairs. A key policy that admits only the root then tells the root's pair from a
+/// user's, so the planes act as the pair's principal, not as the gateway.
+#[tokio::test]
+async fn through_tls_planes_as_a_trusted_sidecar() {
+    python().unwrap();
+    let mut stack = Stack::start_with(kms_e2e::Options {
+        mtls: true,
+        sidecar_peers: vec!["127.0.0.1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let instance = stack.software_instance(ACCOUNT, None).await.unwrap();
+    let tls = format!(
+        "[planes_tls]\nca_file = \"{}\"\nserver_name = \"localhost\"\n",
+        stack.certs_dir().join("ca.pem").display()
+    );
+    let (gateway, addr) = start_gateway_with(
+        &stack,
+        "kms-gateway-sidecar",
+        None,
+        "https",
+        "x-forwarded-principal",
+        &tls,
+    )
+    .await
+    .unwrap();
+    let (ak, secret) = access_key(&stack, ALICE).await;
+    let (user_ak, user_secret) = access_key(&stack, USER).await;
+    let envs = vec![
+        ("KMS_GATEWAY_ENDPOINT", addr.clone()),
+        ("KMS_AK_ID", ak),
+        ("KMS_AK_SECRET", secret),
+        ("KMS_USER_AK_ID", user_ak),
+        ("KMS_USER_AK_SECRET", user_secret),
+        ("KMS_INSTANCE_ID", instance),
+        ("KMS_ACCOUNT", ACCOUNT.to_string()),
+    ];
+    let out = run_python(&envs, &["scenario", "tea-acs3"]).await.unwrap();
+    assert!(
+        out.contains("tea-acs3: errors (unknown key, wrong secret, no permission): ok"),
+        "{out}"
+    );
+    drop(gateway);
     stack.stop().await.unwrap();
 }

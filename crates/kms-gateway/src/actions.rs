@@ -1298,6 +1298,7 @@ mod tests {
             "http://127.0.0.1:1",
             &http::HeaderName::from_static("x-kms-principal"),
             "acs:ram::1:root".into(),
+            None,
         )
         .unwrap();
         f(&Call {

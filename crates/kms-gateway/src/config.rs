@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     /// Serve HTTPS.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Reach the planes over TLS (their `https://` URLs).
+    #[serde(default)]
+    pub planes_tls: Option<PlanesTlsConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -87,6 +90,20 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// `[planes_tls]`: TLS towards the planes, checking their certificates; no client certificate
+/// (the planes would then take the gateway's certificate for every caller), so the planes must
+/// let certificate-less connections in (`require_client_cert = false`) and believe the
+/// gateway's header as a trusted sidecar's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanesTlsConfig {
+    /// CA bundle (PEM) the planes' certificates chain to.
+    pub ca_file: PathBuf,
+    /// The name the planes' certificates carry; default the host of each URL.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
 fn default_listen() -> String {
     "127.0.0.1:7703".into()
 }
@@ -136,6 +153,8 @@ pub struct GatewayParams {
     pub secret_ttl: Duration,
     /// HTTPS files.
     pub tls: Option<TlsConfig>,
+    /// TLS towards the planes.
+    pub planes_tls: Option<PlanesTlsConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Span export (off: the gateway's spans go to its log).
@@ -149,11 +168,20 @@ impl GatewayConfig {
             ("control_plane_url", &self.control_plane_url),
             ("data_plane_url", &self.data_plane_url),
         ] {
-            if !url.starts_with("http://") {
-                return Err(format!(
-                    "{name} {url:?} is not an http:// URL: the gateway reaches the planes over \
-                     plain gRPC only (TLS towards the planes is not built yet)"
-                ));
+            match (url.split_once("://").map(|(s, _)| s), &self.planes_tls) {
+                (Some("http"), None) | (Some("https"), Some(_)) => {}
+                (Some("https"), None) => {
+                    return Err(format!(
+                        "{name} {url:?} is https://: set [planes_tls] ca_file to check the \
+                         planes' certificates"
+                    ));
+                }
+                (Some("http"), Some(_)) => {
+                    return Err(format!(
+                        "{name} {url:?} is http:// while [planes_tls] is set: use https://"
+                    ));
+                }
+                _ => return Err(format!("{name} {url:?} is not an http:// or https:// URL")),
             }
         }
         let service_principal =
@@ -208,6 +236,7 @@ impl GatewayConfig {
             max_nonces: s.max_nonces,
             secret_ttl: Duration::from_millis(s.secret_cache_ms),
             tls: self.tls,
+            planes_tls: self.planes_tls,
             log: self.log,
             telemetry: TelemetryConfig::default(),
         })
@@ -289,6 +318,8 @@ service_principal = "acs:ram::1000000000000000:role/kms-gateway"
             "secret_cache_ms",
             "cert_file",
             "key_file",
+            "ca_file",
+            "server_name",
             "level",
             "format",
         ] {

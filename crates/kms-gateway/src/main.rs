@@ -37,11 +37,14 @@ async fn main() -> Result<()> {
     let _telemetry = kms_runtime::telemetry::init(&params.log, &params.telemetry, "kms-gateway")
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
+    // ring as rustls's provider, for HTTPS and for TLS towards the planes.
+    kms_runtime::tls::install_crypto_provider();
     let planes = planes::Planes::new(
         &params.control_plane_url,
         &params.data_plane_url,
         &params.principal_header,
         params.service_principal.arn().to_string(),
+        params.planes_tls.as_ref(),
     )
     .map_err(anyhow::Error::msg)?;
     let state = Arc::new(api::AppState {
@@ -85,7 +88,6 @@ fn host_id(params: &GatewayParams) -> String {
 }
 
 fn tls_acceptor(tls: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor> {
-    kms_runtime::tls::install_crypto_provider();
     let chain = CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("cannot read certificates from {}", tls.cert_file.display()))?;

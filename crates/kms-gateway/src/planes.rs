@@ -8,8 +8,10 @@ use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
 use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use std::time::Duration;
 use tonic::metadata::{MetadataKey, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
+
+use crate::config::PlanesTlsConfig;
 
 /// How long a plane call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,21 +26,38 @@ pub struct Planes {
 }
 
 impl Planes {
-    /// Channels to `control_url` and `data_url`, naming callers in `header`.
+    /// Channels to `control_url` and `data_url`, naming callers in `header`, over TLS
+    /// checked with `tls` when given.
     pub fn new(
         control_url: &str,
         data_url: &str,
         header: &http::HeaderName,
         service_principal: String,
+        tls: Option<&PlanesTlsConfig>,
     ) -> Result<Self, String> {
+        let ca = match tls {
+            Some(t) => Some(
+                std::fs::read(&t.ca_file)
+                    .map_err(|e| format!("planes_tls.ca_file {}: {e}", t.ca_file.display()))?,
+            ),
+            None => None,
+        };
         let endpoint = |url: &str| {
-            Endpoint::from_shared(url.to_string())
-                .map(|e| {
-                    e.connect_timeout(Duration::from_secs(5))
-                        .timeout(CALL_TIMEOUT)
-                        .connect_lazy()
-                })
-                .map_err(|e| format!("{url}: {e}"))
+            let mut e =
+                Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
+            if let (Some(ca), Some(t)) = (&ca, tls) {
+                let mut config =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.clone()));
+                if let Some(name) = &t.server_name {
+                    config = config.domain_name(name.clone());
+                }
+                e = e.tls_config(config).map_err(|e| format!("{url}: {e}"))?;
+            }
+            Ok::<_, String>(
+                e.connect_timeout(Duration::from_secs(5))
+                    .timeout(CALL_TIMEOUT)
+                    .connect_lazy(),
+            )
         };
         Ok(Self {
             control: endpoint(control_url)?,
