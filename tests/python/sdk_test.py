@@ -196,6 +196,11 @@ def scenario(mode):
         "PageSize": 100,
     })
     check(key_id not in [k["KeyId"] for k in ec_filtered["Keys"]["Key"]], "filter ignored")
+    either = call("ListKeys", {
+        "Filters": json.dumps([{"Key": "KeySpec", "Values": ["EC_P256", "Aliyun_AES_256"]}]),
+        "PageSize": 100,
+    })
+    check(key_id in [k["KeyId"] for k in either["Keys"]["Key"]], "filter values are alternatives")
     print(f"{mode}: create, describe, list with filters: ok")
 
     # Encrypt and decrypt with an encryption context.

@@ -910,10 +910,15 @@ async fn create_key(call: &Call<'_>) -> Result<Answer, ApiError> {
     )]))
 }
 
-/// `Filters`: `[{"Key": "KeyState", "Values": ["Enabled"]}, ...]`, one value per key.
-fn list_filter(call: &Call<'_>) -> Result<Option<pb::ListKeysFilter>, ApiError> {
+/// Most filter combinations one `ListKeys` runs (each a listing of the planes).
+const MAX_FILTER_COMBINATIONS: usize = 16;
+
+/// `Filters`: `[{"Key": "KeyState", "Values": ["Enabled", "Disabled"]}, ...]`: the values of a
+/// key are alternatives, the keys all apply. The planes take one value per field, so the answer
+/// is every combination of values, one listing each (`None`: no filter).
+fn list_filters(call: &Call<'_>) -> Result<Vec<Option<pb::ListKeysFilter>>, ApiError> {
     let Some(text) = call.opt("Filters") else {
-        return Ok(None);
+        return Ok(vec![None]);
     };
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -924,82 +929,94 @@ fn list_filter(call: &Call<'_>) -> Result<Option<pb::ListKeysFilter>, ApiError> 
     let filters: Vec<Filter> = serde_json::from_str(text).map_err(|_| {
         ApiError::invalid("Filters must be a JSON list of {\"Key\": ..., \"Values\": [...]}")
     })?;
-    let mut out = pb::ListKeysFilter::default();
+    let mut combinations = vec![pb::ListKeysFilter::default()];
     for f in filters {
-        let [value] = f.values.as_slice() else {
-            return Err(ApiError::invalid(format!(
-                "filter {} takes exactly one value here",
-                f.key
-            )));
-        };
-        let bad = |_| ApiError::invalid(format!("filter {} value {value:?} is unknown", f.key));
-        match f.key.as_str() {
-            "KeyState" => {
-                let state = kms_types::KeyState::ALL
-                    .iter()
-                    .find(|s| s.display_name().eq_ignore_ascii_case(value))
-                    .ok_or_else(|| bad(()))?;
-                out.key_state = Some(state.to_wire());
-            }
-            "KeySpec" => {
-                out.key_spec = Some(
-                    kms_types::KeySpec::from_str(value)
-                        .map_err(|_| bad(()))?
-                        .to_wire(),
-                )
-            }
-            "KeyUsage" => {
-                out.key_usage = Some(
-                    kms_types::KeyUsage::from_str(value)
-                        .map_err(|_| bad(()))?
-                        .to_wire(),
-                )
-            }
-            "ProtectionLevel" => {
-                out.protection_level = Some(
-                    kms_types::ProtectionLevel::from_str(value)
-                        .map_err(|_| bad(()))?
-                        .to_wire(),
-                )
-            }
-            "CreatorType" if value == "User" => {}
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "filter {other:?} is not supported: KeyState, KeySpec, KeyUsage, \
-                     ProtectionLevel, CreatorType (User)"
-                )));
+        if f.values.is_empty() {
+            return Err(ApiError::invalid(format!("filter {} has no values", f.key)));
+        }
+        let mut next = Vec::new();
+        for value in &f.values {
+            let bad = || ApiError::invalid(format!("filter {} value {value:?} is unknown", f.key));
+            for base in &combinations {
+                let mut out = base.clone();
+                match f.key.as_str() {
+                    "KeyState" => {
+                        let state = kms_types::KeyState::ALL
+                            .iter()
+                            .find(|s| s.display_name().eq_ignore_ascii_case(value))
+                            .ok_or_else(bad)?;
+                        out.key_state = Some(state.to_wire());
+                    }
+                    "KeySpec" => {
+                        out.key_spec = Some(
+                            kms_types::KeySpec::from_str(value)
+                                .map_err(|_| bad())?
+                                .to_wire(),
+                        );
+                    }
+                    "KeyUsage" => {
+                        out.key_usage = Some(
+                            kms_types::KeyUsage::from_str(value)
+                                .map_err(|_| bad())?
+                                .to_wire(),
+                        );
+                    }
+                    "ProtectionLevel" => {
+                        out.protection_level = Some(
+                            kms_types::ProtectionLevel::from_str(value)
+                                .map_err(|_| bad())?
+                                .to_wire(),
+                        );
+                    }
+                    "CreatorType" if value == "User" => {}
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "filter {other:?} is not supported: KeyState, KeySpec, KeyUsage, \
+                             ProtectionLevel, CreatorType (User)"
+                        )));
+                    }
+                }
+                next.push(out);
             }
         }
+        if next.len() > MAX_FILTER_COMBINATIONS {
+            return Err(ApiError::invalid(format!(
+                "Filters name more than {MAX_FILTER_COMBINATIONS} combinations of values"
+            )));
+        }
+        combinations = next;
     }
-    Ok(Some(out))
+    Ok(combinations.into_iter().map(Some).collect())
 }
 
 async fn list_keys(call: &Call<'_>) -> Result<Answer, ApiError> {
-    let filters = list_filter(call)?;
+    let mut seen = std::collections::HashSet::new();
     let mut items = Vec::new();
-    let mut token = String::new();
-    loop {
-        let r = rpc!(
-            call,
-            keys,
-            list_keys,
-            pb::ListKeysRequest {
-                kms_instance_id: String::new(),
-                default_keys_only: false,
-                filters: filters.clone(),
-                page_size: 100,
-                page_token: token,
+    for filters in list_filters(call)? {
+        let mut token = String::new();
+        loop {
+            let r = rpc!(
+                call,
+                keys,
+                list_keys,
+                pb::ListKeysRequest {
+                    kms_instance_id: String::new(),
+                    default_keys_only: false,
+                    filters: filters.clone(),
+                    page_size: 100,
+                    page_token: token,
+                }
+            );
+            for k in &r.keys {
+                if seen.insert(k.key_id.clone()) {
+                    items.push(json!({"KeyId": k.key_id, "KeyArn": k.arn}));
+                }
             }
-        );
-        items.extend(
-            r.keys
-                .iter()
-                .map(|k| json!({"KeyId": k.key_id, "KeyArn": k.arn})),
-        );
-        if r.next_page_token.is_empty() {
-            break;
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
         }
-        token = r.next_page_token;
     }
     paged(call, "Keys", "Key", items)
 }
@@ -1340,7 +1357,9 @@ mod tests {
             assert_eq!(ctx["x"], "1");
             assert_eq!(ctx["y"], "2");
             assert_eq!(c.json_tags("Tags").unwrap()[0].key, "t");
-            let f = list_filter(c).unwrap().unwrap();
+            let f = list_filters(c).unwrap();
+            assert_eq!(f.len(), 1);
+            let f = f[0].clone().unwrap();
             assert_eq!(f.key_state, Some(1));
             assert_eq!(f.key_spec, Some(7));
             let page = paged(c, "Keys", "Key", vec![json!(1), json!(2), json!(3)]).unwrap();
@@ -1348,6 +1367,20 @@ mod tests {
             assert_eq!(page["TotalCount"], json!(3));
             assert_eq!(page["PageNumber"], json!(2));
         });
+        let many = params(&[(
+            "Filters",
+            r#"[{"Key":"KeyState","Values":["Enabled","Disabled"]},{"Key":"KeySpec","Values":["EC_P256","RSA_2048"]}]"#,
+        )]);
+        let combos = with(&many, |c| list_filters(c).unwrap());
+        assert_eq!(combos.len(), 4);
+        let pairs: std::collections::BTreeSet<(Option<i32>, Option<i32>)> = combos
+            .iter()
+            .map(|f| {
+                let f = f.clone().unwrap();
+                (f.key_state, f.key_spec)
+            })
+            .collect();
+        assert_eq!(pairs.len(), 4);
         let missing = with(&params(&[]), |c| c.req("KeyId").unwrap_err());
         assert_eq!(missing.code, "MissingParameter");
     }
