@@ -150,3 +150,141 @@ fn new_access_key_id() -> AccessKeyId {
     }
     AccessKeyId::from_random(&random)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use kms_store::MemoryStore;
+    use kms_types::{AccessKeyStatus, DomainError, Principal};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::material::{MaterialSource, NewMaterial};
+
+    /// Secrets as the data plane would hand them over: the plaintext, and a stand-in for its
+    /// sealed form that does not contain it.
+    #[derive(Debug)]
+    struct Secrets;
+
+    #[tonic::async_trait]
+    impl MaterialSource for Secrets {
+        async fn generate(
+            &self,
+            _key_id: &kms_types::KeyId,
+            _version: &kms_types::KeyVersionId,
+            _spec: kms_types::KeySpec,
+            _protection: kms_types::ProtectionLevel,
+        ) -> Result<NewMaterial, DomainError> {
+            Err(DomainError::Internal("no key material here".into()))
+        }
+
+        async fn new_access_key_secret(
+            &self,
+            id: &AccessKeyId,
+        ) -> Result<NewAccessKeySecret, DomainError> {
+            Ok(NewAccessKeySecret {
+                secret: zeroize::Zeroizing::new("s".repeat(30)),
+                sealed: format!("sealed:{id}").into_bytes(),
+            })
+        }
+    }
+
+    fn p(arn: &str) -> Principal {
+        Principal::parse(arn).unwrap()
+    }
+
+    #[tokio::test]
+    async fn operators_manage_pairs_and_only_sealed_secrets_are_stored() {
+        let store = Arc::new(MemoryStore::new());
+        let operator = p("acs:ram::1000000000000000:user/operator");
+        let alice = p("acs:ram::1234567890123456:root");
+        let registry = Registry::new(
+            Arc::clone(&store),
+            "local".into(),
+            Arc::new(SystemClock),
+            Secrets,
+        )
+        .with_operators(vec![operator.clone()]);
+
+        assert_eq!(
+            registry
+                .create_access_key(&alice, alice.clone())
+                .await
+                .unwrap_err(),
+            DomainError::NoPermission
+        );
+        let (record, secret) = registry
+            .create_access_key(&operator, alice.clone())
+            .await
+            .unwrap();
+        assert_eq!(secret.secret.as_str(), "s".repeat(30));
+        assert_eq!(record.status, AccessKeyStatus::Enabled);
+        assert_eq!(record.creator, operator);
+        let (other, _) = registry
+            .create_access_key(&operator, operator.clone())
+            .await
+            .unwrap();
+        assert_ne!(record.id, other.id);
+
+        // Stored sealed only.
+        for (_, value) in crate::index::scan_all(&*store, schema::ACCESS_KEY_PREFIX).unwrap() {
+            assert!(!value.windows(30).any(|w| w == "s".repeat(30).as_bytes()));
+        }
+        let mine = registry
+            .list_access_keys(&operator, Some(alice.clone()))
+            .await
+            .unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(
+            registry
+                .list_access_keys(&operator, None)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            registry.list_access_keys(&alice, None).await.unwrap_err(),
+            DomainError::NoPermission
+        );
+
+        let disabled = registry
+            .disable_access_key(&operator, record.id.clone())
+            .await
+            .unwrap();
+        assert_eq!(disabled.status, AccessKeyStatus::Disabled);
+        let seen = registry
+            .directory_access_key(record.id.clone())
+            .await
+            .unwrap();
+        assert_eq!(seen.status, AccessKeyStatus::Disabled);
+        assert_eq!(
+            seen.sealed_secret,
+            format!("sealed:{}", record.id).into_bytes()
+        );
+
+        registry
+            .delete_access_key(&operator, record.id.clone())
+            .await
+            .unwrap();
+        for gone in [
+            registry
+                .directory_access_key(record.id.clone())
+                .await
+                .unwrap_err(),
+            registry
+                .delete_access_key(&operator, record.id.clone())
+                .await
+                .unwrap_err(),
+            registry
+                .disable_access_key(&operator, record.id.clone())
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(gone, DomainError::AccessKeyNotFound);
+        }
+    }
+}
