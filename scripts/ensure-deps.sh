@@ -4,10 +4,11 @@
 # control plane's etcd store), and protoc with the well-known .proto files (protobuf-compiler,
 # libprotobuf-dev), which the etcd-client crate's build script needs. Idempotent and silent when
 # everything is present; runs `apt-get update` only when something has to be installed; uses
-# sudo when not root.
+# sudo when not root. python3-venv: scripts/python-env.sh makes the virtual environment of the
+# cloud SDKs the gateway is tested with.
 set -euo pipefail
 
-packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
+packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev python3-venv)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "kms/v1/crypto_service.proto",
     "kms/v1/audit_service.proto",
     "kms/v1/admin_service.proto",
+    "kms/v1/access_key_service.proto",
     "kms/internal/v1/key_material.proto",
     "kms/internal/v1/key_directory.proto",
 ];

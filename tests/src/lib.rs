@@ -33,6 +33,8 @@ pub const MALLORY: &str = "acs:ram::6543210987654321:user/mallory";
 pub const CONTROL_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-control-plane";
 /// The data plane's service principal.
 pub const DATA_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-data-plane";
+/// The HTTP gateway's service principal: the data plane lets it resolve AccessKey pairs.
+pub const GATEWAY_PRINCIPAL: &str = "acs:ram::1000000000000000:role/kms-gateway";
 /// A RAM user of ALICE's account (a custom policy may make it a user or an administrator).
 pub const APP_USER: &str = "acs:ram::1234567890123456:user/app";
 /// Another RAM user of ALICE's account.
@@ -285,6 +287,7 @@ pub fn data_toml(
     format!(
         r#"listen_addr = "{listen}"
 control_plane_url = "{control_urls}"
+gateway_principals = ["{GATEWAY_PRINCIPAL}"]
 [hsm]
 module_path = "{SOFTHSM_MODULE}"
 token_label = "{TOKEN_LABEL}"
@@ -391,7 +394,8 @@ pub fn init_token(root: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn free_port() -> Result<u16> {
+/// A loopback port nothing listens on at the moment.
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -854,6 +858,32 @@ impl Stack {
         Ok(
             kms_proto::kms::v1::admin_service_client::AdminServiceClient::with_interceptor(
                 self.channel_as(&self.control_addr, principal)?,
+                As(principal.map(str::to_string)),
+            ),
+        )
+    }
+
+    /// An `AccessKeyService` client to the control plane, calling as `principal`.
+    pub fn access_keys(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<kms_proto::kms::v1::access_key_service_client::AccessKeyServiceClient<Svc>> {
+        Ok(
+            kms_proto::kms::v1::access_key_service_client::AccessKeyServiceClient::with_interceptor(
+                self.channel_as(&self.control_addr, principal)?,
+                As(principal.map(str::to_string)),
+            ),
+        )
+    }
+
+    /// An `AccessKeyResolver` client to the data plane, calling as `principal`.
+    pub fn access_key_resolver(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<kms_proto::kms::v1::access_key_resolver_client::AccessKeyResolverClient<Svc>> {
+        Ok(
+            kms_proto::kms::v1::access_key_resolver_client::AccessKeyResolverClient::with_interceptor(
+                self.channel_as(&self.data_addr, principal)?,
                 As(principal.map(str::to_string)),
             ),
         )

@@ -23,6 +23,8 @@ const MEMBER: &str = "acs:ram::1234567890123456:user/mallory";
 const SHARER: &str = "5555555555555555";
 const SHARER_ROOT: &str = "acs:ram::5555555555555555:root";
 const STRANGER: &str = "acs:ram::7777777777777777:user/x";
+/// A well-formed access key id no pair has.
+const ABSENT_ACCESS_KEY: &str = "LTAI00000000000000000000";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -174,6 +176,8 @@ fn expected(rpc: Rpc, role: Role, policy: PolicyCase) -> Outcome {
         Callers::OperatorsOnly if role == Role::Operator => Outcome::Allowed,
         Callers::OperatorsOnly => Outcome::Denied,
         Callers::PeerPlane => Outcome::Refused,
+        // No role here is a configured gateway.
+        Callers::Gateway => Outcome::Denied,
         Callers::KeyPolicy | Callers::KeyPolicyOwnAccount => {
             let actions: BTreeSet<&str> = rule.checks.iter().map(|c| c.action).collect();
             assert_eq!(
@@ -595,6 +599,63 @@ async fn call(stack: &Stack, f: &Fixture, rpc: Rpc, role: Role) -> Outcome {
                 .await,
         ),
         Rpc::Backup => classify(stack.admin(who).unwrap().backup(BackupRequest {}).await),
+        Rpc::CreateAccessKey => classify(
+            stack
+                .access_keys(who)
+                .unwrap()
+                .create_access_key(CreateAccessKeyRequest {
+                    principal: ALICE.into(),
+                })
+                .await,
+        ),
+        Rpc::ListAccessKeys => classify(
+            stack
+                .access_keys(who)
+                .unwrap()
+                .list_access_keys(ListAccessKeysRequest::default())
+                .await,
+        ),
+        Rpc::DisableAccessKey => classify(
+            stack
+                .access_keys(who)
+                .unwrap()
+                .disable_access_key(DisableAccessKeyRequest {
+                    access_key_id: ABSENT_ACCESS_KEY.into(),
+                })
+                .await,
+        ),
+        Rpc::DeleteAccessKey => classify(
+            stack
+                .access_keys(who)
+                .unwrap()
+                .delete_access_key(DeleteAccessKeyRequest {
+                    access_key_id: ABSENT_ACCESS_KEY.into(),
+                })
+                .await,
+        ),
+        Rpc::ResolveAccessKey => classify(
+            stack
+                .access_key_resolver(who)
+                .unwrap()
+                .resolve_access_key(ResolveAccessKeyRequest {
+                    access_key_id: ABSENT_ACCESS_KEY.into(),
+                })
+                .await,
+        ),
+        Rpc::GetAccessKey => classify(
+            directory
+                .get_access_key(ipb::GetAccessKeyRequest {
+                    access_key_id: ABSENT_ACCESS_KEY.into(),
+                })
+                .await,
+        ),
+        Rpc::GenerateAccessKeySecret => classify(
+            material
+                .generate_access_key_secret(ipb::GenerateAccessKeySecretRequest {
+                    access_key_id: ABSENT_ACCESS_KEY.into(),
+                })
+                .await,
+        ),
         Rpc::ReportAuditCheckpoint => classify(
             directory
                 .report_audit_checkpoint(ipb::ReportAuditCheckpointRequest::default())

@@ -97,6 +97,14 @@ async fn dev_up_on_sled_serves_both_planes_and_stops_cleanly() {
             "{url}: {text}"
         );
     }
+    // The HTTP gateway serves where dev.json says, with a pair for the dev account.
+    let gateway = info["gateway_url"].as_str().unwrap();
+    assert_eq!(get(&format!("{gateway}/healthz")).await, "ok\n");
+    assert!(
+        info["access_key_id"].as_str().unwrap().starts_with("LTAI")
+            && info["access_key_secret"].as_str().unwrap().len() == 30,
+        "{info}"
+    );
     assert!(up.stop().success(), "{}", up.output());
     assert!(up.output().contains("stopped"));
 }
@@ -253,6 +261,9 @@ async fn dev_up_keeps_its_instances_across_restarts() {
     let up = DevUp::start_in(up.into_dir(), &[]);
     let again = up.info();
     assert_eq!(again["software_instance_id"], software.as_str(), "{again}");
+    // The gateway's pair is kept too, while it is enabled.
+    assert_eq!(again["access_key_id"], info["access_key_id"], "{again}");
+    assert_eq!(again["access_key_secret"], info["access_key_secret"]);
     assert_eq!(again["hardware_instance_id"], hardware.as_str(), "{again}");
     assert!(
         up.output()

@@ -1160,6 +1160,7 @@ async fn every_rpc_answers_hostile_input_precisely() {
             let principal = match rpc.rule().callers {
                 Callers::Operators | Callers::OperatorsOnly => OPERATOR,
                 Callers::PeerPlane => other_plane,
+                Callers::Gateway => kms_e2e::GATEWAY_PRINCIPAL,
                 Callers::OwnAccount | Callers::KeyPolicy | Callers::KeyPolicyOwnAccount => ALICE,
             };
             assert!(

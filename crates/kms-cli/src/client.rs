@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kms_proto::kms::v1::access_key_service_client::AccessKeyServiceClient;
 use kms_proto::kms::v1::admin_service_client::AdminServiceClient;
 use kms_proto::kms::v1::audit_service_client::AuditServiceClient;
 use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
@@ -95,6 +96,13 @@ impl Planes {
         let header = self.principal_header()?;
         let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
         Ok(AuditServiceClient::with_interceptor(channel, header))
+    }
+
+    /// A client of `AccessKeyService` on the control plane.
+    pub(crate) async fn access_keys(&self) -> anyhow::Result<AccessKeyServiceClient<Authed>> {
+        let header = self.principal_header()?;
+        let channel = connect(Plane::Control, &self.control, self.tls.as_ref()).await?;
+        Ok(AccessKeyServiceClient::with_interceptor(channel, header))
     }
 
     /// A client of `AdminService` on the control plane.

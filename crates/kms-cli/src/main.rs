@@ -1,6 +1,7 @@
 //! `kmsctl`: the command-line client of the KMS (key management on the control plane,
 //! cryptography on the data plane) and `kmsctl dev up`, which runs both planes locally.
 
+mod access_keys;
 mod admin;
 mod aliases;
 mod args;
@@ -298,6 +299,9 @@ Examples:
     /// Back up and restore the control plane's store (operators)
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Manage the AccessKey pairs of the HTTP gateway (operators)
+    #[command(subcommand)]
+    AccessKey(access_keys::AccessKeyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +559,7 @@ async fn run(planes: &Planes, format: Format, command: Command) -> anyhow::Resul
         Command::CryptoOps(command) => crypto_ops::run(planes, format, command).await,
         Command::Audit(command) => audit::run(planes, command, format).await,
         Command::Admin(command) => admin::run(planes, format, command).await,
+        Command::AccessKey(command) => access_keys::run(planes, format, command).await,
         Command::Dev(_) | Command::Completion(_) => {
             anyhow::bail!("this command calls no plane")
         }

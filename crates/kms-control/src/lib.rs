@@ -20,6 +20,7 @@ pub const SERVICES: &[&str] = &[
     "kms.v1.KmsInstanceService",
     "kms.v1.AuditService",
     "kms.v1.AdminService",
+    "kms.v1.AccessKeyService",
     "kms.internal.v1.KeyDirectory",
 ];
 pub use registry::Registry;

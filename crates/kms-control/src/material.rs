@@ -11,7 +11,8 @@ use kms_proto::kms::internal::v1::{
 };
 use kms_runtime::replicas::Replicas;
 use kms_types::{
-    Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, ProtectionLevel,
+    AccessKeyId, Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId,
+    ProtectionLevel,
 };
 use tonic::transport::Channel;
 
@@ -60,6 +61,33 @@ pub trait MaterialSource: Send + Sync + std::fmt::Debug + 'static {
         Err(DomainError::Internal(
             "this material source does not import".into(),
         ))
+    }
+
+    /// A new secret for AccessKey pair `id`, and the same sealed under the root key.
+    async fn new_access_key_secret(
+        &self,
+        id: &AccessKeyId,
+    ) -> Result<NewAccessKeySecret, DomainError> {
+        let _ = id;
+        Err(DomainError::Internal(
+            "this material source makes no access key secrets".into(),
+        ))
+    }
+}
+
+/// A new AccessKey secret, from the data plane.
+pub struct NewAccessKeySecret {
+    /// The secret, shown once to the operator; wiped on drop.
+    pub secret: zeroize::Zeroizing<String>,
+    /// The same sealed under the root key, bound to the access key id.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewAccessKeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccessKeySecret")
+            .field("secret", &"[redacted]")
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,6 +324,27 @@ impl MaterialSource for MaterialClient {
         import: MaterialImport,
     ) -> Result<ImportedMaterial, DomainError> {
         self.import(import).await
+    }
+
+    async fn new_access_key_secret(
+        &self,
+        id: &AccessKeyId,
+    ) -> Result<NewAccessKeySecret, DomainError> {
+        let message = kms_proto::kms::internal::v1::GenerateAccessKeySecretRequest {
+            access_key_id: id.to_string(),
+        };
+        let resp = self
+            .call(
+                message,
+                Some(std::time::Duration::from_secs(10)),
+                |mut c, req| async move { c.generate_access_key_secret(req).await },
+            )
+            .await
+            .map_err(|s| data_plane_error("GenerateAccessKeySecret", &s))?;
+        Ok(NewAccessKeySecret {
+            secret: zeroize::Zeroizing::new(resp.secret),
+            sealed: resp.sealed_secret,
+        })
     }
 }
 

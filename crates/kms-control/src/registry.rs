@@ -17,6 +17,7 @@
 //! (`registry/backup.rs`).
 
 mod access;
+mod access_keys;
 mod aliases;
 mod audit;
 mod backup;

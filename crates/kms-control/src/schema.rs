@@ -26,6 +26,7 @@
 //! | `ia/<account>/<instance-id>` | `"Owner"` or `"Shared"` (JSON) | account → instances it sees |
 //! | `ig/<instance-id>` | u64, big-endian | revision of the instance's grants: one more whenever a key policy in it changes |
 //! | `sg/<key-id>` | JSON list of key version ids | a deleted key's `v/` entries still to remove, in steps |
+//! | `ak/<access-key-id>` | JSON of [`AccessKeyRecord`], its secret sealed | an AccessKey pair of the gateway |
 //! | `m/revision` | u64, big-endian | directory revision: one more per key event |
 //! | `e/<n: revision>` | JSON of [`KeyEvent`] | key events, the last [`EVENT_RETENTION`] |
 //! | `m/layout` | u8 | layout version of the store ([`LAYOUT_VERSION`]) |
@@ -41,8 +42,9 @@
 
 use kms_store::{decode_record, encode_record};
 use kms_types::{
-    AccountId, DomainError, ImportTokenId, ImportTokenRecord, InstanceId, InstanceRecord, KeyEvent,
-    KeyId, KeyRecord, KeyVersionId, Principal, UnixMillis, UsageOp,
+    AccessKeyId, AccessKeyRecord, AccountId, DomainError, ImportTokenId, ImportTokenRecord,
+    InstanceId, InstanceRecord, KeyEvent, KeyId, KeyRecord, KeyVersionId, Principal, UnixMillis,
+    UsageOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -277,6 +279,24 @@ pub fn decode_time(bytes: &[u8]) -> Result<UnixMillis, DomainError> {
     Ok(UnixMillis(
         i64::try_from(decode_u64(bytes)?).unwrap_or(i64::MAX),
     ))
+}
+
+/// Prefix of AccessKey pairs.
+pub const ACCESS_KEY_PREFIX: &[u8] = b"ak/";
+
+/// Store key of an AccessKey pair.
+pub fn access_key(id: &AccessKeyId) -> Vec<u8> {
+    format!("ak/{id}").into_bytes()
+}
+
+/// Encodes an AccessKey pair.
+pub fn encode_access_key(r: &AccessKeyRecord) -> Result<Vec<u8>, DomainError> {
+    encode_json("access key", r)
+}
+
+/// Decodes an AccessKey pair.
+pub fn decode_access_key(bytes: &[u8]) -> Result<AccessKeyRecord, DomainError> {
+    decode_json("access key", bytes)
 }
 
 /// Encodes an import token.

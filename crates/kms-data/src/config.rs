@@ -24,6 +24,10 @@ pub struct DataConfig {
     pub listen_addr: String,
     /// URL of the control plane's gRPC endpoint, or of each replica, separated by commas.
     pub control_plane_url: String,
+    /// Principal ARNs of the HTTP gateways (`kms-gateway`) allowed to resolve AccessKey pairs
+    /// (`kms.v1.AccessKeyResolver`); empty: none.
+    #[serde(default)]
+    pub gateway_principals: Vec<String>,
     /// The HSM holding the root key.
     pub hsm: HsmConfig,
     /// The key cache.
@@ -130,6 +134,8 @@ pub struct DataParams {
     pub listen_addr: String,
     /// Control-plane replica URLs, at least one.
     pub control_plane_urls: Vec<String>,
+    /// The gateways allowed to resolve AccessKey pairs.
+    pub gateway_principals: Vec<kms_types::Principal>,
     /// HSM settings, PIN resolved.
     pub hsm: HsmParams,
     /// Cache lifetimes.
@@ -206,9 +212,18 @@ impl DataConfig {
         if self.identity.tls.is_some() && !control_plane_urls[0].starts_with("https://") {
             return Err("control_plane_url must be https:// when identity.tls is set".into());
         }
+        let gateway_principals = self
+            .gateway_principals
+            .iter()
+            .map(|arn| {
+                kms_types::Principal::parse(arn)
+                    .map_err(|_| format!("gateway_principals: {arn:?} is not a principal ARN"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(DataParams {
             listen_addr: self.listen_addr,
             control_plane_urls,
+            gateway_principals,
             hsm: HsmParams {
                 module_path: self.hsm.module_path,
                 token_label: self.hsm.token_label,

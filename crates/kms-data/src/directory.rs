@@ -4,7 +4,8 @@
 use kms_proto::convert::usage_record;
 use kms_proto::kms::internal::v1::key_directory_client::KeyDirectoryClient;
 use kms_proto::kms::internal::v1::{
-    GetKeyRequest, ReportAuditCheckpointRequest, ReportUsageRequest,
+    GetAccessKeyRequest, GetAccessKeyResponse, GetKeyRequest, ReportAuditCheckpointRequest,
+    ReportUsageRequest,
 };
 use kms_runtime::replicas::Replicas;
 use kms_types::{DomainError, KeyEntry, KeyVersionId, Principal, UsageEvent};
@@ -31,6 +32,9 @@ fn directory_error(s: tonic::Status) -> DomainError {
     let reason = s.get_details_error_info().map(|i| i.reason);
     match (s.code(), reason.as_deref()) {
         (tonic::Code::NotFound, Some("Forbidden.AliasNotFound")) => DomainError::AliasNotFound,
+        (tonic::Code::NotFound, Some("Forbidden.AccessKeyNotFound")) => {
+            DomainError::AccessKeyNotFound
+        }
         (tonic::Code::NotFound, _) => DomainError::KeyNotFound,
         (tonic::Code::InvalidArgument, Some(r)) if r.starts_with("InvalidParameter.") => {
             DomainError::invalid("KeyId", s.message().to_string())
@@ -177,6 +181,25 @@ impl DirectoryClient {
     }
 
     /// `message` as a request from this plane, with a deadline of `timeout_s` seconds.
+    /// AccessKey pair `id` with its sealed secret, from `KeyDirectory.GetAccessKey`.
+    pub async fn get_access_key(
+        &self,
+        id: &kms_types::AccessKeyId,
+    ) -> Result<GetAccessKeyResponse, DomainError> {
+        let req = GetAccessKeyRequest {
+            access_key_id: id.to_string(),
+        };
+        let resp = self
+            .replicas
+            .call(|channel| {
+                let req = self.request(req.clone(), 5);
+                async move { KeyDirectoryClient::new(channel).get_access_key(req?).await }
+            })
+            .await
+            .map_err(directory_error)?;
+        Ok(resp.into_inner())
+    }
+
     fn request<M>(&self, message: M, timeout_s: u64) -> Result<tonic::Request<M>, tonic::Status> {
         let mut req = kms_runtime::identity::with_principal(
             tonic::Request::new(message),

@@ -16,4 +16,8 @@ pub mod watch;
 pub use config::{DataConfig, DataParams};
 
 /// The gRPC services the data plane serves, as `grpc.health.v1` and reflection name them.
-pub const SERVICES: &[&str] = &["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"];
+pub const SERVICES: &[&str] = &[
+    "kms.v1.CryptoService",
+    "kms.v1.AccessKeyResolver",
+    "kms.internal.v1.KeyMaterial",
+];

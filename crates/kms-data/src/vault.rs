@@ -10,7 +10,7 @@ use kms_backend::{
 };
 use kms_backend_pkcs11::Hsm;
 use kms_backend_soft::SoftBackend;
-use kms_types::{Algorithm, DomainError, KeySpec, KeyVersionId, ProtectionLevel};
+use kms_types::{AccessKeyId, Algorithm, DomainError, KeySpec, KeyVersionId, ProtectionLevel};
 
 use crate::metrics::hsm_call;
 
@@ -283,4 +283,43 @@ impl KeyVault {
             },
         )
     }
+
+    /// A new AccessKey secret for `id`, from the HSM's generator, and the same sealed under
+    /// the root key bound to the id. Blocks on the HSM.
+    pub fn new_access_key_secret(
+        &self,
+        id: &AccessKeyId,
+    ) -> Result<(zeroize::Zeroizing<String>, Vec<u8>), DomainError> {
+        let random = self.random(kms_types::access_key::ACCESS_KEY_SECRET_LEN)?;
+        let secret = zeroize::Zeroizing::new(kms_types::access_key::alphabet_text(random.expose()));
+        let plain = SecretBytes::new(secret.as_bytes().to_vec());
+        let sealed = hsm_call("wrap", "AES_GCM", || {
+            self.hsm.wrap_secret(&access_key_context(id), &plain)
+        })
+        .map_err(backend_error)?;
+        Ok((secret, sealed))
+    }
+
+    /// Opens the sealed secret of AccessKey pair `id`. Blocks on the HSM.
+    pub fn open_access_key_secret(
+        &self,
+        id: &AccessKeyId,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<String>, DomainError> {
+        let plain = hsm_call("unwrap", "AES_GCM", || {
+            self.hsm.unwrap_secret(&access_key_context(id), sealed)
+        })
+        .map_err(|e| {
+            DomainError::Internal(format!("the sealed secret of {id} does not open: {e}"))
+        })?;
+        let text = std::str::from_utf8(plain.expose())
+            .map_err(|_| DomainError::Internal(format!("the secret of {id} is not text")))?;
+        Ok(zeroize::Zeroizing::new(text.to_string()))
+    }
+}
+
+/// What an AccessKey secret is sealed under besides the root key: its id, in a namespace no
+/// key version id can take.
+fn access_key_context(id: &AccessKeyId) -> Vec<u8> {
+    [b"access-key/".as_slice(), id.as_bytes()].concat()
 }

@@ -519,7 +519,7 @@ pub fn classify(path: &str) -> Option<OpClass> {
                 OpClass::SymmetricCrypto
             }
         }
-        "kms.v1.KeyManagementService" | "kms.v1.KmsInstanceService" => {
+        "kms.v1.KeyManagementService" | "kms.v1.KmsInstanceService" | "kms.v1.AccessKeyService" => {
             if method == "CreateKey" {
                 OpClass::CreateKey
             } else if ["Describe", "List", "Get"]
@@ -818,6 +818,22 @@ mod tests {
             (
                 "/kms.v1.KeyManagementService/DisableKey",
                 Some(ManagementWrite),
+            ),
+            (
+                "/kms.v1.AccessKeyService/CreateAccessKey",
+                Some(ManagementWrite),
+            ),
+            (
+                "/kms.v1.AccessKeyService/DeleteAccessKey",
+                Some(ManagementWrite),
+            ),
+            (
+                "/kms.v1.AccessKeyService/ListAccessKeys",
+                Some(ManagementRead),
+            ),
+            (
+                "/kms.v1.AccessKeyResolver/ResolveAccessKey",
+                Some(ManagementRead),
             ),
             (
                 "/kms.v1.KeyManagementService/SetKeyPolicy",

@@ -28,12 +28,14 @@ fn code_of(err: &DomainError) -> Code {
         DomainError::KeyNotFound
         | DomainError::KeyVersionNotFound
         | DomainError::AliasNotFound
-        | DomainError::InstanceNotFound => Code::NotFound,
+        | DomainError::InstanceNotFound
+        | DomainError::AccessKeyNotFound => Code::NotFound,
         DomainError::AliasExists | DomainError::DefaultKeyExists(_) => Code::AlreadyExists,
         DomainError::NoPermission | DomainError::NotAllowed { .. } => Code::PermissionDenied,
         DomainError::InBatch { error, .. } => code_of(error),
         DomainError::NoIdentity | DomainError::Unidentified(_) => Code::Unauthenticated,
         DomainError::InvalidState(_)
+        | DomainError::AccessKeyDisabled
         | DomainError::DeletionProtection
         | DomainError::DryRunOperation => Code::FailedPrecondition,
         DomainError::ImportRejected(rejection) => match rejection {

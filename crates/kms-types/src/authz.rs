@@ -26,6 +26,8 @@ pub enum Callers {
     OperatorsOnly,
     /// The other plane's principal, by certificate outside development mode.
     PeerPlane,
+    /// The configured HTTP gateway principals only.
+    Gateway,
 }
 
 /// A key an RPC touches.
@@ -155,11 +157,21 @@ rpcs! {
     "kms.v1.AdminService" => {
         Backup: OperatorsOnly [],
     }
+    "kms.v1.AccessKeyService" => {
+        CreateAccessKey: OperatorsOnly [],
+        ListAccessKeys: OperatorsOnly [],
+        DisableAccessKey: OperatorsOnly [],
+        DeleteAccessKey: OperatorsOnly [],
+    }
+    "kms.v1.AccessKeyResolver" => {
+        ResolveAccessKey: Gateway [],
+    }
     "kms.internal.v1.KeyDirectory" => {
         GetKey: PeerPlane [],
         WatchKeys: PeerPlane [],
         ReportUsage: PeerPlane [],
         ReportAuditCheckpoint: PeerPlane [],
+        GetAccessKey: PeerPlane [],
     }
     "kms.internal.v1.KeyMaterial" => {
         Generate: PeerPlane [],
@@ -167,6 +179,7 @@ rpcs! {
         ImportMaterial: PeerPlane [],
         GetAuditKey: PeerPlane [],
         VerifyPlaneAuditMacs: PeerPlane [],
+        GenerateAccessKeySecret: PeerPlane [],
     }
 }
 
@@ -203,6 +216,7 @@ impl Callers {
             Callers::Operators => "operators; accounts see their own and shared instances",
             Callers::OperatorsOnly => "operators only",
             Callers::PeerPlane => "the other plane only (certificate outside dev mode)",
+            Callers::Gateway => "the configured gateway principals only",
         }
     }
 }

@@ -30,6 +30,12 @@ pub enum DomainError {
     /// No such instance, or one the caller may not see.
     #[error("the kms instance does not exist")]
     InstanceNotFound,
+    /// No such AccessKey pair.
+    #[error("the access key does not exist")]
+    AccessKeyNotFound,
+    /// The AccessKey pair is disabled.
+    #[error("the access key is disabled")]
+    AccessKeyDisabled,
     /// The alias is taken in this account.
     #[error("the alias already exists")]
     AliasExists,
@@ -152,6 +158,8 @@ fn default_key_exists(existing: Option<&str>) -> String {
 /// the document against them.
 pub const REASON_CODES: &[&str] = &[
     "DryRunOperationError",
+    "Forbidden.AccessKeyDisabled",
+    "Forbidden.AccessKeyNotFound",
     "Forbidden.AliasExists",
     "Forbidden.AliasNotFound",
     "Forbidden.DefaultKeyExists",
@@ -163,6 +171,7 @@ pub const REASON_CODES: &[&str] = &[
     "Forbidden.NoPermission",
     "InternalFailure",
     "InvalidCiphertext",
+    "InvalidParameter.AccessKeyId",
     "InvalidParameter.AccessManagementQuota",
     "InvalidParameter.AccountId",
     "InvalidParameter.Algorithm",
@@ -250,6 +259,8 @@ impl DomainError {
             Self::AliasNotFound => "Forbidden.AliasNotFound".into(),
             Self::InstanceNotFound => "Forbidden.InstanceNotFound".into(),
             Self::AliasExists => "Forbidden.AliasExists".into(),
+            Self::AccessKeyNotFound => "Forbidden.AccessKeyNotFound".into(),
+            Self::AccessKeyDisabled => "Forbidden.AccessKeyDisabled".into(),
             Self::DefaultKeyExists(_) => "Forbidden.DefaultKeyExists".into(),
             Self::NoPermission | Self::NotAllowed { .. } => "Forbidden.NoPermission".into(),
             Self::InBatch { error, .. } => error.reason_code(),
@@ -314,6 +325,8 @@ impl DomainError {
             DomainError::AliasNotFound,
             DomainError::InstanceNotFound,
             DomainError::AliasExists,
+            DomainError::AccessKeyNotFound,
+            DomainError::AccessKeyDisabled,
             DomainError::DefaultKeyExists(None),
             DomainError::NoPermission,
             DomainError::NotAllowed {
@@ -360,6 +373,8 @@ mod tests {
             | DomainError::AliasNotFound
             | DomainError::InstanceNotFound
             | DomainError::AliasExists
+            | DomainError::AccessKeyNotFound
+            | DomainError::AccessKeyDisabled
             | DomainError::DefaultKeyExists(_)
             | DomainError::NoPermission
             | DomainError::NotAllowed { .. }

@@ -3,6 +3,7 @@
 //! This crate does no I/O and has no async. Servers convert wire types into these, call the
 //! rules here, and convert back.
 
+pub mod access_key;
 pub mod authz;
 pub mod blob;
 pub mod context;
@@ -23,6 +24,7 @@ pub mod time;
 pub mod usage;
 pub mod validate;
 
+pub use access_key::{AccessKeyId, AccessKeyRecord, AccessKeyStatus};
 pub use blob::CiphertextBlob;
 pub use context::EncryptionContext;
 pub use error::DomainError;

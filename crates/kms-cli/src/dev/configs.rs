@@ -345,6 +345,7 @@ pub(crate) fn render_data_toml(
         "{GENERATED_HEADER}\
          listen_addr = {listen}\n\
          control_plane_url = {control_url}\n\
+         gateway_principals = [{gateway}]\n\
          \n\
          [hsm]\n\
          module_path = {module}\n\
@@ -366,6 +367,7 @@ pub(crate) fn render_data_toml(
          format = \"text\"\n\
          {metrics}",
         audit = path_str(&layout.logs.join("data-audit.log")),
+        gateway = toml_str(super::gateway::GATEWAY_SERVICE_PRINCIPAL),
         metrics = render_metrics(data),
         listen = toml_str(&data.to_string()),
         control_url = toml_str(

@@ -38,6 +38,7 @@ use crate::client::{RpcError, TlsFiles, error_chain};
 
 mod configs;
 mod etcd;
+mod gateway;
 mod hsm;
 mod process;
 
@@ -86,6 +87,9 @@ pub(crate) struct UpArgs {
     /// Client address of the local etcd member (--store etcd); its peer port is the next one
     #[arg(long, value_name = "IP:PORT", default_value_t = etcd::DEFAULT_ETCD_ADDR, value_parser = parse_listen_addr)]
     etcd_addr: SocketAddr,
+    /// Address the HTTP gateway (kms-gateway, the cloud SDKs' endpoint) listens on
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7703", value_parser = parse_listen_addr)]
+    gateway_addr: SocketAddr,
 }
 
 /// `--store`.
@@ -147,6 +151,9 @@ pub(crate) struct DevInfo {
     /// With `--mtls` only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     tls: Option<DevInfoTls>,
+    /// `gateway_url`, `access_key_id`, `access_key_secret`; without `--mtls` only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    gateway: Option<gateway::DevInfoGateway>,
 }
 
 /// The `dev.json` entries of `--mtls`: the files kmsctl's `--ca`, `--cert` and `--cert-key`
@@ -192,6 +199,7 @@ impl DevInfo {
             account_principal: ACCOUNT_PRINCIPAL.into(),
             software_instance_id: String::new(),
             hardware_instance_id: String::new(),
+            gateway: None,
             tls: tls.map(|t| DevInfoTls {
                 mtls: true,
                 ca_file: t.ca.clone(),
@@ -591,6 +599,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|(n, a)| (control_name(n), *a, "--control-addr"))
         .collect();
     ports.push(("kms-data".into(), args.data_addr, "--data-addr"));
+    ports.push(("kms-gateway".into(), args.gateway_addr, "--gateway-addr"));
     if args.store == StoreKind::Etcd {
         ports.push(("etcd".into(), args.etcd_addr, "--etcd-addr"));
         ports.push((
@@ -754,11 +763,16 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// The client servers to start after the planes, each adding what it serves to `info`.
 async fn client_launches(
-    _args: &UpArgs,
-    _layout: &Layout,
-    _info: &mut DevInfo,
+    args: &UpArgs,
+    layout: &Layout,
+    info: &mut DevInfo,
 ) -> anyhow::Result<Vec<Launch>> {
-    Ok(Vec::new())
+    let mut launches = Vec::new();
+    if let Some((launch, entries)) = gateway::launch(args, layout).await? {
+        launches.push(launch);
+        info.gateway = Some(entries);
+    }
+    Ok(launches)
 }
 
 fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {

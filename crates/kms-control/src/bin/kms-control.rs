@@ -7,10 +7,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kms_control::clock::{Clock, OffsetFileClock, SystemClock};
 use kms_control::config::{ControlParams, StoreParams};
-use kms_control::grpc::{AdminApi, AuditApi, DirectoryService, InstanceService, KeyService};
+use kms_control::grpc::{
+    AccessKeyApi, AdminApi, AuditApi, DirectoryService, InstanceService, KeyService,
+};
 use kms_control::material::MaterialClient;
 use kms_control::{ControlConfig, Registry, index, scheduler};
 use kms_proto::kms::internal::v1::key_directory_server::KeyDirectoryServer;
+use kms_proto::kms::v1::access_key_service_server::AccessKeyServiceServer;
 use kms_proto::kms::v1::admin_service_server::AdminServiceServer;
 use kms_proto::kms::v1::audit_service_server::AuditServiceServer;
 use kms_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
@@ -233,6 +236,10 @@ async fn run<S: Store>(store: Arc<S>, params: ControlParams) -> Result<()> {
         )
         .add_service(
             AuditServiceServer::new(AuditApi::new(Arc::clone(&registry), audit_key, material))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AccessKeyServiceServer::new(AccessKeyApi::new(Arc::clone(&registry)))
                 .max_decoding_message_size(max_request),
         )
         .add_service(

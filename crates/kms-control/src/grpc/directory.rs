@@ -118,4 +118,21 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
             .map_err(status)?;
         Ok(Response::new(ReportAuditCheckpointResponse {}))
     }
+
+    async fn get_access_key(
+        &self,
+        request: Request<GetAccessKeyRequest>,
+    ) -> Result<Response<GetAccessKeyResponse>, Status> {
+        self.check_peer(&request)?;
+        let id = kms_types::AccessKeyId::parse(&request.get_ref().access_key_id).map_err(status)?;
+        let record = self
+            .registry
+            .directory_access_key(id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GetAccessKeyResponse {
+            access_key: Some(super::access_key_to_wire(&record)),
+            sealed_secret: record.sealed_secret,
+        }))
+    }
 }

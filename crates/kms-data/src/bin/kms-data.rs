@@ -10,10 +10,11 @@ use kms_data::DataConfig;
 use kms_data::cache::KeyCache;
 use kms_data::crypto::CryptoEngine;
 use kms_data::directory::DirectoryClient;
-use kms_data::grpc::{CryptoApi, MaterialService};
+use kms_data::grpc::{AccessKeyResolverApi, CryptoApi, MaterialService};
 use kms_data::usage::UsageRecorder;
 use kms_data::vault::KeyVault;
 use kms_proto::kms::internal::v1::key_material_server::KeyMaterialServer;
+use kms_proto::kms::v1::access_key_resolver_server::AccessKeyResolverServer;
 use kms_proto::kms::v1::crypto_service_server::CryptoServiceServer;
 use kms_runtime::audit::{AuditChain, AuditKey, Plane};
 use kms_runtime::auth::AuthLayer;
@@ -110,6 +111,7 @@ async fn main() -> Result<()> {
         })
     };
     let checkpoint_directory = directory.clone();
+    let access_key_directory = directory.clone();
     let cache = Arc::new(KeyCache::new(directory, params.cache));
     tokio::spawn(kms_data::watch::follow(Arc::clone(&cache)));
     kms_data::metrics::init(hsm, Arc::clone(&cache));
@@ -188,6 +190,14 @@ async fn main() -> Result<()> {
         .add_service(
             CryptoServiceServer::new(CryptoApi::new(engine, usage))
                 .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AccessKeyResolverServer::new(AccessKeyResolverApi::new(
+                access_key_directory,
+                Arc::clone(&vault),
+                params.gateway_principals.clone(),
+            ))
+            .max_decoding_message_size(max_request),
         )
         .add_service(
             KeyMaterialServer::new(MaterialService::new(vault, peer, audit_key))

@@ -10,7 +10,8 @@ use kms_proto::kms::internal::v1::*;
 use kms_runtime::audit::{AuditKey, Plane};
 use kms_runtime::caller;
 use kms_types::{
-    Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, Principal, ProtectionLevel,
+    AccessKeyId, Algorithm, DomainError, ImportTokenId, KeyId, KeySpec, KeyVersionId, Principal,
+    ProtectionLevel,
 };
 use tonic::{Request, Response, Status};
 
@@ -160,6 +161,24 @@ impl KeyMaterial for MaterialService {
             result: Some(kms_runtime::audit_wire::answer(
                 self.audit_key.first_mismatch(&checks),
             )),
+        }))
+    }
+
+    async fn generate_access_key_secret(
+        &self,
+        request: Request<GenerateAccessKeySecretRequest>,
+    ) -> Result<Response<GenerateAccessKeySecretResponse>, Status> {
+        self.check_peer(&request)?;
+        let id = AccessKeyId::parse(&request.get_ref().access_key_id).map_err(status)?;
+        let vault = Arc::clone(&self.vault);
+        let (secret, sealed) =
+            kms_runtime::telemetry::spawn_blocking(move || vault.new_access_key_secret(&id))
+                .await
+                .map_err(|e| status(DomainError::Internal(format!("secret task failed: {e}"))))?
+                .map_err(status)?;
+        Ok(Response::new(GenerateAccessKeySecretResponse {
+            secret: secret.to_string(),
+            sealed_secret: sealed,
         }))
     }
 }

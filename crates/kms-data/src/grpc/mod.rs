@@ -1,8 +1,10 @@
 //! The data plane's gRPC services: convert the request, call the engine, convert back.
 
+mod access_keys;
 mod crypto;
 mod material;
 
+pub use access_keys::AccessKeyResolverApi;
 pub use crypto::CryptoApi;
 pub use material::MaterialService;
 
