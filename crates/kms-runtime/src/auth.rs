@@ -398,7 +398,18 @@ fn request_id(headers: &http::HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(new_request_id)
+}
+
+/// A request id for a call that brought none: this process's random 64-bit prefix and a
+/// counter, unique across processes and restarts without a random draw (a system call) on
+/// every call.
+fn new_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n:x}", *PREFIX)
 }
 
 /// The audit line of a call in flight; written as `CANCELLED` if the call is dropped first.
@@ -1438,6 +1449,13 @@ mod tests {
 
     #[test]
     fn request_ids() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.split_once('-').map(|p| p.0), b.split_once('-').map(|p| p.0));
+        // What this plane makes, it accepts from a caller too.
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, a.parse().unwrap());
+        assert_eq!(request_id(&h), a);
         let mut h = http::HeaderMap::new();
         for ok in ["a", "req-1", "01J9:abc.def_x", &"z".repeat(128)] {
             h.insert(REQUEST_ID_HEADER, ok.parse().unwrap());
