@@ -346,10 +346,10 @@ const DIGEST: [u8; 32] = [0x42; 32];
 /// Plaintext size of asymmetric-decrypt.
 const ASYM_PLAINTEXT: usize = 32;
 
-/// Creates the run's keys and prepares every part of `work`.
+/// Creates the run's keys and prepares every part of `work`. When preparing fails, the keys
+/// made so far are scheduled for deletion (unless `--keep-keys`).
 pub(crate) async fn prepare(planes: &Planes, clients: &Clients, work: &Workload) -> Result<Run> {
     work.check()?;
-    let parts = work.parts();
     let mut run = Run {
         parts: Vec::new(),
         total_weight: 0,
@@ -358,6 +358,27 @@ pub(crate) async fn prepare(planes: &Planes, clients: &Clients, work: &Workload)
         templates: Templates::default(),
         instance: None,
     };
+    match prepare_into(&mut run, planes, clients, work).await {
+        Ok(()) => Ok(run),
+        Err(e) => {
+            if !work.keep_keys && !run.created.is_empty() {
+                let (_, failed) = run.clean_up(clients).await;
+                if let Some(f) = failed {
+                    eprintln!("warning: scheduling the run's keys for deletion failed: {f}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn prepare_into(
+    run: &mut Run,
+    planes: &Planes,
+    clients: &Clients,
+    work: &Workload,
+) -> Result<()> {
+    let parts = work.parts();
     // Keys needed, for the instance's room: one per part, two for re-encrypt, one per worker
     // for disable-refusal; create-key needs its own count.
     let mut needed: i64 = 0;
@@ -595,7 +616,7 @@ pub(crate) async fn prepare(planes: &Planes, clients: &Clients, work: &Workload)
         run.total_weight += weight;
         run.parts.push((prepared, weight));
     }
-    Ok(run)
+    Ok(())
 }
 
 /// A run prepared without the service, for a baseline alone: the same requests, with
