@@ -35,8 +35,12 @@ async fn bench(stack: &Stack, dev_json: &std::path::Path, args: &[&str]) -> Valu
     );
     // Not a terminal: no progress line.
     assert!(!stderr.contains('\r'), "{stderr}");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn assert_clean(report: &Value, what: &str) {
@@ -44,7 +48,10 @@ fn assert_clean(report: &Value, what: &str) {
     assert!(report["ok"].as_u64().unwrap() > 0, "{what}: {report}");
     let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
     assert!(p99.is_finite() && p99 > 0.0, "{what}: {report}");
-    assert!(report["per_second"].as_f64().unwrap() > 0.0, "{what}: {report}");
+    assert!(
+        report["per_second"].as_f64().unwrap() > 0.0,
+        "{what}: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +86,11 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
         vec!["asymmetric-decrypt", "--spec", "RSA_2048"],
         vec!["describe-key"],
         vec!["create-key"],
-        vec!["mixed", "--mix", "encrypt=70,decrypt=20,generate-data-key=5,describe-key=5"],
+        vec![
+            "mixed",
+            "--mix",
+            "encrypt=70,decrypt=20,generate-data-key=5,describe-key=5",
+        ],
         vec!["encrypt", "--protection", "hsm"],
         vec!["generate-data-key", "--protection", "hsm"],
     ];
@@ -98,14 +109,26 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
     }
 
     // create-key made as many keys as it was asked for, each scheduled for deletion.
-    let report = bench(&stack, &dev_json, &["run", "create-key", "--requests", "30"]).await;
+    let report = bench(
+        &stack,
+        &dev_json,
+        &["run", "create-key", "--requests", "30"],
+    )
+    .await;
     assert_eq!(report["keys_created"], 30, "{report}");
 
     // disable → refused by the data plane, two workers with a key each.
     let report = bench(
         &stack,
         &dev_json,
-        &["run", "disable-refusal", "--requests", "10", "--concurrency", "2"],
+        &[
+            "run",
+            "disable-refusal",
+            "--requests",
+            "10",
+            "--concurrency",
+            "2",
+        ],
     )
     .await;
     assert_clean(&report, "disable-refusal");
@@ -122,7 +145,12 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
     assert_eq!(report["load"]["mode"], "open", "{report}");
 
     // The older invocation still works.
-    let report = bench(&stack, &dev_json, &["--op", "describe-key", "--requests", "40"]).await;
+    let report = bench(
+        &stack,
+        &dev_json,
+        &["--op", "describe-key", "--requests", "40"],
+    )
+    .await;
     assert_clean(&report, "--op describe-key");
 
     // compare: baseline and service alternate; ratios are finite and positive.
@@ -140,7 +168,10 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
         assert_eq!(report["errors"], 0, "{extra:?}: {report}");
         for ratio in ["throughput", "p99"] {
             let r = report["ratio"][ratio].as_f64().unwrap();
-            assert!(r.is_finite() && r > 0.0, "{extra:?} ratio.{ratio}: {report}");
+            assert!(
+                r.is_finite() && r > 0.0,
+                "{extra:?} ratio.{ratio}: {report}"
+            );
         }
         assert_eq!(report["service"]["rounds"].as_array().unwrap().len(), 2);
         assert_eq!(report["baseline_rounds"].as_array().unwrap().len(), 2);
@@ -153,11 +184,23 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
         &["compare", "create-key", "--rounds", "1", "--requests", "20"],
     )
     .await;
-    assert!(report["ratio"]["throughput"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["ratio"]["throughput"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     let report = bench(
         &stack,
         &dev_json,
-        &["compare", "disable-refusal", "--rounds", "1", "--requests", "5", "--concurrency", "1"],
+        &[
+            "compare",
+            "disable-refusal",
+            "--rounds",
+            "1",
+            "--requests",
+            "5",
+            "--concurrency",
+            "1",
+        ],
     )
     .await;
     assert!(report["ratio"]["p99"].as_f64().unwrap() > 0.0, "{report}");
@@ -172,11 +215,18 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("p99.9 ms"), "{table}");
     let svg = std::fs::read_to_string(&chart).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
 }
 
 /// An unreachable plane and a caller without permission are named in the error.
@@ -220,7 +270,14 @@ async fn errors_say_what_to_do() {
     );
     // A principal that is not an operator is told so when it tries to make the instance.
     let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
-        .args(["run", "encrypt", "--principal", ALICE, "--operator-principal", ALICE])
+        .args([
+            "run",
+            "encrypt",
+            "--principal",
+            ALICE,
+            "--operator-principal",
+            ALICE,
+        ])
         .args(["--data", &format!("http://{}", stack.data_addr())])
         .args(["--control", &format!("http://{}", stack.control_addr())])
         .env_remove("KMS_PRINCIPAL")

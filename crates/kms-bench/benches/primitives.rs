@@ -45,12 +45,16 @@ fn blob_codec(c: &mut Criterion) {
         let map: HashMap<String, String> = (0..pairs)
             .map(|i| (format!("key-{i}"), format!("value-{i}")))
             .collect();
-        g.bench_with_input(BenchmarkId::new("new_and_canonical", pairs), &map, |b, map| {
-            b.iter(|| {
-                let ctx = EncryptionContext::new(map.clone()).unwrap();
-                black_box(ctx.canonical_bytes())
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("new_and_canonical", pairs),
+            &map,
+            |b, map| {
+                b.iter(|| {
+                    let ctx = EncryptionContext::new(map.clone()).unwrap();
+                    black_box(ctx.canonical_bytes())
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -78,9 +82,7 @@ fn policy_decision(c: &mut Criterion) {
         })
     });
     g.bench_function("custom_policy_parsed_once", |b| {
-        b.iter(|| {
-            black_box(policy::decide(&user, ownership, Some(&parsed), "kms:Encrypt").is_ok())
-        })
+        b.iter(|| black_box(policy::decide(&user, ownership, Some(&parsed), "kms:Encrypt").is_ok()))
     });
     g.finish();
 }
@@ -107,9 +109,11 @@ fn backend_primitives(c: &mut Criterion) {
                 black_box(buf)
             })
         });
-        g.bench_with_input(BenchmarkId::new("soft_backend_handle", size), &plaintext, |b, p| {
-            b.iter(|| black_box(soft.aead_encrypt(&aes_handle, &iv, &[], p).unwrap()))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("soft_backend_handle", size),
+            &plaintext,
+            |b, p| b.iter(|| black_box(soft.aead_encrypt(&aes_handle, &iv, &[], p).unwrap())),
+        );
     }
     g.finish();
 

@@ -96,10 +96,9 @@ impl Kind {
         Ok(match (scenario, protection) {
             (Scenario::CreateKey | Scenario::DisableRefusal, _) => None,
             (Scenario::DescribeKey | Scenario::Mixed, _) => Some(Kind::Echo),
-            (
-                Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt,
-                Protection::Software,
-            ) => Some(Kind::Echo),
+            (Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt, Protection::Software) => {
+                Some(Kind::Echo)
+            }
             (Scenario::GenerateDataKey, Protection::Software) => Some(Kind::AesGcm),
             (
                 Scenario::Encrypt
@@ -112,13 +111,12 @@ impl Kind {
                 Scenario::Sign | Scenario::Verify | Scenario::AsymmetricDecrypt,
                 Protection::Software,
             ) => Some(asym(spec)?),
-            (
-                Scenario::Sign | Scenario::Verify | Scenario::AsymmetricDecrypt,
-                Protection::Hsm,
-            ) => bail!(
-                "no baseline for HSM {scenario}: the baselines cover software signatures and HSM \
+            (Scenario::Sign | Scenario::Verify | Scenario::AsymmetricDecrypt, Protection::Hsm) => {
+                bail!(
+                    "no baseline for HSM {scenario}: the baselines cover software signatures and HSM \
                  AES-GCM; pass --baseline echo to compare with a bare call"
-            ),
+                )
+            }
         })
     }
 }
@@ -185,8 +183,9 @@ struct HsmTable {
 fn hsm_params(args: &HsmArgs) -> Result<HsmParams> {
     let table = match &args.hsm_config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the data plane's config {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the data plane's config {}", path.display())
+            })?;
             toml::from_str::<DataConfig>(&text)
                 .with_context(|| format!("{} has no readable [hsm] table", path.display()))?
                 .hsm
@@ -204,7 +203,10 @@ fn hsm_params(args: &HsmArgs) -> Result<HsmParams> {
              the data plane's config, or --hsm-token and --hsm-pin-file (or --dev-json)"
         );
     };
-    let pin = match (args.hsm_pin_file.as_ref().or(table.user_pin_file.as_ref()), table.user_pin) {
+    let pin = match (
+        args.hsm_pin_file.as_ref().or(table.user_pin_file.as_ref()),
+        table.user_pin,
+    ) {
         (Some(file), _) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the PIN file {}", file.display()))?
             .lines()
@@ -230,7 +232,7 @@ fn hsm_params(args: &HsmArgs) -> Result<HsmParams> {
 enum Work {
     Echo,
     AesGcm {
-        key: LessSafeKey,
+        key: Box<LessSafeKey>,
         rng: SystemRandom,
         /// The payload sealed under `key` with `iv`, which Decrypt and ReEncrypt open.
         sealed: Vec<u8>,
@@ -281,11 +283,12 @@ impl Work {
             Kind::Echo => Ok(Work::Echo),
             Kind::AesGcm => {
                 let mut raw = [0u8; 32];
-                rng.fill(&mut raw).map_err(|_| anyhow::anyhow!("no randomness"))?;
-                let key = LessSafeKey::new(
+                rng.fill(&mut raw)
+                    .map_err(|_| anyhow::anyhow!("no randomness"))?;
+                let key = Box::new(LessSafeKey::new(
                     UnboundKey::new(&AES_256_GCM, &raw)
                         .map_err(|_| anyhow::anyhow!("AES key rejected"))?,
-                );
+                ));
                 let iv = [7u8; GCM_IV_LEN];
                 let mut sealed = plaintext;
                 key.seal_in_place_append_tag(
@@ -302,9 +305,7 @@ impl Work {
                 })
             }
             Kind::EcdsaP256 | Kind::EcdsaP256k | Kind::Rsa2048 | Kind::Rsa3072 => {
-                let spec = kind
-                    .soft_spec()
-                    .context("not a software key baseline")?;
+                let spec = kind.soft_spec().context("not a software key baseline")?;
                 let soft = Arc::new(SoftBackend::new());
                 let generated = soft.generate(spec).map_err(internal_err)?;
                 let handle = soft.load(spec, &generated.material).map_err(internal_err)?;
@@ -373,7 +374,8 @@ fn internal_err<E: fmt::Display>(e: E) -> anyhow::Error {
 
 fn fresh_iv(rng: &SystemRandom) -> Result<[u8; GCM_IV_LEN], Status> {
     let mut iv = [0u8; GCM_IV_LEN];
-    rng.fill(&mut iv).map_err(|_| Status::internal("no randomness"))?;
+    rng.fill(&mut iv)
+        .map_err(|_| Status::internal("no randomness"))?;
     Ok(iv)
 }
 
@@ -384,8 +386,12 @@ impl Baseline {
             Work::AesGcm { key, rng, .. } => {
                 let iv = fresh_iv(rng)?;
                 let mut out = plaintext;
-                key.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut out)
-                    .map_err(|_| Status::internal("seal failed"))?;
+                key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::empty(),
+                    &mut out,
+                )
+                .map_err(|_| Status::internal("seal failed"))?;
                 Ok(out)
             }
             Work::Pkcs11 {
@@ -437,7 +443,9 @@ impl Baseline {
 
     fn template<T: Clone>(&self, t: &Option<T>, what: &str) -> Result<T, Status> {
         t.clone().ok_or_else(|| {
-            Status::unimplemented(format!("this baseline has no {what} response to answer with"))
+            Status::unimplemented(format!(
+                "this baseline has no {what} response to answer with"
+            ))
         })
     }
 }
@@ -785,8 +793,8 @@ pub(crate) async fn start(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true));
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                 // The planes' own builder (keepalive, streams per connection), with their
                 // default limits.
                 let _ = kms_runtime::connections::server(&kms_runtime::LimitsConfig::default())

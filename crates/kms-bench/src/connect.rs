@@ -169,12 +169,8 @@ impl Planes {
     /// Resolves `args`: explicit flags first, then `dev.json`, then the defaults.
     pub(crate) fn resolve(args: &ConnectArgs) -> Result<Self> {
         let dev = args.dev_json.as_deref().map(DevJson::read).transpose()?;
-        let from_dev = |f: fn(&DevJson) -> &String| {
-            dev.as_ref()
-                .map(f)
-                .filter(|s| !s.is_empty())
-                .cloned()
-        };
+        let from_dev =
+            |f: fn(&DevJson) -> &String| dev.as_ref().map(f).filter(|s| !s.is_empty()).cloned();
         let control = args
             .control
             .clone()
@@ -225,9 +221,10 @@ impl Planes {
             }),
             _ => dev_tls(|d| &d.operator_cert_file, |d| &d.operator_key_file),
         };
-        let operator_principal = args.operator_principal.clone().or_else(|| {
-            from_dev(|d| &d.operator_principal).filter(|_| operator_tls.is_none())
-        });
+        let operator_principal = args
+            .operator_principal
+            .clone()
+            .or_else(|| from_dev(|d| &d.operator_principal).filter(|_| operator_tls.is_none()));
         let operator = match (operator_principal, operator_tls) {
             (None, None) => None,
             (principal, tls) => Some(Identity { principal, tls }),
@@ -261,7 +258,13 @@ impl Planes {
 
     /// `connections` channels to the data plane.
     pub(crate) async fn data_channels(&self) -> Result<Vec<Channel>> {
-        channels(Plane::Data, &self.data, self.caller.tls.as_ref(), self.connections).await
+        channels(
+            Plane::Data,
+            &self.data,
+            self.caller.tls.as_ref(),
+            self.connections,
+        )
+        .await
     }
 
     /// `connections` channels to the control plane.

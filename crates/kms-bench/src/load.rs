@@ -260,7 +260,10 @@ async fn show_progress(label: String, shared: Arc<Shared>, stop: Arc<AtomicBool>
         let ok = shared.ok.load(Ordering::Relaxed);
         let errors = shared.errors.load(Ordering::Relaxed);
         let (p50, p99) = {
-            let h = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
+            let h = shared
+                .latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if h.is_empty() {
                 (0.0, 0.0)
             } else {

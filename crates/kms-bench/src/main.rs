@@ -314,7 +314,10 @@ fn main() -> ExitCode {
                 .args(std::env::args_os().skip(1))
                 .env("SOFTHSM2_CONF", &conf)
                 .exec();
-            eprintln!("error: cannot start again with SOFTHSM2_CONF={}: {err}", conf.display());
+            eprintln!(
+                "error: cannot start again with SOFTHSM2_CONF={}: {err}",
+                conf.display()
+            );
             return ExitCode::FAILURE;
         }
     }
@@ -472,11 +475,12 @@ fn describe_work(work: &Workload) -> String {
             Protection::Hsm => "HSM",
         }
     )];
-    if work
-        .parts()
-        .iter()
-        .any(|s| matches!(s, Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt))
-    {
+    if work.parts().iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt
+        )
+    }) {
         parts.push(format!("{} B payload", work.payload));
     }
     if work.parts().iter().any(|s| {
@@ -528,11 +532,7 @@ async fn compare(args: CompareArgs) -> Result<bool> {
             }
             Some(k)
         }
-        None => Kind::for_scenario(
-            scenario,
-            work.protection,
-            work.spec_for(work.parts()[0]),
-        )?,
+        None => Kind::for_scenario(scenario, work.protection, work.spec_for(work.parts()[0]))?,
     };
     let planes = Planes::resolve(&args.connect)?;
     let clients = connect(&planes).await?;
@@ -547,7 +547,8 @@ async fn compare(args: CompareArgs) -> Result<bool> {
         }
         None => None,
     };
-    let outcome = compare_rounds(&args, &shape, &planes, &clients, &prepared, server.as_ref()).await;
+    let outcome =
+        compare_rounds(&args, &shape, &planes, &clients, &prepared, server.as_ref()).await;
     drop(server);
     let (created, scheduled, cleanup_error) = clean_up(&prepared, &clients, work.keep_keys).await;
     if let Some(e) = &cleanup_error {
@@ -555,11 +556,21 @@ async fn compare(args: CompareArgs) -> Result<bool> {
     }
     let (baseline_rounds, service_rounds) = outcome?;
 
-    let svc_tp = median(service_rounds.iter().map(|p| p.measured.throughput()).collect());
+    let svc_tp = median(
+        service_rounds
+            .iter()
+            .map(|p| p.measured.throughput())
+            .collect(),
+    );
     let svc_p99 = median(service_rounds.iter().map(Phase::p99_ms).collect());
     let (ratio_tp, ratio_p99, against) = match kind {
         Some(k) => {
-            let bl_tp = median(baseline_rounds.iter().map(|p| p.measured.throughput()).collect());
+            let bl_tp = median(
+                baseline_rounds
+                    .iter()
+                    .map(|p| p.measured.throughput())
+                    .collect(),
+            );
             let bl_p99 = median(baseline_rounds.iter().map(Phase::p99_ms).collect());
             (
                 Some(svc_tp / bl_tp.max(1e-9)),
@@ -730,7 +741,11 @@ async fn baseline_alone(args: BaselineArgs) -> Result<bool> {
         report::print_table(&[&phase]);
     }
     if let Some(path) = &args.output.plot {
-        write_plot(path, &format!("kms-bench baseline {}", args.kind), &[&phase])?;
+        write_plot(
+            path,
+            &format!("kms-bench baseline {}", args.kind),
+            &[&phase],
+        )?;
     }
     Ok(phase.measured.errors == 0)
 }
@@ -783,7 +798,8 @@ mod tests {
         .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.run.op, Some(Scenario::DescribeKey));
-        let cli = Cli::try_parse_from(["kms-bench", "compare", "sign", "--spec", "RSA_2048"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["kms-bench", "compare", "sign", "--spec", "RSA_2048"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Compare(_))));
     }
 
@@ -802,15 +818,30 @@ mod tests {
     fn scenarios_map_to_the_targets_baselines() {
         let k = |s, p, spec| Kind::for_scenario(s, p, spec).unwrap();
         use Protection::*;
-        assert_eq!(k(Scenario::Encrypt, Software, Spec::Aes256), Some(Kind::Echo));
-        assert_eq!(k(Scenario::DescribeKey, Software, Spec::Aes256), Some(Kind::Echo));
+        assert_eq!(
+            k(Scenario::Encrypt, Software, Spec::Aes256),
+            Some(Kind::Echo)
+        );
+        assert_eq!(
+            k(Scenario::DescribeKey, Software, Spec::Aes256),
+            Some(Kind::Echo)
+        );
         assert_eq!(
             k(Scenario::GenerateDataKey, Software, Spec::Aes256),
             Some(Kind::AesGcm)
         );
-        assert_eq!(k(Scenario::Sign, Software, Spec::EcP256), Some(Kind::EcdsaP256));
-        assert_eq!(k(Scenario::Sign, Software, Spec::Rsa2048), Some(Kind::Rsa2048));
-        assert_eq!(k(Scenario::Encrypt, Hsm, Spec::Aes256), Some(Kind::Pkcs11AesGcm));
+        assert_eq!(
+            k(Scenario::Sign, Software, Spec::EcP256),
+            Some(Kind::EcdsaP256)
+        );
+        assert_eq!(
+            k(Scenario::Sign, Software, Spec::Rsa2048),
+            Some(Kind::Rsa2048)
+        );
+        assert_eq!(
+            k(Scenario::Encrypt, Hsm, Spec::Aes256),
+            Some(Kind::Pkcs11AesGcm)
+        );
         assert_eq!(k(Scenario::CreateKey, Software, Spec::Aes256), None);
         assert!(Kind::for_scenario(Scenario::Sign, Hsm, Spec::EcP256).is_err());
     }

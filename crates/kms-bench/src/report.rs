@@ -33,7 +33,11 @@ impl Phase {
         let m = &self.measured;
         let mut latency = serde_json::Map::new();
         for (q, name) in QUANTILES {
-            let v = if q >= 1.0 { m.max_ms() } else { m.quantile_ms(q) };
+            let v = if q >= 1.0 {
+                m.max_ms()
+            } else {
+                m.quantile_ms(q)
+            };
             latency.insert(name.to_string(), json!(v));
         }
         latency.insert("mean".into(), json!(m.latency.mean() / 1e3));

@@ -13,10 +13,10 @@ use kms_proto::kms::v1::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricEncryptRequest,
     AsymmetricSignRequest, AsymmetricSignResponse, AsymmetricVerifyRequest,
     AsymmetricVerifyResponse, CreateKeyRequest, CreateKmsInstanceRequest, DecryptRequest,
-    DecryptResponse, DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest,
-    EnableKeyRequest, EncryptRequest, EncryptResponse, GenerateDataKeyRequest,
-    GenerateDataKeyResponse, GetKmsInstanceRequest, InstanceType, KeySpec, KeyUsage,
-    ReEncryptRequest, ReEncryptResponse, ScheduleKeyDeletionRequest,
+    DecryptResponse, DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest,
+    EncryptRequest, EncryptResponse, GenerateDataKeyRequest, GenerateDataKeyResponse,
+    GetKmsInstanceRequest, InstanceType, KeySpec, KeyUsage, ReEncryptRequest, ReEncryptResponse,
+    ScheduleKeyDeletionRequest,
 };
 use tonic::{Code, Status};
 
@@ -258,7 +258,9 @@ impl Workload {
                 bail!("asymmetric-decrypt needs an RSA key: --spec RSA_2048 or RSA_3072");
             }
             if s.asymmetric() && spec == Spec::Aes256 {
-                bail!("{s} needs an asymmetric key: --spec EC_P256, EC_P256K, RSA_2048 or RSA_3072");
+                bail!(
+                    "{s} needs an asymmetric key: --spec EC_P256, EC_P256K, RSA_2048 or RSA_3072"
+                );
             }
         }
         if self.scenario == Scenario::Mixed && self.mix.is_empty() {
@@ -386,7 +388,9 @@ async fn prepare_into(
         needed += match s {
             Scenario::ReEncrypt => 2,
             Scenario::DisableRefusal => work.concurrency as i64,
-            Scenario::CreateKey => i64::try_from(work.requests.unwrap_or(100_000)).unwrap_or(i64::MAX),
+            Scenario::CreateKey => {
+                i64::try_from(work.requests.unwrap_or(100_000)).unwrap_or(i64::MAX)
+            }
             Scenario::Encrypt
             | Scenario::Decrypt
             | Scenario::GenerateDataKey
@@ -428,7 +432,14 @@ async fn prepare_into(
         let spec = work.spec_for(s);
         let prepared = match s {
             Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt => {
-                let key = keyring.get(&mut keys, Spec::Aes256, KeyUsage::EncryptDecrypt, &mut run.created).await?;
+                let key = keyring
+                    .get(
+                        &mut keys,
+                        Spec::Aes256,
+                        KeyUsage::EncryptDecrypt,
+                        &mut run.created,
+                    )
+                    .await?;
                 let payload = vec![0x5a; work.payload];
                 let enc = crypto
                     .encrypt(EncryptRequest {
@@ -486,7 +497,14 @@ async fn prepare_into(
                 }
             }
             Scenario::GenerateDataKey => {
-                let key = keyring.get(&mut keys, Spec::Aes256, KeyUsage::EncryptDecrypt, &mut run.created).await?;
+                let key = keyring
+                    .get(
+                        &mut keys,
+                        Spec::Aes256,
+                        KeyUsage::EncryptDecrypt,
+                        &mut run.created,
+                    )
+                    .await?;
                 let r = crypto
                     .generate_data_key(GenerateDataKeyRequest {
                         key_id: key.clone(),
@@ -499,7 +517,9 @@ async fn prepare_into(
                 Prepared::GenerateDataKey { key }
             }
             Scenario::Sign | Scenario::Verify => {
-                let key = keyring.get(&mut keys, spec, KeyUsage::SignVerify, &mut run.created).await?;
+                let key = keyring
+                    .get(&mut keys, spec, KeyUsage::SignVerify, &mut run.created)
+                    .await?;
                 let algorithm = spec.sign_algorithm() as i32;
                 let signed = crypto
                     .asymmetric_sign(AsymmetricSignRequest {
@@ -529,10 +549,14 @@ async fn prepare_into(
                             ..Default::default()
                         })
                         .await
-                        .map_err(|e| setup_error(e, "AsymmetricVerify (preparing the run)", caller))?
+                        .map_err(|e| {
+                            setup_error(e, "AsymmetricVerify (preparing the run)", caller)
+                        })?
                         .into_inner();
                     if !v.value {
-                        bail!("the service did not verify its own signature while preparing the run");
+                        bail!(
+                            "the service did not verify its own signature while preparing the run"
+                        );
                     }
                     run.templates.verify = Some(v);
                     Prepared::Verify {
@@ -544,7 +568,9 @@ async fn prepare_into(
                 }
             }
             Scenario::AsymmetricDecrypt => {
-                let key = keyring.get(&mut keys, spec, KeyUsage::EncryptDecrypt, &mut run.created).await?;
+                let key = keyring
+                    .get(&mut keys, spec, KeyUsage::EncryptDecrypt, &mut run.created)
+                    .await?;
                 let algorithm = kms_proto::kms::v1::Algorithm::RsaesOaepSha256 as i32;
                 let ciphertext = crypto
                     .asymmetric_encrypt(AsymmetricEncryptRequest {
@@ -575,7 +601,14 @@ async fn prepare_into(
                 }
             }
             Scenario::DescribeKey => {
-                let key = keyring.get(&mut keys, Spec::Aes256, KeyUsage::EncryptDecrypt, &mut run.created).await?;
+                let key = keyring
+                    .get(
+                        &mut keys,
+                        Spec::Aes256,
+                        KeyUsage::EncryptDecrypt,
+                        &mut run.created,
+                    )
+                    .await?;
                 let d = keys
                     .describe_key(DescribeKeyRequest {
                         key_id: key.clone(),
@@ -721,7 +754,12 @@ type KeysClient = kms_proto::kms::v1::key_management_service_client::KeyManageme
 /// An instance of the caller's account with room for `needed` more keys: `--instance`, or
 /// dev.json's of the right type when it has room (and `fresh` is not asked), or a new one made
 /// by the operator.
-async fn instance_for(planes: &Planes, work: &Workload, needed: i64, fresh: bool) -> Result<String> {
+async fn instance_for(
+    planes: &Planes,
+    work: &Workload,
+    needed: i64,
+    fresh: bool,
+) -> Result<String> {
     if let Some(id) = &work.instance {
         return Ok(id.clone());
     }
@@ -811,7 +849,12 @@ async fn create_key(
         .context("CreateKey answered without the key's metadata")
 }
 
-fn create_request(instance: &str, spec: Spec, usage: KeyUsage, description: &str) -> CreateKeyRequest {
+fn create_request(
+    instance: &str,
+    spec: Spec,
+    usage: KeyUsage,
+    description: &str,
+) -> CreateKeyRequest {
     CreateKeyRequest {
         kms_instance_id: instance.to_string(),
         key_spec: spec.wire() as i32,
@@ -864,7 +907,12 @@ impl Run {
     pub(crate) fn created(&self) -> Vec<String> {
         let mut all = self.created.clone();
         if let Some(m) = &self.created_by_calls {
-            all.extend(m.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned());
+            all.extend(
+                m.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .cloned(),
+            );
         }
         all
     }
@@ -884,7 +932,13 @@ impl Run {
                     pending_window_in_days: 7,
                 })
                 .await
-                .map_err(|e| format!("{key}: {}: {}", crate::connect::code_name(e.code()), e.message()))
+                .map_err(|e| {
+                    format!(
+                        "{key}: {}: {}",
+                        crate::connect::code_name(e.code()),
+                        e.message()
+                    )
+                })
             });
             if set.len() >= 32
                 && let Some(r) = set.join_next().await
@@ -1020,7 +1074,12 @@ async fn one(part: &Prepared, clients: &Clients, i: u64) -> Result<Option<Durati
                 KeyUsage::SignVerify
             };
             let r = keys
-                .create_key(create_request(instance, *spec, usage, &format!("kms-bench {i}")))
+                .create_key(create_request(
+                    instance,
+                    *spec,
+                    usage,
+                    &format!("kms-bench {i}"),
+                ))
                 .await?;
             if let Some(m) = r.into_inner().key_metadata {
                 made.lock()
@@ -1061,7 +1120,8 @@ async fn disable_refusal(
     loop {
         match crypto.encrypt(encrypt()).await {
             Ok(_) => break,
-            Err(e) if e.code() == Code::FailedPrecondition && since.elapsed() < PROPAGATION_LIMIT => {}
+            Err(e)
+                if e.code() == Code::FailedPrecondition && since.elapsed() < PROPAGATION_LIMIT => {}
             Err(e) => return Err(e),
         }
     }
@@ -1095,7 +1155,9 @@ mod tests {
 
     #[test]
     fn mix_parses_and_refuses_what_it_cannot_run() {
-        let m = parse_mix("encrypt=70, decrypt=20,generate-data-key=10").unwrap().0;
+        let m = parse_mix("encrypt=70, decrypt=20,generate-data-key=10")
+            .unwrap()
+            .0;
         assert_eq!(
             m,
             vec![
@@ -1104,9 +1166,21 @@ mod tests {
                 (Scenario::GenerateDataKey, 10)
             ]
         );
-        assert!(parse_mix("encrypt").unwrap_err().contains("SCENARIO=WEIGHT"));
-        assert!(parse_mix("frobnicate=1").unwrap_err().contains("not a scenario"));
-        assert!(parse_mix("create-key=1").unwrap_err().contains("cannot be part"));
+        assert!(
+            parse_mix("encrypt")
+                .unwrap_err()
+                .contains("SCENARIO=WEIGHT")
+        );
+        assert!(
+            parse_mix("frobnicate=1")
+                .unwrap_err()
+                .contains("not a scenario")
+        );
+        assert!(
+            parse_mix("create-key=1")
+                .unwrap_err()
+                .contains("cannot be part")
+        );
         assert!(parse_mix("encrypt=x").unwrap_err().contains("whole number"));
         assert!(parse_mix("encrypt=0").is_err());
     }
@@ -1141,12 +1215,19 @@ mod tests {
             concurrency: 1,
             requests: None,
         };
-        assert_eq!(w(Scenario::Sign, None).spec_for(Scenario::Sign), Spec::EcP256);
+        assert_eq!(
+            w(Scenario::Sign, None).spec_for(Scenario::Sign),
+            Spec::EcP256
+        );
         assert_eq!(
             w(Scenario::AsymmetricDecrypt, None).spec_for(Scenario::AsymmetricDecrypt),
             Spec::Rsa2048
         );
-        assert!(w(Scenario::AsymmetricDecrypt, Some(Spec::EcP256)).check().is_err());
+        assert!(
+            w(Scenario::AsymmetricDecrypt, Some(Spec::EcP256))
+                .check()
+                .is_err()
+        );
         assert_eq!(
             w(Scenario::Encrypt, Some(Spec::EcP256)).spec_for(Scenario::Encrypt),
             Spec::Aes256
