@@ -47,6 +47,10 @@ pub(crate) struct ConnectArgs {
     /// room is given [default: dev.json's operator principal]
     #[arg(long, value_name = "ARN")]
     pub(crate) operator_principal: Option<String>,
+    /// The caller's account id, owner of a KMS instance made for the run [default: from
+    /// --principal, or dev.json's account principal]; needed over mTLS without either
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    pub(crate) account: Option<String>,
     /// mTLS: CA bundle the planes' certificates chain to (the development header is then not
     /// sent unless --principal is given)
     #[arg(long, env = "KMS_CA", value_name = "FILE", requires_all = ["cert", "cert_key"])]
@@ -163,6 +167,8 @@ pub(crate) struct Planes {
     pub(crate) operator: Option<Identity>,
     pub(crate) dev: Option<DevJson>,
     pub(crate) connections: usize,
+    /// `--account`.
+    pub(crate) account: Option<String>,
 }
 
 impl Planes {
@@ -241,11 +247,15 @@ impl Planes {
             operator,
             dev,
             connections: usize::from(args.connections),
+            account: args.account.clone(),
         })
     }
 
     /// The caller's account id: from the principal, or dev.json's account principal.
     pub(crate) fn account(&self) -> Option<String> {
+        if let Some(a) = &self.account {
+            return Some(a.clone());
+        }
         self.caller.account().or_else(|| {
             let dev = self.dev.as_ref()?;
             Identity {
@@ -578,6 +588,7 @@ mod tests {
             dev_json: Some(path),
             principal: None,
             operator_principal: None,
+            account: None,
             ca: None,
             cert: None,
             cert_key: None,

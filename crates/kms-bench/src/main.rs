@@ -378,6 +378,7 @@ async fn baseline_clients(addr: std::net::SocketAddr, connections: usize) -> Res
         operator: None,
         dev: None,
         connections,
+        account: None,
     };
     let _ = PrincipalHeader::none();
     planes.clients(&channels, &channels)

@@ -793,8 +793,8 @@ async fn instance_for(
     };
     let Some(owner) = planes.account() else {
         bail!(
-            "cannot tell the caller's account to make an instance for it: pass --principal, or \
-             --instance ID of an instance the caller may use"
+            "cannot tell the caller's account to make an instance for it: pass --account ID \
+             (or --principal), or --instance ID of an instance the caller may use"
         );
     };
     let quota = i32::try_from(needed.clamp(100, 100_000)).unwrap_or(100_000);
