@@ -167,7 +167,9 @@ pub(crate) async fn run(label: &str, shape: &Shape, call: Call) -> Measured {
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
+        p.abort();
         let _ = p.await;
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
     }
     let latency = shared
         .latency
@@ -255,8 +257,11 @@ async fn show_progress(label: String, shared: Arc<Shared>, stop: Arc<AtomicBool>
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.tick().await;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let ok = shared.ok.load(Ordering::Relaxed);
         let errors = shared.errors.load(Ordering::Relaxed);
         let (p50, p99) = {
@@ -282,7 +287,6 @@ async fn show_progress(label: String, shared: Arc<Shared>, stop: Arc<AtomicBool>
         );
         let _ = err.flush();
     }
-    let _ = write!(std::io::stderr(), "\r\x1b[K");
 }
 
 #[cfg(test)]
