@@ -134,15 +134,27 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
     assert_clean(&report, "disable-refusal");
     assert_eq!(report["ok"], 10, "{report}");
 
-    // Open loop: a fixed rate, bounded by a duration.
+    // Open loop: a fixed rate, bounded by a duration; a process's resident set sampled
+    // meanwhile (this test's own, standing in for a plane's).
+    let pid = std::process::id().to_string();
     let report = bench(
         &stack,
         &dev_json,
-        &["run", "encrypt", "--rate", "200", "--duration", "1s"],
+        &[
+            "run",
+            "encrypt",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--rss-of",
+            &pid,
+        ],
     )
     .await;
     assert_clean(&report, "open loop");
     assert_eq!(report["load"]["mode"], "open", "{report}");
+    assert!(report["rss"]["max_mib"].as_f64().unwrap() > 0.0, "{report}");
 
     // The older invocation still works.
     let report = bench(

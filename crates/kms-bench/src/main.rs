@@ -6,6 +6,7 @@ mod baseline;
 mod connect;
 mod load;
 mod report;
+mod rss;
 mod scenario;
 
 use std::path::PathBuf;
@@ -91,6 +92,11 @@ struct RunArgs {
     load: LoadArgs,
     #[command(flatten)]
     output: OutputArgs,
+    /// Sample the resident set of process PID (e.g. the data plane's, `pgrep -f kms-data`)
+    /// every second during the run and report its first, last and highest value: for the
+    /// memory and soak targets
+    #[arg(long, value_name = "PID")]
+    rss_of: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -400,7 +406,15 @@ async fn run(args: RunArgs) -> Result<bool> {
     let planes = Planes::resolve(&args.connect)?;
     let clients = connect(&planes).await?;
     let prepared = Arc::new(scenario::prepare(&planes, &clients, &work).await?);
+    let sampler = match args.rss_of {
+        Some(pid) => Some(rss::Sampler::start(pid)?),
+        None => None,
+    };
     let measured = load::run(scenario.name(), &shape, prepared.call(clients.clone())).await;
+    let rss = match sampler {
+        Some(s) => Some(s.stop().await),
+        None => None,
+    };
     let phase = Phase {
         target: "service".into(),
         measured,
@@ -415,6 +429,9 @@ async fn run(args: RunArgs) -> Result<bool> {
             o.insert("instance".into(), json!(prepared.instance));
             o.insert("keys_created".into(), json!(created));
             o.insert("keys_scheduled_for_deletion".into(), json!(scheduled));
+            if let Some(r) = &rss {
+                o.insert("rss".into(), r.json());
+            }
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -426,6 +443,9 @@ async fn run(args: RunArgs) -> Result<bool> {
             describe_work(&work)
         );
         report::print_table(&[&phase]);
+        if let Some(r) = &rss {
+            println!("{}", r.line());
+        }
         if created > 0 {
             println!("keys created: {created}, scheduled for deletion: {scheduled}");
         }
