@@ -386,6 +386,7 @@ async fn prepare_into(
     let mut needed: i64 = 0;
     for s in &parts {
         needed += match s {
+            Scenario::ReEncrypt if work.key.is_some() => 0,
             Scenario::ReEncrypt => 2,
             Scenario::DisableRefusal => work.concurrency as i64,
             Scenario::CreateKey => {
