@@ -1,430 +1,869 @@
-//! `kms-bench`: drives one operation against a running KMS and, in the same run, the bare gRPC
-//! baseline (a `grpc.health.v1` check on the same plane over the same kind of connection), so
-//! results read as ratios that do not depend on the machine.
+//! `kms-bench`: load tests of both planes. `run` measures a scenario against the service,
+//! `baseline` measures an in-process bare-gRPC baseline alone, and `compare` alternates the two
+//! in one run and reports service/baseline ratios, which do not depend on the machine.
 
+mod baseline;
+mod connect;
+mod load;
+mod report;
+mod rss;
+mod scenario;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
-use kms_proto::kms::v1::crypto_service_client::CryptoServiceClient;
-use kms_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
-use kms_proto::kms::v1::{
-    CreateKeyRequest, DecryptRequest, DescribeKeyRequest, EncryptRequest, GenerateDataKeyRequest,
-};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
 
-/// Load generator for the KMS: one operation against its bare-gRPC baseline.
+use crate::baseline::{HsmArgs, Kind};
+use crate::connect::{Clients, ConnectArgs, Identity, Planes, PrincipalHeader};
+use crate::load::Shape;
+use crate::report::Phase;
+use crate::scenario::{Protection, Scenario, Spec, Workload};
+
+const EXAMPLES: &str = "\
+Examples:
+  # against `kmsctl dev up --dir .dev`: Encrypt 4 KiB, 32 in flight, for 10 s
+  kms-bench run encrypt --dev-json .dev/dev.json --concurrency 32 --duration 10s
+  # the service against its baseline (echo), 3 rounds each, ratios as JSON
+  kms-bench compare encrypt --dev-json .dev/dev.json --concurrency 32 --duration 5s --json
+  kms-bench compare sign --spec RSA_2048 --dev-json .dev/dev.json --duration 5s
+  kms-bench compare encrypt --protection hsm --dev-json .dev/dev.json --duration 5s
+  # open loop: 5,000 requests per second for 30 s, latency from each intended send time
+  kms-bench run mixed --mix encrypt=70,decrypt=20,generate-data-key=10 --rate 5000 --duration 30s
+  kms-bench run disable-refusal --dev-json .dev/dev.json --requests 200 --plot refusal.svg
+  # a baseline alone
+  kms-bench baseline aes-gcm --scenario generate-data-key --duration 5s
+
+Exit status: 0 when every request succeeded, 2 when the run completed with failed requests
+(the report counts them by gRPC code and reason), 1 when it could not run.";
+
+/// Load tests of the KMS: scenarios against both planes, and in-process bare-gRPC baselines.
 #[derive(Debug, Parser)]
 #[command(
     version,
     about,
-    after_help = "Example:\n  kms-bench --principal acs:ram::1234567890123456:root --key alias/demo --op encrypt --requests 5000 --concurrency 32"
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
 )]
-struct Args {
-    /// Control-plane URL.
-    #[arg(
-        long,
-        env = "KMS_CONTROL_ADDR",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    control: String,
-    /// Data-plane URL.
-    #[arg(long, env = "KMS_DATA_ADDR", default_value = "http://127.0.0.1:7701")]
-    data: String,
-    /// Principal ARN to call as (dev identity header).
-    #[arg(long, env = "KMS_PRINCIPAL")]
-    principal: String,
-    /// Key to use (id, alias or ARN); without it the account's default key is created with
-    /// alias `alias/kms-bench`, or reused when that alias exists.
-    #[arg(long)]
-    key: Option<String>,
-    /// The operation to measure.
-    #[arg(long, value_enum, default_value_t = Op::Encrypt)]
-    op: Op,
-    /// Requests per phase.
-    #[arg(long, default_value_t = 2000)]
-    requests: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Plaintext size for encrypt and decrypt, in bytes (1–6144).
-    #[arg(long, default_value_t = 256)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand: `run` (the scenario with `--op`)
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure a scenario against the service
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Alternate a scenario's baseline and the service, and report service/baseline ratios
+    ///
+    /// Each round runs the baseline, then the service, with the same load. The figures of
+    /// each side are the median over the rounds; the ratios are throughput (service /
+    /// baseline, higher is better) and p99 latency (service / baseline, lower is better).
+    /// create-key and disable-refusal have absolute targets instead (5,000 keys/s; 10 ms p99):
+    /// their ratios are to those.
+    #[command(after_help = EXAMPLES)]
+    Compare(CompareArgs),
+    /// Measure a baseline alone, served in this process
+    #[command(after_help = EXAMPLES)]
+    Baseline(BaselineArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// The scenario
+    #[arg(value_enum)]
+    scenario: Option<Scenario>,
+    /// The scenario (older spelling of the positional argument)
+    #[arg(long = "op", value_enum, hide = true, conflicts_with = "scenario")]
+    op: Option<Scenario>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    work: WorkArgs,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Sample the resident set of process PID (e.g. the data plane's, `pgrep -f kms-data`)
+    /// every second during the run and report its first, last and highest value: for the
+    /// memory and soak targets
+    #[arg(long, value_name = "PID")]
+    rss_of: Option<u32>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct CompareArgs {
+    /// The scenario
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Rounds of baseline then service
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// The baseline [default: the scenario's, as the targets pair them: echo for encrypt,
+    /// decrypt, re-encrypt, describe-key and mixed; aes-gcm for generate-data-key;
+    /// ecdsa-p256/rsa-2048/... for sign, verify and asymmetric-decrypt by --spec;
+    /// pkcs11-aes-gcm for symmetric scenarios with --protection hsm]
+    #[arg(long, value_enum)]
+    baseline: Option<Kind>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    work: WorkArgs,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    hsm: HsmArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct BaselineArgs {
+    /// The baseline
+    #[arg(value_enum)]
+    kind: Kind,
+    /// The requests to send it
+    #[arg(long, value_enum, default_value_t = Scenario::Encrypt)]
+    scenario: Scenario,
+    /// HTTP/2 connections to the baseline
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    connections: u16,
+    /// `dev.json` of `kmsctl dev up`, for the HSM baseline's token
+    #[arg(long, value_name = "FILE")]
+    dev_json: Option<PathBuf>,
+    #[command(flatten)]
+    work: WorkArgs,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    hsm: HsmArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct WorkArgs {
+    /// Plaintext bytes of encrypt, decrypt and re-encrypt (1–6144)
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     payload: usize,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-    /// KMS instance the keys of `--op create-key` are made in (it needs the quota for
-    /// them); its keys are durable writes through the control plane's store.
+    /// Key spec of sign, verify and asymmetric-decrypt [default: EC_P256; RSA_2048 for
+    /// asymmetric-decrypt], and of create-key [default: Aliyun_AES_256]
+    #[arg(long, value_enum)]
+    spec: Option<Spec>,
+    /// Software- or HSM-protected keys
+    #[arg(long, value_enum, default_value_t = Protection::Software)]
+    protection: Protection,
+    /// Weights of `mixed`: SCENARIO=WEIGHT,...
+    #[arg(long, value_name = "MIX", value_parser = scenario::parse_mix,
+          default_value = "encrypt=70,decrypt=20,generate-data-key=10")]
+    mix: scenario::Mix,
+    /// Use this existing symmetric key (id, alias or ARN) instead of creating one; it is not
+    /// deleted afterwards
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// KMS instance to create the run's keys in [default: dev.json's when it has room, else a
+    /// new one made as the operator]
     #[arg(long, value_name = "INSTANCE_ID")]
     instance: Option<String>,
+    /// Keep the keys the run created instead of scheduling their deletion (7 days)
+    #[arg(long)]
+    keep_keys: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Op {
-    Encrypt,
-    Decrypt,
-    GenerateDataKey,
-    DescribeKey,
-    CreateKey,
+#[derive(Debug, Clone, Args)]
+struct LoadArgs {
+    /// Closed loop: requests in flight [default: 16]. With --rate: the most in flight at once
+    /// [default: 1024]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: Option<u32>,
+    /// Open loop: requests per second, each one's latency measured from when it was due
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<f64>,
+    /// Stop after this long, e.g. 10s or 1m [default: none; with neither bound, 2000 requests]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many requests (per phase)
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
-struct As(String);
-
-impl tonic::service::Interceptor for As {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = self
-            .0
-            .parse()
-            .map_err(|_| tonic::Status::invalid_argument("principal is not a header value"))?;
-        req.metadata_mut().insert("x-kms-principal", value);
-        Ok(req)
-    }
+#[derive(Debug, Clone, Args)]
+struct OutputArgs {
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of latency by percentile to FILE
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 }
 
-type Crypto = CryptoServiceClient<InterceptedService<Channel, As>>;
-type Keys = KeyManagementServiceClient<InterceptedService<Channel, As>>;
-
-/// What one phase measured.
-#[derive(Debug)]
-struct Phase {
-    name: String,
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Phase {
-    fn throughput(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let idx = ((self.latencies.len() - 1) as f64 * p).round() as usize;
-        self.latencies[idx.min(self.latencies.len() - 1)]
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "name": self.name,
-            "ok": self.ok,
-            "errors": self.errors,
-            "seconds": self.elapsed.as_secs_f64(),
-            "per_second": self.throughput(),
-            "p50_ms": self.percentile(0.5).as_secs_f64() * 1e3,
-            "p99_ms": self.percentile(0.99).as_secs_f64() * 1e3,
-        })
-    }
-}
-
-async fn run_phase<F, Fut>(name: &str, requests: usize, concurrency: usize, call: F) -> Phase
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
-{
-    use std::io::IsTerminal;
-    let interactive = std::io::stderr().is_terminal();
-    let call = Arc::new(call);
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (call, next, done) = (Arc::clone(&call), Arc::clone(&next), Arc::clone(&done));
-        let name = name.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let (mut errors, mut first_error) = (0usize, None);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    break;
-                }
-                let t = Instant::now();
-                match call(i).await {
-                    Ok(()) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        errors += 1;
-                        first_error
-                            .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
-                    }
-                }
-                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if interactive && requests >= 10 && d % (requests / 10) == 0 {
-                    eprint!("\r{name}: {d}/{requests}");
-                }
-            }
-            (lat, errors, first_error)
-        }));
-    }
-    let mut phase = Phase {
-        name: name.to_string(),
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(requests),
-    };
-    for t in tasks {
-        if let Ok((lat, errors, first)) = t.await {
-            phase.ok += lat.len();
-            phase.latencies.extend(lat);
-            phase.errors += errors;
-            if phase.first_error.is_none() {
-                phase.first_error = first;
-            }
-        }
-    }
-    phase.elapsed = start.elapsed();
-    phase.latencies.sort_unstable();
-    eprintln!(
-        "\r{name}: {requests}/{requests} done in {:.2?}",
-        phase.elapsed
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.trim().len()),
     );
-    phase
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
-async fn resolve_key(keys: &mut Keys, wanted: Option<&str>) -> Result<String> {
-    if let Some(k) = wanted {
-        let meta = keys
-            .describe_key(DescribeKeyRequest {
-                key_id: k.to_string(),
-            })
-            .await
-            .with_context(|| format!("cannot describe key {k}"))?;
-        return Ok(meta
-            .into_inner()
-            .key_metadata
-            .map(|m| m.key_id)
-            .unwrap_or_default());
-    }
-    if let Ok(meta) = keys
-        .describe_key(DescribeKeyRequest {
-            key_id: "alias/kms-bench".into(),
+impl LoadArgs {
+    fn shape(&self) -> Result<Shape> {
+        if let Some(r) = self.rate
+            && !(r > 0.0 && r.is_finite())
+        {
+            bail!("--rate must be a positive number of requests per second");
+        }
+        let requests = match (self.requests, self.duration) {
+            (None, None) => Some(2000),
+            (r, _) => r,
+        };
+        if requests == Some(0) {
+            bail!("--requests must be at least 1");
+        }
+        let default = if self.rate.is_some() { 1024 } else { 16 };
+        Ok(Shape {
+            concurrency: self.concurrency.map(|c| c as usize).unwrap_or(default),
+            rate: self.rate,
+            requests,
+            duration: self.duration,
         })
-        .await
+    }
+
+    fn json(&self, shape: &Shape) -> Value {
+        json!({
+            "mode": if shape.rate.is_some() { "open" } else { "closed" },
+            "concurrency": shape.concurrency,
+            "rate": shape.rate,
+            "requests": shape.requests,
+            "duration_s": shape.duration.map(|d| d.as_secs_f64()),
+        })
+    }
+}
+
+impl WorkArgs {
+    fn workload(&self, scenario: Scenario, shape: &Shape) -> Workload {
+        Workload {
+            scenario,
+            payload: self.payload,
+            spec: self.spec,
+            protection: self.protection,
+            mix: if scenario == Scenario::Mixed {
+                self.mix.0.clone()
+            } else {
+                Vec::new()
+            },
+            key: self.key.clone(),
+            instance: self.instance.clone(),
+            keep_keys: self.keep_keys,
+            concurrency: shape.concurrency,
+            requests: shape.requests,
+        }
+    }
+}
+
+fn workload_json(work: &Workload) -> Value {
+    json!({
+        "scenario": work.scenario.name(),
+        "payload_bytes": work.payload,
+        "spec": work.spec_for(work.parts().first().copied().unwrap_or(work.scenario)).name(),
+        "protection": match work.protection { Protection::Software => "software", Protection::Hsm => "hsm" },
+        "mix": work.mix.iter().map(|(s, w)| (s.name().to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// The SOFTHSM2_CONF this invocation needs, when it starts the HSM baseline.
+fn softhsm_conf(cli: &Cli) -> Option<PathBuf> {
+    let (hsm, dev) = match &cli.command {
+        Some(Command::Compare(a)) => (&a.hsm, a.connect.dev_json.as_ref()),
+        Some(Command::Baseline(a)) => (&a.hsm, a.dev_json.as_ref()),
+        _ => return None,
+    };
+    let dir = dev.and_then(|d| d.parent().map(|p| p.to_path_buf()));
+    hsm.clone()
+        .with_dev_dir(dir.as_deref())
+        .softhsm_conf
+        .filter(|p| p.exists())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The PKCS#11 module reads SOFTHSM2_CONF when it loads; this process cannot change its own
+    // environment safely once threads run, so it starts itself again with the variable set.
+    if let Some(conf) = softhsm_conf(&cli)
+        && std::env::var_os("SOFTHSM2_CONF").as_deref() != Some(conf.as_os_str())
     {
-        return Ok(meta
-            .into_inner()
-            .key_metadata
-            .map(|m| m.key_id)
-            .unwrap_or_default());
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe();
+        if let Ok(exe) = exe {
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("SOFTHSM2_CONF", &conf)
+                .exec();
+            eprintln!(
+                "error: cannot start again with SOFTHSM2_CONF={}: {err}",
+                conf.display()
+            );
+            return ExitCode::FAILURE;
+        }
     }
-    let created = keys
-        .create_key(CreateKeyRequest {
-            alias: "alias/kms-bench".into(),
-            description: "created by kms-bench".into(),
-            ..Default::default()
-        })
-        .await
-        .context("cannot create a key for the benchmark (the account may already have its default key: pass --key)")?;
-    Ok(created
-        .into_inner()
-        .key_metadata
-        .map(|m| m.key_id)
-        .unwrap_or_default())
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Run(a)) => run(a).await,
+            Some(Command::Compare(a)) => compare(a).await,
+            Some(Command::Baseline(a)) => baseline_alone(a).await,
+            None => run(cli.run).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    if !(1..=6144).contains(&args.payload) {
-        bail!("--payload must be 1 to 6144 bytes");
-    }
-    let data = Channel::from_shared(args.data.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the data plane at {}", args.data))?;
-    let control = Channel::from_shared(args.control.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the control plane at {}", args.control))?;
-    let who = As(args.principal.clone());
-    let mut keys: Keys = KeyManagementServiceClient::with_interceptor(control.clone(), who.clone());
-    let crypto: Crypto = CryptoServiceClient::with_interceptor(data.clone(), who.clone());
-    let key_id = resolve_key(&mut keys, args.key.as_deref()).await?;
-    let payload = vec![0x5au8; args.payload];
-    let blob = crypto
-        .clone()
-        .encrypt(EncryptRequest {
-            key_id: key_id.clone(),
-            plaintext: payload.clone(),
-            ..Default::default()
-        })
-        .await
-        .context("warm-up Encrypt failed")?
-        .into_inner()
-        .ciphertext_blob;
+/// Channels and clients of both planes.
+async fn connect(planes: &Planes) -> Result<Clients> {
+    let data = planes.data_channels().await?;
+    let control = planes.control_channels().await?;
+    planes.clients(&data, &control)
+}
 
-    if args.op == Op::CreateKey && args.instance.is_none() {
-        bail!("--op create-key needs --instance: the KMS instance to make the keys in");
-    }
-    let plane = if matches!(args.op, Op::DescribeKey | Op::CreateKey) {
-        control.clone()
-    } else {
-        data.clone()
-    };
-    let health = HealthClient::new(plane);
-    let baseline = run_phase(
-        "baseline (grpc.health.v1 Check)",
-        args.requests,
-        args.concurrency,
-        move |_| {
-            let mut h = health.clone();
-            async move {
-                h.check(HealthCheckRequest {
-                    service: String::new(),
-                })
+/// Clients of a baseline server at `addr`, over `connections` channels.
+async fn baseline_clients(addr: std::net::SocketAddr, connections: usize) -> Result<Clients> {
+    let url = format!("http://{addr}");
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(
+            connect::endpoint(&url)?
+                .connect()
                 .await
-                .map(|_| ())
-            }
-        },
-    )
-    .await;
-
-    let (op_name, phase) = match args.op {
-        Op::Encrypt => {
-            let (c, k, p) = (crypto.clone(), key_id.clone(), payload.clone());
-            let phase = run_phase("Encrypt", args.requests, args.concurrency, move |_| {
-                let (mut c, k, p) = (c.clone(), k.clone(), p.clone());
-                async move {
-                    c.encrypt(EncryptRequest {
-                        key_id: k,
-                        plaintext: p,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                }
-            })
-            .await;
-            ("Encrypt", phase)
-        }
-        Op::Decrypt => {
-            let (c, b) = (crypto.clone(), blob.clone());
-            let phase = run_phase("Decrypt", args.requests, args.concurrency, move |_| {
-                let (mut c, b) = (c.clone(), b.clone());
-                async move {
-                    c.decrypt(DecryptRequest {
-                        ciphertext_blob: b,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                }
-            })
-            .await;
-            ("Decrypt", phase)
-        }
-        Op::GenerateDataKey => {
-            let (c, k) = (crypto.clone(), key_id.clone());
-            let phase = run_phase(
-                "GenerateDataKey",
-                args.requests,
-                args.concurrency,
-                move |_| {
-                    let (mut c, k) = (c.clone(), k.clone());
-                    async move {
-                        c.generate_data_key(GenerateDataKeyRequest {
-                            key_id: k,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                    }
-                },
-            )
-            .await;
-            ("GenerateDataKey", phase)
-        }
-        Op::DescribeKey => {
-            let (c, k) = (keys.clone(), key_id.clone());
-            let phase = run_phase("DescribeKey", args.requests, args.concurrency, move |_| {
-                let (mut c, k) = (c.clone(), k.clone());
-                async move {
-                    c.describe_key(DescribeKeyRequest { key_id: k })
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .await;
-            ("DescribeKey", phase)
-        }
-        Op::CreateKey => {
-            let (c, instance) = (keys.clone(), args.instance.clone().unwrap_or_default());
-            let phase = run_phase("CreateKey", args.requests, args.concurrency, move |i| {
-                let (mut c, instance) = (c.clone(), instance.clone());
-                async move {
-                    c.create_key(CreateKeyRequest {
-                        kms_instance_id: instance,
-                        description: format!("kms-bench {i}"),
-                        enable_automatic_rotation: Some(false),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                }
-            })
-            .await;
-            ("CreateKey", phase)
-        }
-    };
-
-    let ratio = phase.throughput() / baseline.throughput().max(1e-9);
-    let p50_ratio =
-        phase.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "op": op_name,
-                "key_id": key_id,
-                "requests": args.requests,
-                "concurrency": args.concurrency,
-                "payload_bytes": args.payload,
-                "baseline": baseline.json(),
-                "operation": phase.json(),
-                "throughput_ratio": ratio,
-                "p50_latency_ratio": p50_ratio,
-            })
+                .with_context(|| format!("cannot reach the baseline at {url}"))?,
         );
+    }
+    let planes = Planes {
+        control: url.clone(),
+        data: url,
+        caller: Identity {
+            principal: None,
+            tls: None,
+        },
+        operator: None,
+        dev: None,
+        connections,
+        account: None,
+    };
+    let _ = PrincipalHeader::none();
+    planes.clients(&channels, &channels)
+}
+
+fn write_plot(path: &std::path::Path, title: &str, phases: &[&Phase]) -> Result<()> {
+    std::fs::write(path, report::svg(title, phases))
+        .with_context(|| format!("cannot write the chart to {}", path.display()))
+}
+
+async fn run(args: RunArgs) -> Result<bool> {
+    let scenario = args.scenario.or(args.op).unwrap_or(Scenario::Encrypt);
+    let shape = args.load.shape()?;
+    if scenario == Scenario::DisableRefusal && shape.rate.is_some() {
+        bail!("disable-refusal runs closed loop only: each worker cycles its own key");
+    }
+    let work = args.work.workload(scenario, &shape);
+    work.check()?;
+    let planes = Planes::resolve(&args.connect)?;
+    let clients = connect(&planes).await?;
+    let prepared = Arc::new(scenario::prepare(&planes, &clients, &work).await?);
+    let sampler = match args.rss_of {
+        Some(pid) => Some(rss::Sampler::start(pid)?),
+        None => None,
+    };
+    let measured = load::run(scenario.name(), &shape, prepared.call(clients.clone())).await;
+    let rss = match sampler {
+        Some(s) => Some(s.stop().await),
+        None => None,
+    };
+    let phase = Phase {
+        target: "service".into(),
+        measured,
+    };
+    let (created, scheduled, cleanup_error) = clean_up(&prepared, &clients, work.keep_keys).await;
+    if args.output.json {
+        let mut out = phase.json();
+        if let (Some(o), Value::Object(w)) = (out.as_object_mut(), workload_json(&work)) {
+            o.extend(w);
+            o.insert("load".into(), args.load.json(&shape));
+            o.insert("connections".into(), json!(planes.connections));
+            o.insert("instance".into(), json!(prepared.instance));
+            o.insert("keys_created".into(), json!(created));
+            o.insert("keys_scheduled_for_deletion".into(), json!(scheduled));
+            if let Some(r) = &rss {
+                o.insert("rss".into(), r.json());
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{:<34} {:>8} {:>7} {:>12} {:>9} {:>9}",
-            "phase", "ok", "errors", "per second", "p50 ms", "p99 ms"
+            "{} ({}, {} connection(s), {})",
+            scenario,
+            describe_shape(&shape),
+            planes.connections,
+            describe_work(&work)
         );
-        for p in [&baseline, &phase] {
-            println!(
-                "{:<34} {:>8} {:>7} {:>12.0} {:>9.3} {:>9.3}",
-                p.name,
-                p.ok,
-                p.errors,
-                p.throughput(),
-                p.percentile(0.5).as_secs_f64() * 1e3,
-                p.percentile(0.99).as_secs_f64() * 1e3
+        report::print_table(&[&phase]);
+        if let Some(r) = &rss {
+            println!("{}", r.line());
+        }
+        if created > 0 {
+            println!("keys created: {created}, scheduled for deletion: {scheduled}");
+        }
+    }
+    if let Some(e) = cleanup_error {
+        eprintln!("warning: scheduling the run's keys for deletion failed: {e}");
+    }
+    if let Some(path) = &args.output.plot {
+        write_plot(path, &format!("kms-bench {scenario}"), &[&phase])?;
+    }
+    Ok(phase.measured.errors == 0)
+}
+
+async fn clean_up(
+    prepared: &scenario::Run,
+    clients: &Clients,
+    keep: bool,
+) -> (usize, usize, Option<String>) {
+    let created = prepared.created().len();
+    if keep || created == 0 {
+        return (created, 0, None);
+    }
+    let (scheduled, error) = prepared.clean_up(clients).await;
+    (created, scheduled, error)
+}
+
+fn describe_shape(shape: &Shape) -> String {
+    let bound = match (shape.requests, shape.duration) {
+        (Some(r), Some(d)) => format!("{r} requests or {:.1?}", d),
+        (Some(r), None) => format!("{r} requests"),
+        (None, Some(d)) => format!("{:.1?}", d),
+        (None, None) => "unbounded".into(),
+    };
+    match shape.rate {
+        Some(r) => format!(
+            "open loop at {r}/s, at most {} in flight, {bound}",
+            shape.concurrency
+        ),
+        None => format!("closed loop, {} in flight, {bound}", shape.concurrency),
+    }
+}
+
+fn describe_work(work: &Workload) -> String {
+    let mut parts = vec![format!(
+        "{} keys",
+        match work.protection {
+            Protection::Software => "software",
+            Protection::Hsm => "HSM",
+        }
+    )];
+    if work.parts().iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Encrypt | Scenario::Decrypt | Scenario::ReEncrypt
+        )
+    }) {
+        parts.push(format!("{} B payload", work.payload));
+    }
+    if work.parts().iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Sign | Scenario::Verify | Scenario::AsymmetricDecrypt | Scenario::CreateKey
+        )
+    }) {
+        parts.push(work.spec_for(work.parts()[0]).name().to_string());
+    }
+    parts.join(", ")
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Absolute targets of the scenarios without a baseline: (keys per second, p99 ms).
+fn absolute_target(scenario: Scenario) -> (Option<f64>, Option<f64>) {
+    match scenario {
+        Scenario::CreateKey => (Some(5000.0), None),
+        Scenario::DisableRefusal => (None, Some(10.0)),
+        _ => (None, None),
+    }
+}
+
+async fn compare(args: CompareArgs) -> Result<bool> {
+    let scenario = args.scenario;
+    let shape = args.load.shape()?;
+    if scenario == Scenario::DisableRefusal && shape.rate.is_some() {
+        bail!("disable-refusal runs closed loop only: each worker cycles its own key");
+    }
+    let work = args.work.workload(scenario, &shape);
+    work.check()?;
+    let kind = match args.baseline {
+        Some(k) => {
+            if matches!(scenario, Scenario::CreateKey | Scenario::DisableRefusal) {
+                bail!("{scenario} has an absolute target, not a baseline: leave out --baseline");
+            }
+            Some(k)
+        }
+        None => Kind::for_scenario(scenario, work.protection, work.spec_for(work.parts()[0]))?,
+    };
+    let planes = Planes::resolve(&args.connect)?;
+    let clients = connect(&planes).await?;
+    let prepared = Arc::new(scenario::prepare(&planes, &clients, &work).await?);
+    let hsm = args
+        .hsm
+        .clone()
+        .with_dev_dir(planes.dev.as_ref().map(|d| d.dir.as_path()));
+    let server = match kind {
+        Some(k) => {
+            Some(baseline::start(k, work.payload, prepared.templates.clone(), Some(&hsm)).await?)
+        }
+        None => None,
+    };
+    let outcome =
+        compare_rounds(&args, &shape, &planes, &clients, &prepared, server.as_ref()).await;
+    drop(server);
+    let (created, scheduled, cleanup_error) = clean_up(&prepared, &clients, work.keep_keys).await;
+    if let Some(e) = &cleanup_error {
+        eprintln!("warning: scheduling the run's keys for deletion failed: {e}");
+    }
+    let (baseline_rounds, service_rounds) = outcome?;
+
+    let svc_tp = median(
+        service_rounds
+            .iter()
+            .map(|p| p.measured.throughput())
+            .collect(),
+    );
+    let svc_p99 = median(service_rounds.iter().map(Phase::p99_ms).collect());
+    let (ratio_tp, ratio_p99, against) = match kind {
+        Some(k) => {
+            let bl_tp = median(
+                baseline_rounds
+                    .iter()
+                    .map(|p| p.measured.throughput())
+                    .collect(),
             );
+            let bl_p99 = median(baseline_rounds.iter().map(Phase::p99_ms).collect());
+            (
+                Some(svc_tp / bl_tp.max(1e-9)),
+                Some(svc_p99 / bl_p99.max(1e-9)),
+                json!({"baseline": k.name(), "per_second": bl_tp, "p99_ms": bl_p99}),
+            )
         }
+        None => {
+            let (tp, p99) = absolute_target(scenario);
+            (
+                tp.map(|t| svc_tp / t),
+                p99.map(|t| svc_p99 / t),
+                json!({"absolute_target": {"per_second": tp, "p99_ms": p99}}),
+            )
+        }
+    };
+    let errors: u64 = baseline_rounds
+        .iter()
+        .chain(&service_rounds)
+        .map(|p| p.measured.errors)
+        .sum();
+
+    if args.output.json {
+        let mut out = json!({
+            "statistic": "median over rounds",
+            "rounds": args.rounds,
+            "baseline": kind.map(Kind::name),
+            "against": against,
+            "service": {
+                "per_second": svc_tp,
+                "p99_ms": svc_p99,
+                "rounds": service_rounds.iter().map(Phase::json).collect::<Vec<_>>(),
+            },
+            "baseline_rounds": baseline_rounds.iter().map(Phase::json).collect::<Vec<_>>(),
+            "ratio": {"throughput": ratio_tp, "p99": ratio_p99},
+            "errors": errors,
+            "load": args.load.json(&shape),
+            "connections": planes.connections,
+            "instance": prepared.instance,
+            "keys_created": created,
+            "keys_scheduled_for_deletion": scheduled,
+        });
+        if let (Some(o), Value::Object(w)) = (out.as_object_mut(), workload_json(&work)) {
+            o.extend(w);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
         println!(
-            "{op_name} throughput = {ratio:.3} × baseline; p50 latency = {p50_ratio:.2} × baseline"
+            "{} against {} ({}, {} connection(s), {}; {} rounds, median)",
+            scenario,
+            kind.map(Kind::name).unwrap_or("its absolute target"),
+            describe_shape(&shape),
+            planes.connections,
+            describe_work(&work),
+            args.rounds
         );
-    }
-    for p in [&baseline, &phase] {
-        if let Some(e) = &p.first_error {
-            eprintln!("{}: {} errors, the first: {e}", p.name, p.errors);
+        let phases: Vec<&Phase> = baseline_rounds
+            .iter()
+            .zip(&service_rounds)
+            .flat_map(|(b, s)| [b, s])
+            .chain(if kind.is_none() {
+                service_rounds.iter().collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            })
+            .collect();
+        report::print_table(&phases);
+        match (kind, ratio_tp, ratio_p99) {
+            (Some(k), Some(tp), Some(p99)) => println!(
+                "service / {k}: throughput {tp:.3}×, p99 latency {p99:.3}× (medians over {} rounds)",
+                args.rounds
+            ),
+            _ => {
+                if let Some(tp) = ratio_tp {
+                    println!("service: {svc_tp:.0}/s = {tp:.3}× the target of 5,000/s");
+                }
+                if let Some(p99) = ratio_p99 {
+                    println!("service: p99 {svc_p99:.3} ms = {p99:.3}× the target of 10 ms");
+                }
+            }
         }
     }
-    if phase.errors > 0 || baseline.errors > 0 {
-        bail!("some requests failed");
+    if let Some(path) = &args.output.plot {
+        // The last round of each side.
+        let mut last: Vec<&Phase> = Vec::new();
+        if let Some(b) = baseline_rounds.last() {
+            last.push(b);
+        }
+        if let Some(s) = service_rounds.last() {
+            last.push(s);
+        }
+        write_plot(path, &format!("kms-bench compare {scenario}"), &last)?;
     }
-    Ok(())
+    Ok(errors == 0)
+}
+
+async fn compare_rounds(
+    args: &CompareArgs,
+    shape: &Shape,
+    planes: &Planes,
+    clients: &Clients,
+    prepared: &Arc<scenario::Run>,
+    server: Option<&baseline::Server>,
+) -> Result<(Vec<Phase>, Vec<Phase>)> {
+    let baseline = match server {
+        Some(s) => Some((s.kind, baseline_clients(s.addr, planes.connections).await?)),
+        None => None,
+    };
+    let mut baseline_rounds = Vec::new();
+    let mut service_rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if let Some((kind, bc)) = &baseline {
+            let label = format!("round {round}: {kind}");
+            let measured = load::run(&label, shape, prepared.call(bc.clone())).await;
+            baseline_rounds.push(Phase {
+                target: kind.name().to_string(),
+                measured,
+            });
+        }
+        let label = format!("round {round}: service");
+        let measured = load::run(&label, shape, prepared.call(clients.clone())).await;
+        service_rounds.push(Phase {
+            target: "service".into(),
+            measured,
+        });
+    }
+    Ok((baseline_rounds, service_rounds))
+}
+
+async fn baseline_alone(args: BaselineArgs) -> Result<bool> {
+    let shape = args.load.shape()?;
+    let work = args.work.workload(args.scenario, &shape);
+    let prepared = Arc::new(scenario::offline(&work)?);
+    let dev_dir = args
+        .dev_json
+        .as_ref()
+        .and_then(|d| d.parent().map(|p| p.to_path_buf()));
+    let hsm = args.hsm.clone().with_dev_dir(dev_dir.as_deref());
+    let server = baseline::start(
+        args.kind,
+        work.payload,
+        baseline::synthetic_templates(work.payload),
+        Some(&hsm),
+    )
+    .await?;
+    let clients = baseline_clients(server.addr, usize::from(args.connections)).await?;
+    let measured = load::run(args.kind.name(), &shape, prepared.call(clients)).await;
+    drop(server);
+    let phase = Phase {
+        target: args.kind.name().into(),
+        measured,
+    };
+    if args.output.json {
+        let mut out = phase.json();
+        if let (Some(o), Value::Object(w)) = (out.as_object_mut(), workload_json(&work)) {
+            o.extend(w);
+            o.insert("load".into(), args.load.json(&shape));
+            o.insert("connections".into(), json!(args.connections));
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "baseline {} with {} requests ({})",
+            args.kind,
+            args.scenario,
+            describe_shape(&shape)
+        );
+        report::print_table(&[&phase]);
+    }
+    if let Some(path) = &args.output.plot {
+        write_plot(
+            path,
+            &format!("kms-bench baseline {}", args.kind),
+            &[&phase],
+        )?;
+    }
+    Ok(phase.measured.errors == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+
+    #[test]
+    fn older_invocation_still_parses() {
+        let cli = Cli::try_parse_from([
+            "kms-bench",
+            "--principal",
+            "acs:ram::1234567890123456:root",
+            "--op",
+            "describe-key",
+            "--requests",
+            "40",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.op, Some(Scenario::DescribeKey));
+        let cli =
+            Cli::try_parse_from(["kms-bench", "compare", "sign", "--spec", "RSA_2048"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Compare(_))));
+    }
+
+    #[test]
+    fn durations_and_medians() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn scenarios_map_to_the_targets_baselines() {
+        let k = |s, p, spec| Kind::for_scenario(s, p, spec).unwrap();
+        use Protection::*;
+        assert_eq!(
+            k(Scenario::Encrypt, Software, Spec::Aes256),
+            Some(Kind::Echo)
+        );
+        assert_eq!(
+            k(Scenario::DescribeKey, Software, Spec::Aes256),
+            Some(Kind::Echo)
+        );
+        assert_eq!(
+            k(Scenario::GenerateDataKey, Software, Spec::Aes256),
+            Some(Kind::AesGcm)
+        );
+        assert_eq!(
+            k(Scenario::Sign, Software, Spec::EcP256),
+            Some(Kind::EcdsaP256)
+        );
+        assert_eq!(
+            k(Scenario::Sign, Software, Spec::Rsa2048),
+            Some(Kind::Rsa2048)
+        );
+        assert_eq!(
+            k(Scenario::Encrypt, Hsm, Spec::Aes256),
+            Some(Kind::Pkcs11AesGcm)
+        );
+        assert_eq!(k(Scenario::CreateKey, Software, Spec::Aes256), None);
+        assert!(Kind::for_scenario(Scenario::Sign, Hsm, Spec::EcP256).is_err());
+    }
 }
