@@ -150,6 +150,20 @@ def expect_error(fn, code, status=None):
     raise AssertionError(f"expected {code}, the call succeeded")
 
 
+def once_converged(fn, stale_code, timeout=10.0):
+    """fn's result once the data plane has taken in a key's new state: the data plane learns
+    of a change through its key watch, so for a moment after EnableKey it may still answer
+    with the old state's refusal (stale_code); any other error, or the deadline, fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except CallError as e:
+            if e.code != stale_code or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def b64(data):
     return base64.b64encode(data).decode()
 
@@ -362,7 +376,7 @@ def more(mode):
     call("DisableKey", {"KeyId": key_id})
     expect_error(lambda: call("Encrypt", {"KeyId": key_id, "Plaintext": b64(b"x")}), "Rejected.Disabled", 400)
     call("EnableKey", {"KeyId": key_id})
-    call("Encrypt", {"KeyId": key_id, "Plaintext": b64(b"x")})
+    once_converged(lambda: call("Encrypt", {"KeyId": key_id, "Plaintext": b64(b"x")}), "Rejected.Disabled")
 
     version = call("CreateKeyVersion", {"KeyId": key_id})["KeyVersion"]["KeyVersionId"]
     versions = call("ListKeyVersions", {"KeyId": key_id, "PageSize": 10})
