@@ -37,6 +37,7 @@ use crate::certs::{CertFiles, DevCerts, existing_dev_certs, generate_dev_certs};
 use crate::client::{RpcError, TlsFiles, error_chain};
 
 mod configs;
+mod console;
 mod etcd;
 mod hsm;
 mod process;
@@ -86,6 +87,9 @@ pub(crate) struct UpArgs {
     /// Client address of the local etcd member (--store etcd); its peer port is the next one
     #[arg(long, value_name = "IP:PORT", default_value_t = etcd::DEFAULT_ETCD_ADDR, value_parser = parse_listen_addr)]
     etcd_addr: SocketAddr,
+    /// Address the web console (kms-console) listens on
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7702", value_parser = parse_listen_addr)]
+    console_addr: SocketAddr,
 }
 
 /// `--store`.
@@ -147,6 +151,9 @@ pub(crate) struct DevInfo {
     /// With `--mtls` only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     tls: Option<DevInfoTls>,
+    /// The web console, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console_url: Option<String>,
 }
 
 /// The `dev.json` entries of `--mtls`: the files kmsctl's `--ca`, `--cert` and `--cert-key`
@@ -200,6 +207,7 @@ impl DevInfo {
                 operator_cert_file: t.operator.cert.clone(),
                 operator_key_file: t.operator.key.clone(),
             }),
+            console_url: None,
         }
     }
 }
@@ -591,6 +599,9 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|(n, a)| (control_name(n), *a, "--control-addr"))
         .collect();
     ports.push(("kms-data".into(), args.data_addr, "--data-addr"));
+    if !args.mtls {
+        ports.push(("kms-console".into(), args.console_addr, "--console-addr"));
+    }
     if args.store == StoreKind::Etcd {
         ports.push(("etcd".into(), args.etcd_addr, "--etcd-addr"));
         ports.push((
@@ -754,11 +765,13 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// The client servers to start after the planes, each adding what it serves to `info`.
 async fn client_launches(
-    _args: &UpArgs,
-    _layout: &Layout,
-    _info: &mut DevInfo,
+    args: &UpArgs,
+    layout: &Layout,
+    info: &mut DevInfo,
 ) -> anyhow::Result<Vec<Launch>> {
-    Ok(Vec::new())
+    let mut launches = Vec::new();
+    launches.extend(console::console_launch(args, layout, info)?);
+    Ok(launches)
 }
 
 fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {

@@ -85,7 +85,6 @@ pub(super) enum Health {
     /// A `grpc.health.v1` check answering SERVING for `""` (the planes, etcd).
     Grpc(Box<tonic::transport::Endpoint>),
     /// `GET /healthz` over plain HTTP/1.1 answering 200 (the HTTP servers: console, gateway).
-    #[expect(dead_code, reason = "the first HTTP component removes this")]
     Http(SocketAddr),
 }
 
