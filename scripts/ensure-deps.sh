@@ -2,12 +2,13 @@
 # Installs the Debian packages the KMS needs when any is missing: SoftHSM for the data plane's
 # HSM, OpenSSL and CA certificates, etcd-server (the tests start real etcd members for the
 # control plane's etcd store), and protoc with the well-known .proto files (protobuf-compiler,
-# libprotobuf-dev), which the etcd-client crate's build script needs. Idempotent and silent when
+# libprotobuf-dev), which the etcd-client crate's build script needs, and headless Chromium with
+# its WebDriver (chromium, chromium-driver) for the console's browser tests. Idempotent and silent when
 # everything is present; runs `apt-get update` only when something has to be installed; uses
 # sudo when not root.
 set -euo pipefail
 
-packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
+packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev chromium chromium-driver)
 
 missing=()
 for pkg in "${packages[@]}"; do
