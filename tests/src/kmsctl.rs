@@ -32,7 +32,7 @@ impl DevUp {
 
     /// Starts `dev up --dir DIR/NAME`.
     pub fn start_named(dir: tempfile::TempDir, name: &str, extra: &[&str]) -> Self {
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         let etcd = free_port_pair();
         let out = dir.path().join("dev-up.out");
         let mut cmd = Command::new(crate::bin_path("kmsctl").unwrap());
@@ -40,6 +40,7 @@ impl DevUp {
             .arg(dir.path().join(name))
             .args(["--control-addr", &format!("127.0.0.1:{}", ports[0])])
             .args(["--data-addr", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--console-addr", &format!("127.0.0.1:{}", ports[2])])
             .args(["--etcd-addr", &format!("127.0.0.1:{etcd}")])
             .args(extra)
             .stdin(Stdio::null())

@@ -160,9 +160,10 @@ fn is_header_name(name: &str) -> bool {
 impl ConsoleConfig {
     /// Checks every value; the first rule broken is the error.
     pub(crate) fn validate(self) -> anyhow::Result<Params> {
-        let listen_addr: SocketAddr = self.listen_addr.parse().map_err(|_| {
-            anyhow::anyhow!("listen_addr {:?} is not an IP:PORT", self.listen_addr)
-        })?;
+        let listen_addr: SocketAddr = self
+            .listen_addr
+            .parse()
+            .map_err(|_| anyhow::anyhow!("listen_addr {:?} is not an IP:PORT", self.listen_addr))?;
         for (name, url) in [
             ("control_plane_url", &self.control_plane_url),
             ("data_plane_url", &self.data_plane_url),
@@ -190,9 +191,9 @@ impl ConsoleConfig {
                 }
                 let mut trusted = Vec::new();
                 for t in &p.trusted_proxies {
-                    let net: IpNet = t
-                        .parse()
-                        .map_err(|e| anyhow::anyhow!("identity.proxy_header.trusted_proxies: {e}"))?;
+                    let net: IpNet = t.parse().map_err(|e| {
+                        anyhow::anyhow!("identity.proxy_header.trusted_proxies: {e}")
+                    })?;
                     if net.to_string().ends_with("/0") {
                         anyhow::bail!(
                             "identity.proxy_header.trusted_proxies: {t:?} trusts every address"
@@ -288,7 +289,10 @@ mod tests {
                 "[identity.proxy_header]\ntrusted_proxies = [\"0.0.0.0/0\"]\n",
                 "trusts every address",
             ),
-            ("[identity.proxy_header]\ntrusted_proxies = []\n", "is empty"),
+            (
+                "[identity.proxy_header]\ntrusted_proxies = []\n",
+                "is empty",
+            ),
             (
                 "[identity.proxy_header]\nheader = \"X Bad\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
                 "lowercase header name",

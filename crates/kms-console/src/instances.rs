@@ -110,7 +110,12 @@ async fn list(State(state): State<Shared>, caller: Caller, Query(q): Query<Done>
             button type="submit" class="primary" { "Create" }
         }
     };
-    Ok(page(view::layout(&caller, Nav::Instances, "KMS Instances", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Instances,
+        "KMS Instances",
+        body,
+    )))
 }
 
 fn number(value: &str, what: &str) -> Result<i32, ApiError> {

@@ -194,7 +194,7 @@ fn details_tab(caller: &Caller, key: &KeyMetadata, policy: Result<String, ApiErr
     let external = key.origin == KeyOrigin::External as i32;
     let symmetric = !view::is_asymmetric(key.key_spec);
     html! {
-        section aria-labelledby="basic" {
+        section aria-labelledby="basic" id="basic-section" {
             h2 id="basic" { "Basic Information" }
             dl class="meta" {
                 dt { "Key ID" } dd id="key-id" { code { (key.key_id) } }
@@ -212,7 +212,7 @@ fn details_tab(caller: &Caller, key: &KeyMetadata, policy: Result<String, ApiErr
                 dt { "Description" } dd id="key-description" { (key.description) }
                 dt { "Key Alias" } dd { @for a in &key.aliases { span class="alias" { (a) } " " } }
             }
-            p class="actions" {
+            div class="actions" {
                 @match kms_proto::kms::v1::KeyState::try_from(key.key_state).ok() {
                     Some(kms_proto::kms::v1::KeyState::Enabled) => {
                         a href=(format!("{base}/disable")) { "Disable" } " "
@@ -367,7 +367,11 @@ fn details_tab(caller: &Caller, key: &KeyMetadata, policy: Result<String, ApiErr
     }
 }
 
-fn versions_tab(caller: &Caller, key: &KeyMetadata, versions: &[kms_proto::kms::v1::KeyVersion]) -> Markup {
+fn versions_tab(
+    caller: &Caller,
+    key: &KeyMetadata,
+    versions: &[kms_proto::kms::v1::KeyVersion],
+) -> Markup {
     let base = key_url(&key.key_id);
     let asymmetric = view::is_asymmetric(key.key_spec);
     html! {
@@ -445,7 +449,12 @@ async fn public_key(
             }
         }
     };
-    Ok(page(view::layout(&caller, Nav::Keys, "View Public Key", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Keys,
+        "View Public Key",
+        body,
+    )))
 }
 
 async fn public_key_pem(
@@ -697,7 +706,12 @@ async fn import_page(
         }
         (upload_form(&caller, &base, ""))
     };
-    Ok(page(view::layout(&caller, Nav::Keys, "Import Key Material", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Keys,
+        "Import Key Material",
+        body,
+    )))
 }
 
 fn upload_form(caller: &Caller, base: &str, token: &str) -> Markup {
@@ -765,7 +779,12 @@ async fn import_parameters(
         (download_button(&caller, "importToken.txt", &params.import_token, "Download the import token"))
         (upload_form(&caller, &base, &params.import_token))
     };
-    Ok(page(view::layout(&caller, Nav::Keys, "Import Key Material", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Keys,
+        "Import Key Material",
+        body,
+    )))
 }
 
 fn download_button(caller: &Caller, name: &str, content: &str, label: &str) -> Markup {
@@ -785,7 +804,12 @@ async fn download(_caller: Caller, Posted(f): Posted) -> Response {
     let name = match f.get("name") {
         "publicKey.pem" => "publicKey.pem",
         "importToken.txt" => "importToken.txt",
-        _ => return Refused("Only the wrapping public key and the import token are downloaded here.").into_response(),
+        _ => {
+            return Refused(
+                "Only the wrapping public key and the import token are downloaded here.",
+            )
+            .into_response();
+        }
     };
     (
         [
@@ -847,9 +871,9 @@ async fn import(
     let expire = if expire_days.is_empty() {
         None
     } else {
-        let days: i64 = expire_days.parse().map_err(|_| {
-            fail(&caller, &back)(ApiError::local("the expiry is a number of days"))
-        })?;
+        let days: i64 = expire_days
+            .parse()
+            .map_err(|_| fail(&caller, &back)(ApiError::local("the expiry is a number of days")))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -887,7 +911,12 @@ async fn delete_material_dialog(caller: Caller, Path(id): Path<String>) -> PageR
             }
         }
     };
-    Ok(page(view::layout(&caller, Nav::Keys, "Delete Key Material", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Keys,
+        "Delete Key Material",
+        body,
+    )))
 }
 
 async fn delete_material(

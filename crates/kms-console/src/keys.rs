@@ -100,10 +100,16 @@ async fn list_keys(
     Ok(out)
 }
 
-async fn list(State(state): State<Shared>, caller: Caller, Query(q): Query<ListQuery>) -> PageResult {
+async fn list(
+    State(state): State<Shared>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> PageResult {
     let back = "/keys";
     let default_tab = q.tab.as_deref() == Some("default");
-    let instances = instances_of(&state, &caller).await.map_err(fail(&caller, back))?;
+    let instances = instances_of(&state, &caller)
+        .await
+        .map_err(fail(&caller, back))?;
     let instance = nonempty(&q.instance)
         .map(str::to_string)
         .or_else(|| instances.first().map(|i| i.kms_instance_id.clone()))
@@ -115,20 +121,28 @@ async fn list(State(state): State<Shared>, caller: Caller, Query(q): Query<ListQ
                 .find(|(_, _, v)| *v == s)
                 .map(|(st, _, _)| *st as i32)
         }),
-        key_spec: nonempty(&q.spec).and_then(view::spec_from_name).map(|s| s as i32),
+        key_spec: nonempty(&q.spec)
+            .and_then(view::spec_from_name)
+            .map(|s| s as i32),
         tag_key: nonempty(&q.tag_key).map(str::to_string),
         tag_value: nonempty(&q.tag_value).map(str::to_string),
         ..Default::default()
     };
     let request = ListKeysRequest {
-        kms_instance_id: if default_tab { String::new() } else { instance.clone() },
+        kms_instance_id: if default_tab {
+            String::new()
+        } else {
+            instance.clone()
+        },
         default_keys_only: default_tab,
         filters: Some(filter),
         page_size: 100,
         page_token: String::new(),
     };
     let keys = if default_tab || !instance.is_empty() {
-        list_keys(&state, &caller, request).await.map_err(fail(&caller, back))?
+        list_keys(&state, &caller, request)
+            .await
+            .map_err(fail(&caller, back))?
     } else {
         Vec::new()
     };
@@ -182,7 +196,11 @@ async fn list(State(state): State<Shared>, caller: Caller, Query(q): Query<ListQ
         }
         (key_table(&caller, &keys, !default_tab))
     };
-    let title = if default_tab { "Keys: Default Key" } else { "Keys" };
+    let title = if default_tab {
+        "Keys: Default Key"
+    } else {
+        "Keys"
+    };
     Ok(page(view::layout(&caller, Nav::Keys, title, body)))
 }
 
@@ -296,7 +314,9 @@ async fn create_form(
     let instances = if default_key {
         Vec::new()
     } else {
-        instances_of(&state, &caller).await.map_err(fail(&caller, "/keys"))?
+        instances_of(&state, &caller)
+            .await
+            .map_err(fail(&caller, "/keys"))?
     };
     let selected = nonempty(&q.instance).unwrap_or_default().to_string();
     let body = html! {
@@ -384,7 +404,11 @@ async fn create_form(
             a href="/keys" { "Cancel" }
         }
     };
-    let title = if default_key { "Enable the Default Key" } else { "Create Key" };
+    let title = if default_key {
+        "Enable the Default Key"
+    } else {
+        "Create Key"
+    };
     Ok(page(view::layout(&caller, Nav::Keys, title, body)))
 }
 
@@ -458,9 +482,17 @@ fn create_request(f: &Fields) -> Result<CreateKeyRequest, ApiError> {
         },
         key_spec: spec as i32,
         key_usage: usage as i32,
-        origin: if external { KeyOrigin::External } else { KeyOrigin::Kms } as i32,
+        origin: if external {
+            KeyOrigin::External
+        } else {
+            KeyOrigin::Kms
+        } as i32,
         description: f.get("description").to_string(),
-        alias: if alias.is_empty() { String::new() } else { alias_name(alias) },
+        alias: if alias.is_empty() {
+            String::new()
+        } else {
+            alias_name(alias)
+        },
         tags: f.tags(),
         enable_automatic_rotation: enable_rotation,
         rotation_interval: interval,
@@ -485,16 +517,24 @@ async fn create(State(state): State<Shared>, caller: Caller, Posted(f): Posted) 
         .into_inner()
         .key_metadata
         .unwrap_or_default();
-    Ok(see_other(&format!("/keys/{}?done=created", enc(&key.key_id))))
+    Ok(see_other(&format!(
+        "/keys/{}?done=created",
+        enc(&key.key_id)
+    )))
 }
 
 async fn batch_tags(State(state): State<Shared>, caller: Caller, Posted(f): Posted) -> PageResult {
     let back = "/keys";
     let key_ids = f.all("key_id");
     if key_ids.is_empty() {
-        return Err(fail(&caller, back)(ApiError::local("select at least one key")));
+        return Err(fail(&caller, back)(ApiError::local(
+            "select at least one key",
+        )));
     }
-    let mut client = state.planes.keys(&caller.principal).map_err(fail(&caller, back))?;
+    let mut client = state
+        .planes
+        .keys(&caller.principal)
+        .map_err(fail(&caller, back))?;
     match f.get("op") {
         "remove" => {
             let tag_keys: Vec<String> = f.tags().into_iter().map(|t| t.key).collect();
@@ -595,7 +635,12 @@ async fn schedule_dialog(caller: Caller, Path(id): Path<String>) -> PageResult {
             }
         }
     };
-    Ok(page(view::layout(&caller, Nav::Keys, "Schedule Deletion", body)))
+    Ok(page(view::layout(
+        &caller,
+        Nav::Keys,
+        "Schedule Deletion",
+        body,
+    )))
 }
 
 async fn schedule(

@@ -39,7 +39,8 @@ struct Args {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub(crate) SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
@@ -190,7 +191,9 @@ async fn run() -> anyhow::Result<()> {
                 acceptor: server_tls(tls)?,
             };
             tracing::info!(addr = %params.listen_addr, "kms-console serving HTTPS");
-            axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await?;
         }
         None => {
             tracing::info!(addr = %params.listen_addr, "kms-console serving HTTP");

@@ -165,9 +165,16 @@ mod tests {
         let plain = Sessions::new(b"k", 60, false);
         let s = plain.fresh(None).unwrap();
         let c = plain.set_cookie(&s);
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
         assert!(!c.contains("Secure"), "{c}");
-        assert!(Sessions::new(b"k", 60, true).set_cookie(&s).ends_with("; Secure"));
+        assert!(
+            Sessions::new(b"k", 60, true)
+                .set_cookie(&s)
+                .ends_with("; Secure")
+        );
     }
 
     #[test]

@@ -168,14 +168,15 @@ pub(crate) const SPECS: &[(KeySpec, &str, bool)] = &[
 
 /// A key spec from its guide name.
 pub(crate) fn spec_from_name(name: &str) -> Option<KeySpec> {
-    SPECS.iter().find(|(_, n, _)| *n == name).map(|(s, _, _)| *s)
+    SPECS
+        .iter()
+        .find(|(_, n, _)| *n == name)
+        .map(|(s, _, _)| *s)
 }
 
 /// Whether a spec is asymmetric.
 pub(crate) fn is_asymmetric(spec: i32) -> bool {
-    SPECS
-        .iter()
-        .any(|(s, _, sym)| *s as i32 == spec && !*sym)
+    SPECS.iter().any(|(s, _, sym)| *s as i32 == spec && !*sym)
 }
 
 /// The guide's name of a key usage.
@@ -202,7 +203,11 @@ pub(crate) fn state_name(state: i32) -> &'static str {
 pub(crate) const STATES: &[(KeyState, &str, &str)] = &[
     (KeyState::Enabled, "Enabled", "enabled"),
     (KeyState::Disabled, "Disabled", "disabled"),
-    (KeyState::PendingDeletion, "Pending Deletion", "pending-deletion"),
+    (
+        KeyState::PendingDeletion,
+        "Pending Deletion",
+        "pending-deletion",
+    ),
     (KeyState::PendingImport, "Pending Import", "pending-import"),
 ];
 

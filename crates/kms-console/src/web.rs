@@ -121,7 +121,6 @@ pub(crate) struct Caller {
     pub(crate) dev: bool,
 }
 
-
 /// Why there is no caller.
 #[derive(Debug)]
 pub(crate) enum NoCaller {
@@ -171,7 +170,11 @@ impl FromRequestParts<Shared> for Caller {
             .get::<ConnectInfo<crate::Peer>>()
             .map(|c| c.0.0.ip());
         if let Some(proxy) = &state.proxy {
-            let values: Vec<&HeaderValue> = parts.headers.get_all(proxy.header.as_str()).iter().collect();
+            let values: Vec<&HeaderValue> = parts
+                .headers
+                .get_all(proxy.header.as_str())
+                .iter()
+                .collect();
             if !values.is_empty() {
                 let trusted = peer.is_some_and(|ip| proxy.trusts(ip));
                 if !trusted || values.len() != 1 {
@@ -300,7 +303,11 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// The error of a call made for `caller`, with a link back to `back`.
-    pub(crate) fn new(caller: &Caller, back: impl Into<String>, error: impl Into<ApiError>) -> Self {
+    pub(crate) fn new(
+        caller: &Caller,
+        back: impl Into<String>,
+        error: impl Into<ApiError>,
+    ) -> Self {
         Self {
             error: error.into(),
             caller: Some(caller.clone()),

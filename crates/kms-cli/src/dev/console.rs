@@ -5,6 +5,22 @@
 
 use super::*;
 
+impl UpArgs {
+    /// `--console-addr`, or the `--control-addr` port + 2.
+    pub(super) fn console_addr(&self) -> anyhow::Result<SocketAddr> {
+        match self.console_addr {
+            Some(addr) => Ok(addr),
+            None => {
+                let port =
+                    self.control_addr.port().checked_add(2).context(
+                        "the console would need a port above 65535: pass --console-addr",
+                    )?;
+                Ok(SocketAddr::new(self.control_addr.ip(), port))
+            }
+        }
+    }
+}
+
 /// The `kms-console` binary beside the planes' binaries, if it was built.
 pub(super) fn find_console(bin_dir: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     let dir = match bin_dir {
@@ -53,26 +69,28 @@ pub(super) fn console_launch(
     info: &mut DevInfo,
 ) -> anyhow::Result<Option<Launch>> {
     if args.mtls {
-        println!("kms-console is not started with --mtls: the planes identify callers by certificate only");
+        println!(
+            "kms-console is not started with --mtls: the planes identify callers by certificate only"
+        );
         return Ok(None);
     }
     let Some(program) = find_console(args.bin_dir.as_deref())? else {
-        println!("kms-console not found beside the planes: build it with `cargo build --bins` to get the web console");
+        println!(
+            "kms-console not found beside the planes: build it with `cargo build --bins` to get the web console"
+        );
         return Ok(None);
     };
+    let addr = args.console_addr()?;
     let config = layout.dir.join("console.toml");
-    write_file(
-        &config,
-        &render_console_toml(layout, args.console_addr, info),
-    )?;
-    info.console_url = Some(format!("http://{}", args.console_addr));
+    write_file(&config, &render_console_toml(layout, addr, info))?;
+    info.console_url = Some(format!("http://{addr}"));
     Ok(Some(Launch {
         name: "kms-console".into(),
         program,
         args: vec!["--config".into(), config.into_os_string()],
-        addr: args.console_addr,
+        addr,
         env: Vec::new(),
-        health: Health::Http(args.console_addr),
+        health: Health::Http(addr),
     }))
 }
 
@@ -91,9 +109,14 @@ mod tests {
         let text = render_console_toml(&layout, "127.0.0.1:8702".parse().unwrap(), &info);
         let t: toml::Table = text.parse().unwrap();
         assert_eq!(t["listen_addr"].as_str(), Some("127.0.0.1:8702"));
-        assert_eq!(t["control_plane_url"].as_str(), Some("http://127.0.0.1:8700"));
+        assert_eq!(
+            t["control_plane_url"].as_str(),
+            Some("http://127.0.0.1:8700")
+        );
         assert_eq!(t["data_plane_url"].as_str(), Some("http://127.0.0.1:8701"));
-        let proxies = t["identity"]["proxy_header"]["trusted_proxies"].as_array().unwrap();
+        let proxies = t["identity"]["proxy_header"]["trusted_proxies"]
+            .as_array()
+            .unwrap();
         assert_eq!(proxies.len(), 2);
         assert_eq!(
             t["identity"]["dev_sign_in"]["dev_json"].as_str(),

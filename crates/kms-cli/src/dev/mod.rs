@@ -87,9 +87,10 @@ pub(crate) struct UpArgs {
     /// Client address of the local etcd member (--store etcd); its peer port is the next one
     #[arg(long, value_name = "IP:PORT", default_value_t = etcd::DEFAULT_ETCD_ADDR, value_parser = parse_listen_addr)]
     etcd_addr: SocketAddr,
-    /// Address the web console (kms-console) listens on
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7702", value_parser = parse_listen_addr)]
-    console_addr: SocketAddr,
+    /// Address the web console (kms-console) listens on [default: the --control-addr port + 2,
+    /// 127.0.0.1:7702]
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_listen_addr)]
+    console_addr: Option<SocketAddr>,
 }
 
 /// `--store`.
@@ -600,7 +601,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .collect();
     ports.push(("kms-data".into(), args.data_addr, "--data-addr"));
     if !args.mtls {
-        ports.push(("kms-console".into(), args.console_addr, "--console-addr"));
+        ports.push(("kms-console".into(), args.console_addr()?, "--console-addr"));
     }
     if args.store == StoreKind::Etcd {
         ports.push(("etcd".into(), args.etcd_addr, "--etcd-addr"));
