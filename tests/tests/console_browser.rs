@@ -498,6 +498,17 @@ async fn walk(stack: &Stack, console: &Console, b: &mut Browser) -> Result<()> {
         "1 shared / 2"
     );
     assert_eq!(b.text(&format!("{row} .key-quota")).await?, "0 / 20");
+    b.click_in(&row, &format!("Unshare {PARTNER_ACCOUNT}"))
+        .await?;
+    b.arrive("KMS Instances", "instance-unshared").await?;
+    assert_eq!(
+        b.text(&format!("{row} .access-quota")).await?,
+        "0 shared / 2"
+    );
+    b.fill(&format!("#quota-{software}"), "30").await?;
+    b.click_in(&row, "Update Quotas").await?;
+    b.arrive("KMS Instances", "instance-quota").await?;
+    assert_eq!(b.text(&format!("{row} .key-quota")).await?, "0 / 30");
     b.sign_out().await?;
 
     // A key administrator of the account follows "Create a key".
@@ -614,6 +625,14 @@ async fn walk(stack: &Stack, console: &Console, b: &mut Browser) -> Result<()> {
             .await?
             .contains("alias/console-extra")
     );
+    b.fill("#rotation_days", "90").await?;
+    b.click_in("main", "Save Rotation Settings").await?;
+    b.arrive("Key Details", "rotation-saved").await?;
+    assert_eq!(b.text("#rotation-period").await?, "90");
+    b.fill("#description", "updated in the console").await?;
+    b.click_in("main", "Save Description").await?;
+    b.arrive("Key Details", "description-saved").await?;
+    assert_eq!(b.text("#key-description").await?, "updated in the console");
     b.fill("#policy", "{\"Version\": \"1\"}").await?;
     b.click_in("main", "Save Policy").await?;
     b.arrive("The request failed", "policy-refused").await?;

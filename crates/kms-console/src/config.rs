@@ -310,4 +310,38 @@ mod tests {
             assert!(err.contains(expected), "{extra}: {err}");
         }
     }
+
+    #[test]
+    fn the_reference_file_is_valid_and_complete() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/console.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let p = parse(&text).unwrap();
+        assert!(p.proxy.is_some() && p.plane_tls.is_some() && p.tls.is_some());
+        assert_eq!(p.listen_addr.to_string(), "127.0.0.1:7702");
+        // Every option of the config is in the reference, commented or not.
+        for option in [
+            "listen_addr",
+            "control_plane_url",
+            "data_plane_url",
+            "session_secret_file",
+            "session_hours",
+            "[identity.proxy_header]",
+            "header",
+            "trusted_proxies",
+            "[identity.dev_sign_in]",
+            "dev_json",
+            "[planes]",
+            "principal_header",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "[tls]",
+            "[log]",
+            "level",
+            "format",
+        ] {
+            assert!(text.contains(option), "{option}");
+        }
+    }
 }

@@ -337,7 +337,7 @@ fn details_tab(caller: &Caller, key: &KeyMetadata, policy: Result<String, ApiErr
                 h2 id="rotation-h" { "Rotation Settings" }
                 dl class="meta" {
                     dt { "Automatic Rotation" } dd { (view::rotation_name(key.rotation_status)) }
-                    dt { "Rotation Period (days)" } dd { (view::days(key.rotation_interval.as_ref())) }
+                    dt { "Rotation Period (days)" } dd id="rotation-period" { (view::days(key.rotation_interval.as_ref())) }
                     dt { "Last Rotation" } dd { (view::time(key.last_rotation_date.as_ref())) }
                     dt { "Next Rotation" } dd { (view::time(key.next_rotation_date.as_ref())) }
                 }

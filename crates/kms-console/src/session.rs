@@ -107,7 +107,7 @@ impl Sessions {
     }
 
     /// The session in a request's `Cookie` headers.
-    pub(crate) fn from_headers(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
+    pub(crate) fn in_headers(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
         headers
             .get_all(axum::http::header::COOKIE)
             .iter()

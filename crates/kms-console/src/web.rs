@@ -81,7 +81,7 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 /// Keeps a session for every browser (a new one when its cookie is missing, forged or
 /// expired) and sets the security headers.
 async fn session_layer(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
-    let existing = state.sessions.from_headers(request.headers());
+    let existing = state.sessions.in_headers(request.headers());
     let (session, new) = match existing {
         Some(s) => (Some(s), false),
         None => (state.sessions.fresh(None).ok(), true),
@@ -92,10 +92,11 @@ async fn session_layer(State(state): State<Shared>, mut request: Request, next: 
     request.extensions_mut().insert(session.clone());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    if new && !headers.contains_key(header::SET_COOKIE) {
-        if let Ok(v) = HeaderValue::from_str(&state.sessions.set_cookie(&session)) {
-            headers.insert(header::SET_COOKIE, v);
-        }
+    if new
+        && !headers.contains_key(header::SET_COOKIE)
+        && let Ok(v) = HeaderValue::from_str(&state.sessions.set_cookie(&session))
+    {
+        headers.insert(header::SET_COOKIE, v);
     }
     for (name, value) in [
         ("content-security-policy", CSP),
