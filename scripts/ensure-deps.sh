@@ -2,13 +2,14 @@
 # Installs the Debian packages the KMS needs when any is missing: SoftHSM for the data plane's
 # HSM, OpenSSL and CA certificates, etcd-server (the tests start real etcd members for the
 # control plane's etcd store), and protoc with the well-known .proto files (protobuf-compiler,
-# libprotobuf-dev), which the etcd-client crate's build script needs. Idempotent and silent when
+# libprotobuf-dev), which the etcd-client crate's build script needs, and headless Chromium with
+# its WebDriver (chromium, chromium-driver) for the console's browser tests. Idempotent and silent when
 # everything is present; runs `apt-get update` only when something has to be installed; uses
 # sudo when not root. python3-venv: scripts/python-env.sh makes the virtual environment of the
 # cloud SDKs the gateway is tested with.
 set -euo pipefail
 
-packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev python3-venv)
+packages=(softhsm2 openssl ca-certificates etcd-server protobuf-compiler libprotobuf-dev python3-venv chromium chromium-driver)
 
 missing=()
 for pkg in "${packages[@]}"; do

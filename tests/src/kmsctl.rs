@@ -32,7 +32,7 @@ impl DevUp {
 
     /// Starts `dev up --dir DIR/NAME`.
     pub fn start_named(dir: tempfile::TempDir, name: &str, extra: &[&str]) -> Self {
-        let ports = free_ports(3);
+        let ports = free_ports(4);
         let etcd = free_port_pair();
         let out = dir.path().join("dev-up.out");
         let mut cmd = Command::new(crate::bin_path("kmsctl").unwrap());
@@ -41,6 +41,7 @@ impl DevUp {
             .args(["--control-addr", &format!("127.0.0.1:{}", ports[0])])
             .args(["--data-addr", &format!("127.0.0.1:{}", ports[1])])
             .args(["--gateway-addr", &format!("127.0.0.1:{}", ports[2])])
+            .args(["--console-addr", &format!("127.0.0.1:{}", ports[3])])
             .args(["--etcd-addr", &format!("127.0.0.1:{etcd}")])
             .args(extra)
             .stdin(Stdio::null())

@@ -105,6 +105,15 @@ async fn dev_up_on_sled_serves_both_planes_and_stops_cleanly() {
             && info["access_key_secret"].as_str().unwrap().len() == 30,
         "{info}"
     );
+    // The web console runs where dev.json says, with the dev sign-in page and its banner.
+    let console = info["console_url"].as_str().unwrap();
+    assert!(get(&format!("{console}/healthz")).await.starts_with("ok"));
+    let sign_in = get(&format!("{console}/sign-in")).await;
+    assert!(sign_in.contains("Development sign-in"), "{sign_in}");
+    assert!(
+        sign_in.contains(info["account_principal"].as_str().unwrap()),
+        "{sign_in}"
+    );
     assert!(up.stop().success(), "{}", up.output());
     assert!(up.output().contains("stopped"));
 }

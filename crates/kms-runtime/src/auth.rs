@@ -1451,7 +1451,10 @@ mod tests {
     fn request_ids() {
         let (a, b) = (new_request_id(), new_request_id());
         assert_ne!(a, b);
-        assert_eq!(a.split_once('-').map(|p| p.0), b.split_once('-').map(|p| p.0));
+        assert_eq!(
+            a.split_once('-').map(|p| p.0),
+            b.split_once('-').map(|p| p.0)
+        );
         // What this plane makes, it accepts from a caller too.
         let mut h = http::HeaderMap::new();
         h.insert(REQUEST_ID_HEADER, a.parse().unwrap());

@@ -59,21 +59,7 @@ pub(crate) async fn launch(
     }
     let addr = args.gateway_addr;
     check_port_free("kms-gateway", addr, "--gateway-addr")?;
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate the kmsctl executable")?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("the kmsctl executable has no parent directory")?,
-    };
-    let program = dir.join("kms-gateway");
-    if !program.is_file() {
-        anyhow::bail!(
-            "kms-gateway not found in {}: build it with `cargo build --bins`",
-            dir.display()
-        );
-    }
+    let program = find_binary(args.bin_dir.as_deref(), "kms-gateway")?;
     let config = layout.dir.join("gateway.toml");
     write_file(
         &config,

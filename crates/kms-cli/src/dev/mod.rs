@@ -37,6 +37,7 @@ use crate::certs::{CertFiles, DevCerts, existing_dev_certs, generate_dev_certs};
 use crate::client::{RpcError, TlsFiles, error_chain};
 
 mod configs;
+mod console;
 mod etcd;
 mod gateway;
 mod hsm;
@@ -90,6 +91,10 @@ pub(crate) struct UpArgs {
     /// Address the HTTP gateway (kms-gateway, the cloud SDKs' endpoint) listens on
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7703", value_parser = parse_listen_addr)]
     gateway_addr: SocketAddr,
+    /// Address the web console (kms-console) listens on [default: the --control-addr port + 2,
+    /// 127.0.0.1:7702]
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_listen_addr)]
+    console_addr: Option<SocketAddr>,
 }
 
 /// `--store`.
@@ -154,6 +159,9 @@ pub(crate) struct DevInfo {
     /// `gateway_url`, `access_key_id`, `access_key_secret`; without `--mtls` only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     gateway: Option<gateway::DevInfoGateway>,
+    /// The web console, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console_url: Option<String>,
 }
 
 /// The `dev.json` entries of `--mtls`: the files kmsctl's `--ca`, `--cert` and `--cert-key`
@@ -208,6 +216,7 @@ impl DevInfo {
                 operator_cert_file: t.operator.cert.clone(),
                 operator_key_file: t.operator.key.clone(),
             }),
+            console_url: None,
         }
     }
 }
@@ -599,7 +608,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|(n, a)| (control_name(n), *a, "--control-addr"))
         .collect();
     ports.push(("kms-data".into(), args.data_addr, "--data-addr"));
-    ports.push(("kms-gateway".into(), args.gateway_addr, "--gateway-addr"));
+    if !args.mtls {
+        ports.push(("kms-gateway".into(), args.gateway_addr, "--gateway-addr"));
+        ports.push(("kms-console".into(), args.console_addr()?, "--console-addr"));
+    }
     if args.store == StoreKind::Etcd {
         ports.push(("etcd".into(), args.etcd_addr, "--etcd-addr"));
         ports.push((
@@ -772,6 +784,7 @@ async fn client_launches(
         launches.push(launch);
         info.gateway = Some(entries);
     }
+    launches.extend(console::console_launch(args, layout, info)?);
     Ok(launches)
 }
 

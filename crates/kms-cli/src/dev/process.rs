@@ -19,19 +19,38 @@ pub(super) const CLIENT_ENV: &[&str] = &[
     "KMS_KEY",
 ];
 
-/// The `kms-control` and `kms-data` binaries.
-pub(super) fn find_binaries(bin_dir: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = match bin_dir {
-        // Absolute, so the children find their binaries whatever their working directory.
+/// Where kmsctl finds the servers' binaries: `--bin-dir`, made absolute so the children find
+/// them whatever their working directory, or kmsctl's own directory.
+pub(super) fn bin_dir(bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
         Some(d) => std::fs::canonicalize(d)
-            .with_context(|| format!("--bin-dir {}: no such directory", d.display()))?,
+            .with_context(|| format!("--bin-dir {}: no such directory", d.display())),
         None => {
             let exe = std::env::current_exe().context("cannot locate the kmsctl executable")?;
             exe.parent()
                 .map(Path::to_path_buf)
-                .context("the kmsctl executable has no parent directory")?
+                .context("the kmsctl executable has no parent directory")
         }
-    };
+    }
+}
+
+/// The binary `name` (`kms-gateway`, `kms-console`) in [`bin_dir`], or an error that says how
+/// to build it.
+pub(super) fn find_binary(bin_dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = self::bin_dir(bin_dir)?;
+    let program = dir.join(name);
+    if !program.is_file() {
+        anyhow::bail!(
+            "{name} not found in {}: build it with `cargo build --bins`",
+            dir.display()
+        );
+    }
+    Ok(program)
+}
+
+/// The `kms-control` and `kms-data` binaries.
+pub(super) fn find_binaries(bin_dir: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = self::bin_dir(bin_dir)?;
     let control = dir.join("kms-control");
     let data = dir.join("kms-data");
     let missing: Vec<&str> = [("kms-control", &control), ("kms-data", &data)]
