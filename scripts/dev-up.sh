@@ -17,7 +17,7 @@ cd "$repo_root"
 
 scripts/ensure-deps.sh
 
-echo "building kms-control, kms-data and kmsctl (cargo build --bins) ..." >&2
+echo "building the planes, the console, the gateway and kmsctl (cargo build --bins) ..." >&2
 cargo build --bins --quiet
 
 exec target/debug/kmsctl dev up --dir "$dir"
