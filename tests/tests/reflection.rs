@@ -55,6 +55,7 @@ async fn each_plane_lists_what_it_serves_in_both_reflection_versions() {
         "kms.v1.KmsInstanceService",
         "kms.v1.AuditService",
         "kms.v1.AdminService",
+        "kms.v1.AccessKeyService",
         "kms.internal.v1.KeyDirectory",
     ]
     .iter()
@@ -62,11 +63,15 @@ async fn each_plane_lists_what_it_serves_in_both_reflection_versions() {
     .map(|s| s.to_string())
     .collect();
     control.sort();
-    let mut data: Vec<String> = ["kms.v1.CryptoService", "kms.internal.v1.KeyMaterial"]
-        .iter()
-        .chain(common.iter())
-        .map(|s| s.to_string())
-        .collect();
+    let mut data: Vec<String> = [
+        "kms.v1.CryptoService",
+        "kms.v1.AccessKeyResolver",
+        "kms.internal.v1.KeyMaterial",
+    ]
+    .iter()
+    .chain(common.iter())
+    .map(|s| s.to_string())
+    .collect();
     data.sort();
     for version in ["v1", "v1alpha"] {
         assert_eq!(
