@@ -489,29 +489,6 @@ pub(crate) fn reason(status: &Status) -> String {
     }
 }
 
-/// The canonical gRPC name of a code, as in `NOT_FOUND`.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// A status from a setup call, as an error saying what `who` was refused and what to do.
 pub(crate) fn setup_error(status: Status, what: &str, who: &Identity) -> anyhow::Error {
     let code = code_name(status.code());
@@ -541,6 +518,9 @@ pub(crate) fn setup_error(status: Status, what: &str, who: &Identity) -> anyhow:
     };
     anyhow::anyhow!("{what} as {} failed: {shown}{hint}", who.describe())
 }
+
+/// The canonical gRPC name of a code, as in `NOT_FOUND`.
+pub(crate) use kms_runtime::audit::code_name;
 
 #[cfg(test)]
 mod tests {
