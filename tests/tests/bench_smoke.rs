@@ -117,6 +117,17 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
     .await;
     assert_eq!(report["keys_created"], 30, "{report}");
 
+    // --keys: the requests spread over keys made for the run, all scheduled for deletion.
+    let report = bench(
+        &stack,
+        &dev_json,
+        &["run", "encrypt", "--keys", "20", "--requests", "40"],
+    )
+    .await;
+    assert_clean(&report, "encrypt --keys 20");
+    assert_eq!(report["keys_created"], 20, "{report}");
+    assert_eq!(report["keys_scheduled_for_deletion"], 20, "{report}");
+
     // disable → refused by the data plane, two workers with a key each.
     let report = bench(
         &stack,

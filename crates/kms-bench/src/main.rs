@@ -167,8 +167,14 @@ struct WorkArgs {
     mix: scenario::Mix,
     /// Use this existing symmetric key (id, alias or ARN) instead of creating one; it is not
     /// deleted afterwards
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "keys")]
     key: Option<String>,
+    /// Spread encrypt, generate-data-key and describe-key over this many keys made for the
+    /// run (request i uses key i mod N), e.g. to read the data plane's memory with N keys
+    /// cached
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    keys: u32,
     /// KMS instance to create the run's keys in [default: dev.json's when it has room, else a
     /// new one made as the operator]
     #[arg(long, value_name = "INSTANCE_ID")]
@@ -274,6 +280,7 @@ impl WorkArgs {
                 Vec::new()
             },
             key: self.key.clone(),
+            keys: self.keys as usize,
             instance: self.instance.clone(),
             keep_keys: self.keep_keys,
             concurrency: shape.concurrency,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,14 @@ impl Scenario {
         matches!(
             self,
             Scenario::Sign | Scenario::Verify | Scenario::AsymmetricDecrypt
+        )
+    }
+
+    /// Whether `--keys` spreads the scenario's requests over several keys.
+    pub(crate) fn spreads(self) -> bool {
+        matches!(
+            self,
+            Scenario::Encrypt | Scenario::GenerateDataKey | Scenario::DescribeKey
         )
     }
 
@@ -217,6 +226,8 @@ pub(crate) struct Workload {
     pub(crate) mix: Vec<(Scenario, u32)>,
     /// Use this existing symmetric key instead of creating one (not deleted afterwards).
     pub(crate) key: Option<String>,
+    /// Keys encrypt, generate-data-key and describe-key spread their requests over.
+    pub(crate) keys: usize,
     /// Make the run's keys in this instance.
     pub(crate) instance: Option<String>,
     /// Keep the run's keys instead of scheduling their deletion.
@@ -263,6 +274,9 @@ impl Workload {
                 );
             }
         }
+        if self.keys > 1 && !self.parts().iter().any(|s| s.spreads()) {
+            bail!("--keys spreads encrypt, generate-data-key and describe-key over several keys");
+        }
         if self.scenario == Scenario::Mixed && self.mix.is_empty() {
             bail!("mixed needs --mix, e.g. --mix encrypt=70,decrypt=20,generate-data-key=10");
         }
@@ -288,14 +302,14 @@ pub(crate) struct Templates {
 #[derive(Debug, Clone)]
 enum Prepared {
     Encrypt {
-        key: String,
+        keys: Spread,
         payload: Vec<u8>,
     },
     Decrypt {
         blob: Vec<u8>,
     },
     GenerateDataKey {
-        key: String,
+        keys: Spread,
     },
     ReEncrypt {
         blob: Vec<u8>,
@@ -318,7 +332,7 @@ enum Prepared {
         ciphertext: Vec<u8>,
     },
     DescribeKey {
-        key: String,
+        keys: Spread,
     },
     CreateKey {
         instance: String,
@@ -328,6 +342,20 @@ enum Prepared {
     DisableRefusal {
         keys: Vec<String>,
     },
+}
+
+/// The keys a scenario's requests are spread over: request `i` uses key `i mod len`.
+#[derive(Debug, Clone)]
+struct Spread(Arc<[String]>);
+
+impl Spread {
+    fn one(key: String) -> Self {
+        Self(Arc::from(vec![key]))
+    }
+
+    fn key(&self, i: u64) -> String {
+        self.0[(i % self.0.len() as u64) as usize].clone()
+    }
 }
 
 /// A run's keys and prepared requests.
@@ -403,6 +431,9 @@ async fn prepare_into(
             _ => 1,
         };
     }
+    if parts.iter().any(|s| s.spreads()) {
+        needed += work.keys as i64 - 1;
+    }
     let fresh_instance = parts.contains(&Scenario::CreateKey);
     if needed > 0 {
         run.instance = Some(instance_for(planes, work, needed, fresh_instance).await?);
@@ -416,6 +447,7 @@ async fn prepare_into(
     let mut made: HashMap<(i32, i32), String> = HashMap::new();
     let mut keyring = Keyring {
         made: &mut made,
+        spread: None,
         work,
         instance: &instance,
         caller,
@@ -454,7 +486,10 @@ async fn prepare_into(
                 let blob = enc.ciphertext_blob.clone();
                 run.templates.encrypt = Some(enc);
                 match s {
-                    Scenario::Encrypt => Prepared::Encrypt { key, payload },
+                    Scenario::Encrypt => Prepared::Encrypt {
+                        keys: keyring.spread(clients, key, &mut run.created).await?,
+                        payload,
+                    },
                     Scenario::Decrypt => {
                         let dec = crypto
                             .decrypt(DecryptRequest {
@@ -515,7 +550,9 @@ async fn prepare_into(
                     .map_err(|e| setup_error(e, "GenerateDataKey (preparing the run)", caller))?
                     .into_inner();
                 run.templates.generate_data_key = Some(r);
-                Prepared::GenerateDataKey { key }
+                Prepared::GenerateDataKey {
+                    keys: keyring.spread(clients, key, &mut run.created).await?,
+                }
             }
             Scenario::Sign | Scenario::Verify => {
                 let key = keyring
@@ -618,7 +655,9 @@ async fn prepare_into(
                     .map_err(|e| setup_error(e, "DescribeKey (preparing the run)", caller))?
                     .into_inner();
                 run.templates.describe_key = Some(d);
-                Prepared::DescribeKey { key }
+                Prepared::DescribeKey {
+                    keys: keyring.spread(clients, key, &mut run.created).await?,
+                }
             }
             Scenario::CreateKey => {
                 let made = Arc::new(Mutex::new(Vec::new()));
@@ -677,11 +716,13 @@ pub(crate) fn offline(work: &Workload) -> Result<Run> {
         let spec = work.spec_for(s);
         let prepared = match s {
             Scenario::Encrypt => Prepared::Encrypt {
-                key: key.clone(),
+                keys: Spread::one(key.clone()),
                 payload: vec![0x5a; work.payload],
             },
             Scenario::Decrypt => Prepared::Decrypt { blob: blob.clone() },
-            Scenario::GenerateDataKey => Prepared::GenerateDataKey { key: key.clone() },
+            Scenario::GenerateDataKey => Prepared::GenerateDataKey {
+                keys: Spread::one(key.clone()),
+            },
             Scenario::ReEncrypt => Prepared::ReEncrypt {
                 blob: blob.clone(),
                 destination: key.clone(),
@@ -702,7 +743,9 @@ pub(crate) fn offline(work: &Workload) -> Result<Run> {
                 algorithm: kms_proto::kms::v1::Algorithm::RsaesOaepSha256 as i32,
                 ciphertext: vec![0; 256],
             },
-            Scenario::DescribeKey => Prepared::DescribeKey { key: key.clone() },
+            Scenario::DescribeKey => Prepared::DescribeKey {
+                keys: Spread::one(key.clone()),
+            },
             Scenario::CreateKey | Scenario::DisableRefusal | Scenario::Mixed => bail!(
                 "{s} has no baseline: its target is absolute (create-key: keys per second; \
                  disable-refusal: milliseconds)"
@@ -717,6 +760,8 @@ pub(crate) fn offline(work: &Workload) -> Result<Run> {
 /// The keys a run made, one per spec and usage.
 struct Keyring<'a> {
     made: &'a mut HashMap<(i32, i32), String>,
+    /// The symmetric keys `--keys` spreads requests over, made once.
+    spread: Option<Spread>,
     work: &'a Workload,
     instance: &'a str,
     caller: &'a crate::connect::Identity,
@@ -745,6 +790,67 @@ impl Keyring<'_> {
         created.push(id.clone());
         self.made.insert(slot, id.clone());
         Ok(id)
+    }
+}
+
+impl Keyring<'_> {
+    /// `first` and `--keys` - 1 more symmetric keys made for the run (once, shared by the
+    /// parts), 64 CreateKey calls in flight, with a progress line on a terminal.
+    async fn spread(
+        &mut self,
+        clients: &Clients,
+        first: String,
+        created: &mut Vec<String>,
+    ) -> Result<Spread> {
+        if let Some(s) = &self.spread {
+            return Ok(s.clone());
+        }
+        let more = self.work.keys.saturating_sub(1);
+        let mut all = Vec::with_capacity(more + 1);
+        all.push(first);
+        let show = more > 0 && std::io::stderr().is_terminal();
+        let mut set = tokio::task::JoinSet::new();
+        let mut failure = None;
+        for n in 0..more {
+            let mut keys = clients.keys(n as u64);
+            let (instance, caller) = (self.instance.to_string(), self.caller.clone());
+            set.spawn(async move {
+                create_key(
+                    &mut keys,
+                    &instance,
+                    Spec::Aes256,
+                    KeyUsage::EncryptDecrypt,
+                    &caller,
+                )
+                .await
+            });
+            while set.len() >= 64 || (n + 1 == more && !set.is_empty()) {
+                let Some(r) = set.join_next().await else {
+                    break;
+                };
+                match r.map_err(anyhow::Error::from).and_then(|r| r) {
+                    Ok(id) => {
+                        created.push(id.clone());
+                        all.push(id);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+                if show && all.len() % 500 == 0 {
+                    eprint!("\rmaking the run's keys: {}/{}", all.len(), more + 1);
+                }
+            }
+        }
+        if show {
+            eprintln!("\rmaking the run's keys: {}/{}", all.len(), more + 1);
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let spread = Spread(Arc::from(all));
+        self.spread = Some(spread.clone());
+        Ok(spread)
     }
 }
 
@@ -978,9 +1084,9 @@ async fn one(part: &Prepared, clients: &Clients, i: u64) -> Result<Option<Durati
     let mut crypto = clients.crypto(i);
     let mut keys = clients.keys(i);
     match part {
-        Prepared::Encrypt { key, payload } => crypto
+        Prepared::Encrypt { keys, payload } => crypto
             .encrypt(EncryptRequest {
-                key_id: key.clone(),
+                key_id: keys.key(i),
                 plaintext: payload.clone(),
                 ..Default::default()
             })
@@ -993,9 +1099,9 @@ async fn one(part: &Prepared, clients: &Clients, i: u64) -> Result<Option<Durati
             })
             .await
             .map(|_| None),
-        Prepared::GenerateDataKey { key } => crypto
+        Prepared::GenerateDataKey { keys } => crypto
             .generate_data_key(GenerateDataKeyRequest {
-                key_id: key.clone(),
+                key_id: keys.key(i),
                 ..Default::default()
             })
             .await
@@ -1058,9 +1164,9 @@ async fn one(part: &Prepared, clients: &Clients, i: u64) -> Result<Option<Durati
             })
             .await
             .map(|_| None),
-        Prepared::DescribeKey { key } => keys
+        Prepared::DescribeKey { keys: spread } => keys
             .describe_key(DescribeKeyRequest {
-                key_id: key.clone(),
+                key_id: spread.key(i),
             })
             .await
             .map(|_| None),
@@ -1211,6 +1317,7 @@ mod tests {
             protection: Protection::Software,
             mix: vec![],
             key: None,
+            keys: 1,
             instance: None,
             keep_keys: false,
             concurrency: 1,
@@ -1234,5 +1341,20 @@ mod tests {
             Spec::Aes256
         );
         assert!(w(Scenario::Mixed, None).check().is_err());
+        let spread = |scenario| Workload {
+            keys: 10,
+            ..w(scenario, None)
+        };
+        assert!(spread(Scenario::Encrypt).check().is_ok());
+        assert!(spread(Scenario::DescribeKey).check().is_ok());
+        assert!(spread(Scenario::Sign).check().is_err());
+        assert!(spread(Scenario::Decrypt).check().is_err());
+    }
+
+    #[test]
+    fn a_spread_uses_every_key_in_turn() {
+        let s = Spread(Arc::from(vec!["a".to_string(), "b".into(), "c".into()]));
+        let used: Vec<String> = (0..6).map(|i| s.key(i)).collect();
+        assert_eq!(used, ["a", "b", "c", "a", "b", "c"]);
     }
 }
