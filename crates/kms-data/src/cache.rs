@@ -25,8 +25,12 @@ use kms_types::{DomainError, KeyEntry, KeyId, KeyVersionId, Principal};
 use crate::directory::{DirectoryClient, Lookup};
 use crate::vault::KeyVault;
 
-/// Most entries kept before stale ones are swept.
+/// Entries kept before the first sweep of expired ones; later sweeps run when the cache has
+/// doubled since the last, so a large cache of fresh entries is not swept on every miss.
 const SWEEP_AT: usize = 10_000;
+/// Keys whose last change revision is remembered one by one; past this, the map is emptied
+/// and its highest revision kept as a floor, so it does not grow with every key ever changed.
+const CHANGES_KEPT: usize = 4096;
 /// How many times a fetch older than a seen event is retried before giving up.
 const STALE_FETCH_RETRIES: usize = 3;
 
@@ -141,12 +145,19 @@ pub struct CacheStats {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<String, Slot>,
+    /// The lookups cached for each key, so an event touches only its key's entries. May
+    /// name a lookup since re-pointed to another key (an alias): users check the slot's key.
+    lookups: HashMap<KeyId, Vec<String>>,
     latest: HashMap<KeyId, Arc<CachedKey>>,
     watch_up: bool,
     last_contact: Option<Instant>,
     revision: u64,
     resync_revision: u64,
     changed_at: HashMap<KeyId, u64>,
+    /// Every change forgotten from `changed_at` is at or below this revision.
+    changed_floor: u64,
+    /// Entries at which the next sweep runs.
+    sweep_at: usize,
 }
 
 impl State {
@@ -161,12 +172,82 @@ impl State {
     /// Whether an entry read at `revision` predates something already seen for its key.
     fn outdated(&self, key_id: &KeyId, revision: u64) -> bool {
         revision < self.resync_revision
+            || revision < self.changed_floor
             || self.changed_at.get(key_id).is_some_and(|r| revision < *r)
     }
 
+    /// Remembers that `key_id` changed at `revision`.
+    fn note_change(&mut self, key_id: KeyId, revision: u64) {
+        if self.changed_at.len() >= CHANGES_KEPT && !self.changed_at.contains_key(&key_id) {
+            let highest = self.changed_at.values().copied().max().unwrap_or(0);
+            self.changed_floor = self.changed_floor.max(highest);
+            self.changed_at.clear();
+        }
+        self.changed_at.insert(key_id, revision);
+    }
+
+    /// Caches `slot` for its key.
+    fn insert(&mut self, name: String, slot: Slot) {
+        let names = self.lookups.entry(slot.key.entry.id.clone()).or_default();
+        if !names.contains(&name) {
+            names.push(name.clone());
+        }
+        self.entries.insert(name, slot);
+    }
+
+    /// Drops the entries of `key_id` that `keep` refuses; forgets the key when none is left.
+    fn retain_key(&mut self, key_id: &KeyId, keep: impl Fn(&Slot) -> bool) {
+        let Some(names) = self.lookups.remove(key_id) else {
+            self.latest.remove(key_id);
+            return;
+        };
+        let mut left = Vec::new();
+        for name in names {
+            let Some(slot) = self.entries.get(&name) else {
+                continue;
+            };
+            if slot.key.entry.id != *key_id {
+                continue;
+            }
+            if keep(slot) {
+                left.push(name);
+            } else {
+                self.entries.remove(&name);
+            }
+        }
+        if left.is_empty() {
+            self.latest.remove(key_id);
+        } else {
+            self.lookups.insert(key_id.clone(), left);
+        }
+    }
+
     fn drop_key(&mut self, key_id: &KeyId) {
-        self.entries.retain(|_, slot| slot.key.entry.id != *key_id);
-        self.latest.remove(key_id);
+        self.retain_key(key_id, |_| false);
+    }
+
+    /// Drops entries older than `ttl` when the cache has grown enough since the last sweep.
+    fn sweep(&mut self, ttl: Duration) {
+        if self.entries.len() < self.sweep_at.max(SWEEP_AT) {
+            return;
+        }
+        self.entries.retain(|_, s| s.fetched.elapsed() < ttl);
+        let entries = &self.entries;
+        self.lookups.retain(|id, names| {
+            names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
+            !names.is_empty()
+        });
+        let lookups = &self.lookups;
+        self.latest.retain(|id, _| lookups.contains_key(id));
+        self.sweep_at = self.entries.len().saturating_mul(2);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.lookups.clear();
+        self.latest.clear();
+        self.changed_at.clear();
+        self.changed_floor = 0;
     }
 
     /// A change to `key_id` at `revision`: drops the entries read before it. An entry read at
@@ -178,11 +259,7 @@ impl State {
             self.drop_key(key_id);
             return;
         }
-        self.entries
-            .retain(|_, slot| slot.key.entry.id != *key_id || slot.revision >= revision);
-        if !self.entries.values().any(|s| s.key.entry.id == *key_id) {
-            self.latest.remove(key_id);
-        }
+        self.retain_key(key_id, |slot| slot.revision >= revision);
     }
 }
 
@@ -259,7 +336,7 @@ impl KeyCache {
                 continue;
             }
             let key = carry_over(&mut state, entry);
-            state.entries.insert(
+            state.insert(
                 slot,
                 Slot {
                     fetched: Instant::now(),
@@ -267,16 +344,8 @@ impl KeyCache {
                     key: Arc::clone(&key),
                 },
             );
-            if state.entries.len() >= SWEEP_AT {
-                let ttl = state.ttl(&self.times);
-                state.entries.retain(|_, s| s.fetched.elapsed() < ttl);
-                let live: std::collections::HashSet<KeyId> = state
-                    .entries
-                    .values()
-                    .map(|s| s.key.entry.id.clone())
-                    .collect();
-                state.latest.retain(|id, _| live.contains(id));
-            }
+            let ttl = state.ttl(&self.times);
+            state.sweep(ttl);
             return Ok(key);
         }
     }
@@ -311,13 +380,11 @@ impl KeyCache {
                 if deleted {
                     tracing::debug!(key_id = %key_id, "key deleted; cache entries and material dropped");
                 }
-                state.changed_at.insert(key_id, revision);
+                state.note_change(key_id, revision);
             }
             Event::Resync { revision } => {
                 tracing::info!(revision, "key cache resynchronised");
-                state.entries.clear();
-                state.latest.clear();
-                state.changed_at.clear();
+                state.clear();
                 state.revision = revision;
                 state.resync_revision = revision;
             }
@@ -410,7 +477,7 @@ mod tests {
     fn with_entry(id: &KeyId, read_at: u64) -> State {
         let key = cached(id);
         let mut state = State::default();
-        state.entries.insert(
+        state.insert(
             format!("k:{id}"),
             Slot {
                 fetched: Instant::now(),
@@ -445,5 +512,64 @@ mod tests {
         let mut state = with_entry(&id, 5);
         state.changed(&KeyId::generate(), 9, true);
         assert_eq!(state.entries.len(), 1);
+    }
+
+    /// A lookup re-pointed to another key (an alias) belongs to its new key only: a change
+    /// to the old key leaves it, a change to the new key drops it.
+    #[test]
+    fn a_repointed_lookup_follows_its_new_key() {
+        let (old, new) = (KeyId::generate(), KeyId::generate());
+        let mut state = with_entry(&old, 5);
+        let slot = |key: &Arc<CachedKey>| Slot {
+            fetched: Instant::now(),
+            revision: 5,
+            key: Arc::clone(key),
+        };
+        state.insert("a:42:alias/x".into(), slot(&cached(&old)));
+        state.insert("a:42:alias/x".into(), slot(&cached(&new)));
+        state.changed(&old, 9, true);
+        assert_eq!(state.entries.len(), 1, "the alias now names the new key");
+        assert!(state.entries.contains_key("a:42:alias/x"));
+        state.changed(&new, 9, false);
+        assert!(state.entries.is_empty());
+        assert!(state.lookups.is_empty());
+    }
+
+    /// Past `CHANGES_KEPT` keys, per-key change revisions are forgotten but a floor keeps a
+    /// fetch read before any of them outdated.
+    #[test]
+    fn forgotten_changes_still_outdate_older_reads() {
+        let mut state = State::default();
+        let first = KeyId::generate();
+        state.note_change(first.clone(), 10);
+        for r in 0..CHANGES_KEPT as u64 {
+            state.note_change(KeyId::generate(), 11 + r);
+        }
+        assert!(state.changed_at.len() <= CHANGES_KEPT);
+        assert!(!state.changed_at.contains_key(&first));
+        assert!(state.outdated(&first, 9), "read before its change");
+        let newest = 10 + CHANGES_KEPT as u64;
+        assert!(!state.outdated(&KeyId::generate(), newest + 1));
+    }
+
+    /// A sweep of fresh entries keeps them and waits for the cache to double before the next.
+    #[test]
+    fn a_sweep_of_fresh_entries_is_not_repeated_on_every_miss() {
+        let mut state = State::default();
+        for _ in 0..SWEEP_AT {
+            let id = KeyId::generate();
+            state.insert(
+                format!("k:{id}"),
+                Slot {
+                    fetched: Instant::now(),
+                    revision: 1,
+                    key: cached(&id),
+                },
+            );
+        }
+        state.sweep(Duration::from_secs(60));
+        assert_eq!(state.entries.len(), SWEEP_AT);
+        assert_eq!(state.sweep_at, 2 * SWEEP_AT);
+        assert_eq!(state.lookups.len(), SWEEP_AT);
     }
 }

@@ -30,7 +30,7 @@ impl<S: Store> Registry<S> {
             Some(id) => {
                 let id = id.clone();
                 let found = self
-                    .read(move |store| index::load_instance(store, &id))
+                    .read_point(move |store| index::load_instance(store, &id))
                     .await?;
                 Some(
                     found
@@ -57,7 +57,7 @@ impl<S: Store> Registry<S> {
             let alias = req.alias.clone();
             let is_default = instance.is_none();
             let caller = caller.clone();
-            self.read(move |store| {
+            self.read_point(move |store| {
                 if is_default
                     && let Some(id) = index::load_key_id(store, &schema::default_key(&account))?
                 {
