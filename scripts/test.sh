@@ -19,8 +19,9 @@ cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
 # The same end-to-end tests against the etcd store: the control plane, the data plane, identity
-# and the quota races, each stack on an etcd member of its own.
+# and the quota races, each stack on an etcd member of its own. `--workspace` keeps the feature
+# set of the run above, so nothing is compiled again.
 echo "== cargo test, control plane on etcd"
-KMS_TEST_STORE=etcd cargo test --locked -p kms-e2e \
+KMS_TEST_STORE=etcd cargo test --locked --workspace \
     --test control_plane --test data_plane_symmetric --test data_plane_cache \
     --test identity_policy --test authorization --test quota_races
