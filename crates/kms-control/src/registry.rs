@@ -31,6 +31,7 @@ mod usage;
 mod versions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kms_store::{Abort, Store, TxError, Txn};
@@ -72,6 +73,9 @@ pub struct Registry<S: Store> {
     lease: Duration,
     /// Writers waiting for their commits to reach the disk share flushes.
     flusher: Arc<kms_store::GroupFlush>,
+    /// Every key event up to this revision is on disk: raised by each writer after its flush,
+    /// so `WatchKeys` streams send those events without flushing again.
+    durable: Arc<AtomicU64>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -123,6 +127,7 @@ impl<S: Store> Registry<S> {
             replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
             lease: DEFAULT_LEASE,
             flusher: Arc::new(kms_store::GroupFlush::new()),
+            durable: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -194,14 +199,18 @@ impl<S: Store> Registry<S> {
     ) -> Result<T, DomainError> {
         let store = Arc::clone(&self.store);
         let flusher = Arc::clone(&self.flusher);
+        let durable = Arc::clone(&self.durable);
         let (out, events) = tokio::task::spawn_blocking(move || {
-            let out = op(&store)?;
+            let (out, events) = op(&store)?;
             let start = std::time::Instant::now();
             flusher.flush(&*store).map_err(store_error)?;
             crate::metrics::CONTROL
                 .flush
                 .observe(start.elapsed().as_secs_f64());
-            Ok::<_, DomainError>(out)
+            if let Some(last) = events.iter().map(|e| e.revision).max() {
+                durable.fetch_max(last, Ordering::Release);
+            }
+            Ok::<_, DomainError>((out, events))
         })
         .await
         .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))??;
