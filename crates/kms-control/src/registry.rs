@@ -31,7 +31,6 @@ mod usage;
 mod versions;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kms_store::{Abort, Store, TxError, Txn};
@@ -73,9 +72,6 @@ pub struct Registry<S: Store> {
     lease: Duration,
     /// Writers waiting for their commits to reach the disk share flushes.
     flusher: Arc<kms_store::GroupFlush>,
-    /// Every key event up to this revision is on disk: raised by each writer after its flush,
-    /// so `WatchKeys` streams send those events without flushing again.
-    durable: Arc<AtomicU64>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -127,7 +123,6 @@ impl<S: Store> Registry<S> {
             replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
             lease: DEFAULT_LEASE,
             flusher: Arc::new(kms_store::GroupFlush::new()),
-            durable: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -199,18 +194,14 @@ impl<S: Store> Registry<S> {
     ) -> Result<T, DomainError> {
         let store = Arc::clone(&self.store);
         let flusher = Arc::clone(&self.flusher);
-        let durable = Arc::clone(&self.durable);
         let (out, events) = tokio::task::spawn_blocking(move || {
-            let (out, events) = op(&store)?;
+            let out = op(&store)?;
             let start = std::time::Instant::now();
             flusher.flush(&*store).map_err(store_error)?;
             crate::metrics::CONTROL
                 .flush
                 .observe(start.elapsed().as_secs_f64());
-            if let Some(last) = events.iter().map(|e| e.revision).max() {
-                durable.fetch_max(last, Ordering::Release);
-            }
-            Ok::<_, DomainError>((out, events))
+            Ok::<_, DomainError>(out)
         })
         .await
         .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))??;

@@ -522,10 +522,6 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    fn durable_after_flush(&self) -> bool {
-        false
-    }
-
     fn subscribe(&self, prefix: &[u8], notify: Notify) -> Result<(), StoreError> {
         let start = range_start(self.full_key(prefix));
         let end = prefix_end(&start);

@@ -119,14 +119,6 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
-    /// Whether a commit reaches the disk only at the next [`Store::flush`], so a reader that
-    /// must not pass on what could still be lost flushes first (or knows a flush since). The
-    /// default, `true`, is the safe answer; an engine whose commits are durable when they
-    /// return (etcd) says `false`.
-    fn durable_after_flush(&self) -> bool {
-        true
-    }
-
     /// Runs `f` atomically and serializably against the store, and commits its writes.
     ///
     /// - All writes made through the [`Txn`] commit together when `f` returns `Ok`, or none do.

@@ -11,7 +11,6 @@
 //! `n + 1` is committed only after event `n`. Events go out only once flushed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kms_store::Store;
@@ -96,12 +95,7 @@ impl<S: Store> Registry<S> {
         ReceiverStream::new(stream)
     }
 
-    /// The events after `last`, at most [`CATCH_UP_BATCH`], that are on disk. Those a writer
-    /// committed but has not flushed yet are left to the wake-up that writer sends after its
-    /// flush, unless `may_flush`: then this flushes and sends them (the poll's wake-up, and a
-    /// stream's first read, when no writer of this process may be about to).
-    async fn catch_up(&self, last: u64, may_flush: bool) -> Result<CatchUp, DomainError> {
-        let durable = Arc::clone(&self.durable);
+    async fn catch_up(&self, last: u64) -> Result<CatchUp, DomainError> {
         self.read(move |store| {
             let current = index::revision(store)?;
             if last > current {
@@ -113,19 +107,11 @@ impl<S: Store> Registry<S> {
             if last == current {
                 return Ok(CatchUp::Events(Vec::new()));
             }
-            let mut events = index::events_after(store, last, CATCH_UP_BATCH)?;
+            let events = index::events_after(store, last, CATCH_UP_BATCH)?;
             match events.first() {
                 Some(first) if first.revision == last + 1 => {
-                    let read = events.last().map_or(last, |e| e.revision);
-                    let on_disk = durable.load(Ordering::Acquire);
-                    if store.durable_after_flush() && read > on_disk {
-                        if may_flush {
-                            store.flush().map_err(crate::index::store_error)?;
-                            durable.fetch_max(read, Ordering::Release);
-                        } else {
-                            events.retain(|e| e.revision <= on_disk);
-                        }
-                    }
+                    // What was read may not be on disk yet if its writer has not flushed.
+                    store.flush().map_err(crate::index::store_error)?;
                     Ok(CatchUp::Events(events))
                 }
                 _ => Ok(CatchUp::Resync(current)),
@@ -182,12 +168,9 @@ async fn pump<S: Store>(
             }
         }
     }
-    // Woken by a commit, the stream sends what is on disk and leaves the rest to the wake-up
-    // its writer sends after flushing; woken by the poll (or at the start), it flushes.
-    let mut may_flush = true;
     loop {
         loop {
-            match registry.catch_up(last, may_flush).await {
+            match registry.catch_up(last).await {
                 Ok(CatchUp::Events(events)) => {
                     let full = events.len() == CATCH_UP_BATCH;
                     for event in events {
@@ -220,16 +203,14 @@ async fn pump<S: Store>(
                 }
             }
         }
-        may_flush = tokio::select! {
+        tokio::select! {
             _ = closed(&mut closing) => return,
             _ = out.closed() => return,
             changed = changes.changed() => if changed.is_err() {
                 return;
-            } else {
-                false
             },
-            _ = poll.tick() => true,
-        };
+            _ = poll.tick() => {}
+        }
     }
 }
 
