@@ -275,7 +275,37 @@ async fn errors_say_what_to_do() {
         "{err}"
     );
 
+    // --keys out of range, beside --key, or with a scenario that cannot spread.
+    for (args, code, says) in [
+        (&["run", "encrypt", "--keys", "0"][..], 2, "--keys"),
+        (
+            &["run", "encrypt", "--keys", "5", "--key", "alias/x"][..],
+            2,
+            "--key",
+        ),
+    ] {
+        let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
     let stack = Stack::start().await.unwrap();
+    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
+        .args(["run", "sign", "--keys", "5", "--principal", ALICE])
+        .args(["--data", &format!("http://{}", stack.data_addr())])
+        .args(["--control", &format!("http://{}", stack.control_addr())])
+        .env_remove("KMS_PRINCIPAL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--keys spreads"), "{err}");
     // No operator and no instance: the run cannot make its keys, and says how to fix it.
     let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
         .args(["run", "encrypt", "--principal", ALICE])

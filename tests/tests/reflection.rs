@@ -50,29 +50,28 @@ async fn each_plane_lists_what_it_serves_in_both_reflection_versions() {
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ];
-    let mut control: Vec<String> = [
+    let served = |own: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = own
+            .iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect();
+        all.sort();
+        all
+    };
+    let control = served(&[
         "kms.v1.KeyManagementService",
         "kms.v1.KmsInstanceService",
         "kms.v1.AuditService",
         "kms.v1.AdminService",
         "kms.v1.AccessKeyService",
         "kms.internal.v1.KeyDirectory",
-    ]
-    .iter()
-    .chain(common.iter())
-    .map(|s| s.to_string())
-    .collect();
-    control.sort();
-    let mut data: Vec<String> = [
+    ]);
+    let data = served(&[
         "kms.v1.CryptoService",
         "kms.v1.AccessKeyResolver",
         "kms.internal.v1.KeyMaterial",
-    ]
-    .iter()
-    .chain(common.iter())
-    .map(|s| s.to_string())
-    .collect();
-    data.sort();
+    ]);
     for version in ["v1", "v1alpha"] {
         assert_eq!(
             listed(&stack, stack.control_addr(), version).await,

@@ -811,7 +811,28 @@ impl Keyring<'_> {
         let show = more > 0 && std::io::stderr().is_terminal();
         let mut set = tokio::task::JoinSet::new();
         let mut failure = None;
+        let mut take = |r: Result<Result<String>, tokio::task::JoinError>| {
+            match r.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(id) => {
+                    created.push(id.clone());
+                    all.push(id);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+            if show && all.len() % 500 == 0 {
+                eprint!("\rmaking the run's keys: {}/{}", all.len(), more + 1);
+            }
+            failure.is_some()
+        };
+        // After a failure no more keys are asked for; those in flight are still collected,
+        // so every key made is scheduled for deletion.
+        let mut failed = false;
         for n in 0..more {
+            if failed {
+                break;
+            }
             let mut keys = clients.keys(n as u64);
             let (instance, caller) = (self.instance.to_string(), self.caller.clone());
             set.spawn(async move {
@@ -824,23 +845,14 @@ impl Keyring<'_> {
                 )
                 .await
             });
-            while set.len() >= 64 || (n + 1 == more && !set.is_empty()) {
-                let Some(r) = set.join_next().await else {
-                    break;
-                };
-                match r.map_err(anyhow::Error::from).and_then(|r| r) {
-                    Ok(id) => {
-                        created.push(id.clone());
-                        all.push(id);
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                }
-                if show && all.len() % 500 == 0 {
-                    eprint!("\rmaking the run's keys: {}/{}", all.len(), more + 1);
-                }
+            if set.len() >= 64
+                && let Some(r) = set.join_next().await
+            {
+                failed = take(r);
             }
+        }
+        while let Some(r) = set.join_next().await {
+            take(r);
         }
         if show {
             eprintln!("\rmaking the run's keys: {}/{}", all.len(), more + 1);
