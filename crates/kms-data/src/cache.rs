@@ -15,7 +15,7 @@
 //! did not change; a deleted key's material is dropped with its entries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use kms_backend::KeyHandle;
@@ -41,7 +41,8 @@ pub struct CachedKey {
     pub entry: KeyEntry,
     /// Its policy, parsed once for this revision ([`policy::compile_stored`]).
     pub policy: Option<PolicyDocument>,
-    materials: Mutex<HashMap<KeyVersionId, KeyHandle>>,
+    /// The opened material of `entry.versions[i]`, once a call has needed it.
+    materials: Box<[OnceLock<KeyHandle>]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,17 +50,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CachedKey {
-    fn new(entry: KeyEntry, materials: HashMap<KeyVersionId, KeyHandle>) -> Self {
+    fn new(entry: KeyEntry) -> Self {
         Self {
             policy: policy::compile_stored(entry.policy.as_deref()),
+            materials: entry.versions.iter().map(|_| OnceLock::new()).collect(),
             entry,
-            materials: Mutex::new(materials),
         }
+    }
+
+    fn slot(&self, version: &KeyVersionId) -> Option<&OnceLock<KeyHandle>> {
+        let i = self.entry.versions.iter().position(|v| v.id == *version)?;
+        self.materials.get(i)
     }
 
     /// Whether `version`'s material is loaded, so [`CachedKey::material`] returns at once.
     pub fn is_loaded(&self, version: &KeyVersionId) -> bool {
-        lock(&self.materials).contains_key(version)
+        self.slot(version).is_some_and(|m| m.get().is_some())
     }
 
     /// The loaded key of `version`, opening its sealed material on first use. Blocks.
@@ -68,7 +74,8 @@ impl CachedKey {
         vault: &KeyVault,
         version: &KeyVersionId,
     ) -> Result<KeyHandle, DomainError> {
-        if let Some(m) = lock(&self.materials).get(version) {
+        let slot = self.slot(version).ok_or(DomainError::KeyVersionNotFound)?;
+        if let Some(m) = slot.get() {
             return Ok(m.clone());
         }
         let record = self
@@ -86,8 +93,8 @@ impl CachedKey {
             self.entry.protection,
             &record.wrapped_material,
         )?;
-        lock(&self.materials).insert(*version, loaded.clone());
-        Ok(loaded)
+        // Two calls may open it at once; the first kept wins and the other copy is dropped.
+        Ok(slot.get_or_init(|| loaded).clone())
     }
 }
 
@@ -142,13 +149,20 @@ pub struct CacheStats {
     pub revision: u64,
 }
 
+/// A cached key and the lookups that lead to it.
+#[derive(Debug)]
+struct Known {
+    /// The newest entry read for the key, whose opened material a refresh carries over.
+    latest: Arc<CachedKey>,
+    /// Its cached lookups, so an event touches only its key's entries. May name a lookup
+    /// since re-pointed to another key (an alias): users check the slot's key.
+    lookups: Vec<Arc<str>>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<String, Slot>,
-    /// The lookups cached for each key, so an event touches only its key's entries. May
-    /// name a lookup since re-pointed to another key (an alias): users check the slot's key.
-    lookups: HashMap<KeyId, Vec<String>>,
-    latest: HashMap<KeyId, Arc<CachedKey>>,
+    entries: HashMap<Arc<str>, Slot>,
+    keys: HashMap<KeyId, Known>,
     watch_up: bool,
     last_contact: Option<Instant>,
     revision: u64,
@@ -186,39 +200,49 @@ impl State {
         self.changed_at.insert(key_id, revision);
     }
 
-    /// Caches `slot` for its key.
-    fn insert(&mut self, name: String, slot: Slot) {
-        let names = self.lookups.entry(slot.key.entry.id.clone()).or_default();
-        if !names.contains(&name) {
-            names.push(name.clone());
+    /// Caches `slot` under lookup `name`; its key becomes the key's latest entry.
+    fn insert(&mut self, name: &str, slot: Slot) {
+        let key = Arc::clone(&slot.key);
+        let name: Arc<str> = match self.entries.get_key_value(name) {
+            Some((existing, _)) => Arc::clone(existing),
+            None => name.into(),
+        };
+        let known = self
+            .keys
+            .entry(key.entry.id.clone())
+            .or_insert_with(|| Known {
+                latest: Arc::clone(&key),
+                lookups: Vec::new(),
+            });
+        known.latest = key;
+        if !known.lookups.contains(&name) {
+            // Most keys are reached by one lookup: no spare room per key.
+            known.lookups.reserve_exact(1);
+            known.lookups.push(Arc::clone(&name));
         }
         self.entries.insert(name, slot);
     }
 
     /// Drops the entries of `key_id` that `keep` refuses; forgets the key when none is left.
     fn retain_key(&mut self, key_id: &KeyId, keep: impl Fn(&Slot) -> bool) {
-        let Some(names) = self.lookups.remove(key_id) else {
-            self.latest.remove(key_id);
+        let Some(mut known) = self.keys.remove(key_id) else {
             return;
         };
-        let mut left = Vec::new();
-        for name in names {
-            let Some(slot) = self.entries.get(&name) else {
-                continue;
+        known.lookups.retain(|name| {
+            let Some(slot) = self.entries.get(name) else {
+                return false;
             };
             if slot.key.entry.id != *key_id {
-                continue;
+                return false;
             }
-            if keep(slot) {
-                left.push(name);
-            } else {
-                self.entries.remove(&name);
+            let kept = keep(slot);
+            if !kept {
+                self.entries.remove(name);
             }
-        }
-        if left.is_empty() {
-            self.latest.remove(key_id);
-        } else {
-            self.lookups.insert(key_id.clone(), left);
+            kept
+        });
+        if !known.lookups.is_empty() {
+            self.keys.insert(key_id.clone(), known);
         }
     }
 
@@ -233,19 +257,18 @@ impl State {
         }
         self.entries.retain(|_, s| s.fetched.elapsed() < ttl);
         let entries = &self.entries;
-        self.lookups.retain(|id, names| {
-            names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
-            !names.is_empty()
+        self.keys.retain(|id, known| {
+            known
+                .lookups
+                .retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
+            !known.lookups.is_empty()
         });
-        let lookups = &self.lookups;
-        self.latest.retain(|id, _| lookups.contains_key(id));
         self.sweep_at = self.entries.len().saturating_mul(2);
     }
 
     fn clear(&mut self) {
         self.entries.clear();
-        self.lookups.clear();
-        self.latest.clear();
+        self.keys.clear();
         self.changed_at.clear();
         self.changed_floor = 0;
     }
@@ -304,7 +327,7 @@ impl KeyCache {
     async fn get(&self, slot: String, lookup: Lookup<'_>) -> Result<Arc<CachedKey>, DomainError> {
         {
             let state = lock(&self.state);
-            if let Some(s) = state.entries.get(&slot)
+            if let Some(s) = state.entries.get(slot.as_str())
                 && s.fetched.elapsed() < state.ttl(&self.times)
             {
                 crate::metrics::lookup("hit");
@@ -321,7 +344,7 @@ impl KeyCache {
                 Err(e @ (DomainError::KeyNotFound | DomainError::AliasNotFound)) => {
                     let mut state = lock(&self.state);
                     state.last_contact = Some(Instant::now());
-                    if let Some(gone) = state.entries.remove(&slot) {
+                    if let Some(gone) = state.entries.remove(slot.as_str()) {
                         let id = gone.key.entry.id.clone();
                         state.drop_key(&id);
                     }
@@ -335,9 +358,9 @@ impl KeyCache {
             if state.outdated(&entry.id, revision) && attempts < STALE_FETCH_RETRIES {
                 continue;
             }
-            let key = carry_over(&mut state, entry);
+            let key = carry_over(&state, entry);
             state.insert(
-                slot,
+                &slot,
                 Slot {
                     fetched: Instant::now(),
                     revision,
@@ -423,69 +446,101 @@ impl KeyCache {
 }
 
 /// A new cached key for `entry`, keeping unsealed material whose sealed bytes match.
-fn carry_over(state: &mut State, entry: KeyEntry) -> Arc<CachedKey> {
-    let mut kept = HashMap::new();
-    if let Some(previous) = state.latest.get(&entry.id) {
-        let old = lock(&previous.materials);
-        for v in &entry.versions {
+fn carry_over(state: &State, entry: KeyEntry) -> Arc<CachedKey> {
+    let key = CachedKey::new(entry);
+    if let Some(known) = state.keys.get(&key.entry.id) {
+        let previous = &known.latest;
+        for (v, slot) in key.entry.versions.iter().zip(key.materials.iter()) {
             let unchanged = previous
                 .entry
                 .version(&v.id)
                 .is_some_and(|pv| pv.wrapped_material == v.wrapped_material);
-            if let (true, Some(m)) = (unchanged, old.get(&v.id)) {
-                kept.insert(v.id, m.clone());
+            if let (true, Some(m)) = (unchanged, previous.slot(&v.id).and_then(OnceLock::get)) {
+                let _ = slot.set(m.clone());
             }
         }
     }
-    let key = Arc::new(CachedKey::new(entry, kept));
-    state.latest.insert(key.entry.id.clone(), Arc::clone(&key));
-    key
+    Arc::new(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kms_types::{
-        AccountId, KeyOrigin, KeySpec, KeyState, KeyUsage, ProtectionLevel, UnixMillis,
+        AccountId, KeyOrigin, KeySpec, KeyState, KeyUsage, KeyVersionRecord, ProtectionLevel,
+        UnixMillis,
     };
 
-    fn cached(id: &KeyId) -> Arc<CachedKey> {
-        Arc::new(CachedKey {
-            entry: KeyEntry {
-                id: id.clone(),
-                arn: String::new(),
-                account: AccountId::parse("42").unwrap_or_else(|e| panic!("{e}")),
-                instance: None,
-                instance_owner: None,
-                spec: KeySpec::AliyunAes256,
-                usage: KeyUsage::EncryptDecrypt,
-                state: KeyState::Enabled,
-                protection: ProtectionLevel::Software,
-                origin: KeyOrigin::Kms,
-                primary_version: KeyVersionId::generate(),
-                versions: Vec::new(),
-                policy: None,
-                material_expire: None::<UnixMillis>,
-                aliases: Vec::new(),
-                creator: String::new(),
-            },
+    fn entry(id: &KeyId, versions: Vec<KeyVersionRecord>) -> KeyEntry {
+        KeyEntry {
+            id: id.clone(),
+            account: AccountId::parse("42").unwrap_or_else(|e| panic!("{e}")),
+            instance: None,
+            instance_owner: None,
+            spec: KeySpec::AliyunAes256,
+            usage: KeyUsage::EncryptDecrypt,
+            state: KeyState::Enabled,
+            protection: ProtectionLevel::Software,
+            origin: KeyOrigin::Kms,
+            primary_version: KeyVersionId::generate(),
+            versions,
             policy: None,
-            materials: Mutex::new(HashMap::new()),
-        })
+            material_expire: None::<UnixMillis>,
+        }
+    }
+
+    fn cached(id: &KeyId) -> Arc<CachedKey> {
+        Arc::new(CachedKey::new(entry(id, Vec::new())))
+    }
+
+    fn sealed(id: KeyVersionId, wrapped: &[u8]) -> KeyVersionRecord {
+        KeyVersionRecord {
+            id,
+            created: UnixMillis(0),
+            wrapped_material: wrapped.to_vec(),
+            public_key_der: Vec::new(),
+        }
+    }
+
+    /// A refreshed entry keeps the opened material of versions whose sealed bytes did not
+    /// change; a version sealed anew is opened again.
+    #[test]
+    fn a_refresh_keeps_material_only_for_unchanged_versions() {
+        let id = KeyId::generate();
+        let (same, resealed) = (KeyVersionId::generate(), KeyVersionId::generate());
+        let first = CachedKey::new(entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"b")]));
+        for v in [same, resealed] {
+            let opened = KeyHandle::new("test", KeySpec::AliyunAes256, ());
+            assert!(first.slot(&v).is_some_and(|m| m.set(opened).is_ok()));
+        }
+        let mut state = State::default();
+        state.insert(
+            &format!("k:{id}"),
+            Slot {
+                fetched: Instant::now(),
+                revision: 1,
+                key: Arc::new(first),
+            },
+        );
+        let refreshed = carry_over(
+            &state,
+            entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"c")]),
+        );
+        assert!(refreshed.is_loaded(&same));
+        assert!(!refreshed.is_loaded(&resealed));
+        assert!(!refreshed.is_loaded(&KeyVersionId::generate()));
     }
 
     fn with_entry(id: &KeyId, read_at: u64) -> State {
-        let key = cached(id);
         let mut state = State::default();
         state.insert(
-            format!("k:{id}"),
+            &format!("k:{id}"),
             Slot {
                 fetched: Instant::now(),
                 revision: read_at,
-                key: Arc::clone(&key),
+                key: cached(id),
             },
         );
-        state.latest.insert(id.clone(), key);
         state
     }
 
@@ -503,7 +558,7 @@ mod tests {
             let mut state = with_entry(&id, 5);
             state.changed(&id, event_revision, deleted);
             assert_eq!(
-                (state.entries.len() == 1, state.latest.contains_key(&id)),
+                (state.entries.len() == 1, state.keys.contains_key(&id)),
                 (kept, kept),
                 "event at {event_revision}, deleted {deleted}"
             );
@@ -525,14 +580,14 @@ mod tests {
             revision: 5,
             key: Arc::clone(key),
         };
-        state.insert("a:42:alias/x".into(), slot(&cached(&old)));
-        state.insert("a:42:alias/x".into(), slot(&cached(&new)));
+        state.insert("a:42:alias/x", slot(&cached(&old)));
+        state.insert("a:42:alias/x", slot(&cached(&new)));
         state.changed(&old, 9, true);
         assert_eq!(state.entries.len(), 1, "the alias now names the new key");
         assert!(state.entries.contains_key("a:42:alias/x"));
         state.changed(&new, 9, false);
         assert!(state.entries.is_empty());
-        assert!(state.lookups.is_empty());
+        assert!(state.keys.is_empty());
     }
 
     /// Past `CHANGES_KEPT` keys, per-key change revisions are forgotten but a floor keeps a
@@ -559,7 +614,7 @@ mod tests {
         for _ in 0..SWEEP_AT {
             let id = KeyId::generate();
             state.insert(
-                format!("k:{id}"),
+                &format!("k:{id}"),
                 Slot {
                     fetched: Instant::now(),
                     revision: 1,
@@ -570,6 +625,6 @@ mod tests {
         state.sweep(Duration::from_secs(60));
         assert_eq!(state.entries.len(), SWEEP_AT);
         assert_eq!(state.sweep_at, 2 * SWEEP_AT);
-        assert_eq!(state.lookups.len(), SWEEP_AT);
+        assert_eq!(state.keys.len(), SWEEP_AT);
     }
 }

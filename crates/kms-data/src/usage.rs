@@ -30,12 +30,18 @@ pub const MAX_PENDING: usize = 65_536;
 /// Most records per `ReportUsage` call.
 pub const MAX_PER_REPORT: usize = 1_000;
 
-type Slot = (KeyId, KeyVersionId, Principal, UsageOp);
+/// The batch: records by caller, then by version and operation (a version belongs to one
+/// key), so noting a call already in it allocates nothing.
+#[derive(Debug, Default)]
+struct Batch {
+    by_caller: HashMap<Principal, HashMap<(KeyVersionId, UsageOp), (KeyId, UnixMillis)>>,
+    records: usize,
+}
 
 /// The batch of usage not yet reported.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<Slot, UnixMillis>>,
+    pending: Mutex<Batch>,
     full: Notify,
     dropped: AtomicU64,
 }
@@ -49,27 +55,51 @@ impl UsageRecorder {
     /// Notes one successful call, now. `key_id` is the resolved key id a response names; a
     /// malformed one (never expected) is ignored.
     pub fn record(&self, key_id: &str, version: KeyVersionId, principal: &Principal, op: UsageOp) {
-        let Ok(key_id) = KeyId::parse(key_id) else {
-            return;
-        };
-        self.note((key_id, version, principal.clone(), op), wall_clock());
+        self.note(principal, version, op, wall_clock(), || {
+            KeyId::parse(key_id).ok()
+        });
     }
 
-    fn note(&self, slot: Slot, at: UnixMillis) {
-        let len = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if pending.len() >= MAX_PENDING && !pending.contains_key(&slot) {
-                drop(pending);
+    /// Notes a use at `at`; `key_id` is asked for only when the record is new.
+    fn note(
+        &self,
+        principal: &Principal,
+        version: KeyVersionId,
+        op: UsageOp,
+        at: UnixMillis,
+        key_id: impl FnOnce() -> Option<KeyId>,
+    ) {
+        let records = {
+            let mut batch = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let Batch { by_caller, records } = &mut *batch;
+            let calls = by_caller.get_mut(principal);
+            if let Some((_, latest)) = calls.and_then(|c| c.get_mut(&(version, op))) {
+                if at > *latest {
+                    *latest = at;
+                }
+                return;
+            }
+            if *records >= MAX_PENDING {
+                drop(batch);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let latest = pending.entry(slot).or_insert(at);
-            if at > *latest {
-                *latest = at;
+            let Some(key_id) = key_id() else {
+                return;
+            };
+            match by_caller.get_mut(principal) {
+                Some(calls) => {
+                    calls.insert((version, op), (key_id, at));
+                }
+                None => {
+                    let calls = HashMap::from([((version, op), (key_id, at))]);
+                    by_caller.insert(principal.clone(), calls);
+                }
             }
-            pending.len()
+            *records += 1;
+            *records
         };
-        if len == FLUSH_AT {
+        if records == FLUSH_AT {
             self.full.notify_one();
         }
     }
@@ -79,29 +109,32 @@ impl UsageRecorder {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .records
     }
 
     /// Takes the whole batch.
     fn take(&self) -> Vec<UsageEvent> {
         let batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        batch
-            .into_iter()
-            .map(|((key_id, version, principal, op), at)| UsageEvent {
-                key_id,
-                version,
-                principal,
-                op,
-                at,
-            })
-            .collect()
+        let mut events = Vec::with_capacity(batch.records);
+        for (principal, calls) in batch.by_caller {
+            for ((version, op), (key_id, at)) in calls {
+                events.push(UsageEvent {
+                    key_id,
+                    version,
+                    principal: principal.clone(),
+                    op,
+                    at,
+                });
+            }
+        }
+        events
     }
 
     /// Puts records that could not be sent back, within the bound.
     fn restore(&self, events: Vec<UsageEvent>) {
         for e in events {
-            self.note((e.key_id, e.version, e.principal, e.op), e.at);
+            self.note(&e.principal, e.version, e.op, e.at, || Some(e.key_id));
         }
     }
 
@@ -164,12 +197,13 @@ mod tests {
         let r = UsageRecorder::new();
         let key = KeyId::generate();
         let v = KeyVersionId::generate();
-        let slot = |p: &str, op| (key.clone(), v, principal(p), op);
-        r.note(slot("a", UsageOp::Encrypt), UnixMillis(20));
-        r.note(slot("a", UsageOp::Encrypt), UnixMillis(10));
-        r.note(slot("a", UsageOp::Encrypt), UnixMillis(30));
-        r.note(slot("a", UsageOp::Decrypt), UnixMillis(5));
-        r.note(slot("b", UsageOp::Encrypt), UnixMillis(7));
+        let note =
+            |p: &str, op, at| r.note(&principal(p), v, op, UnixMillis(at), || Some(key.clone()));
+        note("a", UsageOp::Encrypt, 20);
+        note("a", UsageOp::Encrypt, 10);
+        note("a", UsageOp::Encrypt, 30);
+        note("a", UsageOp::Decrypt, 5);
+        note("b", UsageOp::Encrypt, 7);
         assert_eq!(r.pending(), 3);
         let mut events = r.take();
         events.sort_by_key(|e| (e.principal.arn().to_string(), e.op));
@@ -188,8 +222,14 @@ mod tests {
         assert_eq!(r.pending(), 0);
         r.restore(events);
         assert_eq!(r.pending(), 3, "unsent records come back");
-        r.record("not-a-key", v, &principal("a"), UsageOp::Encrypt);
-        assert_eq!(r.pending(), 3);
+        assert_eq!(r.take().iter().map(|e| e.at.0).sum::<i64>(), 42);
+        r.record(
+            "not-a-key",
+            KeyVersionId::generate(),
+            &principal("a"),
+            UsageOp::Encrypt,
+        );
+        assert_eq!(r.pending(), 0);
     }
 
     #[test]
@@ -199,13 +239,11 @@ mod tests {
         let p = principal("a");
         for _ in 0..MAX_PENDING + 10 {
             r.note(
-                (
-                    key.clone(),
-                    KeyVersionId::generate(),
-                    p.clone(),
-                    UsageOp::AsymmetricSign,
-                ),
+                &p,
+                KeyVersionId::generate(),
+                UsageOp::AsymmetricSign,
                 UnixMillis(1),
+                || Some(key.clone()),
             );
         }
         assert_eq!(r.pending(), MAX_PENDING);

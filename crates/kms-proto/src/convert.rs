@@ -174,7 +174,6 @@ pub fn key_metadata(r: &KeyRecord, region: &str) -> pb::KeyMetadata {
 pub fn key_entry(e: &KeyEntry) -> ipb::KeyEntry {
     ipb::KeyEntry {
         key_id: e.id.to_string(),
-        arn: e.arn.clone(),
         account_id: e.account.to_string(),
         kms_instance_id: e
             .instance
@@ -200,8 +199,6 @@ pub fn key_entry(e: &KeyEntry) -> ipb::KeyEntry {
             .collect(),
         policy: e.policy.clone().unwrap_or_default(),
         material_expire_time: e.material_expire.map(timestamp),
-        aliases: e.aliases.clone(),
-        creator: e.creator.clone(),
         instance_owner_account_id: e
             .instance_owner
             .as_ref()
@@ -214,7 +211,7 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
     type Error = DomainError;
 
     fn try_from(w: ipb::KeyEntry) -> Result<Self, DomainError> {
-        let versions = w
+        let mut versions = w
             .versions
             .into_iter()
             .map(|v| {
@@ -230,9 +227,11 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
                 })
             })
             .collect::<Result<Vec<_>, DomainError>>()?;
+        // Collected in place, the vector keeps the wire messages' larger allocation; the
+        // entry lives in the data plane's cache, so give the excess back.
+        versions.shrink_to_fit();
         Ok(KeyEntry {
             id: KeyId::parse(&w.key_id)?,
-            arn: w.arn,
             account: AccountId::parse(&w.account_id)?,
             instance: if w.kms_instance_id.is_empty() {
                 None
@@ -253,8 +252,6 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
             versions,
             policy: (!w.policy.is_empty()).then_some(w.policy),
             material_expire: w.material_expire_time.as_ref().map(from_timestamp),
-            aliases: w.aliases,
-            creator: w.creator,
         })
     }
 }

@@ -115,7 +115,6 @@ fn version() -> impl Strategy<Value = KeyVersionRecord> {
 prop_compose! {
     fn entry()(
         hex in "[0-9a-f]{32}",
-        arn in ".{0,40}",
         owner in account(),
         instance in proptest::option::of("[a-z0-9]{1,32}"),
         instance_owner in proptest::option::of(account()),
@@ -127,12 +126,9 @@ prop_compose! {
         versions in proptest::collection::vec(version(), 0..4),
         policy in proptest::option::of(".{1,60}"),
         expire in proptest::option::of(any::<i64>()),
-        aliases in proptest::collection::vec("alias/[a-z]{1,8}", 0..3),
-        creator in ".{0,40}",
     ) -> KeyEntry {
         KeyEntry {
             id: KeyId::parse(&format!("key-{hex}")).unwrap(),
-            arn,
             account: owner,
             instance: instance.map(|i| InstanceId::parse(&format!("kst-{i}")).unwrap()),
             instance_owner,
@@ -145,8 +141,6 @@ prop_compose! {
             versions,
             policy,
             material_expire: expire.map(UnixMillis),
-            aliases,
-            creator,
         }
     }
 }
@@ -170,7 +164,6 @@ fn wire_enum() -> impl Strategy<Value = i32> {
 prop_compose! {
     fn wire_entry()(
         key_id in wire_text("key-[0-9a-f]{32}"),
-        arn in ".{0,20}",
         account_id in wire_text("[1-9][0-9]{0,5}"),
         kms_instance_id in wire_text("(kst-[a-z0-9]{1,8})?"),
         enums in proptest::collection::vec(wire_enum(), 5),
@@ -185,7 +178,6 @@ prop_compose! {
     ) -> ipb::KeyEntry {
         ipb::KeyEntry {
             key_id,
-            arn,
             account_id,
             kms_instance_id,
             is_default_key: false,
@@ -206,8 +198,6 @@ prop_compose! {
                 .collect(),
             policy,
             material_expire_time: expire,
-            aliases: vec!["alias/a".into()],
-            creator: String::new(),
             instance_owner_account_id: instance_owner,
         }
     }

@@ -603,7 +603,7 @@ mod tests {
         let mut k = external(KeyState::Enabled, KeySpec::AliyunAes256);
         k.versions = vec![version(&k)];
         k.material_expire = Some(UnixMillis(100));
-        let entry = KeyEntry::from_record(&k, "local", None);
+        let entry = KeyEntry::from_record(&k, None);
         assert_eq!(entry.check_material_live(UnixMillis(99)), Ok(()));
         assert_eq!(
             entry.check_material_live(UnixMillis(100)),

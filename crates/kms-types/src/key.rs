@@ -170,8 +170,6 @@ pub struct NewKey {
 pub struct KeyEntry {
     /// The key id.
     pub id: KeyId,
-    /// The key's ARN.
-    pub arn: String,
     /// The owning account.
     pub account: AccountId,
     /// The instance; `None` for a default key.
@@ -197,18 +195,13 @@ pub struct KeyEntry {
     pub policy: Option<String>,
     /// When imported material expires.
     pub material_expire: Option<UnixMillis>,
-    /// Aliases.
-    pub aliases: Vec<String>,
-    /// Creator's ARN.
-    pub creator: String,
 }
 
 impl KeyEntry {
     /// The entry for a stored key whose instance, if any, `instance_owner` owns.
-    pub fn from_record(r: &KeyRecord, region: &str, instance_owner: Option<&AccountId>) -> Self {
+    pub fn from_record(r: &KeyRecord, instance_owner: Option<&AccountId>) -> Self {
         Self {
             id: r.id.clone(),
-            arn: crate::ids::key_arn(region, &r.account, &r.id),
             account: r.account.clone(),
             instance: r.instance.clone(),
             instance_owner: instance_owner.filter(|o| **o != r.account).cloned(),
@@ -221,8 +214,6 @@ impl KeyEntry {
             versions: r.versions.clone(),
             policy: r.policy.clone(),
             material_expire: r.material_expire,
-            aliases: r.aliases.clone(),
-            creator: r.creator.clone(),
         }
     }
 

@@ -56,7 +56,7 @@ impl<S: Store> Registry<S> {
                 Ok((record, owner, revision))
             })
             .await?;
-        let entry = KeyEntry::from_record(&record, &self.region, owner.as_ref());
+        let entry = KeyEntry::from_record(&record, owner.as_ref());
         Ok((entry, revision))
     }
 
@@ -75,7 +75,7 @@ impl<S: Store> Registry<S> {
                 Ok((record, owner, revision))
             })
             .await?;
-        let entry = KeyEntry::from_record(&record, &self.region, owner.as_ref());
+        let entry = KeyEntry::from_record(&record, owner.as_ref());
         Ok((entry, revision))
     }
 
