@@ -340,7 +340,9 @@ enum Prepared {
         made: Arc<Mutex<Vec<String>>>,
     },
     DisableRefusal {
-        keys: Vec<String>,
+        /// The keys no cycle is using: one per request in flight, and a cycle takes one for
+        /// itself, so two cycles never enable and disable the same key at once.
+        free: Arc<Mutex<Vec<String>>>,
     },
 }
 
@@ -682,7 +684,9 @@ async fn prepare_into(
                     run.created.push(id.clone());
                     ks.push(id);
                 }
-                Prepared::DisableRefusal { keys: ks }
+                Prepared::DisableRefusal {
+                    free: Arc::new(Mutex::new(ks)),
+                }
             }
             Scenario::Mixed => bail!("mixed cannot be part of itself"),
         };
@@ -1207,9 +1211,19 @@ async fn one(part: &Prepared, clients: &Clients, i: u64) -> Result<Option<Durati
             }
             Ok(None)
         }
-        Prepared::DisableRefusal { keys: ks } => {
-            let key = &ks[(i % ks.len().max(1) as u64) as usize];
-            disable_refusal(&mut keys, &mut crypto, key).await
+        Prepared::DisableRefusal { free } => {
+            let taken = free.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some(key) = taken else {
+                return Err(Status::new(
+                    Code::Internal,
+                    "Bench.NoFreeKey: more disable-refusal cycles in flight than keys",
+                ));
+            };
+            let timed = disable_refusal(&mut keys, &mut crypto, &key).await;
+            free.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(key);
+            timed
         }
     }
 }
