@@ -143,14 +143,14 @@ impl UsageRecorder {
     pub async fn flush(&self, directory: &DirectoryClient) -> Result<usize, DomainError> {
         let mut batch = self.take();
         let total = batch.len();
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(MAX_PER_REPORT));
-            if let Err(e) = directory.report_usage(&batch).await {
-                batch.extend(rest);
-                self.restore(batch);
+        let mut sent = 0;
+        while sent < total {
+            let part = &batch[sent..total.min(sent + MAX_PER_REPORT)];
+            if let Err(e) = directory.report_usage(part).await {
+                self.restore(batch.split_off(sent));
                 return Err(e);
             }
-            batch = rest;
+            sent += part.len();
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -230,6 +230,26 @@ mod tests {
             UsageOp::Encrypt,
         );
         assert_eq!(r.pending(), 0);
+    }
+
+    /// A batch larger than one report that cannot be sent stays whole for the next attempt.
+    #[tokio::test]
+    async fn an_unsent_batch_is_kept() {
+        let r = UsageRecorder::new();
+        let key = KeyId::generate();
+        let records = 2 * MAX_PER_REPORT + 7;
+        for _ in 0..records {
+            let v = KeyVersionId::generate();
+            r.note(&principal("a"), v, UsageOp::Encrypt, UnixMillis(1), || {
+                Some(key.clone())
+            });
+        }
+        // Nothing listens on port 1 of the loopback address: every report fails.
+        let unreachable =
+            DirectoryClient::new(&["http://127.0.0.1:1".into()], "kms-data".into(), None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.flush(&unreachable).await.is_err());
+        assert_eq!(r.pending(), records);
     }
 
     #[test]
