@@ -30,11 +30,15 @@ pub const MAX_PENDING: usize = 65_536;
 /// Most records per `ReportUsage` call.
 pub const MAX_PER_REPORT: usize = 1_000;
 
-/// The batch: records by caller, then by version and operation (a version belongs to one
-/// key), so noting a call already in it allocates nothing.
+/// One caller's records: by version and operation (a version belongs to one key), the key
+/// and the latest time.
+type Calls = HashMap<(KeyVersionId, UsageOp), (KeyId, UnixMillis)>;
+
+/// The batch: records by caller, then by version and operation, so noting a call already in
+/// it allocates nothing.
 #[derive(Debug, Default)]
 struct Batch {
-    by_caller: HashMap<Principal, HashMap<(KeyVersionId, UsageOp), (KeyId, UnixMillis)>>,
+    by_caller: HashMap<Principal, Calls>,
     records: usize,
 }
 
