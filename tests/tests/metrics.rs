@@ -176,6 +176,7 @@ async fn both_planes_count_what_they_did() {
         ) >= 1.0
     );
     assert!(moved("kms_store_flush_seconds_count", &[]) >= 1.0);
+    assert!(names(&control).contains_key("kms_store_transaction_retries_total"));
     assert!(sum(&control, "kms_store_size_bytes", &[]) > 0.0);
     // Keys are counted when a scrape asks; a later scrape shows the count. The data plane's
     // WatchKeys stream is open.

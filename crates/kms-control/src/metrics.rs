@@ -36,6 +36,8 @@ struct KeyLabels {
 pub struct ControlMetrics {
     /// Time of each store flush before an acknowledgement.
     pub flush: Histogram,
+    /// Transaction bodies run again because another transaction conflicted with them.
+    pub transaction_retries: Counter,
     /// `WatchKeys` streams open.
     pub watch_streams: Gauge,
     /// How many revisions behind the store the last stream to look was, before it caught up.
@@ -51,6 +53,7 @@ pub struct ControlMetrics {
 pub static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| {
     let m = ControlMetrics {
         flush: latency_histogram(),
+        transaction_retries: Counter::default(),
         watch_streams: Gauge::default(),
         watch_lag: Gauge::default(),
         watch_events: Counter::default(),
@@ -61,6 +64,11 @@ pub static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| {
         "store_flush_seconds",
         "Time to make a commit durable before it is acknowledged",
         m.flush.clone(),
+    );
+    register(
+        "store_transaction_retries",
+        "Store transactions run again after a conflict with another (writes to the same records at once)",
+        m.transaction_retries.clone(),
     );
     register(
         "watch_streams",

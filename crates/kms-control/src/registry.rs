@@ -217,8 +217,19 @@ impl<S: Store> Registry<S> {
         &self,
         body: impl Fn(&mut dyn Txn) -> TxResult<(T, Vec<KeyEvent>)> + Send + 'static,
     ) -> Result<T, DomainError> {
-        self.write(move |store| store.transaction(|tx| body(tx)).map_err(tx_error))
-            .await
+        self.write(move |store| {
+            let attempts = std::cell::Cell::new(0u64);
+            let out = store.transaction(|tx| {
+                attempts.set(attempts.get() + 1);
+                body(tx)
+            });
+            let retries = attempts.get().saturating_sub(1);
+            if retries > 0 {
+                crate::metrics::CONTROL.transaction_retries.inc_by(retries);
+            }
+            out.map_err(tx_error)
+        })
+        .await
     }
 
     /// [`Registry::commit`] for scheduled work: the transaction commits only while this
