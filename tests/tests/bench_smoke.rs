@@ -252,6 +252,24 @@ async fn every_scenario_runs_clean_and_compare_gives_ratios() {
     );
 }
 
+/// Runs kms-bench as `ALICE` against the planes at `data` and `control` (`host:port`), with
+/// `args` before the identity flags; its exit code and standard error.
+async fn bench_fails(data: &str, control: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
+        .args(args)
+        .args(["--principal", ALICE])
+        .args(["--data", &format!("http://{data}")])
+        .args(["--control", &format!("http://{control}")])
+        .env_remove("KMS_PRINCIPAL")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// An unreachable plane and a caller without permission are named in the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_say_what_to_do() {
@@ -260,16 +278,9 @@ async fn errors_say_what_to_do() {
         .local_addr()
         .unwrap()
         .port();
-    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
-        .args(["run", "encrypt", "--principal", ALICE])
-        .args(["--data", &format!("http://127.0.0.1:{port}")])
-        .args(["--control", &format!("http://127.0.0.1:{port}")])
-        .env_remove("KMS_PRINCIPAL")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let nowhere = format!("127.0.0.1:{port}");
+    let (code, err) = bench_fails(&nowhere, &nowhere, &["run", "encrypt"]).await;
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("cannot reach the data plane") && err.contains("kmsctl dev up"),
         "{err}"
@@ -295,50 +306,24 @@ async fn errors_say_what_to_do() {
     }
 
     let stack = Stack::start().await.unwrap();
-    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
-        .args(["run", "sign", "--keys", "5", "--principal", ALICE])
-        .args(["--data", &format!("http://{}", stack.data_addr())])
-        .args(["--control", &format!("http://{}", stack.control_addr())])
-        .env_remove("KMS_PRINCIPAL")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (data, control) = (
+        stack.data_addr().to_string(),
+        stack.control_addr().to_string(),
+    );
+    let (code, err) = bench_fails(&data, &control, &["run", "sign", "--keys", "5"]).await;
+    assert_eq!(code, Some(1));
     assert!(err.contains("--keys spreads"), "{err}");
     // No operator and no instance: the run cannot make its keys, and says how to fix it.
-    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
-        .args(["run", "encrypt", "--principal", ALICE])
-        .args(["--data", &format!("http://{}", stack.data_addr())])
-        .args(["--control", &format!("http://{}", stack.control_addr())])
-        .env_remove("KMS_PRINCIPAL")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = bench_fails(&data, &control, &["run", "encrypt"]).await;
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("--instance") && err.contains("--operator-principal"),
         "{err}"
     );
     // A principal that is not an operator is told so when it tries to make the instance.
-    let out = tokio::process::Command::new(bin_path("kms-bench").unwrap())
-        .args([
-            "run",
-            "encrypt",
-            "--principal",
-            ALICE,
-            "--operator-principal",
-            ALICE,
-        ])
-        .args(["--data", &format!("http://{}", stack.data_addr())])
-        .args(["--control", &format!("http://{}", stack.control_addr())])
-        .env_remove("KMS_PRINCIPAL")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let operator = ["run", "encrypt", "--operator-principal", ALICE];
+    let (code, err) = bench_fails(&data, &control, &operator).await;
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("PERMISSION_DENIED") && err.contains(ALICE) && err.contains("operators"),
         "{err}"
