@@ -250,7 +250,7 @@ fn append_event(tx: &mut dyn Txn, id: &KeyId, kind: KeyEventKind) -> TxResult<Ke
     let revision = current + 1;
     let event = KeyEvent {
         revision,
-        key_id: Some(id.clone()),
+        key_id: Some(*id),
         kind,
     };
     tx.put(schema::REVISION, &schema::encode_u64(revision))?;

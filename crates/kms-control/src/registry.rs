@@ -282,7 +282,7 @@ impl<S: Store> Registry<S> {
         action: &str,
     ) -> Result<KeyRecord, DomainError> {
         let region = self.region.clone();
-        let account = caller.account().clone();
+        let account = *caller.account();
         let (record, instance_owner) = self
             .read_point(move |store| {
                 let record = load_ref(store, &region, &account, key_ref)?;
@@ -383,10 +383,10 @@ impl Describable {
         let owner = match &record.instance {
             None => None,
             Some(id) => match self.owners.get(id) {
-                Some(owner) => owner.clone(),
+                Some(owner) => *owner,
                 None => {
                     let owner = index::load_instance(store, id)?.map(|i| i.owner);
-                    self.owners.insert(id.clone(), owner.clone());
+                    self.owners.insert(id.clone(), owner);
                     owner
                 }
             },

@@ -514,7 +514,7 @@ mod tests {
             "queue entries sort by date"
         );
         let (at, back) = decode_queue_entry(&rotation_queue(UnixMillis(42), &id)).unwrap();
-        assert_eq!((at, back), (UnixMillis(42), id.clone()));
+        assert_eq!((at, back), (UnixMillis(42), id));
         assert!(decode_queue_entry(b"sr/x/key-1").is_err());
         assert_eq!(
             suffix(&owner(&AccountId::parse("1").unwrap(), &id), b"o/1/").unwrap(),
@@ -543,7 +543,7 @@ mod tests {
         let (at, id) = decode_dated(&entry).unwrap();
         assert_eq!((at, id), (UnixMillis(7), token.as_str()));
         let (at, back) = decode_queue_entry(&material_expiry_queue(UnixMillis(9), &key)).unwrap();
-        assert_eq!((at, back), (UnixMillis(9), key.clone()));
+        assert_eq!((at, back), (UnixMillis(9), key));
         assert!(key_token(&key, &token).starts_with(&key_tokens_prefix(&key)));
     }
 

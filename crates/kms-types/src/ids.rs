@@ -8,13 +8,23 @@ use uuid::Uuid;
 use crate::error::DomainError;
 
 /// A key id: `key-` followed by 32 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct KeyId(String);
+///
+/// Held as its 36 bytes of text in place, so a copy allocates nothing: the data plane keeps a
+/// key id per cached key, per cache lookup and per usage record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyId([u8; KEY_ID_LEN]);
+
+/// The length of a key id's text.
+const KEY_ID_LEN: usize = 36;
 
 impl KeyId {
     /// A fresh random key id.
     pub fn generate() -> Self {
-        Self(format!("key-{}", Uuid::new_v4().simple()))
+        let mut text = [0u8; KEY_ID_LEN];
+        text[..4].copy_from_slice(b"key-");
+        Uuid::new_v4().simple().encode_lower(&mut text[4..]);
+        Self(text)
     }
 
     /// Parses a key id; anything else is `InvalidParameter.KeyId`.
@@ -25,25 +35,45 @@ impl KeyId {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(DomainError::invalid(
+        match <[u8; KEY_ID_LEN]>::try_from(s.as_bytes()) {
+            Ok(text) if ok => Ok(Self(text)),
+            _ => Err(DomainError::invalid(
                 "KeyId",
                 format!("{s:?} is not a key id"),
-            ))
+            )),
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `parse` and `generate` make one, and both leave ASCII text.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = DomainError;
+
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(id: KeyId) -> Self {
+        id.as_str().to_string()
     }
 }
 
@@ -119,8 +149,17 @@ impl fmt::Display for InstanceId {
 }
 
 /// An account id (the `<uid>` of an ARN): 1 to 32 digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AccountId(String);
+///
+/// Held as its text in place, like [`KeyId`]: every cached key and every caller carries one.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AccountId {
+    len: u8,
+    text: [u8; ACCOUNT_ID_MAX],
+}
+
+/// The longest account id.
+const ACCOUNT_ID_MAX: usize = 32;
 
 impl AccountId {
     /// Parses an account id: 1–32 decimal digits in canonical form, without a leading zero,
@@ -128,11 +167,16 @@ impl AccountId {
     /// a string comparison and one to a person). Anything else is `InvalidParameter.AccountId`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         if !s.is_empty()
-            && s.len() <= 32
+            && s.len() <= ACCOUNT_ID_MAX
             && s.bytes().all(|b| b.is_ascii_digit())
             && !s.starts_with('0')
         {
-            Ok(Self(s.to_string()))
+            let mut text = [0u8; ACCOUNT_ID_MAX];
+            text[..s.len()].copy_from_slice(s.as_bytes());
+            Ok(Self {
+                len: s.len() as u8,
+                text,
+            })
         } else {
             Err(DomainError::invalid(
                 "AccountId",
@@ -143,13 +187,61 @@ impl AccountId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `parse` makes one, and it leaves ASCII digits.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl PartialEq for AccountId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for AccountId {}
+
+impl std::hash::Hash for AccountId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for AccountId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for AccountId {
+    /// As the text compares, so sorted lists read as before.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AccountId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for AccountId {
+    type Error = DomainError;
+
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<AccountId> for String {
+    fn from(id: AccountId) -> Self {
+        id.as_str().to_string()
     }
 }
 
@@ -280,7 +372,7 @@ mod tests {
     #[test]
     fn key_refs() {
         let id = KeyId::generate();
-        assert_eq!(KeyRef::parse(id.as_str()), Ok(KeyRef::Id(id.clone())));
+        assert_eq!(KeyRef::parse(id.as_str()), Ok(KeyRef::Id(id)));
         assert_eq!(
             KeyRef::parse("alias/app"),
             Ok(KeyRef::Alias("alias/app".into()))

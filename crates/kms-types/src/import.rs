@@ -478,7 +478,7 @@ mod tests {
         let now = UnixMillis(1_000);
         let mut token = ImportTokenRecord::issue(
             ImportTokenId::generate(),
-            key.clone(),
+            key,
             Algorithm::RsaesOaepSha256,
             KeySpec::Rsa2048,
             vec![1, 2, 3],

@@ -201,8 +201,8 @@ impl KeyEntry {
     /// The entry for a stored key whose instance, if any, `instance_owner` owns.
     pub fn from_record(r: &KeyRecord, instance_owner: Option<&AccountId>) -> Self {
         Self {
-            id: r.id.clone(),
-            account: r.account.clone(),
+            id: r.id,
+            account: r.account,
             instance: r.instance.clone(),
             instance_owner: instance_owner.filter(|o| **o != r.account).cloned(),
             spec: r.spec,

@@ -396,7 +396,7 @@ proptest! {
         let arn = key_arn(&region, &account, &id);
         let parsed = KeyRef::parse(&arn).unwrap();
         prop_assert_eq!(parsed.to_string(), arn);
-        prop_assert_eq!(parsed, KeyRef::Arn { region, account, key_id: id.clone() });
+        prop_assert_eq!(parsed, KeyRef::Arn { region, account, key_id: id });
         prop_assert_eq!(KeyRef::parse(id.as_str()).unwrap(), KeyRef::Id(id));
     }
 

@@ -54,7 +54,7 @@ impl<S: Store> KeyDirectory for DirectoryService<S> {
             let key_ref = KeyRef::parse(&req.key_id).map_err(status)?;
             let on_behalf = Principal::parse(&req.principal).map_err(status)?;
             self.registry
-                .directory_key(on_behalf.account().clone(), key_ref)
+                .directory_key(*on_behalf.account(), key_ref)
                 .await
         }
         .map_err(status)?;

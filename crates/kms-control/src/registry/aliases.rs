@@ -74,7 +74,7 @@ impl<S: Store> Registry<S> {
             let old =
                 index::get_key(tx, &target.id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
             authorize_alias_key(tx, &caller, &old, new_action)?;
-            let previous = current_record.as_ref().map(|r| r.id.clone());
+            let previous = current_record.as_ref().map(|r| r.id);
             if current != target.id {
                 match current_record {
                     Some(previous) => {

@@ -60,7 +60,7 @@ impl<S: Store> Registry<S> {
             .await?;
         let token = ImportTokenRecord::issue(
             id,
-            record.id.clone(),
+            record.id,
             algorithm,
             wrapping_key_spec,
             key.sealed_private_key,
@@ -113,7 +113,7 @@ impl<S: Store> Registry<S> {
         let imported = self
             .material
             .import_material(MaterialImport {
-                key_id: record.id.clone(),
+                key_id: record.id,
                 version: record.primary_version,
                 spec: record.spec,
                 protection: record.protection,
@@ -176,7 +176,7 @@ impl<S: Store> Registry<S> {
         let now = self.clock.now();
         let (mut expired, mut failed) = (0, 0);
         for id in self.due(schema::MATERIAL_EXPIRY_QUEUE, now).await? {
-            let key_id = id.clone();
+            let key_id = id;
             let changed = self
                 .commit_fenced(move |tx| {
                     let Some(old) = index::get_key(tx, &id)? else {

@@ -125,7 +125,7 @@ impl World {
                 &operator(),
                 NewInstance {
                     instance_type: InstanceType::Software,
-                    owner: alice().account().clone(),
+                    owner: *alice().account(),
                     key_quota: 10,
                     access_management_quota: Some(1),
                 },
@@ -154,7 +154,7 @@ impl World {
             .registry
             .get_parameters_for_import(
                 &alice(),
-                KeyRef::Id(key.id.clone()),
+                KeyRef::Id(key.id),
                 Algorithm::RsaesOaepSha256,
                 KeySpec::Rsa2048,
             )
@@ -176,7 +176,7 @@ impl World {
         self.registry
             .import_key_material(
                 &alice(),
-                KeyRef::Id(key.id.clone()),
+                KeyRef::Id(key.id),
                 token,
                 material.to_vec(),
                 expire,
@@ -235,7 +235,7 @@ async fn tokens_are_single_use_bound_and_expire() {
     );
 
     w.registry
-        .delete_key_material(&alice(), KeyRef::Id(key.id.clone()))
+        .delete_key_material(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     assert_eq!(
@@ -267,7 +267,7 @@ async fn only_the_same_material_comes_back() {
         "Rejected.Enabled"
     );
     w.registry
-        .delete_key_material(&alice(), KeyRef::Id(key.id.clone()))
+        .delete_key_material(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     let again = w.token(&key).await;
@@ -289,7 +289,7 @@ async fn the_version_of_missing_material_still_names_its_key() {
     let key = w.external_key().await;
     let names_key = |state: KeyState| {
         let registry = Arc::clone(&w.registry);
-        let (id, version) = (key.id.clone(), key.primary_version);
+        let (id, version) = (key.id, key.primary_version);
         async move {
             let (entry, _) = registry
                 .directory_version(version)
@@ -303,7 +303,7 @@ async fn the_version_of_missing_material_still_names_its_key() {
     w.import(&key, &token, b"\x03", None).await.unwrap();
     names_key(KeyState::Enabled).await;
     w.registry
-        .delete_key_material(&alice(), KeyRef::Id(key.id.clone()))
+        .delete_key_material(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     names_key(KeyState::PendingImport).await;
@@ -315,7 +315,7 @@ async fn the_version_of_missing_material_still_names_its_key() {
     assert_eq!(w.registry.run_scheduled().await.expired, 1);
     names_key(KeyState::PendingImport).await;
     w.registry
-        .schedule_key_deletion(&alice(), KeyRef::Id(key.id.clone()), 7)
+        .schedule_key_deletion(&alice(), KeyRef::Id(key.id), 7)
         .await
         .unwrap();
     names_key(KeyState::PendingDeletion).await;
@@ -370,7 +370,7 @@ async fn material_expires_on_the_clock() {
     assert_eq!(w.registry.run_scheduled().await.expired, 1);
     let after = w
         .registry
-        .describe_key(&alice(), KeyRef::Id(key.id.clone()))
+        .describe_key(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     assert_eq!(after.state, KeyState::PendingImport);
@@ -381,7 +381,7 @@ async fn material_expires_on_the_clock() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(event.key_id, Some(key.id.clone()));
+    assert_eq!(event.key_id, Some(key.id));
     assert_eq!(w.registry.run_scheduled().await.expired, 0);
 }
 
@@ -394,7 +394,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
     let version = key.primary_version;
     let t0 = w.clock.now();
     let event = |p: Principal, op, at| UsageEvent {
-        key_id: key.id.clone(),
+        key_id: key.id,
         version,
         principal: p,
         op,
@@ -421,7 +421,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
     assert_eq!(kept, 3);
     let (_, found) = w
         .registry
-        .check_key_association(&bob(), KeyRef::Id(key.id.clone()))
+        .check_key_association(&bob(), KeyRef::Id(key.id))
         .await
         .unwrap();
     let got: Vec<(String, UsageOp, UnixMillis)> = found
@@ -453,7 +453,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
         .unwrap();
     let (_, found) = w
         .registry
-        .check_key_association(&alice(), KeyRef::Id(key.id.clone()))
+        .check_key_association(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     assert_eq!(found.versions[0].last_used, Some(t0.plus_millis(10)));
@@ -463,7 +463,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
     let mallory = Principal::parse("acs:ram::666:root").unwrap();
     assert_eq!(
         w.registry
-            .check_key_association(&mallory, KeyRef::Id(key.id.clone()))
+            .check_key_association(&mallory, KeyRef::Id(key.id))
             .await
             .err(),
         Some(DomainError::KeyNotFound)
@@ -474,7 +474,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
         .set(t0.plus_millis(20).plus_days(365).plus_millis(1));
     let (_, found) = w
         .registry
-        .check_key_association(&alice(), KeyRef::Id(key.id.clone()))
+        .check_key_association(&alice(), KeyRef::Id(key.id))
         .await
         .unwrap();
     assert!(found.associations.is_empty());
@@ -482,7 +482,7 @@ async fn usage_is_kept_per_caller_and_version_for_a_year() {
 
     // A deleted key's usage and tokens go with it.
     w.registry
-        .schedule_key_deletion(&alice(), KeyRef::Id(key.id.clone()), 7)
+        .schedule_key_deletion(&alice(), KeyRef::Id(key.id), 7)
         .await
         .unwrap();
     w.clock.advance_ms(7 * DAY_MS);

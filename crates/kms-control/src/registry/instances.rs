@@ -39,7 +39,7 @@ impl<S: Store> Registry<S> {
         id: InstanceId,
     ) -> Result<InstanceRecord, DomainError> {
         let operator = self.is_operator(caller);
-        let account = caller.account().clone();
+        let account = *caller.account();
         self.read(move |store| index::load_instance(store, &id))
             .await?
             .filter(|i| operator || i.is_visible_to(&account))
@@ -112,7 +112,7 @@ impl<S: Store> Registry<S> {
             let old =
                 index::get_instance(tx, &key)?.ok_or(Abort::User(DomainError::InstanceNotFound))?;
             let mut new = old.clone();
-            index::user(new.share_with(account.clone(), &granted.accounts))?;
+            index::user(new.share_with(account, &granted.accounts))?;
             if new != old {
                 index::put_instance(tx, Some(&old), &new)?;
             }

@@ -24,7 +24,7 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         req: NewKey,
     ) -> Result<KeyRecord, DomainError> {
-        let account = caller.account().clone();
+        let account = *caller.account();
         let instance = match &req.instance {
             None => None,
             Some(id) => {
@@ -47,13 +47,12 @@ impl<S: Store> Registry<S> {
         if let Some(i) = &instance {
             i.check_room_for_key()?;
             if let Some(doc) = &req.policy {
-                let (i, account, doc) = (i.clone(), account.clone(), doc.clone());
+                let (i, doc) = (i.clone(), doc.clone());
                 self.read(move |store| super::access::check_early(store, &i, &account, Some(&doc)))
                     .await?;
             }
         }
         {
-            let account = account.clone();
             let alias = req.alias.clone();
             let is_default = instance.is_none();
             let caller = caller.clone();
@@ -146,7 +145,7 @@ impl<S: Store> Registry<S> {
         caller: &Principal,
         query: KeyQuery,
     ) -> Result<Page<KeyRecord>, DomainError> {
-        let account = caller.account().clone();
+        let account = *caller.account();
         let caller = caller.clone();
         if let Some(alias) = &query.filter.alias {
             kms_types::validate::alias_name(alias)?;
@@ -382,7 +381,7 @@ impl<S: Store> Registry<S> {
         };
         // In an instance, the accounts the document grants count against its quota, decided
         // in the transaction that writes it.
-        let (caller, id, instance) = (caller.clone(), record.id.clone(), instance_id.clone());
+        let (caller, id, instance) = (caller.clone(), record.id, instance_id.clone());
         self.commit_with_grants(&instance, Some(&record.id), move |tx, granted| {
             let old = index::get_key(tx, &id)?.ok_or(Abort::User(DomainError::KeyNotFound))?;
             super::authorize_in(tx, &caller, &old, action)?;

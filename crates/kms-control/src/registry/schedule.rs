@@ -62,7 +62,7 @@ impl<S: Store> Registry<S> {
         let now = self.clock.now();
         let mut report = SweepReport::default();
         for id in self.due(schema::DELETION_QUEUE, now).await? {
-            let key_id = id.clone();
+            let key_id = id;
             let deleted = self
                 .commit_fenced(move |tx| {
                     let Some(record) = index::get_key(tx, &id)? else {
@@ -134,7 +134,7 @@ impl<S: Store> Registry<S> {
         let now = self.clock.now();
         let mut report = SweepReport::default();
         for id in self.due(schema::ROTATION_QUEUE, now).await? {
-            match self.rotate(id.clone(), now).await {
+            match self.rotate(id, now).await {
                 Ok(true) => {
                     report.rotated += 1;
                     tracing::info!(key_id = %id, "key rotated");
@@ -151,7 +151,7 @@ impl<S: Store> Registry<S> {
 
     /// Rotates one key if it is still due at `now`.
     async fn rotate(&self, id: KeyId, now: UnixMillis) -> Result<bool, DomainError> {
-        let lookup = id.clone();
+        let lookup = id;
         let Some(record) = self
             .read(move |store| index::load_key(store, &lookup))
             .await?

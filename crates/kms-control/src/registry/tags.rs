@@ -90,7 +90,7 @@ impl<S: Store> Registry<S> {
         .await?;
         for target in targets.iter() {
             let change = change.clone();
-            self.mutate_id(caller, target.id.clone(), action, move |k| change(k))
+            self.mutate_id(caller, target.id, action, move |k| change(k))
                 .await
                 .map_err(|e| target.failed(e))?;
         }

@@ -221,7 +221,7 @@ impl World {
                 &operator(),
                 NewInstance {
                     instance_type: kind,
-                    owner: alice().account().clone(),
+                    owner: *alice().account(),
                     key_quota: quota,
                     access_management_quota: Some(1),
                 },
@@ -268,7 +268,7 @@ fn tag(k: &str, v: &str) -> Tag {
 }
 
 fn id_ref(r: &kms_types::KeyRecord) -> KeyRef {
-    KeyRef::Id(r.id.clone())
+    KeyRef::Id(r.id)
 }
 
 #[tokio::test]
@@ -461,7 +461,7 @@ async fn watch_replays_then_follows_and_resyncs() {
     assert_eq!(ahead.next().await.unwrap(), kms_types::KeyEvent::resync(3));
 
     // Past the retained window: resync.
-    let id = key.id.clone();
+    let id = key.id;
     for _ in 0..schema::EVENT_RETENTION {
         w.store
             .transaction::<_, DomainError>(|tx| {
@@ -509,13 +509,13 @@ async fn instance_quota_count_and_visibility() {
     );
     assert_eq!(
         w.registry
-            .share_instance(&alice(), inst.id.clone(), bob.account().clone())
+            .share_instance(&alice(), inst.id.clone(), *bob.account())
             .await
             .err(),
         Some(DomainError::NoPermission)
     );
     w.registry
-        .share_instance(&operator(), inst.id.clone(), bob.account().clone())
+        .share_instance(&operator(), inst.id.clone(), *bob.account())
         .await
         .unwrap();
     let bobs = w
@@ -538,7 +538,7 @@ async fn instance_quota_count_and_visibility() {
     assert_eq!(seen.items.len(), 1);
     assert_eq!(seen.items[0].key_count, 2);
     w.registry
-        .unshare_instance(&operator(), inst.id.clone(), bob.account().clone())
+        .unshare_instance(&operator(), inst.id.clone(), *bob.account())
         .await
         .unwrap();
     assert!(
@@ -592,7 +592,7 @@ async fn listing_pages_and_filters() {
             .await
             .unwrap();
         assert!(got.items.len() <= 3);
-        seen.extend(got.items.iter().map(|k| k.id.clone()));
+        seen.extend(got.items.iter().map(|k| k.id));
         match got.next {
             Some(cursor) => page.after = Some(cursor),
             None => break,
@@ -906,7 +906,7 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
             &operator(),
             NewInstance {
                 instance_type: InstanceType::Software,
-                owner: alice().account().clone(),
+                owner: *alice().account(),
                 key_quota: 10,
                 access_management_quota: Some(1),
             },
@@ -932,7 +932,7 @@ async fn a_policy_changed_before_the_write_commits_is_obeyed() {
 
     // Arms the store: the next transaction first gives `key` a policy that refuses `user`.
     let arm = || {
-        let id = key.id.clone();
+        let id = key.id;
         *store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
             inner
                 .transaction::<_, DomainError>(|tx| {
@@ -1025,7 +1025,7 @@ impl World {
     /// `key`, as another replica (or a concurrent call) would between a call's checks and its
     /// write.
     fn grant_before_next_write(&self, key: &kms_types::KeyRecord, policy: String) {
-        let id = key.id.clone();
+        let id = key.id;
         *self.store.before_next.lock().unwrap() = Some(Box::new(move |inner: &MemoryStore| {
             inner
                 .transaction::<_, DomainError>(|tx| {

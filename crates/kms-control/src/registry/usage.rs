@@ -4,6 +4,7 @@
 //! writes change no key, so they publish no key events.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use kms_store::Store;
 use kms_types::usage::association_cutoff;
@@ -45,11 +46,11 @@ impl<S: Store> Registry<S> {
             let mut keys: HashMap<KeyId, Option<KeyRecord>> = HashMap::new();
             let mut kept = 0;
             for e in &events {
-                if !keys.contains_key(&e.key_id) {
-                    let record = index::get_key(tx, &e.key_id)?;
-                    keys.insert(e.key_id.clone(), record);
-                }
-                let Some(Some(record)) = keys.get(&e.key_id) else {
+                let record = match keys.entry(e.key_id) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(unknown) => unknown.insert(index::get_key(tx, &e.key_id)?),
+                };
+                let Some(record) = record else {
                     continue;
                 };
                 if record.version(&e.version).is_none() {
@@ -77,7 +78,7 @@ impl<S: Store> Registry<S> {
             .resolve(caller, key_ref, Rpc::CheckKeyAssociation.action(Touch::Key))
             .await?;
         let cutoff = association_cutoff(self.clock.now());
-        let key = record.id.clone();
+        let key = record.id;
         let (mut associations, last_used) = self
             .read(move |store| {
                 let prefix = schema::usage_calls_prefix(&key);
@@ -124,7 +125,7 @@ impl<S: Store> Registry<S> {
 
     /// Forgets the usage of a deleted key.
     pub(super) async fn forget_key_usage(&self, key: &KeyId) -> Result<(), DomainError> {
-        let key = key.clone();
+        let key = *key;
         let slots = self
             .read(move |store| {
                 let mut slots = Vec::new();
