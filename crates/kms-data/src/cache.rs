@@ -149,20 +149,25 @@ pub struct CacheStats {
     pub revision: u64,
 }
 
-/// A cached key and the lookups that lead to it.
-#[derive(Debug)]
-struct Known {
-    /// The newest entry read for the key, whose opened material a refresh carries over.
-    latest: Arc<CachedKey>,
-    /// Its cached lookups, so an event touches only its key's entries. May name a lookup
-    /// since re-pointed to another key (an alias): users check the slot's key.
-    lookups: Vec<Arc<str>>,
+/// How a cached entry was looked up. Key ids and versions, which nearly every call uses, are
+/// held in place; other spellings (an alias in its account, a key ARN) as shared text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Name {
+    /// A key id.
+    Key(KeyId),
+    /// The key owning a version.
+    Version(KeyVersionId),
+    /// `a:<account>:alias/…`, or `k:<anything else a request named>`.
+    Text(Arc<str>),
 }
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<Arc<str>, Slot>,
-    keys: HashMap<KeyId, Known>,
+    entries: HashMap<Name, Slot>,
+    /// The cached lookups other than by key id, by the key they led to, so an event touches
+    /// only its key's entries (a lookup by id is found from the id alone). May name a lookup
+    /// since re-pointed to another key (an alias): users check the slot's key.
+    other_lookups: HashMap<KeyId, Vec<Name>>,
     watch_up: bool,
     last_contact: Option<Instant>,
     revision: u64,
@@ -200,35 +205,42 @@ impl State {
         self.changed_at.insert(key_id, revision);
     }
 
-    /// Caches `slot` under lookup `name`; its key becomes the key's latest entry.
-    fn insert(&mut self, name: &str, slot: Slot) {
-        let key = Arc::clone(&slot.key);
-        let name: Arc<str> = match self.entries.get_key_value(name) {
-            Some((existing, _)) => Arc::clone(existing),
-            None => name.into(),
-        };
-        let known = self
-            .keys
-            .entry(key.entry.id.clone())
-            .or_insert_with(|| Known {
-                latest: Arc::clone(&key),
-                lookups: Vec::new(),
-            });
-        known.latest = key;
-        if !known.lookups.contains(&name) {
-            // Most keys are reached by one lookup: no spare room per key.
-            known.lookups.reserve_exact(1);
-            known.lookups.push(Arc::clone(&name));
+    /// Caches `slot` under lookup `name`.
+    fn insert(&mut self, name: Name, slot: Slot) {
+        if !matches!(name, Name::Key(_)) {
+            let names = self.other_lookups.entry(slot.key.entry.id).or_default();
+            if !names.contains(&name) {
+                // Most keys are reached by one such lookup at most: no spare room per key.
+                names.reserve_exact(1);
+                names.push(name.clone());
+            }
         }
         self.entries.insert(name, slot);
     }
 
-    /// Drops the entries of `key_id` that `keep` refuses; forgets the key when none is left.
+    /// A cached entry of `key_id`, whose opened material a refresh may carry over.
+    fn cached(&self, key_id: &KeyId) -> Option<&Arc<CachedKey>> {
+        if let Some(slot) = self.entries.get(&Name::Key(*key_id)) {
+            return Some(&slot.key);
+        }
+        self.other_lookups
+            .get(key_id)?
+            .iter()
+            .filter_map(|name| self.entries.get(name))
+            .map(|slot| &slot.key)
+            .find(|key| key.entry.id == *key_id)
+    }
+
+    /// Drops the entries of `key_id` that `keep` refuses.
     fn retain_key(&mut self, key_id: &KeyId, keep: impl Fn(&Slot) -> bool) {
-        let Some(mut known) = self.keys.remove(key_id) else {
+        let by_id = Name::Key(*key_id);
+        if self.entries.get(&by_id).is_some_and(|slot| !keep(slot)) {
+            self.entries.remove(&by_id);
+        }
+        let Some(mut names) = self.other_lookups.remove(key_id) else {
             return;
         };
-        known.lookups.retain(|name| {
+        names.retain(|name| {
             let Some(slot) = self.entries.get(name) else {
                 return false;
             };
@@ -241,8 +253,8 @@ impl State {
             }
             kept
         });
-        if !known.lookups.is_empty() {
-            self.keys.insert(key_id.clone(), known);
+        if !names.is_empty() {
+            self.other_lookups.insert(*key_id, names);
         }
     }
 
@@ -257,18 +269,16 @@ impl State {
         }
         self.entries.retain(|_, s| s.fetched.elapsed() < ttl);
         let entries = &self.entries;
-        self.keys.retain(|id, known| {
-            known
-                .lookups
-                .retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
-            !known.lookups.is_empty()
+        self.other_lookups.retain(|id, names| {
+            names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
+            !names.is_empty()
         });
         self.sweep_at = self.entries.len().saturating_mul(2);
     }
 
     fn clear(&mut self) {
         self.entries.clear();
-        self.keys.clear();
+        self.other_lookups.clear();
         self.changed_at.clear();
         self.changed_floor = 0;
     }
@@ -310,24 +320,26 @@ impl KeyCache {
         key_id: &str,
         caller: &Principal,
     ) -> Result<Arc<CachedKey>, DomainError> {
-        let slot = if key_id.starts_with("alias/") {
-            format!("a:{}:{key_id}", caller.account())
+        let name = if key_id.starts_with("alias/") {
+            Name::Text(format!("a:{}:{key_id}", caller.account()).into())
+        } else if let Ok(id) = KeyId::parse(key_id) {
+            Name::Key(id)
         } else {
-            format!("k:{key_id}")
+            Name::Text(format!("k:{key_id}").into())
         };
-        self.get(slot, Lookup::Key(key_id, caller)).await
+        self.get(name, Lookup::Key(key_id, caller)).await
     }
 
     /// The key owning `version`.
     pub async fn by_version(&self, version: &KeyVersionId) -> Result<Arc<CachedKey>, DomainError> {
-        self.get(format!("v:{version}"), Lookup::Version(version))
+        self.get(Name::Version(*version), Lookup::Version(version))
             .await
     }
 
-    async fn get(&self, slot: String, lookup: Lookup<'_>) -> Result<Arc<CachedKey>, DomainError> {
+    async fn get(&self, name: Name, lookup: Lookup<'_>) -> Result<Arc<CachedKey>, DomainError> {
         {
             let state = lock(&self.state);
-            if let Some(s) = state.entries.get(slot.as_str())
+            if let Some(s) = state.entries.get(&name)
                 && s.fetched.elapsed() < state.ttl(&self.times)
             {
                 crate::metrics::lookup("hit");
@@ -340,12 +352,12 @@ impl KeyCache {
             attempts += 1;
             let fetched = match self.directory.get(lookup).await {
                 Ok(fetched) => fetched,
-                Err(DomainError::Unavailable(why)) => return self.stale(&slot, why),
+                Err(DomainError::Unavailable(why)) => return self.stale(&name, why),
                 Err(e @ (DomainError::KeyNotFound | DomainError::AliasNotFound)) => {
                     let mut state = lock(&self.state);
                     state.last_contact = Some(Instant::now());
-                    if let Some(gone) = state.entries.remove(slot.as_str()) {
-                        let id = gone.key.entry.id.clone();
+                    if let Some(gone) = state.entries.remove(&name) {
+                        let id = gone.key.entry.id;
                         state.drop_key(&id);
                     }
                     return Err(e);
@@ -360,7 +372,7 @@ impl KeyCache {
             }
             let key = carry_over(&state, entry);
             state.insert(
-                &slot,
+                name,
                 Slot {
                     fetched: Instant::now(),
                     revision,
@@ -374,12 +386,12 @@ impl KeyCache {
     }
 
     /// The cached entry while the last contact is recent enough; else `UNAVAILABLE`.
-    fn stale(&self, slot: &str, why: String) -> Result<Arc<CachedKey>, DomainError> {
+    fn stale(&self, name: &Name, why: String) -> Result<Arc<CachedKey>, DomainError> {
         let state = lock(&self.state);
         let recent = state
             .last_contact
             .is_some_and(|t| t.elapsed() < self.times.max_staleness);
-        match state.entries.get(slot) {
+        match state.entries.get(name) {
             Some(s) if recent => {
                 crate::metrics::lookup("stale");
                 Ok(Arc::clone(&s.key))
@@ -448,8 +460,7 @@ impl KeyCache {
 /// A new cached key for `entry`, keeping unsealed material whose sealed bytes match.
 fn carry_over(state: &State, entry: KeyEntry) -> Arc<CachedKey> {
     let key = CachedKey::new(entry);
-    if let Some(known) = state.keys.get(&key.entry.id) {
-        let previous = &known.latest;
+    if let Some(previous) = state.cached(&key.entry.id) {
         for (v, slot) in key.entry.versions.iter().zip(key.materials.iter()) {
             let unchanged = previous
                 .entry
@@ -473,7 +484,7 @@ mod tests {
 
     fn entry(id: &KeyId, versions: Vec<KeyVersionRecord>) -> KeyEntry {
         KeyEntry {
-            id: id.clone(),
+            id: *id,
             account: AccountId::parse("42").unwrap_or_else(|e| panic!("{e}")),
             instance: None,
             instance_owner: None,
@@ -503,38 +514,41 @@ mod tests {
     }
 
     /// A refreshed entry keeps the opened material of versions whose sealed bytes did not
-    /// change; a version sealed anew is opened again.
+    /// change, whichever lookup cached the key; a version sealed anew is opened again.
     #[test]
     fn a_refresh_keeps_material_only_for_unchanged_versions() {
         let id = KeyId::generate();
         let (same, resealed) = (KeyVersionId::generate(), KeyVersionId::generate());
-        let first = CachedKey::new(entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"b")]));
-        for v in [same, resealed] {
-            let opened = KeyHandle::new("test", KeySpec::AliyunAes256, ());
-            assert!(first.slot(&v).is_some_and(|m| m.set(opened).is_ok()));
+        for name in [Name::Key(id), Name::Version(same)] {
+            let first =
+                CachedKey::new(entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"b")]));
+            for v in [same, resealed] {
+                let opened = KeyHandle::new("test", KeySpec::AliyunAes256, ());
+                assert!(first.slot(&v).is_some_and(|m| m.set(opened).is_ok()));
+            }
+            let mut state = State::default();
+            state.insert(
+                name.clone(),
+                Slot {
+                    fetched: Instant::now(),
+                    revision: 1,
+                    key: Arc::new(first),
+                },
+            );
+            let refreshed = carry_over(
+                &state,
+                entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"c")]),
+            );
+            assert!(refreshed.is_loaded(&same), "{name:?}");
+            assert!(!refreshed.is_loaded(&resealed), "{name:?}");
+            assert!(!refreshed.is_loaded(&KeyVersionId::generate()), "{name:?}");
         }
-        let mut state = State::default();
-        state.insert(
-            &format!("k:{id}"),
-            Slot {
-                fetched: Instant::now(),
-                revision: 1,
-                key: Arc::new(first),
-            },
-        );
-        let refreshed = carry_over(
-            &state,
-            entry(&id, vec![sealed(same, b"a"), sealed(resealed, b"c")]),
-        );
-        assert!(refreshed.is_loaded(&same));
-        assert!(!refreshed.is_loaded(&resealed));
-        assert!(!refreshed.is_loaded(&KeyVersionId::generate()));
     }
 
     fn with_entry(id: &KeyId, read_at: u64) -> State {
         let mut state = State::default();
         state.insert(
-            &format!("k:{id}"),
+            Name::Key(*id),
             Slot {
                 fetched: Instant::now(),
                 revision: read_at,
@@ -558,8 +572,8 @@ mod tests {
             let mut state = with_entry(&id, 5);
             state.changed(&id, event_revision, deleted);
             assert_eq!(
-                (state.entries.len() == 1, state.keys.contains_key(&id)),
-                (kept, kept),
+                state.entries.len() == 1,
+                kept,
                 "event at {event_revision}, deleted {deleted}"
             );
         }
@@ -580,14 +594,15 @@ mod tests {
             revision: 5,
             key: Arc::clone(key),
         };
-        state.insert("a:42:alias/x", slot(&cached(&old)));
-        state.insert("a:42:alias/x", slot(&cached(&new)));
+        let alias = Name::Text("a:42:alias/x".into());
+        state.insert(alias.clone(), slot(&cached(&old)));
+        state.insert(alias.clone(), slot(&cached(&new)));
         state.changed(&old, 9, true);
         assert_eq!(state.entries.len(), 1, "the alias now names the new key");
-        assert!(state.entries.contains_key("a:42:alias/x"));
+        assert!(state.entries.contains_key(&alias));
         state.changed(&new, 9, false);
         assert!(state.entries.is_empty());
-        assert!(state.keys.is_empty());
+        assert!(state.other_lookups.is_empty());
     }
 
     /// Past `CHANGES_KEPT` keys, per-key change revisions are forgotten but a floor keeps a
@@ -596,7 +611,7 @@ mod tests {
     fn forgotten_changes_still_outdate_older_reads() {
         let mut state = State::default();
         let first = KeyId::generate();
-        state.note_change(first.clone(), 10);
+        state.note_change(first, 10);
         for r in 0..CHANGES_KEPT as u64 {
             state.note_change(KeyId::generate(), 11 + r);
         }
@@ -614,7 +629,7 @@ mod tests {
         for _ in 0..SWEEP_AT {
             let id = KeyId::generate();
             state.insert(
-                &format!("k:{id}"),
+                Name::Key(id),
                 Slot {
                     fetched: Instant::now(),
                     revision: 1,
@@ -625,6 +640,9 @@ mod tests {
         state.sweep(Duration::from_secs(60));
         assert_eq!(state.entries.len(), SWEEP_AT);
         assert_eq!(state.sweep_at, 2 * SWEEP_AT);
-        assert_eq!(state.keys.len(), SWEEP_AT);
+        assert!(
+            state.other_lookups.is_empty(),
+            "lookups by id need no index"
+        );
     }
 }

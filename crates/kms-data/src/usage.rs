@@ -27,8 +27,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const FLUSH_AT: usize = 512;
 /// Most records held while the control plane does not take them.
 pub const MAX_PENDING: usize = 65_536;
-/// Most records per `ReportUsage` call.
-pub const MAX_PER_REPORT: usize = 1_000;
+/// Most records per `ReportUsage` call. Each report's records exist as messages only while it
+/// is sent, so this also bounds that transient memory (about 100 KiB).
+pub const MAX_PER_REPORT: usize = 256;
 
 /// One caller's records: by version and operation (a version belongs to one key), the key
 /// and the latest time.
@@ -116,27 +117,26 @@ impl UsageRecorder {
             .records
     }
 
-    /// Takes the whole batch.
-    fn take(&self) -> Vec<UsageEvent> {
+    /// Takes the whole batch, as events made one at a time: a large batch is never copied
+    /// whole.
+    fn take(&self) -> impl Iterator<Item = UsageEvent> + Send + use<> {
         let batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut events = Vec::with_capacity(batch.records);
-        for (principal, calls) in batch.by_caller {
-            for ((version, op), (key_id, at)) in calls {
-                events.push(UsageEvent {
+        batch.by_caller.into_iter().flat_map(|(principal, calls)| {
+            calls
+                .into_iter()
+                .map(move |((version, op), (key_id, at))| UsageEvent {
                     key_id,
                     version,
                     principal: principal.clone(),
                     op,
                     at,
-                });
-            }
-        }
-        events
+                })
+        })
     }
 
     /// Puts records that could not be sent back, within the bound.
-    fn restore(&self, events: Vec<UsageEvent>) {
+    fn restore(&self, events: impl IntoIterator<Item = UsageEvent>) {
         for e in events {
             self.note(&e.principal, e.version, e.op, e.at, || Some(e.key_id));
         }
@@ -145,13 +145,15 @@ impl UsageRecorder {
     /// Sends everything pending to the control plane, in calls of at most
     /// [`MAX_PER_REPORT`] records. On failure the unsent records stay pending.
     pub async fn flush(&self, directory: &DirectoryClient) -> Result<usize, DomainError> {
-        let mut batch = self.take();
-        let total = batch.len();
+        let mut events = self.take();
         let mut sent = 0;
-        while sent < total {
-            let part = &batch[sent..total.min(sent + MAX_PER_REPORT)];
-            if let Err(e) = directory.report_usage(part).await {
-                self.restore(batch.split_off(sent));
+        loop {
+            let part: Vec<UsageEvent> = events.by_ref().take(MAX_PER_REPORT).collect();
+            if part.is_empty() {
+                break;
+            }
+            if let Err(e) = directory.report_usage(&part).await {
+                self.restore(part.into_iter().chain(events));
                 return Err(e);
             }
             sent += part.len();
@@ -163,7 +165,7 @@ impl UsageRecorder {
                 "usage records were dropped: the batch was full while the control plane did not take it"
             );
         }
-        Ok(total)
+        Ok(sent)
     }
 
     /// Sends the batch every [`FLUSH_INTERVAL`], or when it fills, until `stop` resolves; then
@@ -201,15 +203,14 @@ mod tests {
         let r = UsageRecorder::new();
         let key = KeyId::generate();
         let v = KeyVersionId::generate();
-        let note =
-            |p: &str, op, at| r.note(&principal(p), v, op, UnixMillis(at), || Some(key.clone()));
+        let note = |p: &str, op, at| r.note(&principal(p), v, op, UnixMillis(at), || Some(key));
         note("a", UsageOp::Encrypt, 20);
         note("a", UsageOp::Encrypt, 10);
         note("a", UsageOp::Encrypt, 30);
         note("a", UsageOp::Decrypt, 5);
         note("b", UsageOp::Encrypt, 7);
         assert_eq!(r.pending(), 3);
-        let mut events = r.take();
+        let mut events: Vec<UsageEvent> = r.take().collect();
         events.sort_by_key(|e| (e.principal.arn().to_string(), e.op));
         let got: Vec<(String, UsageOp, i64)> = events
             .iter()
@@ -226,7 +227,7 @@ mod tests {
         assert_eq!(r.pending(), 0);
         r.restore(events);
         assert_eq!(r.pending(), 3, "unsent records come back");
-        assert_eq!(r.take().iter().map(|e| e.at.0).sum::<i64>(), 42);
+        assert_eq!(r.take().map(|e| e.at.0).sum::<i64>(), 42);
         r.record(
             "not-a-key",
             KeyVersionId::generate(),
@@ -245,7 +246,7 @@ mod tests {
         for _ in 0..records {
             let v = KeyVersionId::generate();
             r.note(&principal("a"), v, UsageOp::Encrypt, UnixMillis(1), || {
-                Some(key.clone())
+                Some(key)
             });
         }
         // Nothing listens on port 1 of the loopback address: every report fails.
@@ -267,7 +268,7 @@ mod tests {
                 KeyVersionId::generate(),
                 UsageOp::AsymmetricSign,
                 UnixMillis(1),
-                || Some(key.clone()),
+                || Some(key),
             );
         }
         assert_eq!(r.pending(), MAX_PENDING);
