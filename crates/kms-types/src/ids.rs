@@ -7,6 +7,43 @@ use uuid::Uuid;
 
 use crate::error::DomainError;
 
+/// The text forms of an id held in place: `Debug` and `Display` show its text, and serde reads
+/// it through `parse` and writes it as text (`#[serde(try_from = "String", into = "String")]`).
+macro_rules! text_form {
+    ($id:ident) => {
+        impl fmt::Debug for $id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($id))
+                    .field(&self.as_str())
+                    .finish()
+            }
+        }
+
+        impl fmt::Display for $id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryFrom<String> for $id {
+            type Error = DomainError;
+
+            fn try_from(s: String) -> Result<Self, DomainError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$id> for String {
+            fn from(id: $id) -> Self {
+                id.as_str().to_string()
+            }
+        }
+    };
+}
+
+text_form!(KeyId);
+text_form!(AccountId);
+
 /// A key id: `key-` followed by 32 lowercase hex digits.
 ///
 /// Held as its 36 bytes of text in place, so a copy allocates nothing: the data plane keeps a
@@ -48,32 +85,6 @@ impl KeyId {
     pub fn as_str(&self) -> &str {
         // Only `parse` and `generate` make one, and both leave ASCII text.
         std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("KeyId").field(&self.as_str()).finish()
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl TryFrom<String> for KeyId {
-    type Error = DomainError;
-
-    fn try_from(s: String) -> Result<Self, DomainError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<KeyId> for String {
-    fn from(id: KeyId) -> Self {
-        id.as_str().to_string()
     }
 }
 
@@ -216,32 +227,6 @@ impl Ord for AccountId {
     /// As the text compares, so sorted lists read as before.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.as_str().cmp(other.as_str())
-    }
-}
-
-impl fmt::Debug for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AccountId").field(&self.as_str()).finish()
-    }
-}
-
-impl fmt::Display for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl TryFrom<String> for AccountId {
-    type Error = DomainError;
-
-    fn try_from(s: String) -> Result<Self, DomainError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<AccountId> for String {
-    fn from(id: AccountId) -> Self {
-        id.as_str().to_string()
     }
 }
 
