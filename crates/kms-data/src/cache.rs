@@ -486,7 +486,6 @@ mod tests {
         KeyEntry {
             id: *id,
             account: AccountId::parse("42").unwrap_or_else(|e| panic!("{e}")),
-            instance: None,
             instance_owner: None,
             spec: KeySpec::AliyunAes256,
             usage: KeyUsage::EncryptDecrypt,

@@ -175,12 +175,6 @@ pub fn key_entry(e: &KeyEntry) -> ipb::KeyEntry {
     ipb::KeyEntry {
         key_id: e.id.to_string(),
         account_id: e.account.to_string(),
-        kms_instance_id: e
-            .instance
-            .as_ref()
-            .map(|i| i.to_string())
-            .unwrap_or_default(),
-        is_default_key: e.instance.is_none(),
         key_spec: e.spec.to_wire(),
         key_usage: e.usage.to_wire(),
         key_state: e.state.to_wire(),
@@ -233,11 +227,6 @@ impl TryFrom<ipb::KeyEntry> for KeyEntry {
         Ok(KeyEntry {
             id: KeyId::parse(&w.key_id)?,
             account: AccountId::parse(&w.account_id)?,
-            instance: if w.kms_instance_id.is_empty() {
-                None
-            } else {
-                Some(InstanceId::parse(&w.kms_instance_id)?)
-            },
             instance_owner: if w.instance_owner_account_id.is_empty() {
                 None
             } else {

@@ -15,9 +15,9 @@ use kms_proto::kms::internal::v1 as ipb;
 use kms_proto::kms::v1 as pb;
 use kms_types::usage::{UsageEvent, UsageOp};
 use kms_types::{
-    AccountId, Algorithm, DataKeySpec, DomainError, InstanceId, InstanceType, KeyEntry, KeyId,
-    KeyOrigin, KeyQuery, KeySpec, KeyState, KeyUsage, KeyVersionId, KeyVersionRecord, NewInstance,
-    NewKey, Principal, ProtectionLevel, RotationStatus, UnixMillis,
+    AccountId, Algorithm, DataKeySpec, DomainError, InstanceType, KeyEntry, KeyId, KeyOrigin,
+    KeyQuery, KeySpec, KeyState, KeyUsage, KeyVersionId, KeyVersionRecord, NewInstance, NewKey,
+    Principal, ProtectionLevel, RotationStatus, UnixMillis,
 };
 use proptest::prelude::*;
 
@@ -116,7 +116,6 @@ prop_compose! {
     fn entry()(
         hex in "[0-9a-f]{32}",
         owner in account(),
-        instance in proptest::option::of("[a-z0-9]{1,32}"),
         instance_owner in proptest::option::of(account()),
         ((spec, usage, state), (protection, origin)) in (
             (pick(KeySpec::ALL), pick(KeyUsage::ALL), pick(KeyState::ALL)),
@@ -130,7 +129,6 @@ prop_compose! {
         KeyEntry {
             id: KeyId::parse(&format!("key-{hex}")).unwrap(),
             account: owner,
-            instance: instance.map(|i| InstanceId::parse(&format!("kst-{i}")).unwrap()),
             instance_owner,
             spec,
             usage,
@@ -165,7 +163,6 @@ prop_compose! {
     fn wire_entry()(
         key_id in wire_text("key-[0-9a-f]{32}"),
         account_id in wire_text("[1-9][0-9]{0,5}"),
-        kms_instance_id in wire_text("(kst-[a-z0-9]{1,8})?"),
         enums in proptest::collection::vec(wire_enum(), 5),
         primary in wire_text("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
         versions in proptest::collection::vec(
@@ -179,8 +176,6 @@ prop_compose! {
         ipb::KeyEntry {
             key_id,
             account_id,
-            kms_instance_id,
-            is_default_key: false,
             key_spec: enums[0],
             key_usage: enums[1],
             key_state: enums[2],
@@ -207,7 +202,6 @@ proptest! {
     #[test]
     fn key_entries_read_back_what_they_write(e in entry()) {
         let wire = key_entry(&e);
-        prop_assert_eq!(wire.is_default_key, e.instance.is_none());
         prop_assert_eq!(KeyEntry::try_from(wire), Ok(e));
     }
 

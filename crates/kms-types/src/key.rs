@@ -172,9 +172,7 @@ pub struct KeyEntry {
     pub id: KeyId,
     /// The owning account.
     pub account: AccountId,
-    /// The instance; `None` for a default key.
-    pub instance: Option<InstanceId>,
-    /// The account owning the instance, when it is not the key's owner (a shared instance):
+    /// The account owning the key's instance, when it is not the key's owner (a shared instance):
     /// under the default policy its principals may manage and use the key too.
     pub instance_owner: Option<AccountId>,
     /// Key spec.
@@ -203,7 +201,6 @@ impl KeyEntry {
         Self {
             id: r.id,
             account: r.account,
-            instance: r.instance.clone(),
             instance_owner: instance_owner.filter(|o| **o != r.account).cloned(),
             spec: r.spec,
             usage: r.usage,
