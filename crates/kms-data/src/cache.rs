@@ -276,11 +276,25 @@ impl State {
         self.sweep_at = self.entries.len().saturating_mul(2);
     }
 
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.other_lookups.clear();
+    /// Events up to `revision` were missed. Keeps only the entries read at exactly that
+    /// revision, which show every change up to it: a data plane whose first watch opens after
+    /// its first fetches keeps them. Everything else goes: an entry read earlier may have
+    /// missed a change, and a stream behind what was already seen means a store restored or
+    /// a replica behind, whose revisions need not name the same history.
+    fn resync(&mut self, revision: u64) {
         self.changed_at.clear();
         self.changed_floor = 0;
+        if revision < self.revision {
+            self.entries.clear();
+            self.other_lookups.clear();
+            return;
+        }
+        self.entries.retain(|_, s| s.revision == revision);
+        let entries = &self.entries;
+        self.other_lookups.retain(|id, names| {
+            names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
+            !names.is_empty()
+        });
     }
 
     /// A change to `key_id` at `revision`: drops the entries read before it. An entry read at
@@ -419,7 +433,7 @@ impl KeyCache {
             }
             Event::Resync { revision } => {
                 tracing::info!(revision, "key cache resynchronised");
-                state.clear();
+                state.resync(revision);
                 state.revision = revision;
                 state.resync_revision = revision;
             }
@@ -580,6 +594,31 @@ mod tests {
         let mut state = with_entry(&id, 5);
         state.changed(&KeyId::generate(), 9, true);
         assert_eq!(state.entries.len(), 1);
+    }
+
+    /// A resync keeps only entries read at its revision, and nothing when it is behind what
+    /// the cache already saw.
+    #[test]
+    fn a_resync_keeps_only_entries_that_show_its_revision() {
+        let (read_at, before, after) = (KeyId::generate(), KeyId::generate(), KeyId::generate());
+        let mut state = with_entry(&read_at, 7);
+        for (id, at) in [(before, 6), (after, 8)] {
+            state.insert(
+                Name::Version(KeyVersionId::generate()),
+                Slot {
+                    fetched: Instant::now(),
+                    revision: at,
+                    key: cached(&id),
+                },
+            );
+        }
+        state.resync(7);
+        assert_eq!(state.entries.len(), 1);
+        assert!(state.entries.contains_key(&Name::Key(read_at)));
+        assert!(state.other_lookups.is_empty());
+        state.revision = 9;
+        state.resync(7);
+        assert!(state.entries.is_empty(), "a stream behind what was seen");
     }
 
     /// A lookup re-pointed to another key (an alias) belongs to its new key only: a change
