@@ -268,12 +268,17 @@ impl State {
             return;
         }
         self.entries.retain(|_, s| s.fetched.elapsed() < ttl);
+        self.prune_lookups();
+        self.sweep_at = self.entries.len().saturating_mul(2);
+    }
+
+    /// Forgets indexed lookups whose entry is gone or now names another key.
+    fn prune_lookups(&mut self) {
         let entries = &self.entries;
         self.other_lookups.retain(|id, names| {
             names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
             !names.is_empty()
         });
-        self.sweep_at = self.entries.len().saturating_mul(2);
     }
 
     /// Events up to `revision` were missed. Keeps only the entries read at exactly that
@@ -290,11 +295,7 @@ impl State {
             return;
         }
         self.entries.retain(|_, s| s.revision == revision);
-        let entries = &self.entries;
-        self.other_lookups.retain(|id, names| {
-            names.retain(|n| entries.get(n).is_some_and(|s| s.key.entry.id == *id));
-            !names.is_empty()
-        });
+        self.prune_lookups();
     }
 
     /// A change to `key_id` at `revision`: drops the entries read before it. An entry read at
