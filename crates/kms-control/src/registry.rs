@@ -72,6 +72,8 @@ pub struct Registry<S: Store> {
     lease: Duration,
     /// Writers waiting for their commits to reach the disk share flushes.
     flusher: Arc<kms_store::GroupFlush>,
+    /// Concurrent writers share transactions, as far as the engine allows.
+    queue: Arc<kms_store::CommitQueue<DomainError>>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -123,6 +125,7 @@ impl<S: Store> Registry<S> {
             replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
             lease: DEFAULT_LEASE,
             flusher: Arc::new(kms_store::GroupFlush::new()),
+            queue: Arc::new(kms_store::CommitQueue::new()),
         }
     }
 
@@ -211,19 +214,24 @@ impl<S: Store> Registry<S> {
         Ok(out)
     }
 
-    /// Runs `body` as one store transaction (see [`Registry::write`]). The body returns its
-    /// value and the key events its writes appended; it may run more than once.
+    /// Runs `body` as one store transaction (see [`Registry::write`]), possibly together with
+    /// other writers' bodies ([`kms_store::CommitQueue`]). The body returns its value and the
+    /// key events its writes appended; it may run more than once.
     async fn commit<T: Send + 'static>(
         &self,
         body: impl Fn(&mut dyn Txn) -> TxResult<(T, Vec<KeyEvent>)> + Send + 'static,
     ) -> Result<T, DomainError> {
+        let queue = Arc::clone(&self.queue);
         self.write(move |store| {
-            let attempts = std::cell::Cell::new(0u64);
-            let out = store.transaction(|tx| {
-                attempts.set(attempts.get() + 1);
+            let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = Arc::clone(&attempts);
+            let out = queue.commit(store, move |tx| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 body(tx)
             });
-            let retries = attempts.get().saturating_sub(1);
+            let retries = attempts
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(1);
             if retries > 0 {
                 crate::metrics::CONTROL.transaction_retries.inc_by(retries);
             }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use crate::{Abort, Entry, Store, StoreError, TxError, abort};
+use crate::{Abort, CommitQueue, Entry, Store, StoreError, TxError, abort};
 
 /// How long a notification may take to arrive; a replicated engine's feed is asynchronous.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
@@ -27,6 +27,7 @@ pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
     transaction_reads_its_own_writes(&make());
     abort_value_comes_back(&make());
     concurrent_transactions_are_serializable(&make());
+    commit_queue_keeps_bodies_serializable_and_aborts_apart(&make());
     flush_succeeds(&make());
     subscribe_notifies_commits_under_its_prefix(&make());
     lead_claims_and_fences(&make());
@@ -353,6 +354,58 @@ pub fn concurrent_transactions_are_serializable<S: Store>(store: &S) {
         let mine = read_counter(ok(store.get(format!("thread/{thread}").as_bytes()), "get"));
         assert_eq!(mine, ITERATIONS, "thread {thread} lost updates");
     }
+}
+
+/// Bodies submitted through one [`CommitQueue`] from many threads (batched as the engine
+/// allows) lose no update, and a body that aborts leaves none of its writes and no effect on
+/// the bodies committed with it.
+pub fn commit_queue_keeps_bodies_serializable_and_aborts_apart<S: Store>(store: &S) {
+    const THREADS: u64 = 8;
+    const ITERATIONS: u64 = 50;
+    let queue = CommitQueue::<u64>::new();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let queue = &queue;
+            scope.spawn(move || {
+                for i in 0..ITERATIONS {
+                    let refuse = i % 5 == 4;
+                    let mine = format!("thread/{thread}").into_bytes();
+                    let result = queue.commit(store, move |txn| {
+                        let n = read_counter(txn.get(b"counter")?);
+                        txn.put(b"counter", &(n + 1).to_be_bytes())?;
+                        if refuse {
+                            txn.put(b"refused", b"x")?;
+                            return abort(i);
+                        }
+                        let m = read_counter(txn.get(&mine)?);
+                        txn.put(&mine, &(m + 1).to_be_bytes())?;
+                        Ok(m + 1)
+                    });
+                    match result {
+                        Ok(m) => assert_eq!(m, i - i / 5 + 1, "thread {thread} saw a stale count"),
+                        Err(TxError::Aborted(n)) => assert!(refuse && n == i),
+                        Err(e) => panic!("commit through the queue failed: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    let committed_per_thread = ITERATIONS - ITERATIONS / 5;
+    let total = read_counter(ok(store.get(b"counter"), "get counter"));
+    assert_eq!(
+        total,
+        THREADS * committed_per_thread,
+        "lost or aborted updates counted"
+    );
+    for thread in 0..THREADS {
+        let mine = read_counter(ok(store.get(format!("thread/{thread}").as_bytes()), "get"));
+        assert_eq!(mine, committed_per_thread, "thread {thread} lost updates");
+    }
+    assert_eq!(
+        ok(store.get(b"refused"), "get"),
+        None,
+        "an aborted body's write landed"
+    );
 }
 
 /// `flush` succeeds on a store with committed writes and leaves them readable.

@@ -9,7 +9,9 @@
 //! processes share) and [`MemoryStore`] (tests, dev). All pass [`conformance::run_all`]; a new
 //! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
 //! [`backup`] writes a snapshot to a file and restores one into an empty store; [`config`] is
-//! the `[store]` section of the control plane's configuration.
+//! the `[store]` section of the control plane's configuration. [`CommitQueue`] runs
+//! transactions that many threads submit at once in as few engine transactions as the engine
+//! allows.
 //!
 //! ```
 //! use kms_store::{MemoryStore, Store, TxError, abort, decode_record, encode_record};
@@ -46,6 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod backup;
+mod commit_queue;
 pub mod config;
 pub mod conformance;
 mod etcd_engine;
@@ -57,6 +60,7 @@ mod record;
 mod sled_engine;
 mod subscribers;
 
+pub use commit_queue::CommitQueue;
 pub use etcd_engine::{EtcdOptions, EtcdStore, EtcdTls};
 pub use group_flush::GroupFlush;
 pub use memory::MemoryStore;
@@ -117,6 +121,13 @@ pub trait Store: Send + Sync + 'static {
     /// hand-off would cost more than the read. The default, `true`, is the safe answer.
     fn reads_block(&self) -> bool {
         true
+    }
+
+    /// How many transaction bodies a [`CommitQueue`] may run in one transaction of this engine.
+    /// An engine that pays much more per transaction than per write (sled) allows many; one
+    /// that limits a transaction's size (etcd) keeps the default, 1: each body alone.
+    fn commit_batch_limit(&self) -> usize {
+        1
     }
 
     /// Runs `f` atomically and serializably against the store, and commits its writes.

@@ -51,6 +51,11 @@ impl Store for MemoryStore {
         false
     }
 
+    /// Batches as sled does, so that code tested on this engine runs batched commits too.
+    fn commit_batch_limit(&self) -> usize {
+        64
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().get(key).cloned())
     }
