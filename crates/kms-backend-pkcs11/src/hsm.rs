@@ -405,11 +405,26 @@ impl Backend for Hsm {
 
 /// C_Login as the user; a login already held by this application is fine.
 fn login(session: &Session, pin: &SecretString) -> Result<(), CkError> {
-    match session.login(UserType::User, Some(pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(e),
+    let mut attempt = 1;
+    loop {
+        match session.login(UserType::User, Some(pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => return Ok(()),
+            // SoftHSM2 keeps a token's state in files that a login also rewrites: a process
+            // that logs in while another (a replica starting beside it) rewrites them can read
+            // them half-written and answer CKR_GENERAL_ERROR. A moment later the files are
+            // whole again; a wrong PIN is never retried.
+            Err(e @ CkError::Pkcs11(RvError::GeneralError, _)) if attempt < LOGIN_ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "hsm login failed; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(25 << attempt));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
+
+/// Logins tried before a general error from the token is final (about 0.75 s in all).
+const LOGIN_ATTEMPTS: u32 = 5;
 
 /// The slot whose initialised token carries `label`.
 fn find_token(ctx: &Pkcs11, label: &str) -> Result<Slot, HsmError> {

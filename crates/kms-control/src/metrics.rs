@@ -67,7 +67,7 @@ pub static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| {
     );
     register(
         "store_transaction_retries",
-        "Store transactions run again after a conflict with another (writes to the same records at once)",
+        "Store transactions run again after a conflict with another (writes to the same records at once), or alone after their batch could not commit",
         m.transaction_retries.clone(),
     );
     register(
