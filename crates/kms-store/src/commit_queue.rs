@@ -9,18 +9,18 @@
 //! How: a caller queues its body. If no batch is running it takes the queue (its own body and
 //! every body queued since, up to the engine's [`Store::commit_batch_limit`]) and runs it;
 //! otherwise it waits, and is served by a batch that starts after the one running. Inside the
-//! batch each body writes to a [`Layer`] over the transaction: when the body returns `Ok` the
-//! layer's writes go into the transaction, when it aborts they are dropped. Bodies see the
-//! writes of the bodies before them, so the outcome is that of running them one by one in
-//! queue order. If the batch cannot commit (an engine failure, or a body's failed store
-//! operation), each body of it runs again in a transaction of its own, so one body's failure
-//! is its own.
+//! batch each body writes to a layer of staged writes over the transaction: when the body
+//! returns `Ok` the layer's writes go into the transaction, when it aborts they are dropped.
+//! Bodies see the writes of the bodies before them, so the outcome is that of running them one
+//! by one in queue order. If the batch cannot commit (an engine failure, or a body's failed
+//! store operation), each body of it runs again in a transaction of its own, so one body's
+//! failure is its own.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::{Abort, Store, StoreError, TxError, TxStoreError, Txn};
+use crate::staged::Staged;
+use crate::{Abort, Store, StoreError, TxError, Txn};
 
 /// A type-erased body: it runs against a transaction and keeps its value aside.
 type Body<E> = Box<dyn Fn(&mut dyn Txn) -> Result<(), Abort<E>> + Send>;
@@ -170,10 +170,15 @@ fn run<S: Store, E>(store: &S, batch: Vec<Job<E>>) {
         let together = store.transaction::<_, Infallible>(|tx| {
             let mut aborted = Vec::with_capacity(batch.len());
             for job in &batch {
-                let mut layer = Layer::over(tx);
+                let mut layer = Staged::over(&mut *tx);
                 match (job.body)(&mut layer) {
                     Ok(()) => {
-                        layer.apply()?;
+                        for (key, value) in layer.writes {
+                            match value {
+                                Some(value) => tx.put(&key, &value)?,
+                                None => tx.delete(&key)?,
+                            }
+                        }
                         aborted.push(None);
                     }
                     Err(Abort::User(e)) => aborted.push(Some(e)),
@@ -195,71 +200,19 @@ fn run<S: Store, E>(store: &S, batch: Vec<Job<E>>) {
     }
 }
 
-/// One body's writes over a shared transaction, staged until the body is done. `None` marks a
-/// delete.
-struct Layer<'a> {
-    base: &'a mut dyn Txn,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl<'a> Layer<'a> {
-    fn over(base: &'a mut dyn Txn) -> Self {
-        Self {
-            base,
-            writes: BTreeMap::new(),
-        }
-    }
-
-    /// Makes the staged writes the transaction's.
-    fn apply(self) -> Result<(), TxStoreError> {
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => self.base.put(&key, &value)?,
-                None => self.base.delete(&key)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Txn for Layer<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError> {
-        match self.writes.get(key) {
-            Some(staged) => Ok(staged.clone()),
-            None => self.base.get(key),
-        }
-    }
-
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError> {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError> {
-        self.writes.insert(key.to_vec(), None);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc;
 
     use super::*;
-    use crate::{MemoryStore, abort};
+    use crate::abort;
+    use crate::counting::Counting;
 
     /// A test body: its value, or why it gave up.
     type TestBody = Box<dyn Fn(&mut dyn Txn) -> Result<u32, Abort<String>> + Send>;
-
-    /// A memory store that counts transactions.
-    #[derive(Default)]
-    struct Counting {
-        inner: MemoryStore,
-        transactions: AtomicU64,
-    }
 
     /// Queues `bodies` behind a first body that holds the batch until they all wait, so they
     /// run as the next batch; returns their outcomes in order.
@@ -361,46 +314,5 @@ mod tests {
         assert_eq!(committed, vec![1, 2, 3, 4]);
         assert_eq!(store.get(b"counter").unwrap().unwrap().len(), 4);
         assert_eq!(store.get(b"broken").unwrap(), None);
-    }
-
-    impl Store for Counting {
-        fn commit_batch_limit(&self) -> usize {
-            self.inner.commit_batch_limit()
-        }
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn scan_prefix(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Vec<crate::Entry>, StoreError> {
-            self.inner.scan_prefix(prefix, after, limit)
-        }
-        fn snapshot(&self) -> Result<crate::Snapshot<'_>, StoreError> {
-            self.inner.snapshot()
-        }
-        fn transaction<T, E>(
-            &self,
-            f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
-        ) -> Result<T, TxError<E>> {
-            self.transactions.fetch_add(1, Ordering::SeqCst);
-            self.inner.transaction(f)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-        fn subscribe(&self, prefix: &[u8], notify: crate::Notify) -> Result<(), StoreError> {
-            self.inner.subscribe(prefix, notify)
-        }
-        fn lead(
-            &self,
-            key: &[u8],
-            holder: &[u8],
-            ttl: std::time::Duration,
-        ) -> Result<bool, StoreError> {
-            self.inner.lead(key, holder, ttl)
-        }
     }
 }

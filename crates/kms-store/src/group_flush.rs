@@ -74,36 +74,13 @@ impl GroupFlush {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::MemoryStore;
+    use crate::counting::Counting;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Counts flushes and checks each writer's commit is covered by a flush that began after
-    /// it.
-    struct Counting {
-        inner: MemoryStore,
-        flushes: AtomicU64,
-        /// Highest commit number covered by a flush that has begun.
-        begun_after: AtomicU64,
-        committed: AtomicU64,
-        fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl Counting {
-        fn new() -> Self {
-            Self {
-                inner: MemoryStore::new(),
-                flushes: AtomicU64::new(0),
-                begun_after: AtomicU64::new(0),
-                committed: AtomicU64::new(0),
-                fail: std::sync::atomic::AtomicBool::new(false),
-            }
-        }
-    }
-
     #[test]
     fn every_caller_is_covered_by_a_flush_that_began_after_it() {
-        let store = Arc::new(Counting::new());
+        let store = Arc::new(Counting::default());
         let group = Arc::new(GroupFlush::new());
         let covered = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..8)
@@ -131,57 +108,12 @@ mod tests {
 
     #[test]
     fn a_failed_flush_fails_its_caller_and_the_next_caller_flushes_again() {
-        let store = Counting::new();
+        let store = Counting::default();
         let group = GroupFlush::new();
-        store.fail.store(true, Ordering::SeqCst);
+        store.fail_flush.store(true, Ordering::SeqCst);
         assert!(group.flush(&store).is_err());
-        store.fail.store(false, Ordering::SeqCst);
+        store.fail_flush.store(false, Ordering::SeqCst);
         group.flush(&store).unwrap();
         assert_eq!(store.flushes.load(Ordering::SeqCst), 2);
-    }
-
-    impl Store for Counting {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn scan_prefix(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Vec<crate::Entry>, StoreError> {
-            self.inner.scan_prefix(prefix, after, limit)
-        }
-        fn snapshot(&self) -> Result<crate::Snapshot<'_>, StoreError> {
-            self.inner.snapshot()
-        }
-        fn transaction<T, E>(
-            &self,
-            f: impl Fn(&mut dyn crate::Txn) -> Result<T, crate::Abort<E>>,
-        ) -> Result<T, crate::TxError<E>> {
-            self.inner.transaction(f)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            // Everything committed so far is covered by this flush.
-            let now = self.committed.load(Ordering::SeqCst);
-            self.begun_after.fetch_max(now, Ordering::SeqCst);
-            self.flushes.fetch_add(1, Ordering::SeqCst);
-            std::thread::yield_now();
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("disk full".into()));
-            }
-            Ok(())
-        }
-        fn subscribe(&self, prefix: &[u8], notify: crate::Notify) -> Result<(), StoreError> {
-            self.inner.subscribe(prefix, notify)
-        }
-        fn lead(
-            &self,
-            key: &[u8],
-            holder: &[u8],
-            ttl: std::time::Duration,
-        ) -> Result<bool, StoreError> {
-            self.inner.lead(key, holder, ttl)
-        }
     }
 }

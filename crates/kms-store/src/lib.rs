@@ -51,6 +51,8 @@ pub mod backup;
 mod commit_queue;
 pub mod config;
 pub mod conformance;
+#[cfg(test)]
+mod counting;
 mod etcd_engine;
 #[cfg(feature = "testing")]
 pub mod etcd_testing;
@@ -58,6 +60,7 @@ mod group_flush;
 mod memory;
 mod record;
 mod sled_engine;
+mod staged;
 mod subscribers;
 
 pub use commit_queue::CommitQueue;

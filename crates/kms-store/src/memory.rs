@@ -12,9 +12,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
 
-use crate::{
-    Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, TxStoreError, Txn,
-};
+use crate::staged::Staged;
+use crate::{Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, Txn};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -94,10 +93,7 @@ impl Store for MemoryStore {
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
     ) -> Result<T, TxError<E>> {
         let mut map = self.lock();
-        let mut txn = MemoryTxn {
-            base: &map,
-            writes: BTreeMap::new(),
-        };
+        let mut txn = Staged::over(&*map);
         match f(&mut txn) {
             Ok(out) => {
                 let writes = txn.writes;
@@ -129,31 +125,6 @@ impl Store for MemoryStore {
 
     fn lead(&self, key: &[u8], holder: &[u8], _ttl: Duration) -> Result<bool, StoreError> {
         crate::subscribers::claim_alone(self, key, holder)
-    }
-}
-
-/// Staged writes over the locked map; `None` marks a delete.
-struct MemoryTxn<'a> {
-    base: &'a Map,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl Txn for MemoryTxn<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError> {
-        Ok(match self.writes.get(key) {
-            Some(staged) => staged.clone(),
-            None => self.base.get(key).cloned(),
-        })
-    }
-
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError> {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError> {
-        self.writes.insert(key.to_vec(), None);
-        Ok(())
     }
 }
 
