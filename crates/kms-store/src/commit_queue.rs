@@ -22,6 +22,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use crate::staged::Staged;
 use crate::{Abort, Store, StoreError, TxError, Txn};
 
+/// Bodies an engine that batches ([`Store::commit_batch_limit`]) runs in one transaction at
+/// most: enough to take every writer of a busy control plane at once, few enough that one
+/// batch's bodies stay a few milliseconds of work.
+pub(crate) const BATCH_LIMIT: usize = 64;
+
 /// A type-erased body: it runs against a transaction and keeps its value aside.
 type Body<E> = Box<dyn Fn(&mut dyn Txn) -> Result<(), Abort<E>> + Send>;
 
@@ -110,10 +115,11 @@ impl<E: Send + 'static> CommitQueue<E> {
         if store.commit_batch_limit() <= 1 {
             return store.transaction(body);
         }
+        // The value of the body's last run, and the outcome once its batch is done.
         let value = Arc::new(Mutex::new(None));
         let outcome = Arc::new(Mutex::new(None));
         let job = {
-            let (value, kept) = (Arc::clone(&value), Arc::clone(&value));
+            let kept = Arc::clone(&value);
             let outcome = Arc::clone(&outcome);
             Job::<E> {
                 body: Box::new(move |tx| {

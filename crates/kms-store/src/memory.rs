@@ -52,7 +52,7 @@ impl Store for MemoryStore {
 
     /// Batches as sled does, so that code tested on this engine runs batched commits too.
     fn commit_batch_limit(&self) -> usize {
-        64
+        crate::commit_queue::BATCH_LIMIT
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

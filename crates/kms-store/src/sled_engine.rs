@@ -19,11 +19,6 @@ use crate::{
     Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, TxStoreError, Txn,
 };
 
-/// Transaction bodies a [`crate::CommitQueue`] runs in one sled transaction at most: enough to
-/// take every writer of a busy control plane at once, few enough that one batch's bodies stay
-/// a few milliseconds of work.
-const BATCH_LIMIT: usize = 64;
-
 /// A [`Store`] on a sled database directory.
 ///
 /// sled holds an exclusive lock on the directory: a second open, from this or another process,
@@ -89,7 +84,7 @@ impl Store for SledStore {
 
     /// sled seals and writes its log buffer twice for every transaction, whatever its size.
     fn commit_batch_limit(&self) -> usize {
-        BATCH_LIMIT
+        crate::commit_queue::BATCH_LIMIT
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
