@@ -70,10 +70,10 @@ pub struct Registry<S: Store> {
     replica: String,
     /// How long the scheduler claim lasts without renewal.
     lease: Duration,
-    /// Writers waiting for their commits to reach the disk share flushes.
-    flusher: Arc<kms_store::GroupFlush>,
     /// Concurrent writers share transactions, as far as the engine allows.
     queue: Arc<kms_store::CommitQueue<DomainError>>,
+    /// What makes the queue's commits durable: a flush that writers waiting at once share.
+    durable: kms_store::Durable<S>,
 }
 
 impl<S: Store> std::fmt::Debug for Registry<S> {
@@ -87,6 +87,19 @@ impl<S: Store> std::fmt::Debug for Registry<S> {
 
 fn store_error(e: kms_store::StoreError) -> DomainError {
     index::store_error(e)
+}
+
+/// A flush shared with the other writers ([`kms_store::GroupFlush`]), timed.
+fn flush<S: Store>(
+    flusher: &kms_store::GroupFlush,
+    store: &S,
+) -> Result<(), kms_store::StoreError> {
+    let start = std::time::Instant::now();
+    flusher.flush(store)?;
+    crate::metrics::CONTROL
+        .flush
+        .observe(start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn tx_error(e: TxError<DomainError>) -> DomainError {
@@ -114,6 +127,8 @@ impl<S: Store> Registry<S> {
             tracing::error!(error = %e, "cannot follow the store's changes; key watches fall back to polling");
         }
         let (closing, _) = watch::channel(false);
+        let flusher = Arc::new(kms_store::GroupFlush::new());
+        let durable: kms_store::Durable<S> = Arc::new(move |store: &S| flush(&flusher, store));
         Self {
             store,
             region,
@@ -124,8 +139,8 @@ impl<S: Store> Registry<S> {
             closing,
             replica: format!("replica-{}", uuid::Uuid::new_v4().simple()),
             lease: DEFAULT_LEASE,
-            flusher: Arc::new(kms_store::GroupFlush::new()),
             queue: Arc::new(kms_store::CommitQueue::new()),
+            durable,
         }
     }
 
@@ -187,57 +202,36 @@ impl<S: Store> Registry<S> {
         let _ = rx.wait_for(|closing| *closing).await;
     }
 
-    /// Runs a blocking store operation off the async workers and flushes before returning, so
-    /// nothing is acknowledged before it is on disk (concurrent writers share one flush:
+    /// Runs `body` as one store transaction and flushes before returning, so nothing is
+    /// acknowledged before it is on disk (concurrent writers share transactions, as far as the
+    /// engine allows, and flushes: [`kms_store::CommitQueue::commit_durable`],
     /// [`kms_store::GroupFlush`]); then wakes the `WatchKeys` streams if it appended key
-    /// events (they read them from the store).
-    async fn write<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&S) -> Result<(T, Vec<KeyEvent>), DomainError> + Send + 'static,
-    ) -> Result<T, DomainError> {
-        let store = Arc::clone(&self.store);
-        let flusher = Arc::clone(&self.flusher);
-        let (out, events) = tokio::task::spawn_blocking(move || {
-            let out = op(&store)?;
-            let start = std::time::Instant::now();
-            flusher.flush(&*store).map_err(store_error)?;
-            crate::metrics::CONTROL
-                .flush
-                .observe(start.elapsed().as_secs_f64());
-            Ok::<_, DomainError>(out)
-        })
-        .await
-        .map_err(|e| DomainError::Internal(format!("store task failed: {e}")))??;
-        if !events.is_empty() {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        Ok(out)
-    }
-
-    /// Runs `body` as one store transaction (see [`Registry::write`]), possibly together with
-    /// other writers' bodies ([`kms_store::CommitQueue`]). The body returns its value and the
-    /// key events its writes appended; it may run more than once.
+    /// events (they read them from the store). The body returns its value and the key events
+    /// its writes appended; it may run more than once.
     async fn commit<T: Send + 'static>(
         &self,
         body: impl Fn(&mut dyn Txn) -> TxResult<(T, Vec<KeyEvent>)> + Send + 'static,
     ) -> Result<T, DomainError> {
-        let queue = Arc::clone(&self.queue);
-        self.write(move |store| {
-            let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counted = Arc::clone(&attempts);
-            let out = queue.commit(store, move |tx| {
+        let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&attempts);
+        let out = self
+            .queue
+            .commit_durable(&self.store, &self.durable, move |tx| {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 body(tx)
-            });
-            let retries = attempts
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .saturating_sub(1);
-            if retries > 0 {
-                crate::metrics::CONTROL.transaction_retries.inc_by(retries);
-            }
-            out.map_err(tx_error)
-        })
-        .await
+            })
+            .await;
+        let retries = attempts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(1);
+        if retries > 0 {
+            crate::metrics::CONTROL.transaction_retries.inc_by(retries);
+        }
+        let (out, events) = out.map_err(tx_error)?;
+        if !events.is_empty() {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(out)
     }
 
     /// [`Registry::commit`] for scheduled work: the transaction commits only while this

@@ -28,6 +28,7 @@ pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
     abort_value_comes_back(&make());
     concurrent_transactions_are_serializable(&make());
     commit_queue_keeps_bodies_serializable_and_aborts_apart(&make());
+    durable_commits_are_serializable_and_flushed_before_they_answer(make());
     flush_succeeds(&make());
     subscribe_notifies_commits_under_its_prefix(&make());
     lead_claims_and_fences(&make());
@@ -400,6 +401,93 @@ pub fn commit_queue_keeps_bodies_serializable_and_aborts_apart<S: Store>(store: 
     for thread in 0..THREADS {
         let mine = read_counter(ok(store.get(format!("thread/{thread}").as_bytes()), "get"));
         assert_eq!(mine, committed_per_thread, "thread {thread} lost updates");
+    }
+    assert_eq!(
+        ok(store.get(b"refused"), "get"),
+        None,
+        "an aborted body's write landed"
+    );
+}
+
+/// [`CommitQueue::commit_durable`] from many tasks at once: bodies stay serializable, an
+/// aborted body leaves nothing, and every `Ok` comes after a `durable` call that saw its
+/// commit. Takes the store by value: the queue's runner needs it shared.
+pub fn durable_commits_are_serializable_and_flushed_before_they_answer<S: Store>(store: S) {
+    const TASKS: u64 = 8;
+    const ITERATIONS: u64 = 50;
+    let store = Arc::new(store);
+    let queue = Arc::new(CommitQueue::<u64>::new());
+    // The highest count committed before a flush that has returned.
+    let flushed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let durable: crate::Durable<S> = {
+        let flushed = Arc::clone(&flushed);
+        Arc::new(move |store: &S| {
+            // What was committed when this flush began is durable once it returns.
+            let seen = read_counter(store.get(b"counter")?);
+            store.flush()?;
+            flushed.fetch_max(seen, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    let runtime = ok(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        "a runtime for the queue",
+    );
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..TASKS {
+            let (store, queue, durable) =
+                (Arc::clone(&store), Arc::clone(&queue), Arc::clone(&durable));
+            let flushed = Arc::clone(&flushed);
+            tasks.spawn(async move {
+                for i in 0..ITERATIONS {
+                    let refuse = i % 5 == 4;
+                    let mine = format!("task/{task}").into_bytes();
+                    let result = queue
+                        .commit_durable(&store, &durable, move |txn| {
+                            let n = read_counter(txn.get(b"counter")?) + 1;
+                            txn.put(b"counter", &n.to_be_bytes())?;
+                            if refuse {
+                                txn.put(b"refused", b"x")?;
+                                return abort(i);
+                            }
+                            let m = read_counter(txn.get(&mine)?) + 1;
+                            txn.put(&mine, &m.to_be_bytes())?;
+                            Ok((m, n))
+                        })
+                        .await;
+                    match result {
+                        Ok((m, n)) => {
+                            assert_eq!(m, i - i / 5 + 1, "task {task} saw a stale count");
+                            assert!(
+                                flushed.load(Ordering::SeqCst) >= n,
+                                "task {task}'s commit {n} answered before a flush saw it"
+                            );
+                        }
+                        Err(TxError::Aborted(n)) => assert!(refuse && n == i),
+                        Err(e) => panic!("durable commit through the queue failed: {e}"),
+                    }
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            ok(joined, "a committing task");
+        }
+    });
+    let committed_per_task = ITERATIONS - ITERATIONS / 5;
+    // Aborted bodies' increments do not count: only committed ones.
+    let total = read_counter(ok(store.get(b"counter"), "get counter"));
+    assert_eq!(
+        total,
+        TASKS * committed_per_task,
+        "lost or aborted updates counted"
+    );
+    for task in 0..TASKS {
+        let mine = read_counter(ok(store.get(format!("task/{task}").as_bytes()), "get"));
+        assert_eq!(mine, committed_per_task, "task {task} lost updates");
     }
     assert_eq!(
         ok(store.get(b"refused"), "get"),

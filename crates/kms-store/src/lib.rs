@@ -63,7 +63,7 @@ mod sled_engine;
 mod staged;
 mod subscribers;
 
-pub use commit_queue::CommitQueue;
+pub use commit_queue::{CommitQueue, Durable};
 pub use etcd_engine::{EtcdOptions, EtcdStore, EtcdTls};
 pub use group_flush::GroupFlush;
 pub use memory::MemoryStore;
