@@ -268,7 +268,7 @@ impl LoadArgs {
 }
 
 impl WorkArgs {
-    fn workload(&self, scenario: Scenario, shape: &Shape) -> Workload {
+    fn workload(&self, scenario: Scenario, shape: &Shape, passes: u32) -> Workload {
         Workload {
             scenario,
             payload: self.payload,
@@ -285,6 +285,7 @@ impl WorkArgs {
             keep_keys: self.keep_keys,
             concurrency: shape.concurrency,
             requests: shape.requests,
+            passes,
         }
     }
 }
@@ -408,7 +409,7 @@ async fn run(args: RunArgs) -> Result<bool> {
     if scenario == Scenario::DisableRefusal && shape.rate.is_some() {
         bail!("disable-refusal runs closed loop only: each worker cycles its own key");
     }
-    let work = args.work.workload(scenario, &shape);
+    let work = args.work.workload(scenario, &shape, 1);
     work.check()?;
     let planes = Planes::resolve(&args.connect)?;
     let clients = connect(&planes).await?;
@@ -551,7 +552,7 @@ async fn compare(args: CompareArgs) -> Result<bool> {
     if scenario == Scenario::DisableRefusal && shape.rate.is_some() {
         bail!("disable-refusal runs closed loop only: each worker cycles its own key");
     }
-    let work = args.work.workload(scenario, &shape);
+    let work = args.work.workload(scenario, &shape, args.rounds);
     work.check()?;
     let kind = match args.baseline {
         Some(k) => {
@@ -730,7 +731,7 @@ async fn compare_rounds(
 
 async fn baseline_alone(args: BaselineArgs) -> Result<bool> {
     let shape = args.load.shape()?;
-    let work = args.work.workload(args.scenario, &shape);
+    let work = args.work.workload(args.scenario, &shape, 1);
     let prepared = Arc::new(scenario::offline(&work)?);
     let dev_dir = args
         .dev_json

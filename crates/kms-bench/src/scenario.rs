@@ -236,6 +236,9 @@ pub(crate) struct Workload {
     pub(crate) concurrency: usize,
     /// The run's request bound, to size a new instance for create-key.
     pub(crate) requests: Option<u64>,
+    /// How many times the load runs against one preparation (`compare`'s rounds): create-key
+    /// makes `requests` keys each time, all counted against the instance until the run ends.
+    pub(crate) passes: u32,
 }
 
 impl Workload {
@@ -419,9 +422,9 @@ async fn prepare_into(
             Scenario::ReEncrypt if work.key.is_some() => 0,
             Scenario::ReEncrypt => 2,
             Scenario::DisableRefusal => work.concurrency as i64,
-            Scenario::CreateKey => {
-                i64::try_from(work.requests.unwrap_or(100_000)).unwrap_or(i64::MAX)
-            }
+            Scenario::CreateKey => i64::try_from(work.requests.unwrap_or(100_000))
+                .unwrap_or(i64::MAX)
+                .saturating_mul(i64::from(work.passes.max(1))),
             Scenario::Encrypt
             | Scenario::Decrypt
             | Scenario::GenerateDataKey
@@ -1348,6 +1351,7 @@ mod tests {
             keep_keys: false,
             concurrency: 1,
             requests: None,
+            passes: 1,
         };
         assert_eq!(
             w(Scenario::Sign, None).spec_for(Scenario::Sign),
