@@ -18,14 +18,16 @@
 //!
 //! Two ways in. [`CommitQueue::commit`] blocks its thread, and the first caller to find no batch
 //! running runs one. [`CommitQueue::commit_durable`] awaits instead: the caller that finds the
-//! queue idle starts one blocking thread, which runs batches until the queue is empty and makes
-//! each batch durable before any of its callers learns its outcome. So many writers cost one
-//! thread and one wake-up each, not a blocked thread apiece woken with every batch that ends;
-//! those hand-offs were a quarter of the control plane's time under many concurrent writers. A
-//! queue is used one way only.
+//! queue idle starts one blocking thread, which runs batches until the queue is empty; each
+//! committed batch is made durable on a thread of its own, which answers the batch's callers
+//! once the flush returns, while the next batch commits. So many writers cost a wake-up each,
+//! not a blocked thread apiece woken with every batch that ends; those hand-offs were a quarter
+//! of the control plane's time under many concurrent writers. A queue is used one way only.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use tokio::runtime::Handle;
 
 use crate::staged::Staged;
 use crate::{Abort, Store, StoreError, TxError, Txn};
@@ -119,8 +121,8 @@ struct RunnerTurn<E> {
 }
 
 impl<E: Send + 'static> RunnerTurn<E> {
-    fn run<S: Store>(mut self, store: &S, durable: &dyn Fn(&S) -> Result<(), StoreError>) {
-        self.queue.drain(store, durable);
+    fn run<S: Store>(mut self, store: &Arc<S>, durable: &Durable<S>, runtime: &Handle) {
+        self.queue.drain(store, durable, runtime);
         self.ended = true;
     }
 }
@@ -260,8 +262,9 @@ impl<E: Send + 'static> CommitQueue<E> {
                 ended: false,
             };
             let (store, durable) = (Arc::clone(store), Arc::clone(durable));
+            let runtime = Handle::current();
             drop(tokio::task::spawn_blocking(move || {
-                turn.run(&*store, &*durable)
+                turn.run(&store, &durable, &runtime)
             }));
         }
         outcome.await.unwrap_or_else(|_| {
@@ -271,8 +274,11 @@ impl<E: Send + 'static> CommitQueue<E> {
         })
     }
 
-    /// Runs batches until the queue is empty, each made durable before its callers hear.
-    fn drain<S: Store>(&self, store: &S, durable: &dyn Fn(&S) -> Result<(), StoreError>) {
+    /// Runs batches until the queue is empty. Each committed batch is made durable, and its
+    /// callers answered, on a blocking thread of its own, so the next batch commits while the
+    /// last one's flush runs (concurrent flushes share one through `durable`'s
+    /// [`crate::GroupFlush`]).
+    fn drain<S: Store>(&self, store: &Arc<S>, durable: &Durable<S>, runtime: &Handle) {
         let limit = store.commit_batch_limit().max(1);
         loop {
             let batch: Vec<Job<E>> = {
@@ -284,20 +290,28 @@ impl<E: Send + 'static> CommitQueue<E> {
                 let take = state.waiting.len().min(limit);
                 state.waiting.drain(..take).collect()
             };
-            let outcomes = run(store, batch);
-            let flushed = if outcomes.iter().any(|(_, outcome)| outcome.is_ok()) {
-                durable(store)
+            let outcomes = run(&**store, batch);
+            if outcomes.iter().any(|(_, outcome)| outcome.is_ok()) {
+                let (store, durable) = (Arc::clone(store), Arc::clone(durable));
+                drop(runtime.spawn_blocking(move || {
+                    let flushed = durable(&*store);
+                    answer(outcomes, flushed.as_ref().err());
+                }));
             } else {
-                Ok(())
-            };
-            for (job, outcome) in outcomes {
-                let outcome = match (outcome, &flushed) {
-                    (Ok(()), Err(e)) => Err(TxError::Store(copy(e))),
-                    (outcome, _) => outcome,
-                };
-                job.finish(outcome);
+                answer(outcomes, None);
             }
         }
+    }
+}
+
+/// Hands each job of a batch its outcome; a commit whose flush failed fails with it.
+fn answer<E>(outcomes: Vec<Ran<E>>, flush_failed: Option<&StoreError>) {
+    for (job, outcome) in outcomes {
+        let outcome = match (outcome, flush_failed) {
+            (Ok(()), Some(e)) => Err(TxError::Store(copy(e))),
+            (outcome, _) => outcome,
+        };
+        job.finish(outcome);
     }
 }
 
