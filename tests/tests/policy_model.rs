@@ -419,14 +419,9 @@ enum Answer {
 /// What an allowed call answers: OK, or for a dry run `DryRunOperationError`, or for
 /// GetParametersForImport on a key not made for import `InvalidParameter.Origin`.
 fn classify(call: Call, answer: Result<(), tonic::Status>) -> Answer {
+    // The data-plane calls are made as dry runs.
     let allowed = match call {
-        Call::Encrypt
-        | Call::Decrypt
-        | Call::ReEncrypt
-        | Call::GenerateDataKey
-        | Call::GenerateDataKeyWithoutPlaintext
-        | Call::GenerateAndExportDataKey
-        | Call::ExportDataKey => (Code::FailedPrecondition, "DryRunOperationError"),
+        c if c.on_data_plane() => (Code::FailedPrecondition, "DryRunOperationError"),
         Call::GetParametersForImport => (Code::InvalidArgument, "InvalidParameter.Origin"),
         _ => (Code::Ok, ""),
     };

@@ -25,6 +25,7 @@
 //! of the control plane's time under many concurrent writers. A queue is used one way only.
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::Handle;
@@ -112,8 +113,8 @@ impl<E> Drop for Turn<'_, E> {
 }
 
 /// The turn of [`CommitQueue::commit_durable`]'s runner. It ends with the queue empty; if it
-/// ends otherwise (the runner unwound, or its thread never ran because the runtime is shutting
-/// down) the bodies still queued fail, since no runner is left to serve them.
+/// ends otherwise (its thread never ran because the runtime is shutting down, or the runner
+/// itself failed) the bodies still queued fail, since no runner is left to serve them.
 struct RunnerTurn<E> {
     queue: Arc<CommitQueue<E>>,
     /// Set when the runner returned with the queue empty (and already handed it over).
@@ -290,7 +291,14 @@ impl<E: Send + 'static> CommitQueue<E> {
                 let take = state.waiting.len().min(limit);
                 state.waiting.drain(..take).collect()
             };
-            let outcomes = run(&**store, batch);
+            // A body that panics fails its batch (the jobs, dropped as it unwinds, answer
+            // with an error) and the runner goes on with the next; were it to stop instead,
+            // a body queued meanwhile could find it still running and wait for nothing.
+            let outcomes = match std::panic::catch_unwind(AssertUnwindSafe(|| run(&**store, batch)))
+            {
+                Ok(outcomes) => outcomes,
+                Err(_) => continue,
+            };
             if outcomes.iter().any(|(_, outcome)| outcome.is_ok()) {
                 let (store, durable) = (Arc::clone(store), Arc::clone(durable));
                 drop(runtime.spawn_blocking(move || {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use crate::{Abort, CommitQueue, Entry, Store, StoreError, TxError, abort};
+use crate::{Abort, CommitQueue, Entry, Store, StoreError, TxError, Txn, abort};
 
 /// How long a notification may take to arrive; a replicated engine's feed is asynchronous.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
@@ -369,38 +369,64 @@ pub fn commit_queue_keeps_bodies_serializable_and_aborts_apart<S: Store>(store: 
             let queue = &queue;
             scope.spawn(move || {
                 for i in 0..ITERATIONS {
-                    let refuse = i % 5 == 4;
-                    let mine = format!("thread/{thread}").into_bytes();
-                    let result = queue.commit(store, move |txn| {
-                        let n = read_counter(txn.get(b"counter")?);
-                        txn.put(b"counter", &(n + 1).to_be_bytes())?;
-                        if refuse {
-                            txn.put(b"refused", b"x")?;
-                            return abort(i);
-                        }
-                        let m = read_counter(txn.get(&mine)?);
-                        txn.put(&mine, &(m + 1).to_be_bytes())?;
-                        Ok(m + 1)
-                    });
+                    let result = queue.commit(store, counting_body(i, &writer(thread)));
                     match result {
-                        Ok(m) => assert_eq!(m, i - i / 5 + 1, "thread {thread} saw a stale count"),
-                        Err(TxError::Aborted(n)) => assert!(refuse && n == i),
+                        Ok((m, _)) => {
+                            assert_eq!(m, i - i / 5 + 1, "thread {thread} saw a stale count");
+                        }
+                        Err(TxError::Aborted(n)) => assert!(refuses(i) && n == i),
                         Err(e) => panic!("commit through the queue failed: {e}"),
                     }
                 }
             });
         }
     });
-    let committed_per_thread = ITERATIONS - ITERATIONS / 5;
+    check_counted(store, THREADS, ITERATIONS);
+}
+
+/// Writer `n`'s own counter, in the queue properties.
+fn writer(n: u64) -> String {
+    format!("writer/{n}")
+}
+
+/// Whether the queue properties' `i`th body of a writer aborts: every fifth.
+fn refuses(i: u64) -> bool {
+    i % 5 == 4
+}
+
+/// The queue properties' `i`th body of `writer`: counts itself in `counter` and, unless it
+/// aborts (after writing, [`refuses`]), in the writer's own counter; returns both counts.
+fn counting_body(
+    i: u64,
+    writer: &str,
+) -> impl Fn(&mut dyn Txn) -> Result<(u64, u64), Abort<u64>> + Send + 'static {
+    let mine = writer.as_bytes().to_vec();
+    move |txn| {
+        let n = read_counter(txn.get(b"counter")?) + 1;
+        txn.put(b"counter", &n.to_be_bytes())?;
+        if refuses(i) {
+            txn.put(b"refused", b"x")?;
+            return abort(i);
+        }
+        let m = read_counter(txn.get(&mine)?) + 1;
+        txn.put(&mine, &m.to_be_bytes())?;
+        Ok((m, n))
+    }
+}
+
+/// After `writers` ran `iterations` [`counting_body`]s each: no update lost, none of an
+/// aborted body landed.
+fn check_counted<S: Store>(store: &S, writers: u64, iterations: u64) {
+    let committed_each = iterations - iterations / 5;
     let total = read_counter(ok(store.get(b"counter"), "get counter"));
     assert_eq!(
         total,
-        THREADS * committed_per_thread,
+        writers * committed_each,
         "lost or aborted updates counted"
     );
-    for thread in 0..THREADS {
-        let mine = read_counter(ok(store.get(format!("thread/{thread}").as_bytes()), "get"));
-        assert_eq!(mine, committed_per_thread, "thread {thread} lost updates");
+    for n in 0..writers {
+        let mine = read_counter(ok(store.get(writer(n).as_bytes()), "get"));
+        assert_eq!(mine, committed_each, "writer {n} lost updates");
     }
     assert_eq!(
         ok(store.get(b"refused"), "get"),
@@ -444,20 +470,8 @@ pub fn durable_commits_are_serializable_and_flushed_before_they_answer<S: Store>
             let flushed = Arc::clone(&flushed);
             tasks.spawn(async move {
                 for i in 0..ITERATIONS {
-                    let refuse = i % 5 == 4;
-                    let mine = format!("task/{task}").into_bytes();
                     let result = queue
-                        .commit_durable(&store, &durable, move |txn| {
-                            let n = read_counter(txn.get(b"counter")?) + 1;
-                            txn.put(b"counter", &n.to_be_bytes())?;
-                            if refuse {
-                                txn.put(b"refused", b"x")?;
-                                return abort(i);
-                            }
-                            let m = read_counter(txn.get(&mine)?) + 1;
-                            txn.put(&mine, &m.to_be_bytes())?;
-                            Ok((m, n))
-                        })
+                        .commit_durable(&store, &durable, counting_body(i, &writer(task)))
                         .await;
                     match result {
                         Ok((m, n)) => {
@@ -467,7 +481,7 @@ pub fn durable_commits_are_serializable_and_flushed_before_they_answer<S: Store>
                                 "task {task}'s commit {n} answered before a flush saw it"
                             );
                         }
-                        Err(TxError::Aborted(n)) => assert!(refuse && n == i),
+                        Err(TxError::Aborted(n)) => assert!(refuses(i) && n == i),
                         Err(e) => panic!("durable commit through the queue failed: {e}"),
                     }
                 }
@@ -477,23 +491,7 @@ pub fn durable_commits_are_serializable_and_flushed_before_they_answer<S: Store>
             ok(joined, "a committing task");
         }
     });
-    let committed_per_task = ITERATIONS - ITERATIONS / 5;
-    // Aborted bodies' increments do not count: only committed ones.
-    let total = read_counter(ok(store.get(b"counter"), "get counter"));
-    assert_eq!(
-        total,
-        TASKS * committed_per_task,
-        "lost or aborted updates counted"
-    );
-    for task in 0..TASKS {
-        let mine = read_counter(ok(store.get(format!("task/{task}").as_bytes()), "get"));
-        assert_eq!(mine, committed_per_task, "task {task} lost updates");
-    }
-    assert_eq!(
-        ok(store.get(b"refused"), "get"),
-        None,
-        "an aborted body's write landed"
-    );
+    check_counted(&*store, TASKS, ITERATIONS);
 }
 
 /// `flush` succeeds on a store with committed writes and leaves them readable.
