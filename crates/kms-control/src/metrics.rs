@@ -34,7 +34,7 @@ struct KeyLabels {
 /// What the control plane counts as it works.
 #[derive(Debug)]
 pub struct ControlMetrics {
-    /// Time of each store flush before an acknowledgement.
+    /// Time of each store flush before an acknowledgement (per batch of writes on sled).
     pub flush: Histogram,
     /// Transaction bodies run again because another transaction conflicted with them.
     pub transaction_retries: Counter,
@@ -62,7 +62,7 @@ pub static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| {
     };
     register(
         "store_flush_seconds",
-        "Time to make a commit durable before it is acknowledged",
+        "Time to make commits durable before they are acknowledged: per write on etcd, per batch of concurrent writes on sled",
         m.flush.clone(),
     );
     register(
