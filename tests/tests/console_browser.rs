@@ -233,16 +233,20 @@ struct Browser {
     shots: PathBuf,
     count: usize,
     _driver: Guard,
+    /// Chromium's temporary files (its `TMPDIR`), removed after the driver is stopped.
+    _tmp: tempfile::TempDir,
 }
 
 impl Browser {
     async fn start(console: SocketAddr) -> Result<Self> {
         let port = free_port();
+        let tmp = tempfile::tempdir()?;
         let driver = spawn_group(
             "chromedriver",
             Command::new("chromedriver")
                 .arg(format!("--port={port}"))
                 .arg("--allowed-ips=127.0.0.1")
+                .env("TMPDIR", tmp.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )?;
@@ -281,6 +285,7 @@ impl Browser {
             shots: target,
             count: 0,
             _driver: driver,
+            _tmp: tmp,
         })
     }
 
