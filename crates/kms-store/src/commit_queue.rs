@@ -6,27 +6,22 @@
 //! under many concurrent writers cost the control plane more CPU than the writes themselves.
 //! Run in one transaction, N bodies pay that once.
 //!
-//! How: a caller queues its body. If no batch is running it takes the queue (its own body and
-//! every body queued since, up to the engine's [`Store::commit_batch_limit`]) and runs it;
-//! otherwise it waits, and is served by a batch that starts after the one running. Inside the
-//! batch each body writes to a layer of staged writes over the transaction: when the body
-//! returns `Ok` the layer's writes go into the transaction, when it aborts they are dropped.
-//! Bodies see the writes of the bodies before them, so the outcome is that of running them one
-//! by one in queue order. If the batch cannot commit (an engine failure, or a body's failed
-//! store operation), each body of it runs again in a transaction of its own, so one body's
-//! failure is its own.
-//!
-//! Two ways in. [`CommitQueue::commit`] blocks its thread, and the first caller to find no batch
-//! running runs one. [`CommitQueue::commit_durable`] awaits instead: the caller that finds the
-//! queue idle starts one blocking thread, which runs batches until the queue is empty; each
-//! committed batch is made durable on a thread of its own, which answers the batch's callers
-//! once the flush returns, while the next batch commits. So many writers cost a wake-up each,
-//! not a blocked thread apiece woken with every batch that ends; those hand-offs were a quarter
-//! of the control plane's time under many concurrent writers. A queue is used one way only.
+//! How: a caller queues its body and awaits its outcome. The caller that finds the queue idle
+//! starts one blocking thread, the runner, which takes the queue (up to the engine's
+//! [`Store::commit_batch_limit`] bodies at a time) and runs it as one batch, until the queue is
+//! empty. Inside the batch each body writes to a layer of staged writes over the transaction:
+//! when the body returns `Ok` the layer's writes go into the transaction, when it aborts they
+//! are dropped. Bodies see the writes of the bodies before them, so the outcome is that of
+//! running them one by one in queue order. If the batch cannot commit (an engine failure, or a
+//! body's failed store operation), each body of it runs again in a transaction of its own, so
+//! one body's failure is its own. Each committed batch is made durable (a flush) on a thread
+//! of its own, which answers the batch's callers once the flush returns, while the runner
+//! commits the next. So many writers cost a wake-up each, not a blocked thread apiece; those
+//! hand-offs were a quarter of the control plane's time under many concurrent writers.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::Handle;
 
@@ -102,17 +97,7 @@ impl<E> Drop for Job<E> {
     }
 }
 
-/// The running batch's turn; ending it, even by unwinding, lets the next batch start.
-struct Turn<'q, E>(&'q CommitQueue<E>);
-
-impl<E> Drop for Turn<'_, E> {
-    fn drop(&mut self) {
-        lock(&self.0.state).running = false;
-        self.0.served.notify_all();
-    }
-}
-
-/// The turn of [`CommitQueue::commit_durable`]'s runner. It ends with the queue empty; if it
+/// The runner's turn. It ends with the queue empty; if it
 /// ends otherwise (its thread never ran because the runtime is shutting down, or the runner
 /// itself failed) the bodies still queued fail, since no runner is left to serve them.
 struct RunnerTurn<E> {
@@ -146,7 +131,6 @@ impl<E> Drop for RunnerTurn<E> {
 /// allows. One queue per store.
 pub struct CommitQueue<E> {
     state: Mutex<Queue<E>>,
-    served: Condvar,
 }
 
 struct Queue<E> {
@@ -161,7 +145,6 @@ impl<E> Default for CommitQueue<E> {
                 waiting: Vec::new(),
                 running: false,
             }),
-            served: Condvar::new(),
         }
     }
 }
@@ -179,52 +162,8 @@ impl<E: Send + 'static> CommitQueue<E> {
     }
 
     /// Runs `body` as [`Store::transaction`] would, possibly in one transaction with bodies
-    /// other threads submit meanwhile. Blocks until its outcome is known: on `Ok` its writes
-    /// are committed (and, like any commit, not yet flushed). `body` may run more than once.
-    pub fn commit<S: Store, T: Send + 'static>(
-        &self,
-        store: &S,
-        body: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>> + Send + 'static,
-    ) -> Result<T, TxError<E>> {
-        if store.commit_batch_limit() <= 1 {
-            return store.transaction(body);
-        }
-        let outcome = Arc::new(Mutex::new(None));
-        let job = {
-            let outcome = Arc::clone(&outcome);
-            Job::new(body, move |result| *lock(&outcome) = Some(result))
-        };
-        let mut state = lock(&self.state);
-        state.waiting.push(job);
-        loop {
-            if let Some(result) = lock(&outcome).take() {
-                return result;
-            }
-            if !state.running {
-                state.running = true;
-                let take = state.waiting.len().min(store.commit_batch_limit());
-                let batch: Vec<Job<E>> = state.waiting.drain(..take).collect();
-                drop(state);
-                {
-                    let _turn = Turn(self);
-                    for (job, outcome) in run(store, batch) {
-                        job.finish(outcome);
-                    }
-                }
-                state = lock(&self.state);
-                continue;
-            }
-            state = self
-                .served
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl<E: Send + 'static> CommitQueue<E> {
-    /// Runs `body` as [`CommitQueue::commit`] does, awaiting instead of blocking: on `Ok` its
-    /// writes are committed and `durable` has returned `Ok` since. A failed `durable` fails
+    /// others submit meanwhile: on `Ok` its writes are committed and `durable` has returned
+    /// `Ok` since. A failed `durable` fails
     /// every body of its batch that committed. Needs a tokio runtime; `body` may run more than
     /// once. An engine that does not batch runs `body` alone on a blocking thread.
     pub async fn commit_durable<S: Store, T: Send + 'static>(
@@ -316,20 +255,10 @@ impl<E: Send + 'static> CommitQueue<E> {
 fn answer<E>(outcomes: Vec<Ran<E>>, flush_failed: Option<&StoreError>) {
     for (job, outcome) in outcomes {
         let outcome = match (outcome, flush_failed) {
-            (Ok(()), Some(e)) => Err(TxError::Store(copy(e))),
+            (Ok(()), Some(e)) => Err(TxError::Store(e.duplicate())),
             (outcome, _) => outcome,
         };
         job.finish(outcome);
-    }
-}
-
-/// The same failure again, for each caller of a batch whose flush failed.
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Io(io) => StoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
-        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-        StoreError::Internal(why) => StoreError::Internal(why.clone()),
     }
 }
 
@@ -392,38 +321,46 @@ mod tests {
     /// A test body: its value, or why it gave up.
     type TestBody = Box<dyn Fn(&mut dyn Txn) -> Result<u32, Abort<String>> + Send>;
 
-    /// Queues `bodies` behind a first body that holds the batch until they all wait, so they
+    /// Queues `bodies` behind a first body that holds the runner until they all wait, so they
     /// run as the next batch; returns their outcomes in order.
     fn queued_behind_one(
-        store: &Counting,
+        store: &Arc<Counting>,
         bodies: Vec<TestBody>,
     ) -> Vec<Result<u32, TxError<String>>> {
-        let queue = CommitQueue::<String>::new();
+        let queue = Arc::new(CommitQueue::<String>::new());
+        let durable = flush_of();
         let (release, held) = mpsc::channel::<()>();
         let held = Mutex::new(held);
         let count = bodies.len();
-        std::thread::scope(|scope| {
-            let (queue, store) = (&queue, store);
-            let first = scope.spawn(move || {
-                queue.commit(store, move |tx| {
-                    lock(&held).recv().ok();
-                    tx.put(b"first", b"1")?;
-                    Ok(0)
-                })
-            });
-            while !lock(&queue.state).running {
-                std::thread::yield_now();
+        runtime().block_on(async {
+            let commit = |body: TestBody| {
+                let (queue, store, durable) =
+                    (Arc::clone(&queue), Arc::clone(store), Arc::clone(&durable));
+                tokio::spawn(async move { queue.commit_durable(&store, &durable, body).await })
+            };
+            let first = commit(Box::new(move |tx| {
+                lock(&held).recv().ok();
+                tx.put(b"first", b"1")?;
+                Ok(0)
+            }));
+            // The runner has taken the first body when the queue runs and nothing waits.
+            while !{
+                let state = lock(&queue.state);
+                state.running && state.waiting.is_empty()
+            } {
+                tokio::task::yield_now().await;
             }
-            let rest: Vec<_> = bodies
-                .into_iter()
-                .map(|body| scope.spawn(move || queue.commit(store, body)))
-                .collect();
+            let rest: Vec<_> = bodies.into_iter().map(commit).collect();
             while lock(&queue.state).waiting.len() < count {
-                std::thread::yield_now();
+                tokio::task::yield_now().await;
             }
             release.send(()).unwrap();
-            assert_eq!(first.join().unwrap().unwrap(), 0);
-            rest.into_iter().map(|t| t.join().unwrap()).collect()
+            assert_eq!(first.await.unwrap().unwrap(), 0);
+            let mut outcomes = Vec::new();
+            for task in rest {
+                outcomes.push(task.await.unwrap());
+            }
+            outcomes
         })
     }
 
@@ -438,7 +375,7 @@ mod tests {
 
     #[test]
     fn bodies_queued_behind_a_batch_commit_together_and_an_abort_is_their_own() {
-        let store = Counting::default();
+        let store = Arc::new(Counting::default());
         let mut bodies: Vec<_> = (1..=9).map(writer).collect();
         bodies.insert(
             4,
@@ -471,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_body_whose_store_operation_fails_fails_alone() {
-        let store = Counting::default();
+        let store = Arc::new(Counting::default());
         let mut bodies: Vec<_> = (1..=4).map(writer).collect();
         bodies.insert(
             2,

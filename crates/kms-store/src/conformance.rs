@@ -27,7 +27,6 @@ pub fn run_all<S: Store>(make: &dyn Fn() -> S) {
     transaction_reads_its_own_writes(&make());
     abort_value_comes_back(&make());
     concurrent_transactions_are_serializable(&make());
-    commit_queue_keeps_bodies_serializable_and_aborts_apart(&make());
     durable_commits_are_serializable_and_flushed_before_they_answer(make());
     flush_succeeds(&make());
     subscribe_notifies_commits_under_its_prefix(&make());
@@ -357,44 +356,17 @@ pub fn concurrent_transactions_are_serializable<S: Store>(store: &S) {
     }
 }
 
-/// Bodies submitted through one [`CommitQueue`] from many threads (batched as the engine
-/// allows) lose no update, and a body that aborts leaves none of its writes and no effect on
-/// the bodies committed with it.
-pub fn commit_queue_keeps_bodies_serializable_and_aborts_apart<S: Store>(store: &S) {
-    const THREADS: u64 = 8;
-    const ITERATIONS: u64 = 50;
-    let queue = CommitQueue::<u64>::new();
-    std::thread::scope(|scope| {
-        for thread in 0..THREADS {
-            let queue = &queue;
-            scope.spawn(move || {
-                for i in 0..ITERATIONS {
-                    let result = queue.commit(store, counting_body(i, &writer(thread)));
-                    match result {
-                        Ok((m, _)) => {
-                            assert_eq!(m, i - i / 5 + 1, "thread {thread} saw a stale count");
-                        }
-                        Err(TxError::Aborted(n)) => assert!(refuses(i) && n == i),
-                        Err(e) => panic!("commit through the queue failed: {e}"),
-                    }
-                }
-            });
-        }
-    });
-    check_counted(store, THREADS, ITERATIONS);
-}
-
-/// Writer `n`'s own counter, in the queue properties.
+/// Writer `n`'s own counter, in the queue property.
 fn writer(n: u64) -> String {
     format!("writer/{n}")
 }
 
-/// Whether the queue properties' `i`th body of a writer aborts: every fifth.
+/// Whether the queue property's `i`th body of a writer aborts: every fifth.
 fn refuses(i: u64) -> bool {
     i % 5 == 4
 }
 
-/// The queue properties' `i`th body of `writer`: counts itself in `counter` and, unless it
+/// The queue property's `i`th body of `writer`: counts itself in `counter` and, unless it
 /// aborts (after writing, [`refuses`]), in the writer's own counter; returns both counts.
 fn counting_body(
     i: u64,

@@ -785,18 +785,8 @@ impl Failure {
     fn for_body(&self) -> TxStoreError {
         match self {
             Failure::Conflict => TxStoreError::conflict(),
-            Failure::Store(e) => TxStoreError::store(duplicate(e)),
+            Failure::Store(e) => TxStoreError::store(e.duplicate()),
         }
-    }
-}
-
-/// A copy of `e` (`StoreError` is not `Clone`: an `io::Error` is kept by kind and message).
-fn duplicate(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Io(io) => StoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
     }
 }
 

@@ -10,7 +10,7 @@
 //! engine must too. With the `testing` feature, `etcd_testing` starts real etcd processes.
 //! [`backup`] writes a snapshot to a file and restores one into an empty store; [`config`] is
 //! the `[store]` section of the control plane's configuration. [`CommitQueue`] runs
-//! transactions that many threads submit at once in as few engine transactions as the engine
+//! transactions that many callers submit at once in as few engine transactions as the engine
 //! allows.
 //!
 //! ```
@@ -223,6 +223,19 @@ pub enum StoreError {
     /// The engine reported a bug or an unsupported use; not retryable.
     #[error("storage engine failed: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// A copy of the error, for each of several callers it fails (`StoreError` is not
+    /// `Clone`: an `io::Error` is kept by kind and message).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            StoreError::Io(io) => StoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Internal(m) => StoreError::Internal(m.clone()),
+        }
+    }
 }
 
 /// The outcome of a [`Store::transaction`] that did not commit.
