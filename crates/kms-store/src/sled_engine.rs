@@ -1,20 +1,24 @@
-//! The on-disk engine: one sled database, default tree only, sled's transactions.
+//! The on-disk engine: one sled database, default tree only.
 //!
-//! sled cannot read a past state, so a snapshot copies every entry while no transaction runs:
-//! transactions share a gate that a snapshot takes alone. sled errors are converted in one
-//! place, [`to_store_error`].
+//! A transaction runs alone: it holds the store's writer lock from its first read to its
+//! commit, stages its writes, and applies them as one `sled::Batch`, which sled writes to its
+//! log atomically (on recovery all of it or none). No transaction can then invalidate another's
+//! reads, so none is retried, and a write is not preceded by the read that a sled transaction
+//! makes of every key it inserts. Writers queue anyway ([`crate::CommitQueue`] runs the bodies
+//! of concurrent writers one after another in one transaction), so the lock costs no
+//! concurrency. Reads outside transactions take no lock of ours: sled's own keeps a `get` from
+//! running while a batch applies.
+//!
+//! sled cannot read a past state, so a snapshot copies every entry under the writer lock.
+//! sled errors are converted in one place, [`to_store_error`].
 
-use std::cell::RefCell;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-
+use crate::staged::{Base, Staged};
 use crate::{
     Abort, Entry, Notify, Snapshot, Store, StoreError, Subscribers, TxError, TxStoreError, Txn,
 };
@@ -26,9 +30,10 @@ use crate::{
 pub struct SledStore {
     db: sled::Db,
     subscribers: Subscribers,
-    /// Held shared by every transaction and alone by a snapshot while it copies, so the copy
+    /// Held by a transaction from its first read to its commit, so no other write comes
+    /// between what it read and what it writes, and by a snapshot while it copies, so the copy
     /// sees no commit in part. Holds nothing: sled keeps the data.
-    gate: RwLock<()>,
+    writer: Mutex<()>,
 }
 
 impl SledStore {
@@ -41,7 +46,7 @@ impl SledStore {
         Ok(Self {
             db,
             subscribers: Subscribers::default(),
-            gate: RwLock::new(()),
+            writer: Mutex::new(()),
         })
     }
 }
@@ -68,12 +73,6 @@ fn to_store_error(e: sled::Error) -> StoreError {
         }
         sled::Error::ReportableBug(what) => StoreError::Internal(format!("sled bug: {what}")),
     }
-}
-
-/// What the transaction body's outcome becomes as sled's abort value.
-enum Exit<E> {
-    User(E),
-    Store(StoreError),
 }
 
 impl Store for SledStore {
@@ -121,7 +120,7 @@ impl Store for SledStore {
 
     fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
         let copy = {
-            let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+            let _alone = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             self.db
                 .iter()
                 .map(|entry| {
@@ -137,40 +136,32 @@ impl Store for SledStore {
         &self,
         f: impl Fn(&mut dyn Txn) -> Result<T, Abort<E>>,
     ) -> Result<T, TxError<E>> {
-        // The keys the attempt that committed wrote, for the subscribers.
-        let written = RefCell::new(Vec::new());
-        let shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let result = self.db.transaction(|tree| {
-            let mut txn = SledTxn {
-                tree,
-                failed: None,
-                written: Vec::new(),
-            };
-            let out = f(&mut txn);
-            written.replace(std::mem::take(&mut txn.written));
-            // A failed operation decides the outcome even if the body swallowed its error.
-            if let Some(failure) = txn.failed {
-                return Err(ConflictableTransactionError::from(failure));
-            }
-            match out {
-                Ok(out) => Ok(out),
-                Err(Abort::User(e)) => Err(ConflictableTransactionError::Abort(Exit::User(e))),
-                Err(Abort::Store(e)) if e.is_conflict() => {
-                    Err(ConflictableTransactionError::Conflict)
-                }
-                Err(Abort::Store(e)) => Err(ConflictableTransactionError::Abort(Exit::Store(
-                    e.into_store_error(),
-                ))),
-            }
+        let alone = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut txn = Staged::over(Reads {
+            db: &self.db,
+            failed: None,
         });
-        drop(shared);
-        let out = result.map_err(|e| match e {
-            TransactionError::Abort(Exit::User(e)) => TxError::Aborted(e),
-            TransactionError::Abort(Exit::Store(e)) => TxError::Store(e),
-            TransactionError::Storage(e) => TxError::Store(to_store_error(e)),
-        })?;
+        let out = f(&mut txn);
+        // A failed read decides the outcome even if the body swallowed its error.
+        if let Some(failure) = txn.base.failed.take() {
+            return Err(TxError::Store(failure));
+        }
+        let out = match out {
+            Ok(out) => out,
+            Err(Abort::User(e)) => return Err(TxError::Aborted(e)),
+            Err(Abort::Store(e)) => return Err(TxError::Store(e.into_store_error())),
+        };
+        let mut batch = sled::Batch::default();
+        for (key, value) in &txn.writes {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        self.db.apply_batch(batch).map_err(to_store_error)?;
+        drop(alone);
         self.subscribers
-            .committed(written.borrow().iter().map(Vec::as_slice));
+            .committed(txn.writes.keys().map(Vec::as_slice));
         Ok(out)
     }
 
@@ -190,46 +181,22 @@ impl Store for SledStore {
     }
 }
 
-struct SledTxn<'a> {
-    tree: &'a TransactionalTree,
-    /// The first failed operation; the transaction must not commit once one failed.
-    failed: Option<UnabortableTransactionError>,
-    /// Keys put or deleted.
-    written: Vec<Vec<u8>>,
+/// What a transaction reads under its staged writes: the database as it is, no other writer
+/// running. The first failed read is kept for the commit to refuse.
+struct Reads<'a> {
+    db: &'a sled::Db,
+    failed: Option<StoreError>,
 }
 
-impl SledTxn<'_> {
-    fn check<T>(
-        &mut self,
-        result: Result<T, UnabortableTransactionError>,
-    ) -> Result<T, TxStoreError> {
-        result.map_err(|e| {
-            let for_body = match &e {
-                UnabortableTransactionError::Conflict => TxStoreError::conflict(),
-                UnabortableTransactionError::Storage(inner) => {
-                    TxStoreError::store(to_store_error(inner.clone()))
-                }
-            };
-            self.failed.get_or_insert(e);
-            for_body
-        })
-    }
-}
-
-impl Txn for SledTxn<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError> {
-        let value = self.check(self.tree.get(key))?;
-        Ok(value.map(|v| v.to_vec()))
-    }
-
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxStoreError> {
-        self.written.push(key.to_vec());
-        self.check(self.tree.insert(key, value)).map(drop)
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), TxStoreError> {
-        self.written.push(key.to_vec());
-        self.check(self.tree.remove(key)).map(drop)
+impl Base for Reads<'_> {
+    fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxStoreError> {
+        match self.db.get(key) {
+            Ok(value) => Ok(value.map(|v| v.to_vec())),
+            Err(e) => {
+                self.failed.get_or_insert(to_store_error(e.clone()));
+                Err(TxStoreError::store(to_store_error(e)))
+            }
+        }
     }
 }
 
