@@ -163,9 +163,9 @@ impl<E: Send + 'static> CommitQueue<E> {
 
     /// Runs `body` as [`Store::transaction`] would, possibly in one transaction with bodies
     /// others submit meanwhile: on `Ok` its writes are committed and `durable` has returned
-    /// `Ok` since. A failed `durable` fails
-    /// every body of its batch that committed. Needs a tokio runtime; `body` may run more than
-    /// once. An engine that does not batch runs `body` alone on a blocking thread.
+    /// `Ok` since. A failed `durable` fails every body of its batch that committed. Needs a
+    /// tokio runtime; `body` may run more than once. An engine that does not batch runs `body`
+    /// alone on a blocking thread.
     pub async fn commit_durable<S: Store, T: Send + 'static>(
         self: &Arc<Self>,
         store: &Arc<S>,
@@ -430,6 +430,7 @@ mod tests {
         assert_eq!(store.get(b"counter").unwrap().unwrap().len(), 4);
         assert_eq!(store.get(b"broken").unwrap(), None);
     }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

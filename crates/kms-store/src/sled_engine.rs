@@ -81,7 +81,8 @@ impl Store for SledStore {
         false
     }
 
-    /// sled seals and writes its log buffer twice for every transaction, whatever its size.
+    /// sled seals and writes its log buffer twice for every atomic batch (each transaction is
+    /// one), whatever its size.
     fn commit_batch_limit(&self) -> usize {
         crate::commit_queue::BATCH_LIMIT
     }
