@@ -394,10 +394,10 @@ pub fn init_token(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A loopback port nothing listens on at the moment.
+/// A loopback port nothing listens on at the moment, for a server the test starts (from below
+/// the ephemeral range: see [`kms_store::etcd_testing::free_ports`]).
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(kms_store::etcd_testing::free_ports(1)[0])
 }
 
 /// Where cargo put the workspace's binaries: next to the test executable's `deps` directory,

@@ -12,20 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
-use kms_e2e::{ACCOUNT, ALICE, MALLORY, OPERATOR, PARTNER, Stack, bin_path, eventually};
+use kms_e2e::{ACCOUNT, ALICE, MALLORY, OPERATOR, PARTNER, Stack, bin_path, eventually, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARTNER_ACCOUNT: &str = "6543210987654321";
 const READY: Duration = Duration::from_secs(30);
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed with its whole process group when dropped.
 struct Guard {
@@ -144,7 +135,7 @@ async fn start_console(
     trusted: &[&str],
     dev_json: Option<&Path>,
 ) -> Result<Console> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let trusted: Vec<String> = trusted.iter().map(|t| format!("{t:?}")).collect();
     let mut config = format!(
         "listen_addr = \"{addr}\"\n\
@@ -239,7 +230,7 @@ struct Browser {
 
 impl Browser {
     async fn start(console: SocketAddr) -> Result<Self> {
-        let port = free_port();
+        let port = free_port()?;
         let tmp = tempfile::tempdir()?;
         let driver = spawn_group(
             "chromedriver",

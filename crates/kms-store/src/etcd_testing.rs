@@ -12,7 +12,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
@@ -351,13 +353,104 @@ fn healthy(port: u16) -> bool {
     response.contains("\"health\":\"true\"")
 }
 
-/// `n` distinct free loopback ports (all bound at once, then released).
+/// `n` distinct free loopback ports for servers a test starts (all bound at once, then
+/// released for the server to take).
+///
+/// They come from below the kernel's ephemeral range (`ip_local_port_range`), so the outgoing
+/// connection of another test cannot take one between its release and the server's bind; a
+/// process-wide cursor keeps this process's tests from being handed the same port twice. If
+/// that range leaves too little room below it, the kernel picks (port 0).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    let Some(window) = listen_window() else {
+        return kernel_ports(n);
+    };
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..window.len() {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", window.next(1))) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < n {
+        panic!(
+            "fewer than {n} free loopback ports in {}..{}",
+            window.low, window.high
+        );
+    }
+    ports_of(&listeners)
+}
+
+/// A free loopback port whose next port is free too (a client port and its peer port).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = match listen_window() {
+            Some(window) => window.next(2),
+            None => kernel_ports(1)[0],
+        };
+        if let Some(next) = first.checked_add(1)
+            && let Ok(_first) = TcpListener::bind(("127.0.0.1", first))
+            && TcpListener::bind(("127.0.0.1", next)).is_ok()
+        {
+            return first;
+        }
+    }
+    panic!("no two consecutive free loopback ports in 100 tries")
+}
+
+/// Ports `low..high`, below the ephemeral range, that [`free_ports`] hands out in turn.
+#[derive(Clone, Copy)]
+struct Window {
+    low: u16,
+    high: u16,
+}
+
+impl Window {
+    fn len(self) -> usize {
+        usize::from(self.high - self.low)
+    }
+
+    /// The first of `count` consecutive ports that this process has not handed out lately.
+    fn next(self, count: u32) -> u16 {
+        static CURSOR: OnceLock<AtomicU32> = OnceLock::new();
+        let cursor = CURSOR.get_or_init(|| {
+            // Processes that start together begin at different places.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            AtomicU32::new(std::process::id().wrapping_mul(7919).wrapping_add(nanos))
+        });
+        let span = u32::from(self.high - self.low) - count;
+        let offset = cursor.fetch_add(count, Ordering::Relaxed) % span;
+        // `offset < span < 2^16`, so this fits.
+        self.low + offset as u16
+    }
+}
+
+/// The ports below the kernel's ephemeral range, from 10000 up, or `None` if that leaves
+/// fewer than a thousand.
+fn listen_window() -> Option<Window> {
+    const LOWEST: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_low >= LOWEST + 1_000).then_some(Window {
+        low: LOWEST,
+        high: ephemeral_low,
+    })
+}
+
+/// `n` ports the kernel picks.
+fn kernel_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| {
             TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind loopback: {e}"))
         })
         .collect();
+    ports_of(&listeners)
+}
+
+fn ports_of(listeners: &[TcpListener]) -> Vec<u16> {
     listeners
         .iter()
         .map(|l| match l.local_addr() {
@@ -367,22 +460,40 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A free loopback port whose next port is free too (a client port and its peer port).
-pub fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = free_ports(1)[0];
-        if let Some(next) = first.checked_add(1)
-            && TcpListener::bind(("127.0.0.1", next)).is_ok()
-        {
-            return first;
-        }
-    }
-    panic!("no two consecutive free loopback ports in 100 tries")
-}
-
 fn temp_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("kms-etcd-")
         .tempdir()
         .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let first = free_ports(8);
+        let second = free_ports(8);
+        let mut all: Vec<u16> = first.iter().chain(&second).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 16, "{first:?} {second:?}");
+        if let Some(window) = listen_window() {
+            assert!(
+                all.iter().all(|p| (window.low..window.high).contains(p)),
+                "{all:?} outside {}..{}",
+                window.low,
+                window.high
+            );
+        }
+        for port in all {
+            TcpListener::bind(("127.0.0.1", port)).expect("a handed-out port binds");
+        }
+        let pair = free_port_pair();
+        TcpListener::bind(("127.0.0.1", pair)).expect("the pair's first port binds");
+        TcpListener::bind(("127.0.0.1", pair + 1)).expect("the pair's second port binds");
+    }
 }
