@@ -1,6 +1,7 @@
 //! Writes staged over something readable until a transaction body is done with them: the
-//! memory engine stages a transaction over its map, and a [`crate::CommitQueue`] batch stages
-//! each body over the shared transaction, so a body that aborts leaves nothing.
+//! memory engine stages a transaction over its map, the sled engine over the database (then
+//! applies the writes as one atomic batch), and a [`crate::CommitQueue`] batch stages each body
+//! over the shared transaction, so a body that aborts leaves nothing.
 
 use std::collections::BTreeMap;
 
